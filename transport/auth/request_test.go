@@ -1,0 +1,268 @@
+package auth
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"slices"
+	"testing"
+	"time"
+)
+
+func TestTokenFromRequest(t *testing.T) {
+	tests := []struct {
+		name       string
+		giveHeader string
+		giveQuery  string
+		giveCookie *http.Cookie
+		giveName   string
+		want       string
+	}{
+		{name: "header first", giveHeader: "Bearer h", giveQuery: "?token=q", giveCookie: &http.Cookie{Name: "hub_token", Value: "c"}, want: "h"},
+		{name: "scheme case-insensitive", giveHeader: "bearer h", want: "h"},
+		{name: "query before cookie", giveQuery: "?token=q", giveCookie: &http.Cookie{Name: "hub_token", Value: "c"}, want: "q"},
+		{name: "default cookie", giveCookie: &http.Cookie{Name: "hub_token", Value: "c"}, want: "c"},
+		{name: "custom cookie", giveName: "sess", giveCookie: &http.Cookie{Name: "sess", Value: "c"}, want: "c"},
+		{name: "custom cookie ignores default", giveName: "sess", giveCookie: &http.Cookie{Name: "hub_token", Value: "c"}, want: ""},
+		{name: "empty query falls to cookie", giveQuery: "?token=", giveCookie: &http.Cookie{Name: "hub_token", Value: "c"}, want: "c"},
+		{name: "other scheme skipped", giveHeader: "Basic dTpw", giveQuery: "?token=q", want: "q"},
+		{name: "nothing", want: ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := httptest.NewRequest(http.MethodGet, "/ws/realtime"+tt.giveQuery, nil)
+			if tt.giveHeader != "" {
+				r.Header.Set("Authorization", tt.giveHeader)
+			}
+			if tt.giveCookie != nil {
+				r.AddCookie(tt.giveCookie)
+			}
+			if got := TokenFromRequest(r, tt.giveName); got != tt.want {
+				t.Errorf("TokenFromRequest = %q, want %q", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestAuthenticate(t *testing.T) {
+	good := func(t *testing.T, sub string) string {
+		return sign(t, "HS256", []byte(testSecret), claims(map[string]any{"sub": sub}), nil)
+	}
+	tests := []struct {
+		name     string
+		giveReq  func(t *testing.T) *http.Request
+		wantCode string
+		wantUser string
+	}{
+		{name: "header", giveReq: func(t *testing.T) *http.Request {
+			r := httptest.NewRequest(http.MethodGet, "/?token="+good(t, "query"), nil)
+			r.Header.Set("Authorization", "Bearer "+good(t, "header"))
+			r.AddCookie(&http.Cookie{Name: "sess", Value: good(t, "cookie")})
+			return r
+		}, wantUser: "header"},
+		{name: "query", giveReq: func(t *testing.T) *http.Request {
+			r := httptest.NewRequest(http.MethodGet, "/?token="+good(t, "query"), nil)
+			r.AddCookie(&http.Cookie{Name: "sess", Value: good(t, "cookie")})
+			return r
+		}, wantUser: "query"},
+		{name: "custom cookie", giveReq: func(t *testing.T) *http.Request {
+			r := httptest.NewRequest(http.MethodGet, "/", nil)
+			r.AddCookie(&http.Cookie{Name: "sess", Value: good(t, "cookie")})
+			return r
+		}, wantUser: "cookie"},
+		{name: "default cookie name not read", giveReq: func(t *testing.T) *http.Request {
+			r := httptest.NewRequest(http.MethodGet, "/", nil)
+			r.AddCookie(&http.Cookie{Name: "hub_token", Value: good(t, "cookie")})
+			return r
+		}, wantCode: CodeMissingToken},
+		{name: "missing", giveReq: func(*testing.T) *http.Request {
+			return httptest.NewRequest(http.MethodGet, "/", nil)
+		}, wantCode: CodeMissingToken},
+		{name: "bad header does not fall through", giveReq: func(t *testing.T) *http.Request {
+			r := httptest.NewRequest(http.MethodGet, "/?token="+good(t, "query"), nil)
+			r.Header.Set("Authorization", "Basic dTpw")
+			return r
+		}, wantCode: CodeInvalidToken},
+		{name: "bearer without value", giveReq: func(t *testing.T) *http.Request {
+			r := httptest.NewRequest(http.MethodGet, "/?token="+good(t, "query"), nil)
+			r.Header.Set("Authorization", "Bearer ")
+			return r
+		}, wantCode: CodeInvalidToken},
+		{name: "invalid header token does not fall through", giveReq: func(t *testing.T) *http.Request {
+			r := httptest.NewRequest(http.MethodGet, "/?token="+good(t, "query"), nil)
+			r.Header.Set("Authorization", "Bearer x.y.z")
+			return r
+		}, wantCode: CodeInvalidToken},
+		{name: "expired", giveReq: func(t *testing.T) *http.Request {
+			tok := sign(t, "HS256", []byte(testSecret), claims(map[string]any{"exp": time.Now().Add(-time.Hour).Unix()}), nil)
+			return httptest.NewRequest(http.MethodGet, "/?token="+tok, nil)
+		}, wantCode: CodeTokenExpired},
+	}
+	v := newVerifier(t, Options{Secret: testSecret, Cookie: "sess"})
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			id, e := v.Authenticate(tt.giveReq(t))
+			if tt.wantCode != "" {
+				if e == nil || e.Code != tt.wantCode || e.Status != http.StatusUnauthorized {
+					t.Fatalf("Authenticate = %+v, %+v; want 401 %s", id, e, tt.wantCode)
+				}
+				return
+			}
+			if e != nil {
+				t.Fatalf("Authenticate: %v", e)
+			}
+			if id.UserID != tt.wantUser {
+				t.Errorf("UserID = %q, want %q", id.UserID, tt.wantUser)
+			}
+		})
+	}
+}
+
+func TestAuthenticateService(t *testing.T) {
+	withRoles := func(t *testing.T, c map[string]any) string {
+		return sign(t, "HS256", []byte(testSecret), claims(c), nil)
+	}
+	tests := []struct {
+		name       string
+		giveKeys   []string
+		giveReq    func(t *testing.T) *http.Request
+		wantStatus int
+		wantCode   string
+		wantMsg    string
+		wantUser   string
+		wantRoles  []string
+		wantAPIKey bool
+	}{
+		{name: "API key", giveKeys: []string{"other-key", "abcd-secret-key"}, giveReq: func(*testing.T) *http.Request {
+			r := httptest.NewRequest(http.MethodPost, "/api/broadcast", nil)
+			r.Header.Set("X-API-Key", "abcd-secret-key")
+			return r
+		}, wantUser: "api-key:abcd…", wantRoles: []string{"service"}, wantAPIKey: true},
+		{name: "wrong API key", giveKeys: []string{"abcd-secret-key"}, giveReq: func(t *testing.T) *http.Request {
+			r := httptest.NewRequest(http.MethodPost, "/api/broadcast", nil)
+			r.Header.Set("X-API-Key", "abcd-secret-kez")
+			r.Header.Set("Authorization", "Bearer "+withRoles(t, map[string]any{"role": "admin"}))
+			return r
+		}, wantStatus: 401, wantCode: CodeInvalidToken, wantMsg: "invalid API key"},
+		{name: "API key prefix", giveKeys: []string{"abcd-secret-key"}, giveReq: func(*testing.T) *http.Request {
+			r := httptest.NewRequest(http.MethodPost, "/api/broadcast", nil)
+			r.Header.Set("X-API-Key", "abcd")
+			return r
+		}, wantStatus: 401, wantCode: CodeInvalidToken, wantMsg: "invalid API key"},
+		{name: "empty API key", giveKeys: []string{"abcd-secret-key", ""}, giveReq: func(*testing.T) *http.Request {
+			r := httptest.NewRequest(http.MethodPost, "/api/broadcast", nil)
+			r.Header["X-Api-Key"] = []string{""}
+			return r
+		}, wantStatus: 401, wantCode: CodeInvalidToken, wantMsg: "invalid API key"},
+		{name: "API key when none configured", giveReq: func(*testing.T) *http.Request {
+			r := httptest.NewRequest(http.MethodPost, "/api/broadcast", nil)
+			r.Header.Set("X-API-Key", "abcd-secret-key")
+			return r
+		}, wantStatus: 401, wantCode: CodeInvalidToken, wantMsg: "invalid API key"},
+		{name: "JWT service", giveReq: func(t *testing.T) *http.Request {
+			r := httptest.NewRequest(http.MethodPost, "/api/broadcast", nil)
+			r.Header.Set("Authorization", "Bearer "+withRoles(t, map[string]any{"roles": []string{"service"}, "sub": "billing"}))
+			return r
+		}, wantUser: "billing", wantRoles: []string{"service"}},
+		{name: "JWT admin role claim", giveReq: func(t *testing.T) *http.Request {
+			r := httptest.NewRequest(http.MethodPost, "/api/broadcast", nil)
+			r.Header.Set("Authorization", "Bearer "+withRoles(t, map[string]any{"role": "admin", "sub": "root"}))
+			return r
+		}, wantUser: "root", wantRoles: []string{"admin"}},
+		{name: "JWT user", giveReq: func(t *testing.T) *http.Request {
+			r := httptest.NewRequest(http.MethodPost, "/api/broadcast", nil)
+			r.Header.Set("Authorization", "Bearer "+withRoles(t, map[string]any{"roles": []string{"user"}}))
+			return r
+		}, wantStatus: 403, wantCode: CodeForbidden},
+		{name: "invalid JWT", giveReq: func(t *testing.T) *http.Request {
+			r := httptest.NewRequest(http.MethodPost, "/api/broadcast", nil)
+			r.Header.Set("Authorization", "Bearer "+sign(t, "HS256", []byte("wrong"), claims(map[string]any{"role": "admin"}), nil))
+			return r
+		}, wantStatus: 401, wantCode: CodeInvalidToken},
+		{name: "nothing", giveKeys: []string{"abcd-secret-key"}, giveReq: func(*testing.T) *http.Request {
+			return httptest.NewRequest(http.MethodPost, "/api/broadcast", nil)
+		}, wantStatus: 401, wantCode: CodeMissingToken},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			v := newVerifier(t, Options{Secret: testSecret, APIKeys: tt.giveKeys})
+			id, e := v.AuthenticateService(tt.giveReq(t))
+			if tt.wantCode != "" {
+				if e == nil || e.Code != tt.wantCode || e.Status != tt.wantStatus {
+					t.Fatalf("AuthenticateService = %+v, %+v; want %d %s", id, e, tt.wantStatus, tt.wantCode)
+				}
+				if tt.wantMsg != "" && e.Message != tt.wantMsg {
+					t.Errorf("Message = %q, want %q", e.Message, tt.wantMsg)
+				}
+				return
+			}
+			if e != nil {
+				t.Fatalf("AuthenticateService: %v", e)
+			}
+			if id.UserID != tt.wantUser || !slices.Equal(id.Roles, tt.wantRoles) || id.APIKey != tt.wantAPIKey {
+				t.Errorf("identity = %+v, want %q %q apiKey=%v", id, tt.wantUser, tt.wantRoles, tt.wantAPIKey)
+			}
+		})
+	}
+}
+
+func TestAPIKeyUser(t *testing.T) {
+	tests := []struct{ give, want string }{
+		{give: "abcdefgh", want: "api-key:abcd…"},
+		{give: "ab", want: "api-key:a…"},
+		{give: "x", want: "api-key:…"},
+		{give: "ключ-секрет", want: "api-key:ключ…"},
+	}
+	for _, tt := range tests {
+		if got := apiKeyUser(tt.give); got != tt.want {
+			t.Errorf("apiKeyUser(%q) = %q, want %q", tt.give, got, tt.want)
+		}
+	}
+}
+
+func TestContextAndRoles(t *testing.T) {
+	if _, ok := UserFrom(context.Background()); ok {
+		t.Error("UserFrom on an empty context reported a user")
+	}
+	id := &Identity{UserID: "u1", Roles: []string{"user", "service"}}
+	got, ok := UserFrom(NewContext(context.Background(), id))
+	if !ok || got != id {
+		t.Fatalf("UserFrom = %v, %v", got, ok)
+	}
+	tests := []struct {
+		give []string
+		want bool
+	}{
+		{give: []string{"admin", "service"}, want: true},
+		{give: []string{"user"}, want: true},
+		{give: []string{"admin"}, want: false},
+		{give: nil, want: false},
+	}
+	for _, tt := range tests {
+		if got := id.HasRole(tt.give...); got != tt.want {
+			t.Errorf("HasRole(%q) = %v, want %v", tt.give, got, tt.want)
+		}
+	}
+	var none *Identity
+	if none.HasRole("admin") {
+		t.Error("nil identity has a role")
+	}
+}
+
+func TestWriteError(t *testing.T) {
+	rec := httptest.NewRecorder()
+	WriteError(rec, ErrMissingToken)
+	if rec.Code != http.StatusUnauthorized || rec.Header().Get("Content-Type") != "application/json" {
+		t.Fatalf("got %d %q", rec.Code, rec.Header().Get("Content-Type"))
+	}
+	var body struct {
+		Error struct{ Code, Message string } `json:"error"`
+	}
+	if err := json.Unmarshal(rec.Body.Bytes(), &body); err != nil {
+		t.Fatal(err)
+	}
+	if body.Error.Code != CodeMissingToken || body.Error.Message == "" {
+		t.Errorf("body = %s", rec.Body)
+	}
+}

@@ -1,0 +1,71 @@
+package httpx
+
+import (
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// OriginAllowed reports whether a browser Origin header value is allowed by
+// the HUB_ALLOWED_ORIGINS patterns. A pattern with a scheme
+// ("https://app.example") matches scheme and host (with port); one without
+// ("app.example", "*.example.com") matches the host (with or without port,
+// path.Match wildcards); "*" allows all. With no pattern only the request's
+// own host is allowed. An empty origin (not a browser) is allowed.
+func OriginAllowed(patterns []string, origin, requestHost string) bool {
+	if origin == "" {
+		return true
+	}
+	u, err := url.Parse(origin)
+	if err != nil || u.Host == "" {
+		return false
+	}
+	host := strings.ToLower(u.Host)
+	if len(patterns) == 0 {
+		return strings.EqualFold(host, requestHost)
+	}
+	for _, p := range patterns {
+		p = strings.ToLower(strings.TrimSpace(p))
+		switch {
+		case p == "":
+			continue
+		case p == "*":
+			return true
+		case strings.Contains(p, "://"):
+			pu, err := url.Parse(p)
+			if err != nil {
+				continue
+			}
+			if pu.Scheme == strings.ToLower(u.Scheme) && matchHost(pu.Host, host) {
+				return true
+			}
+		default:
+			if matchHost(p, host) || matchHost(p, u.Hostname()) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func matchHost(pattern, host string) bool {
+	if pattern == host {
+		return true
+	}
+	if strings.HasPrefix(pattern, "*.") {
+		return strings.HasSuffix(host, pattern[1:])
+	}
+	return false
+}
+
+// RetryAfter sets the Retry-After header to d rounded up to whole seconds
+// (at least 1); it does nothing for d <= 0.
+func RetryAfter(w http.ResponseWriter, d time.Duration) {
+	if d <= 0 {
+		return
+	}
+	s := int64((d + time.Second - 1) / time.Second)
+	w.Header().Set("Retry-After", strconv.FormatInt(max(s, 1), 10))
+}
