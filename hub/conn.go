@@ -1,0 +1,172 @@
+package hub
+
+import (
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Sink is what a transport gives the hub for one connection. The hub calls
+// its methods from publishing goroutines, sometimes with its own locks held:
+// they must return at once and must not call back into the hub synchronously.
+type Sink interface {
+	// Wake says the connection's queue went from empty to non-empty, or a
+	// close was requested: the transport should drain it with Conn.Next. It is
+	// called once per transition, so a transport that starts a writer per Wake
+	// never has two writers. A Wake that comes before Register returns may be
+	// ignored: the transport drains once after Register in any case.
+	Wake()
+	// Abort closes the connection at once with the reason (slow consumer,
+	// drain timeout), without flushing the queue. Called at most once.
+	Abort(Reason)
+	// Heartbeat says a heartbeat interval has passed for this connection;
+	// idle is true when nothing was queued for it during that interval.
+	Heartbeat(idle bool)
+}
+
+// Conn is one registered connection. Its queue is filled by the hub and
+// drained by the transport's single writer through Next.
+type Conn struct {
+	hub       *Hub
+	id        string
+	num       uint64
+	user      string
+	transport string
+	sink      Sink
+
+	mu        sync.Mutex
+	q         []*Message
+	limit     int
+	scheduled bool
+	closing   *Reason
+	dead      bool
+	active    bool
+	unreg     bool
+
+	expires  atomic.Int64 // token expiry, unix nanoseconds; 0 = none
+	nextBeat int64        // unix nanoseconds; guarded by the shard lock
+}
+
+// ID is the connection id, unique per connection ("c-...").
+func (c *Conn) ID() string { return c.id }
+
+// UserID is the user the connection belongs to.
+func (c *Conn) UserID() string { return c.user }
+
+// Transport is the transport name given at registration.
+func (c *Conn) Transport() string { return c.transport }
+
+// SetTokenExpiry moves the time at which the connection is closed with
+// ReasonTokenExpired (zero: never), after a token refresh.
+func (c *Conn) SetTokenExpiry(t time.Time) {
+	if t.IsZero() {
+		c.expires.Store(0)
+		return
+	}
+	c.expires.Store(t.UnixNano())
+}
+
+// TokenExpiry returns the current token expiry (zero when none).
+func (c *Conn) TokenExpiry() time.Time {
+	n := c.expires.Load()
+	if n == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, n)
+}
+
+// Send queues a message for this connection only (a control event from the
+// transport, such as hub.error). It reports false when the connection is
+// closing or its queue is full (then it is aborted as a slow consumer).
+func (c *Conn) Send(m *Message) bool { return c.enqueue(m) }
+
+// enqueue appends m to the queue; callers may hold a shard lock.
+func (c *Conn) enqueue(m *Message) bool {
+	c.mu.Lock()
+	if c.dead || c.closing != nil {
+		c.mu.Unlock()
+		return false
+	}
+	if len(c.q) >= c.limit {
+		c.dead = true
+		c.q = nil
+		c.mu.Unlock()
+		c.hub.slowConsumer(c)
+		return false
+	}
+	c.q = append(c.q, m)
+	c.active = true
+	wake := !c.scheduled
+	c.scheduled = true
+	c.mu.Unlock()
+	if wake {
+		c.sink.Wake()
+	}
+	return true
+}
+
+// Next moves every queued message into buf and returns it. With the queue
+// empty it returns no message and, once, the reason of a requested close
+// (the transport then closes the connection with it); otherwise nil. After
+// an empty return the next enqueue calls Sink.Wake again.
+func (c *Conn) Next(buf []*Message) ([]*Message, *Reason) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.q) > 0 {
+		buf = append(buf, c.q...)
+		clear(c.q)
+		if cap(c.q) > 256 { // let an idle connection drop a burst's buffer
+			c.q = nil
+		} else {
+			c.q = c.q[:0]
+		}
+		return buf, nil
+	}
+	c.scheduled = false
+	if c.closing != nil && !c.dead {
+		c.dead = true
+		r := *c.closing
+		return buf, &r
+	}
+	return buf, nil
+}
+
+// Close asks for the connection to be closed with r once the messages
+// already queued are written. Later events are not queued (they stay in the
+// history for a resume). It is a no-op on a closing or closed connection.
+func (c *Conn) Close(r Reason) {
+	c.mu.Lock()
+	if c.dead || c.closing != nil {
+		c.mu.Unlock()
+		return
+	}
+	c.closing = &r
+	wake := !c.scheduled
+	c.scheduled = true
+	c.mu.Unlock()
+	if wake {
+		c.sink.Wake()
+	}
+}
+
+// abort marks the connection dead and tells the sink to close it now.
+func (c *Conn) abort(r Reason) {
+	c.mu.Lock()
+	if c.dead {
+		c.mu.Unlock()
+		return
+	}
+	c.dead = true
+	c.q = nil
+	c.mu.Unlock()
+	c.sink.Abort(r)
+}
+
+// takeActive reports whether anything was queued since the last call.
+func (c *Conn) takeActive() bool {
+	c.mu.Lock()
+	a := c.active
+	c.active = false
+	c.mu.Unlock()
+	return a
+}

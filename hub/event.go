@@ -1,0 +1,152 @@
+package hub
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// MaxTypeLen and MaxIDLen bound an envelope's type and id, in bytes.
+const (
+	MaxTypeLen = 128
+	MaxIDLen   = 128
+)
+
+// TimeFormat is the envelope timestamp format: RFC 3339, milliseconds, UTC.
+const TimeFormat = "2006-01-02T15:04:05.000Z"
+
+// Message is one encoded envelope, immutable once built and shared by every
+// connection it is queued on.
+type Message struct {
+	// ID is the event id; empty for control events.
+	ID string
+	// Type is the envelope type.
+	Type string
+	// Frame is the envelope as one line of JSON: a WebSocket text frame.
+	Frame []byte
+	// SSE is the whole text/event-stream record, blank line included.
+	SSE []byte
+	// Accepted is when the hub accepted the event (zero for control events).
+	Accepted time.Time
+
+	seq uint64
+}
+
+// Control reports whether m is a control event (its type starts with "hub.").
+func (m *Message) Control() bool { return strings.HasPrefix(m.Type, "hub.") }
+
+// ValidateType checks an application event type: 1 to 128 bytes of
+// [A-Za-z0-9_.:-], not starting with the reserved "hub." prefix.
+func ValidateType(t string) error {
+	if t == "" {
+		return errors.New("must not be empty")
+	}
+	if len(t) > MaxTypeLen {
+		return fmt.Errorf("must be at most %d bytes", MaxTypeLen)
+	}
+	for i := 0; i < len(t); i++ {
+		c := t[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '.' || c == ':' || c == '-') {
+			return errors.New("may contain only A-Z, a-z, 0-9, '_', '.', ':' and '-'")
+		}
+	}
+	if strings.HasPrefix(t, "hub.") {
+		return errors.New(`types starting with "hub." are reserved`)
+	}
+	return nil
+}
+
+// ValidateID checks an event id as a client may send it back: 1 to 128
+// bytes of printable ASCII without whitespace.
+func ValidateID(id string) error {
+	if id == "" || len(id) > MaxIDLen {
+		return fmt.Errorf("must be 1 to %d bytes", MaxIDLen)
+	}
+	for i := 0; i < len(id); i++ {
+		if id[i] <= ' ' || id[i] > '~' {
+			return errors.New("must be printable ASCII without whitespace")
+		}
+	}
+	return nil
+}
+
+// compactPayload returns p as one line of valid JSON ("null" when empty).
+func compactPayload(p json.RawMessage) ([]byte, error) {
+	if len(bytes.TrimSpace(p)) == 0 {
+		return []byte("null"), nil
+	}
+	var b bytes.Buffer
+	b.Grow(len(p))
+	if err := json.Compact(&b, p); err != nil {
+		return nil, fmt.Errorf("payload is not valid JSON: %w", err)
+	}
+	return b.Bytes(), nil
+}
+
+// newEvent encodes an application event once per wire format.
+func newEvent(id, typ string, payload []byte, ts time.Time, seq uint64) *Message {
+	frame := make([]byte, 0, len(id)+len(typ)+len(payload)+72)
+	frame = append(frame, `{"id":"`...)
+	frame = append(frame, id...)
+	frame = append(frame, `","type":"`...)
+	frame = append(frame, typ...)
+	frame = append(frame, `","payload":`...)
+	frame = append(frame, payload...)
+	frame = append(frame, `,"timestamp":"`...)
+	frame = ts.UTC().AppendFormat(frame, TimeFormat)
+	frame = append(frame, `"}`...)
+	return &Message{ID: id, Type: typ, Frame: frame, SSE: sseRecord(id, typ, frame), Accepted: ts, seq: seq}
+}
+
+func sseRecord(id, typ string, frame []byte) []byte {
+	b := make([]byte, 0, len(frame)+len(id)+len(typ)+24)
+	if id != "" {
+		b = append(b, "id: "...)
+		b = append(b, id...)
+		b = append(b, '\n')
+	}
+	b = append(b, "event: "...)
+	b = append(b, typ...)
+	b = append(b, "\ndata: "...)
+	b = append(b, frame...)
+	return append(b, "\n\n"...)
+}
+
+// Control builds a control event (no id) of type typ ("hub." prefix
+// expected) with the payload marshalled to JSON; a nil payload is omitted.
+func Control(typ string, payload any) *Message {
+	env := struct {
+		Type    string `json:"type"`
+		Payload any    `json:"payload,omitempty"`
+	}{typ, payload}
+	frame, err := json.Marshal(env)
+	if err != nil { // payloads are our own types; this is a programming error
+		frame = []byte(`{"type":` + strconv.Quote(typ) + `}`)
+	}
+	return &Message{Type: typ, Frame: frame, SSE: sseRecord("", typ, frame)}
+}
+
+// Ping is the heartbeat message: a hub.ping control event on WebSocket and a
+// ": ping" comment on SSE.
+var Ping = &Message{Type: "hub.ping", Frame: []byte(`{"type":"hub.ping"}`), SSE: []byte(": ping\n\n")}
+
+// ParseID splits an event id made by this hub into its epoch and sequence.
+func ParseID(id string) (epoch string, seq uint64, ok bool) {
+	i := strings.LastIndexByte(id, '-')
+	if i <= 0 || i == len(id)-1 {
+		return "", 0, false
+	}
+	seq, err := strconv.ParseUint(id[i+1:], 10, 64)
+	if err != nil || seq == 0 {
+		return "", 0, false
+	}
+	return id[:i], seq, true
+}
+
+func formatID(epoch string, seq uint64) string {
+	return epoch + "-" + strconv.FormatUint(seq, 10)
+}

@@ -1,0 +1,620 @@
+package hub
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base32"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash/maphash"
+	"log/slog"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Transport names, as reported in hub.connected and stats.
+const (
+	TransportWebSocket = "websocket"
+	TransportSSE       = "sse"
+)
+
+// Options configure a Hub. The zero value of each field is its default.
+type Options struct {
+	// Node is this node's name, shown in hub.connected and stats.
+	Node string
+	// Shards is the number of registry shards (default 64).
+	Shards int
+	// SendQueue is the number of events queued per connection before it
+	// counts as slow (default 1024).
+	SendQueue int
+	// HistorySize is the number of events kept per user for resume; with
+	// HistoryTTL it bounds the history. Either being 0 disables history.
+	HistorySize int
+	// HistoryTTL is how long an event stays in the history.
+	HistoryTTL time.Duration
+	// MaxConnsPerUser and MaxConns limit connections (0: no limit).
+	MaxConnsPerUser int
+	MaxConns        int
+	// Heartbeat is the heartbeat interval (default 25s).
+	Heartbeat time.Duration
+	// Epoch names this in-memory history; it changes with every process so
+	// that ids from before a restart are not taken for known ones (default:
+	// random).
+	Epoch string
+	// Logger receives the hub's logs (default: slog.Default()).
+	Logger *slog.Logger
+	// Observer is told about deliveries and closes, for metrics (optional).
+	Observer Observer
+}
+
+// Observer receives the hub's events for metrics. Methods must be cheap and
+// must not block.
+type Observer interface {
+	SlowConsumer(transport string)
+	Resumed(recovered bool)
+	Published(n int)
+}
+
+// ConnInfo describes a connection being registered.
+type ConnInfo struct {
+	UserID         string
+	Transport      string
+	TokenExpiresAt time.Time
+	// LastEventID is the id the client resumes from ("" for a fresh start).
+	LastEventID string
+}
+
+// UserEvent is the id given to the event of one user by Publish.
+type UserEvent struct {
+	UserID string `json:"userId"`
+	ID     string `json:"id"`
+}
+
+// Stats is a snapshot of this node's connections.
+type Stats struct {
+	TotalConnections int            `json:"totalConnections"`
+	ActiveUsers      int            `json:"activeUsers"`
+	Connections      map[string]int `json:"connections"`
+	Node             string         `json:"node"`
+	UptimeSeconds    int64          `json:"uptimeSeconds"`
+}
+
+// Hub is the per-user registry and publisher. Create it with New, start its
+// maintenance with Start, and stop it with Shutdown.
+type Hub struct {
+	opts    Options
+	log     *slog.Logger
+	seed    maphash.Seed
+	shards  []*shard
+	started time.Time
+
+	seq    atomic.Uint64
+	connID atomic.Uint64
+
+	allMu sync.Mutex // guards all (appends also hold every shard lock)
+	all   stream
+
+	total    atomic.Int64
+	users    atomic.Int64
+	byTransp sync.Map // transport name -> *atomic.Int64
+
+	draining atomic.Bool
+	drained  chan struct{} // closed when draining and no connection is left
+	once     sync.Once
+
+	stop chan struct{}
+	wg   sync.WaitGroup
+}
+
+type shard struct {
+	mu    sync.Mutex
+	users map[string]*userState
+}
+
+type userState struct {
+	conns []*Conn
+	hist  stream
+}
+
+// New builds a hub; it starts no goroutine until Start.
+func New(o Options) *Hub {
+	if o.Shards <= 0 {
+		o.Shards = 64
+	}
+	if o.SendQueue <= 0 {
+		o.SendQueue = 1024
+	}
+	if o.Heartbeat <= 0 {
+		o.Heartbeat = 25 * time.Second
+	}
+	if o.HistorySize <= 0 || o.HistoryTTL <= 0 {
+		o.HistorySize, o.HistoryTTL = 0, 0
+	}
+	if o.Epoch == "" {
+		var b [5]byte
+		_, _ = rand.Read(b[:])
+		o.Epoch = base32.HexEncoding.WithPadding(base32.NoPadding).EncodeToString(b[:])
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	h := &Hub{
+		opts:    o,
+		log:     o.Logger,
+		seed:    maphash.MakeSeed(),
+		shards:  make([]*shard, o.Shards),
+		started: time.Now(),
+		drained: make(chan struct{}),
+		stop:    make(chan struct{}),
+	}
+	for i := range h.shards {
+		h.shards[i] = &shard{users: make(map[string]*userState)}
+	}
+	return h
+}
+
+// Node returns the node name.
+func (h *Hub) Node() string { return h.opts.Node }
+
+// Heartbeat returns the heartbeat interval.
+func (h *Hub) Heartbeat() time.Duration { return h.opts.Heartbeat }
+
+// Draining reports whether Shutdown has begun.
+func (h *Hub) Draining() bool { return h.draining.Load() }
+
+func (h *Hub) shardOf(user string) *shard {
+	return h.shards[maphash.String(h.seed, user)%uint64(len(h.shards))]
+}
+
+func (h *Hub) transportCounter(name string) *atomic.Int64 {
+	if v, ok := h.byTransp.Load(name); ok {
+		return v.(*atomic.Int64)
+	}
+	v, _ := h.byTransp.LoadOrStore(name, new(atomic.Int64))
+	return v.(*atomic.Int64)
+}
+
+// Start starts the maintenance loop (heartbeats, token expiry, history
+// expiry). It does not block.
+func (h *Hub) Start() {
+	tick := min(time.Second, h.opts.Heartbeat/4)
+	tick = max(tick, 10*time.Millisecond)
+	h.wg.Add(1)
+	go func() {
+		defer h.wg.Done()
+		t := time.NewTicker(tick)
+		defer t.Stop()
+		for {
+			select {
+			case <-h.stop:
+				return
+			case now := <-t.C:
+				h.maintain(now)
+			}
+		}
+	}()
+}
+
+type beat struct {
+	c *Conn
+}
+
+// maintain runs one round of heartbeats, expiries and history trimming.
+func (h *Hub) maintain(now time.Time) {
+	nowN := now.UnixNano()
+	hb := int64(h.opts.Heartbeat)
+	// The broadcast stream is trimmed first: a user whose history empties
+	// below is forgotten with its floor, and a resume from a broadcast older
+	// than that history must not find the broadcast still held.
+	if h.opts.HistoryTTL > 0 {
+		h.allMu.Lock()
+		h.all.trim(now.Add(-h.opts.HistoryTTL))
+		h.allMu.Unlock()
+	}
+	var beats []beat
+	var expired []*Conn
+	for _, s := range h.shards {
+		s.mu.Lock()
+		for user, us := range s.users {
+			for _, c := range us.conns {
+				if e := c.expires.Load(); e != 0 && nowN >= e {
+					expired = append(expired, c)
+					continue
+				}
+				if nowN >= c.nextBeat {
+					c.nextBeat = nowN + hb
+					beats = append(beats, beat{c: c})
+				}
+			}
+			if h.opts.HistoryTTL > 0 {
+				us.hist.trim(now.Add(-h.opts.HistoryTTL))
+			}
+			if len(us.conns) == 0 && us.hist.n == 0 {
+				delete(s.users, user)
+			}
+		}
+		s.mu.Unlock()
+	}
+	for _, c := range expired {
+		c.Close(ReasonTokenExpired)
+	}
+	for i := range beats {
+		c := beats[i].c
+		c.sink.Heartbeat(!c.takeActive())
+	}
+}
+
+// Register adds a connection of info.UserID. Under the user's lock it
+// queues hub.connected and, when resuming, the missed events, so that no live
+// event can come between or before them. The transport must drain the
+// connection (Next) after Register returns, and call Unregister when the
+// connection ends.
+func (h *Hub) Register(info ConnInfo, sink Sink) (*Conn, error) {
+	if h.draining.Load() {
+		return nil, ErrShuttingDown
+	}
+	if n := h.total.Add(1); h.opts.MaxConns > 0 && n > int64(h.opts.MaxConns) {
+		h.release()
+		return nil, &LimitError{Scope: "node", Limit: h.opts.MaxConns}
+	}
+	c := &Conn{
+		hub:       h,
+		num:       h.connID.Add(1),
+		user:      info.UserID,
+		transport: info.Transport,
+		sink:      sink,
+		limit:     h.opts.SendQueue,
+	}
+	c.id = "c-" + h.opts.Epoch + "-" + strconv.FormatUint(c.num, 36)
+	c.SetTokenExpiry(info.TokenExpiresAt)
+
+	s := h.shardOf(info.UserID)
+	s.mu.Lock()
+	if h.draining.Load() {
+		s.mu.Unlock()
+		h.release()
+		return nil, ErrShuttingDown
+	}
+	us := s.users[info.UserID]
+	if us != nil && h.opts.MaxConnsPerUser > 0 && len(us.conns) >= h.opts.MaxConnsPerUser {
+		s.mu.Unlock()
+		h.release()
+		return nil, &LimitError{Scope: "user", Limit: h.opts.MaxConnsPerUser}
+	}
+	if us == nil {
+		us = &userState{}
+		s.users[info.UserID] = us
+	}
+	var missed []*Message
+	recovered := false
+	if info.LastEventID != "" {
+		missed, recovered = h.recover(us, info.LastEventID)
+		if h.opts.Observer != nil {
+			h.opts.Observer.Resumed(recovered)
+		}
+	}
+	if len(us.conns) == 0 {
+		h.users.Add(1)
+	}
+	us.conns = append(us.conns, c)
+	// a connection's first heartbeat is spread over one interval
+	c.nextBeat = time.Now().UnixNano() + int64(h.opts.Heartbeat)/2 + int64(c.num*7919%uint64(h.opts.Heartbeat/2+1))
+	c.limit += len(missed) + 1
+	payload := connectedPayload{
+		ConnectionID:     c.id,
+		UserID:           info.UserID,
+		Transport:        info.Transport,
+		HeartbeatSeconds: int(h.opts.Heartbeat.Round(time.Second) / time.Second),
+		Recovered:        recovered,
+		Missed:           len(missed),
+		Node:             h.opts.Node,
+	}
+	if !info.TokenExpiresAt.IsZero() {
+		payload.TokenExpiresAt = info.TokenExpiresAt.UTC().Format(TimeFormat)
+	}
+	c.enqueue(Control("hub.connected", payload))
+	for _, m := range missed {
+		c.enqueue(m)
+	}
+	s.mu.Unlock()
+	h.transportCounter(info.Transport).Add(1)
+	return c, nil
+}
+
+type connectedPayload struct {
+	ConnectionID     string `json:"connectionId"`
+	UserID           string `json:"userId"`
+	Transport        string `json:"transport"`
+	HeartbeatSeconds int    `json:"heartbeatSeconds"`
+	Recovered        bool   `json:"recovered"`
+	Missed           int    `json:"missed"`
+	Node             string `json:"node"`
+	TokenExpiresAt   string `json:"tokenExpiresAt,omitempty"`
+}
+
+// recover returns the events after lastID in us's history merged with the
+// broadcasts, and whether that list is provably complete. The shard lock is
+// held, so no event of this user can be published meanwhile; broadcasts hold
+// every shard lock when they append, so the broadcast stream is stable too.
+func (h *Hub) recover(us *userState, lastID string) ([]*Message, bool) {
+	if h.opts.HistorySize == 0 {
+		return nil, false
+	}
+	epoch, seq, ok := ParseID(lastID)
+	if !ok || epoch != h.opts.Epoch || seq > h.seq.Load() {
+		return nil, false
+	}
+	h.allMu.Lock()
+	defer h.allMu.Unlock()
+	if !us.hist.contains(seq) && !h.all.contains(seq) {
+		return nil, false
+	}
+	if us.hist.floor > seq || h.all.floor > seq {
+		return nil, false
+	}
+	missed := mergeSeq(us.hist.after(seq), h.all.after(seq))
+	if len(missed) > h.opts.HistorySize {
+		return nil, false
+	}
+	return missed, true
+}
+
+// Unregister removes a connection; the transport calls it once its
+// connection has ended. It is safe to call more than once.
+func (h *Hub) Unregister(c *Conn) {
+	s := h.shardOf(c.user)
+	s.mu.Lock()
+	c.mu.Lock()
+	if c.unreg {
+		c.mu.Unlock()
+		s.mu.Unlock()
+		return
+	}
+	c.unreg, c.dead, c.q = true, true, nil
+	c.mu.Unlock()
+	us := s.users[c.user]
+	if us != nil {
+		for i, x := range us.conns {
+			if x == c {
+				last := len(us.conns) - 1
+				us.conns[i] = us.conns[last]
+				us.conns[last] = nil
+				us.conns = us.conns[:last]
+				break
+			}
+		}
+		if len(us.conns) == 0 {
+			h.users.Add(-1)
+			us.conns = nil
+			if us.hist.n == 0 {
+				delete(s.users, c.user)
+			}
+		}
+	}
+	s.mu.Unlock()
+	h.transportCounter(c.transport).Add(-1)
+	h.release()
+}
+
+// release gives back a connection slot and, when the hub is draining and
+// that was the last one, tells Shutdown that the hub is drained.
+func (h *Hub) release() {
+	if h.total.Add(-1) == 0 && h.draining.Load() {
+		h.once.Do(func() { close(h.drained) })
+	}
+}
+
+func (h *Hub) slowConsumer(c *Conn) {
+	if h.opts.Observer != nil {
+		h.opts.Observer.SlowConsumer(c.transport)
+	}
+	h.log.Warn("slow consumer closed", "conn", c.id, "transport", c.transport)
+	c.sink.Abort(ReasonSlowConsumer)
+}
+
+func (h *Hub) now() time.Time { return time.Now() }
+
+// Publish sends one event of type typ to each user in userIDs (duplicates
+// are sent once) and returns the id given to each user's event, in the order
+// of userIDs. The payload must be valid JSON.
+func (h *Hub) Publish(ctx context.Context, userIDs []string, typ string, payload json.RawMessage) ([]UserEvent, error) {
+	if err := ValidateType(typ); err != nil {
+		return nil, fmt.Errorf("type: %w", err)
+	}
+	p, err := compactPayload(payload)
+	if err != nil {
+		return nil, err
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	out := make([]UserEvent, 0, len(userIDs))
+	seen := make(map[string]struct{}, len(userIDs))
+	for _, u := range userIDs {
+		if u == "" {
+			return nil, errors.New("userIds: must not contain an empty id")
+		}
+	}
+	for _, u := range userIDs {
+		if _, dup := seen[u]; dup {
+			continue
+		}
+		seen[u] = struct{}{}
+		s := h.shardOf(u)
+		s.mu.Lock()
+		seq := h.seq.Add(1)
+		ts := h.now()
+		m := newEvent(formatID(h.opts.Epoch, seq), typ, p, ts, seq)
+		us := s.users[u]
+		if us == nil && h.opts.HistorySize > 0 {
+			us = &userState{}
+			s.users[u] = us
+		}
+		if us != nil {
+			us.hist.push(m, h.opts.HistorySize)
+			for _, c := range us.conns {
+				c.enqueue(m)
+			}
+		}
+		s.mu.Unlock()
+		out = append(out, UserEvent{UserID: u, ID: m.ID})
+	}
+	if h.opts.Observer != nil {
+		h.opts.Observer.Published(len(out))
+	}
+	return out, nil
+}
+
+// Broadcast sends one event to every connected user (and into every user's
+// resume history) and returns its id, the same for every recipient.
+func (h *Hub) Broadcast(ctx context.Context, typ string, payload json.RawMessage) (string, error) {
+	if err := ValidateType(typ); err != nil {
+		return "", fmt.Errorf("type: %w", err)
+	}
+	p, err := compactPayload(payload)
+	if err != nil {
+		return "", err
+	}
+	if err := ctx.Err(); err != nil {
+		return "", err
+	}
+	// Take every shard lock so that this event's position is the same for
+	// every user relative to their own events; release shard by shard.
+	for _, s := range h.shards {
+		s.mu.Lock()
+	}
+	seq := h.seq.Add(1)
+	m := newEvent(formatID(h.opts.Epoch, seq), typ, p, h.now(), seq)
+	h.allMu.Lock()
+	h.all.push(m, h.opts.HistorySize)
+	h.allMu.Unlock()
+	for _, s := range h.shards {
+		for _, us := range s.users {
+			for _, c := range us.conns {
+				c.enqueue(m)
+			}
+		}
+		s.mu.Unlock()
+	}
+	if h.opts.Observer != nil {
+		h.opts.Observer.Published(1)
+	}
+	return m.ID, nil
+}
+
+// DisconnectUser closes every connection of user on this node with
+// ReasonDisconnected (after what is queued) and returns how many there were.
+func (h *Hub) DisconnectUser(user string) int {
+	s := h.shardOf(user)
+	s.mu.Lock()
+	var conns []*Conn
+	if us := s.users[user]; us != nil {
+		conns = append(conns, us.conns...)
+	}
+	s.mu.Unlock()
+	for _, c := range conns {
+		c.Close(ReasonDisconnected)
+	}
+	return len(conns)
+}
+
+// UserConnections returns the number of connections user holds on this node.
+func (h *Hub) UserConnections(user string) int {
+	s := h.shardOf(user)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if us := s.users[user]; us != nil {
+		return len(us.conns)
+	}
+	return 0
+}
+
+// Stats returns this node's connection counts.
+func (h *Hub) Stats() Stats {
+	st := Stats{
+		TotalConnections: int(h.total.Load()),
+		ActiveUsers:      int(h.users.Load()),
+		Connections:      map[string]int{TransportWebSocket: 0, TransportSSE: 0},
+		Node:             h.opts.Node,
+		UptimeSeconds:    int64(time.Since(h.started) / time.Second),
+	}
+	h.byTransp.Range(func(k, v any) bool {
+		st.Connections[k.(string)] = int(v.(*atomic.Int64).Load())
+		return true
+	})
+	return st
+}
+
+// Shutdown drains the hub: it refuses new connections, asks every
+// connection to close with ReasonShutdown after its queue is flushed, spread
+// over the first half of ctx's deadline (default 5 s), waits for them to end,
+// and aborts whatever is left when ctx is done. It stops the maintenance loop
+// and returns once every goroutine it started has ended.
+func (h *Hub) Shutdown(ctx context.Context) error {
+	first := !h.draining.Swap(true)
+	if h.total.Load() == 0 {
+		h.once.Do(func() { close(h.drained) })
+	}
+	window := 5 * time.Second
+	if dl, ok := ctx.Deadline(); ok {
+		window = time.Until(dl)
+	}
+	window /= 2
+	conns := h.connections()
+	if len(conns) > 0 {
+		step := window / time.Duration(len(conns))
+		next := time.Now()
+		for _, c := range conns {
+			c.Close(ReasonShutdown)
+			if step <= 0 {
+				continue
+			}
+			next = next.Add(step)
+			if d := time.Until(next); d > time.Millisecond {
+				select {
+				case <-time.After(d):
+				case <-ctx.Done():
+				case <-h.drained:
+				}
+			}
+		}
+	}
+	var err error
+	select {
+	case <-h.drained:
+	case <-ctx.Done():
+		for _, c := range h.connections() {
+			c.abort(ReasonShutdown)
+		}
+		err = fmt.Errorf("hub shutdown: %w", ctx.Err())
+	}
+	if first {
+		close(h.stop)
+	}
+	h.wg.Wait()
+	return err
+}
+
+// Stop ends the maintenance loop without draining (for tests and for hubs
+// whose transports are already gone).
+func (h *Hub) Stop() {
+	if !h.draining.Swap(true) {
+		close(h.stop)
+	}
+	h.wg.Wait()
+}
+
+func (h *Hub) connections() []*Conn {
+	var out []*Conn
+	for _, s := range h.shards {
+		s.mu.Lock()
+		for _, us := range s.users {
+			out = append(out, us.conns...)
+		}
+		s.mu.Unlock()
+	}
+	return out
+}
