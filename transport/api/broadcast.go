@@ -1,0 +1,373 @@
+package api
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"slices"
+	"strconv"
+
+	"github.com/hubd/hub/hub"
+	"github.com/hubd/hub/transport/auth"
+	"github.com/hubd/hub/transport/httpx"
+)
+
+// Error codes of the broadcast API (besides the auth ones).
+const (
+	codeInvalidJSON     = "invalid_json"
+	codeInvalidRequest  = "invalid_request"
+	codePayloadTooLarge = "payload_too_large"
+	codeShuttingDown    = "shutting_down"
+	codeInternal        = "internal_error"
+)
+
+// apiError is an error answer: status, code and message.
+type apiError struct {
+	Status  int    `json:"-"`
+	Code    string `json:"code"`
+	Message string `json:"message"`
+}
+
+func (e *apiError) write(w http.ResponseWriter) {
+	httpx.WriteError(w, e.Status, e.Code, e.Message)
+}
+
+func invalidRequest(format string, args ...any) *apiError {
+	return &apiError{Status: http.StatusBadRequest, Code: codeInvalidRequest, Message: fmt.Sprintf(format, args...)}
+}
+
+// message is one validated broadcast request.
+type message struct {
+	userIDs []string // nil when all
+	all     bool
+	typ     string
+	payload json.RawMessage
+	key     string // idempotency key, "" when none
+}
+
+// broadcastFields are the fields of a broadcast body, in the order their
+// errors are reported.
+var broadcastFields = []string{"userIds", "all", "type", "payload", "idempotencyKey"}
+
+// readBody reads the request body within the size limit. It answers 413
+// for a body over the limit and 400 invalid_json for an empty or unreadable
+// one.
+func (a *API) readBody(w http.ResponseWriter, r *http.Request) ([]byte, *apiError) {
+	tooLarge := &apiError{
+		Status:  http.StatusRequestEntityTooLarge,
+		Code:    codePayloadTooLarge,
+		Message: "the request body exceeds " + strconv.FormatInt(a.maxPayload, 10) + " bytes",
+	}
+	if r.ContentLength > a.maxPayload {
+		return nil, tooLarge
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, a.maxPayload))
+	if err != nil {
+		if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
+			return nil, tooLarge
+		}
+		return nil, &apiError{Status: http.StatusBadRequest, Code: codeInvalidJSON, Message: "could not read the request body"}
+	}
+	return body, nil
+}
+
+// decodeObject parses body as one JSON object and checks that every key is
+// one of fields. A syntax error is invalid_json, anything else an
+// invalid_request whose message starts with prefix (the path of the object).
+func decodeObject(body []byte, prefix string, fields []string) (map[string]json.RawMessage, *apiError) {
+	trimmed := bytes.TrimSpace(body)
+	if len(trimmed) == 0 {
+		return nil, &apiError{Status: http.StatusBadRequest, Code: codeInvalidJSON, Message: "the request body is empty"}
+	}
+	if !json.Valid(trimmed) {
+		var v any
+		msg := "the request body is not valid JSON"
+		if err := json.Unmarshal(trimmed, &v); err != nil {
+			msg += ": " + err.Error()
+		}
+		return nil, &apiError{Status: http.StatusBadRequest, Code: codeInvalidJSON, Message: msg}
+	}
+	return objectFields(trimmed, prefix, fields)
+}
+
+// objectFields splits valid JSON raw into the fields of an object, refusing
+// a non-object and unknown (or differently cased) keys.
+func objectFields(raw json.RawMessage, prefix string, fields []string) (map[string]json.RawMessage, *apiError) {
+	what := "the request body"
+	if prefix != "" {
+		what = prefix
+	}
+	if len(raw) == 0 || raw[0] != '{' {
+		return nil, invalidRequest("%s must be a JSON object", what)
+	}
+	var m map[string]json.RawMessage
+	if err := json.Unmarshal(raw, &m); err != nil {
+		return nil, invalidRequest("%s must be a JSON object", what)
+	}
+	var unknown []string
+	for k := range m {
+		if !slices.Contains(fields, k) {
+			unknown = append(unknown, k)
+		}
+	}
+	if len(unknown) > 0 {
+		slices.Sort(unknown)
+		return nil, invalidRequest("%s: unknown field (expected one of %s)", path(prefix, strconv.Quote(unknown[0])), quoteList(fields))
+	}
+	return m, nil
+}
+
+func quoteList(fields []string) string {
+	var b []byte
+	for i, f := range fields {
+		if i > 0 {
+			b = append(b, ", "...)
+		}
+		b = append(b, f...)
+	}
+	return string(b)
+}
+
+// path joins a prefix ("messages[2]") and a field name.
+func path(prefix, field string) string {
+	if prefix == "" {
+		return field
+	}
+	return prefix + "." + field
+}
+
+func isNull(raw json.RawMessage) bool {
+	return raw == nil || string(raw) == "null"
+}
+
+// parseMessage validates one broadcast body (already split into fields);
+// prefix is its path in a batch ("" for /api/broadcast).
+func parseMessage(f map[string]json.RawMessage, prefix string) (*message, *apiError) {
+	m := &message{}
+
+	hasIDs := !isNull(f["userIds"])
+	if raw := f["all"]; !isNull(raw) {
+		if err := json.Unmarshal(raw, &m.all); err != nil {
+			return nil, invalidRequest("%s: must be a boolean", path(prefix, "all"))
+		}
+	}
+	switch {
+	case hasIDs && m.all:
+		return nil, invalidRequest("%s and %s: give exactly one of userIds and all:true, not both", path(prefix, "userIds"), path(prefix, "all"))
+	case !hasIDs && !m.all:
+		return nil, invalidRequest("%s: required (1 to %d user ids), or all:true", path(prefix, "userIds"), MaxUserIDs)
+	case hasIDs:
+		raw := f["userIds"]
+		if raw[0] != '[' {
+			return nil, invalidRequest("%s: must be an array of strings", path(prefix, "userIds"))
+		}
+		var elems []json.RawMessage
+		if err := json.Unmarshal(raw, &elems); err != nil {
+			return nil, invalidRequest("%s: must be an array of strings", path(prefix, "userIds"))
+		}
+		if len(elems) == 0 || len(elems) > MaxUserIDs {
+			return nil, invalidRequest("%s: must hold 1 to %d user ids (got %d)", path(prefix, "userIds"), MaxUserIDs, len(elems))
+		}
+		m.userIDs = make([]string, len(elems))
+		for i, e := range elems {
+			if len(e) == 0 || e[0] != '"' || json.Unmarshal(e, &m.userIDs[i]) != nil {
+				return nil, invalidRequest("%s[%d]: must be a string", path(prefix, "userIds"), i)
+			}
+			if id := m.userIDs[i]; id == "" || len(id) > MaxUserIDLen {
+				return nil, invalidRequest("%s[%d]: must be 1 to %d bytes", path(prefix, "userIds"), i, MaxUserIDLen)
+			}
+		}
+	}
+
+	raw := f["type"]
+	if isNull(raw) {
+		return nil, invalidRequest("%s: required", path(prefix, "type"))
+	}
+	if raw[0] != '"' || json.Unmarshal(raw, &m.typ) != nil {
+		return nil, invalidRequest("%s: must be a string", path(prefix, "type"))
+	}
+	if err := hub.ValidateType(m.typ); err != nil {
+		return nil, invalidRequest("%s: %v", path(prefix, "type"), err)
+	}
+
+	m.payload = f["payload"]
+	if m.payload == nil {
+		m.payload = json.RawMessage("null")
+	}
+
+	if raw := f["idempotencyKey"]; !isNull(raw) {
+		if raw[0] != '"' || json.Unmarshal(raw, &m.key) != nil {
+			return nil, invalidRequest("%s: must be a string", path(prefix, "idempotencyKey"))
+		}
+		if m.key == "" || len(m.key) > MaxIdempotencyKeyLen {
+			return nil, invalidRequest("%s: must be 1 to %d bytes", path(prefix, "idempotencyKey"), MaxIdempotencyKeyLen)
+		}
+	}
+	return m, nil
+}
+
+// usersAnswer and allAnswer are the 202 bodies of a broadcast.
+type usersAnswer struct {
+	Events []hub.UserEvent `json:"events"`
+}
+
+type allAnswer struct {
+	ID string `json:"id"`
+}
+
+// publish applies m (through the idempotency cache when it has a key) and
+// returns the 202 body as JSON.
+func (a *API) publish(r *http.Request, caller string, m *message) (json.RawMessage, *apiError) {
+	if m.key == "" {
+		return a.publishNow(r, m)
+	}
+	return a.idem.do(r.Context(), caller+"\x00"+m.key, func() (json.RawMessage, *apiError) {
+		return a.publishNow(r, m)
+	})
+}
+
+func (a *API) publishNow(r *http.Request, m *message) (json.RawMessage, *apiError) {
+	var (
+		v   any
+		err error
+	)
+	if m.all {
+		var id string
+		id, err = a.hub.Broadcast(r.Context(), m.typ, m.payload)
+		v = allAnswer{ID: id}
+	} else {
+		var evs []hub.UserEvent
+		evs, err = a.hub.Publish(r.Context(), m.userIDs, m.typ, m.payload)
+		v = usersAnswer{Events: evs}
+	}
+	if err != nil {
+		if a.hub.Draining() {
+			return nil, &apiError{Status: http.StatusServiceUnavailable, Code: codeShuttingDown, Message: "the node is draining"}
+		}
+		a.log.Error("publish failed", "type", m.typ, "all", m.all, "users", len(m.userIDs), "err", err)
+		return nil, &apiError{Status: http.StatusInternalServerError, Code: codeInternal, Message: "the event could not be published"}
+	}
+	body, err := json.Marshal(v)
+	if err != nil { // our own types: cannot happen
+		return nil, &apiError{Status: http.StatusInternalServerError, Code: codeInternal, Message: "could not encode the answer"}
+	}
+	return body, nil
+}
+
+// authenticate authenticates a service caller, writing the error answer.
+func (a *API) authenticate(w http.ResponseWriter, r *http.Request) (*auth.Identity, bool) {
+	id, e := a.auth.AuthenticateService(r)
+	if e != nil {
+		auth.WriteError(w, e)
+		return nil, false
+	}
+	return id, true
+}
+
+// broadcast serves POST /api/broadcast.
+func (a *API) broadcast(w http.ResponseWriter, r *http.Request) {
+	id, ok := a.authenticate(w, r)
+	if !ok {
+		return
+	}
+	body, e := a.readBody(w, r)
+	if e != nil {
+		e.write(w)
+		return
+	}
+	f, e := decodeObject(body, "", broadcastFields)
+	if e != nil {
+		e.write(w)
+		return
+	}
+	m, e := parseMessage(f, "")
+	if e != nil {
+		e.write(w)
+		return
+	}
+	answer, e := a.publish(r, id.UserID, m)
+	if e != nil {
+		e.write(w)
+		return
+	}
+	writeRaw(w, http.StatusAccepted, answer)
+}
+
+// batchResult is one entry of a batch answer: the message's 202 body, or
+// an error object.
+type batchResult struct {
+	answer json.RawMessage
+	err    *apiError
+}
+
+func (b batchResult) MarshalJSON() ([]byte, error) {
+	if b.err != nil {
+		return json.Marshal(struct {
+			Error *apiError `json:"error"`
+		}{b.err})
+	}
+	return b.answer, nil
+}
+
+// batch serves POST /api/broadcast/batch.
+func (a *API) batch(w http.ResponseWriter, r *http.Request) {
+	id, ok := a.authenticate(w, r)
+	if !ok {
+		return
+	}
+	body, e := a.readBody(w, r)
+	if e != nil {
+		e.write(w)
+		return
+	}
+	f, e := decodeObject(body, "", []string{"messages"})
+	if e != nil {
+		e.write(w)
+		return
+	}
+	raw := f["messages"]
+	if isNull(raw) {
+		invalidRequest("messages: required (1 to %d messages)", MaxBatch).write(w)
+		return
+	}
+	var msgs []json.RawMessage
+	if raw[0] != '[' || json.Unmarshal(raw, &msgs) != nil {
+		invalidRequest("messages: must be an array of broadcast objects").write(w)
+		return
+	}
+	if len(msgs) == 0 || len(msgs) > MaxBatch {
+		invalidRequest("messages: must hold 1 to %d messages (got %d)", MaxBatch, len(msgs)).write(w)
+		return
+	}
+	results := make([]batchResult, len(msgs))
+	for i, raw := range msgs {
+		prefix := "messages[" + strconv.Itoa(i) + "]"
+		fields, e := objectFields(raw, prefix, broadcastFields)
+		if e == nil {
+			var m *message
+			if m, e = parseMessage(fields, prefix); e == nil {
+				results[i].answer, e = a.publish(r, id.UserID, m)
+			}
+		}
+		results[i].err = e
+	}
+	httpx.WriteJSON(w, http.StatusAccepted, struct {
+		Results []batchResult `json:"results"`
+	}{results})
+}
+
+// writeRaw writes a JSON body that is already encoded.
+func writeRaw(w http.ResponseWriter, status int, body json.RawMessage) {
+	h := w.Header()
+	h.Set("Content-Type", "application/json")
+	h.Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(status)
+	// body may be shared by the idempotency cache: never append to it
+	_, _ = w.Write(body)
+	_, _ = w.Write(newline)
+}
+
+var newline = []byte{'\n'}

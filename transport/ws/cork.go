@@ -1,0 +1,73 @@
+package ws
+
+import (
+	"bufio"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+)
+
+// corkConn wraps a hijacked connection so that the frames written while it
+// is corked go out in one write (one syscall) when it is uncorked.
+// coder/websocket flushes its buffered writer after every message; corking
+// below it turns a batch of queued messages into a single socket write.
+type corkConn struct {
+	net.Conn
+	mu     sync.Mutex
+	corked bool
+	buf    []byte
+}
+
+func (c *corkConn) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.corked {
+		c.buf = append(c.buf, p...)
+		return len(p), nil
+	}
+	return c.Conn.Write(p)
+}
+
+func (c *corkConn) cork() {
+	c.mu.Lock()
+	c.corked = true
+	c.mu.Unlock()
+}
+
+// uncork writes what was buffered, under a write deadline.
+func (c *corkConn) uncork(timeout time.Duration) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.corked = false
+	if len(c.buf) == 0 {
+		return nil
+	}
+	_ = c.Conn.SetWriteDeadline(time.Now().Add(timeout))
+	_, err := c.Conn.Write(c.buf)
+	_ = c.Conn.SetWriteDeadline(time.Time{})
+	if cap(c.buf) > 64<<10 {
+		c.buf = nil // do not keep a burst's buffer on an idle connection
+	} else {
+		c.buf = c.buf[:0]
+	}
+	return err
+}
+
+// corkWriter is the ResponseWriter given to websocket.Accept: its Hijack
+// returns the connection wrapped in a corkConn and points the server's
+// buffered writer at it.
+type corkWriter struct {
+	http.ResponseWriter
+	conn *corkConn
+}
+
+func (w *corkWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	nc, brw, err := http.NewResponseController(w.ResponseWriter).Hijack()
+	if err != nil {
+		return nil, nil, err
+	}
+	w.conn = &corkConn{Conn: nc}
+	brw.Writer.Reset(w.conn)
+	return w.conn, brw, nil
+}

@@ -1,0 +1,345 @@
+// Package ws is the WebSocket endpoint of the hub, on
+// github.com/coder/websocket: handshake (origin, token, limits), one reader
+// and at most one writer per connection (the writer runs only while the
+// connection's queue has something), ping frames and hub.ping heartbeats,
+// token refresh and expiry, and the contract's close codes.
+package ws
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/coder/websocket"
+
+	"github.com/hubd/hub/hub"
+	"github.com/hubd/hub/transport/auth"
+	"github.com/hubd/hub/transport/httpx"
+)
+
+// MaxFrame is the largest client frame accepted (other than hub.send).
+const MaxFrame = 4096
+
+// Options configure the endpoint.
+type Options struct {
+	Hub            *hub.Hub
+	Auth           *auth.Verifier
+	AllowedOrigins []string      // HUB_ALLOWED_ORIGINS; empty: same host only
+	PongTimeout    time.Duration // default 10s
+	WriteTimeout   time.Duration // per batch of writes, default 10s
+	Logger         *slog.Logger
+	// Admit is an optional admission check run after authentication.
+	Admit func(r *http.Request, resuming bool) (ok bool, status int, code string, retryAfter time.Duration)
+	// OnMessage handles client frames whose type the endpoint does not know
+	// itself (hub.send); nil answers them with hub.error.
+	OnMessage func(c *hub.Conn, typ string, frame []byte) bool
+	// MaxSendFrame is the largest hub.send frame (HUB_MAX_PAYLOAD) when
+	// OnMessage is set; other frames stay at MaxFrame.
+	MaxSendFrame int64
+}
+
+// Handler serves the WebSocket endpoint.
+type Handler struct {
+	o   Options
+	log *slog.Logger
+	wg  sync.WaitGroup // writer and ping goroutines
+}
+
+// New returns the endpoint handler.
+func New(o Options) *Handler {
+	if o.PongTimeout <= 0 {
+		o.PongTimeout = 10 * time.Second
+	}
+	if o.WriteTimeout <= 0 {
+		o.WriteTimeout = 10 * time.Second
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	return &Handler{o: o, log: o.Logger}
+}
+
+// Wait blocks until every writer and ping goroutine has ended (after the
+// connections have closed).
+func (h *Handler) Wait() { h.wg.Wait() }
+
+var bufPool = sync.Pool{New: func() any { b := make([]*hub.Message, 0, 64); return &b }}
+
+// ServeHTTP performs the handshake and runs the connection's reader.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodGet {
+		w.Header().Set("Allow", "GET")
+		httpx.WriteError(w, http.StatusMethodNotAllowed, "method_not_allowed", "use GET with a WebSocket upgrade")
+		return
+	}
+	if !strings.EqualFold(r.Header.Get("Upgrade"), "websocket") {
+		w.Header().Set("Upgrade", "websocket")
+		httpx.WriteError(w, http.StatusUpgradeRequired, "upgrade_required", "this endpoint speaks WebSocket; use the SSE endpoint otherwise")
+		return
+	}
+	if !httpx.OriginAllowed(h.o.AllowedOrigins, r.Header.Get("Origin"), r.Host) {
+		httpx.WriteError(w, http.StatusForbidden, "origin_not_allowed", "origin not allowed")
+		return
+	}
+	id, aerr := h.o.Auth.Authenticate(r)
+	if aerr != nil {
+		auth.WriteError(w, aerr)
+		return
+	}
+	last := r.URL.Query().Get("last_event_id")
+	if h.o.Admit != nil {
+		if ok, status, code, after := h.o.Admit(r, last != ""); !ok {
+			httpx.RetryAfter(w, after)
+			httpx.WriteError(w, status, code, "connection refused by admission control; retry later")
+			return
+		}
+	}
+	c := &conn{h: h}
+	hc, err := h.o.Hub.Register(hub.ConnInfo{
+		UserID:         id.UserID,
+		Transport:      hub.TransportWebSocket,
+		TokenExpiresAt: id.ExpiresAt,
+		LastEventID:    last,
+	}, c)
+	if err != nil {
+		writeRegisterError(w, err)
+		return
+	}
+	defer h.o.Hub.Unregister(hc)
+	cw := &corkWriter{ResponseWriter: w}
+	wsc, err := websocket.Accept(cw, r, &websocket.AcceptOptions{
+		InsecureSkipVerify: true, // the origin was checked above
+		CompressionMode:    websocket.CompressionDisabled,
+	})
+	if err != nil {
+		h.log.Debug("websocket accept failed", "err", err)
+		return
+	}
+	limit := int64(MaxFrame)
+	if h.o.OnMessage != nil && h.o.MaxSendFrame > limit {
+		limit = h.o.MaxSendFrame
+	}
+	wsc.SetReadLimit(limit)
+	c.ws, c.cork, c.hc, c.user = wsc, cw.conn, hc, id.UserID
+	c.ready.Store(true)
+	c.startWriter()
+	c.readLoop(r.Context())
+	_ = wsc.CloseNow()
+}
+
+func writeRegisterError(w http.ResponseWriter, err error) {
+	switch {
+	case errors.Is(err, hub.ErrShuttingDown):
+		httpx.WriteError(w, http.StatusServiceUnavailable, "shutting_down", "the node is draining; reconnect to another node")
+	case errors.Is(err, hub.ErrTooManyConnections):
+		httpx.WriteError(w, http.StatusTooManyRequests, "too_many_connections", err.Error())
+	default:
+		httpx.WriteError(w, http.StatusInternalServerError, "internal", "could not register the connection")
+	}
+}
+
+// conn is one WebSocket connection; it is the hub.Sink of its hub.Conn.
+type conn struct {
+	h     *Handler
+	ws    *websocket.Conn
+	cork  *corkConn
+	hc    *hub.Conn
+	user  string
+	ready atomic.Bool
+	dead  atomic.Bool
+	ping  atomic.Bool
+}
+
+// Wake starts a writer; the hub calls it once per empty→non-empty change.
+func (c *conn) Wake() {
+	if c.ready.Load() {
+		c.startWriter()
+	}
+}
+
+func (c *conn) startWriter() {
+	c.h.wg.Add(1)
+	go func() {
+		defer c.h.wg.Done()
+		c.writeLoop()
+	}()
+}
+
+// Abort closes at once (slow consumer, drain timeout).
+func (c *conn) Abort(r hub.Reason) {
+	if !c.ready.Load() || !c.dead.CompareAndSwap(false, true) {
+		return
+	}
+	c.h.wg.Add(1)
+	go func() {
+		defer c.h.wg.Done()
+		c.close(r)
+	}()
+}
+
+// Heartbeat sends a ping frame (and hub.ping when idle) and closes the
+// connection when no pong comes within the pong timeout.
+func (c *conn) Heartbeat(idle bool) {
+	if !c.ready.Load() || c.dead.Load() {
+		return
+	}
+	if idle {
+		c.hc.Send(hub.Ping)
+	}
+	if !c.ping.CompareAndSwap(false, true) {
+		return
+	}
+	c.h.wg.Add(1)
+	go func() {
+		defer c.h.wg.Done()
+		defer c.ping.Store(false)
+		ctx, cancel := context.WithTimeout(context.Background(), c.h.o.PongTimeout)
+		defer cancel()
+		if err := c.ws.Ping(ctx); err != nil && !c.dead.Load() {
+			c.h.log.Debug("websocket pong timeout", "conn", c.hc.ID())
+			_ = c.ws.CloseNow()
+		}
+	}()
+}
+
+// writeLoop drains the queue: every queued frame is written, then one
+// flush; it ends when the queue is empty (or closes on a close reason).
+func (c *conn) writeLoop() {
+	bp := bufPool.Get().(*[]*hub.Message)
+	defer func() {
+		clear(*bp)
+		*bp = (*bp)[:0]
+		bufPool.Put(bp)
+	}()
+	for {
+		msgs, reason := c.hc.Next((*bp)[:0])
+		*bp = msgs
+		if len(msgs) > 0 {
+			if err := c.writeBatch(msgs); err != nil {
+				c.dead.Store(true)
+				_ = c.ws.CloseNow()
+				return
+			}
+			clear(msgs)
+			continue
+		}
+		if reason != nil {
+			if c.dead.CompareAndSwap(false, true) {
+				c.close(*reason)
+			}
+		}
+		return
+	}
+}
+
+func (c *conn) writeBatch(msgs []*hub.Message) error {
+	ctx, cancel := context.WithTimeout(context.Background(), c.h.o.WriteTimeout)
+	defer cancel()
+	c.cork.cork()
+	for _, m := range msgs {
+		if err := c.ws.Write(ctx, websocket.MessageText, m.Frame); err != nil {
+			_ = c.cork.uncork(c.h.o.WriteTimeout)
+			return err
+		}
+	}
+	return c.cork.uncork(c.h.o.WriteTimeout)
+}
+
+func (c *conn) close(r hub.Reason) {
+	_ = c.ws.Close(websocket.StatusCode(r.Code), r.Text)
+}
+
+type clientFrame struct {
+	Type  string `json:"type"`
+	Token string `json:"token"`
+}
+
+// readLoop reads client frames until the connection ends.
+func (c *conn) readLoop(ctx context.Context) {
+	ctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancel()
+	for {
+		typ, data, err := c.ws.Read(ctx)
+		if err != nil {
+			return
+		}
+		if typ == websocket.MessageBinary {
+			c.dead.Store(true)
+			c.close(hub.Reason{Code: int(websocket.StatusUnsupportedData), Text: "binary frames are not supported"})
+			return
+		}
+		if !c.handle(data) {
+			return
+		}
+	}
+}
+
+func (c *conn) sendError(code, msg string) {
+	c.hc.Send(hub.Control("hub.error", map[string]string{"code": code, "message": msg}))
+}
+
+// handle processes one client frame; false ends the read loop.
+func (c *conn) handle(data []byte) bool {
+	var f clientFrame
+	if err := json.Unmarshal(data, &f); err != nil {
+		if len(data) > MaxFrame {
+			c.dead.Store(true)
+			c.close(hub.Reason{Code: int(websocket.StatusMessageTooBig), Text: "frame too large"})
+			return false
+		}
+		c.sendError("invalid_message", "frames must be JSON objects")
+		return true
+	}
+	if len(data) > MaxFrame && f.Type != "hub.send" {
+		c.dead.Store(true)
+		c.close(hub.Reason{Code: int(websocket.StatusMessageTooBig), Text: "frame too large"})
+		return false
+	}
+	switch f.Type {
+	case "hub.pong":
+		return true
+	case "hub.refresh":
+		c.refresh(f.Token)
+		return true
+	case "":
+		c.sendError("invalid_message", "missing type")
+		return true
+	}
+	if c.h.o.OnMessage != nil && c.h.o.OnMessage(c.hc, f.Type, data) {
+		return true
+	}
+	if f.Type == "hub.send" {
+		var s struct {
+			Ref string `json:"ref"`
+		}
+		_ = json.Unmarshal(data, &s)
+		c.hc.Send(hub.Control("hub.nack", map[string]any{
+			"ref":       s.Ref,
+			"retryable": false,
+			"error":     map[string]string{"code": "upstream_disabled", "message": "no upstream is configured on this hub"},
+		}))
+		return true
+	}
+	c.sendError("unknown_type", "unknown message type")
+	return true
+}
+
+func (c *conn) refresh(token string) {
+	id, err := c.h.o.Auth.Verify(token)
+	if err != nil || id.UserID != c.user {
+		c.hc.Close(hub.ReasonUnauthorized)
+		return
+	}
+	c.hc.SetTokenExpiry(id.ExpiresAt)
+	payload := map[string]string{}
+	if !id.ExpiresAt.IsZero() {
+		payload["tokenExpiresAt"] = id.ExpiresAt.UTC().Format(hub.TimeFormat)
+	}
+	c.hc.Send(hub.Control("hub.refreshed", payload))
+}
