@@ -1,0 +1,250 @@
+package modules
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/fx"
+
+	"github.com/hubd/hub/config"
+	"github.com/hubd/hub/hub"
+	"github.com/hubd/hub/transport/api"
+	"github.com/hubd/hub/transport/httpx"
+	"github.com/hubd/hub/transport/sse"
+	"github.com/hubd/hub/transport/ws"
+	"github.com/hubd/hub/web"
+)
+
+// HTTPModule runs the public listener (and the internal one when
+// HUB_INTERNAL_ADDR is set). Its stop hook drains the hub first (close 1001,
+// hub.shutdown), then shuts the servers down.
+var HTTPModule = fx.Module("http",
+	fx.Provide(newServers),
+	fx.Invoke(func(*Servers) {}),
+)
+
+// Servers are the running HTTP servers; Addr and InternalAddr give the
+// bound addresses (useful with port 0).
+type Servers struct {
+	public, internal *http.Server
+	publicLn         net.Listener
+	internalLn       net.Listener
+}
+
+// Addr is the public listener's address.
+func (s *Servers) Addr() string { return s.publicLn.Addr().String() }
+
+// InternalAddr is the internal listener's address (the public one when not separate).
+func (s *Servers) InternalAddr() string {
+	if s.internalLn != nil {
+		return s.internalLn.Addr().String()
+	}
+	return s.Addr()
+}
+
+type serverParams struct {
+	fx.In
+	LC  fx.Lifecycle
+	Cfg config.Config
+	Hub *hub.Hub
+	WS  *ws.Handler
+	SSE *sse.Handler
+	API *api.API
+	Log *slog.Logger
+}
+
+func newServers(p serverParams) *Servers {
+	public := http.NewServeMux()
+	public.Handle(p.Cfg.WSPath, p.WS)
+	public.Handle(p.Cfg.SSEPath, p.SSE)
+	origins := p.Cfg.AllowedOrigins
+	public.Handle("/", web.NewHandler(web.Options{AllowOrigin: func(origin string) bool {
+		return len(origins) > 0 && httpx.OriginAllowed(origins, origin, "")
+	}}))
+	p.API.RegisterPublic(public)
+
+	internal := public
+	if p.Cfg.InternalAddr != "" {
+		internal = http.NewServeMux()
+		internal.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+			httpx.WriteJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+		})
+	}
+	p.API.RegisterInternal(internal)
+
+	s := &Servers{}
+	s.public = newServer(jsonErrors(public), p.Log)
+	if p.Cfg.InternalAddr != "" {
+		s.internal = newServer(jsonErrors(internal), p.Log)
+	}
+	p.LC.Append(fx.Hook{
+		OnStart: func(ctx context.Context) error {
+			ln, err := net.Listen("tcp", p.Cfg.Addr)
+			if err != nil {
+				return fmt.Errorf("listen on HUB_ADDR %s: %w", p.Cfg.Addr, err)
+			}
+			s.publicLn = ln
+			if s.internal != nil {
+				iln, err := net.Listen("tcp", p.Cfg.InternalAddr)
+				if err != nil {
+					ln.Close()
+					return fmt.Errorf("listen on HUB_INTERNAL_ADDR %s: %w", p.Cfg.InternalAddr, err)
+				}
+				s.internalLn = iln
+				go serve(s.internal, iln, p.Log)
+			}
+			go serve(s.public, ln, p.Log)
+			p.Log.Info("hub listening", "addr", ln.Addr().String(), "internal", s.InternalAddr(), "node", p.Cfg.NodeName)
+			return nil
+		},
+		OnStop: func(ctx context.Context) error {
+			p.Log.Info("draining", "timeout", p.Cfg.ShutdownTimeout.String())
+			drainCtx, cancel := context.WithTimeout(ctx, p.Cfg.ShutdownTimeout)
+			if err := p.Hub.Shutdown(drainCtx); err != nil {
+				p.Log.Warn("drain timeout: remaining connections cut", "err", err)
+			}
+			cancel()
+			sctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			defer cancel()
+			var errs []error
+			for _, srv := range []*http.Server{s.public, s.internal} {
+				if srv == nil {
+					continue
+				}
+				if err := srv.Shutdown(sctx); err != nil {
+					errs = append(errs, err)
+					srv.Close()
+				}
+			}
+			p.WS.Wait()
+			p.Log.Info("stopped")
+			if len(errs) > 0 {
+				p.Log.Warn("http shutdown", "err", errors.Join(errs...))
+			}
+			return nil
+		},
+	})
+	return s
+}
+
+func serve(srv *http.Server, ln net.Listener, log *slog.Logger) {
+	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		log.Error("http server", "err", err)
+	}
+}
+
+func newServer(h http.Handler, log *slog.Logger) *http.Server {
+	return &http.Server{
+		Handler:           accessLog(h, log),
+		ReadHeaderTimeout: 10 * time.Second,
+		MaxHeaderBytes:    32 << 10,
+		IdleTimeout:       120 * time.Second,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+}
+
+// jsonErrors answers unknown paths and wrong methods with the contract's
+// JSON error body instead of ServeMux's plain text.
+func jsonErrors(mux *http.ServeMux) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if _, pattern := mux.Handler(r); pattern == "" {
+			rec := &statusProbe{}
+			h, _ := mux.Handler(r)
+			h.ServeHTTP(rec, r)
+			switch rec.status {
+			case http.StatusMethodNotAllowed:
+				if a := rec.Header().Get("Allow"); a != "" {
+					w.Header().Set("Allow", a)
+				}
+				httpx.WriteError(w, http.StatusMethodNotAllowed, "method_not_allowed", "method not allowed on "+r.URL.Path)
+			default:
+				httpx.WriteError(w, http.StatusNotFound, "not_found", "no such endpoint: "+r.URL.Path)
+			}
+			return
+		}
+		mux.ServeHTTP(w, r)
+	})
+}
+
+// statusProbe records the status a ServeMux fallback handler would send.
+type statusProbe struct {
+	h      http.Header
+	status int
+}
+
+func (p *statusProbe) Header() http.Header {
+	if p.h == nil {
+		p.h = http.Header{}
+	}
+	return p.h
+}
+func (p *statusProbe) Write(b []byte) (int, error) { return len(b), nil }
+func (p *statusProbe) WriteHeader(s int)           { p.status = s }
+
+var reqSeq atomic.Uint64
+
+// accessLog logs each request with a request id, never the query string
+// (it may hold a token) nor any header.
+func accessLog(next http.Handler, log *slog.Logger) http.Handler {
+	var prefix [4]byte
+	_, _ = rand.Read(prefix[:])
+	p := hex.EncodeToString(prefix[:])
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		id := r.Header.Get("X-Request-Id")
+		if id == "" || len(id) > 64 || strings.ContainsAny(id, " \t\r\n") {
+			id = fmt.Sprintf("%s-%d", p, reqSeq.Add(1))
+		}
+		w.Header().Set("X-Request-Id", id)
+		start := time.Now()
+		rw := &statusWriter{ResponseWriter: w}
+		next.ServeHTTP(rw, r)
+		log.Debug("request", "id", id, "method", r.Method, "path", r.URL.Path,
+			"status", rw.status, "duration", time.Since(start).String(), "remote", httpx.ClientIP(r))
+	})
+}
+
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+}
+
+func (w *statusWriter) WriteHeader(s int) {
+	if w.status == 0 {
+		w.status = s
+	}
+	w.ResponseWriter.WriteHeader(s)
+}
+
+func (w *statusWriter) Write(b []byte) (int, error) {
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
+	return w.ResponseWriter.Write(b)
+}
+
+// Unwrap lets http.ResponseController and websocket.Accept reach the
+// connection (Flush, Hijack, deadlines).
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// Hijack hands the connection over (WebSocket upgrades).
+func (w *statusWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	if w.status == 0 {
+		w.status = http.StatusSwitchingProtocols
+	}
+	return http.NewResponseController(w.ResponseWriter).Hijack()
+}
+
+// Flush flushes a streamed response (SSE).
+func (w *statusWriter) Flush() {
+	_ = http.NewResponseController(w.ResponseWriter).Flush()
+}

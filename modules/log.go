@@ -1,0 +1,50 @@
+package modules
+
+import (
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+
+	"go.uber.org/fx"
+
+	"github.com/hubd/hub/config"
+)
+
+// LogModule provides the *slog.Logger: JSON off a terminal, text on one,
+// unless HUB_LOG_FORMAT says otherwise.
+var LogModule = fx.Module("log",
+	fx.Provide(func(cfg config.Config) *slog.Logger { return NewLogger(cfg, os.Stderr) }),
+)
+
+// NewLogger builds the logger configured by cfg, writing to w.
+func NewLogger(cfg config.Config, w io.Writer) *slog.Logger {
+	var level slog.Level
+	switch strings.ToLower(cfg.LogLevel) {
+	case "debug":
+		level = slog.LevelDebug
+	case "warn":
+		level = slog.LevelWarn
+	case "error":
+		level = slog.LevelError
+	default:
+		level = slog.LevelInfo
+	}
+	format := cfg.LogFormat
+	if format == "" {
+		format = "json"
+		if f, ok := w.(*os.File); ok && isTerminal(f) {
+			format = "text"
+		}
+	}
+	o := &slog.HandlerOptions{Level: level}
+	if format == "text" {
+		return slog.New(slog.NewTextHandler(w, o))
+	}
+	return slog.New(slog.NewJSONHandler(w, o))
+}
+
+func isTerminal(f *os.File) bool {
+	st, err := f.Stat()
+	return err == nil && st.Mode()&os.ModeCharDevice != 0
+}
