@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -36,6 +37,8 @@ var HTTPModule = fx.Module("http",
 // Servers are the running HTTP servers; Addr and InternalAddr give the
 // bound addresses (useful with port 0).
 type Servers struct {
+	// TLS is true when the public listener serves HTTPS (and HTTP/2).
+	TLS              bool
 	public, internal *http.Server
 	publicLn         net.Listener
 	internalLn       net.Listener
@@ -82,13 +85,32 @@ func newServers(p serverParams) *Servers {
 	}
 	p.API.RegisterInternal(internal)
 
+	if p.Cfg.Pprof {
+		// profiling only where the operator keeps it private
+		if p.Cfg.InternalAddr != "" {
+			registerPprof(internal)
+		} else {
+			p.Log.Warn("HUB_PPROF is set but HUB_INTERNAL_ADDR is not: pprof stays off (it is served on the internal listener only)")
+		}
+	}
+
 	s := &Servers{}
 	s.public = newServer(jsonErrors(public), p.Log)
 	if p.Cfg.InternalAddr != "" {
 		s.internal = newServer(jsonErrors(internal), p.Log)
 	}
+	var certs *certReloader
 	p.LC.Append(fx.Hook{
 		OnStart: func(ctx context.Context) error {
+			if p.Cfg.TLSCertFile != "" {
+				var err error
+				if certs, err = newCertReloader(p.Cfg.TLSCertFile, p.Cfg.TLSKeyFile, p.Log); err != nil {
+					return err
+				}
+				s.public.TLSConfig = certs.tlsConfig()
+				s.TLS = true
+				certs.start(5 * time.Second)
+			}
 			ln, err := net.Listen("tcp", p.Cfg.Addr)
 			if err != nil {
 				return fmt.Errorf("listen on HUB_ADDR %s: %w", p.Cfg.Addr, err)
@@ -103,7 +125,11 @@ func newServers(p serverParams) *Servers {
 				s.internalLn = iln
 				go serve(s.internal, iln, p.Log)
 			}
-			go serve(s.public, ln, p.Log)
+			if s.TLS {
+				go serveTLS(s.public, ln, p.Log)
+			} else {
+				go serve(s.public, ln, p.Log)
+			}
 			p.Log.Info("hub listening", "addr", ln.Addr().String(), "internal", s.InternalAddr(), "node", p.Cfg.NodeName)
 			return nil
 		},
@@ -127,6 +153,9 @@ func newServers(p serverParams) *Servers {
 				}
 			}
 			p.WS.Wait()
+			if certs != nil {
+				certs.close()
+			}
 			p.Log.Info("stopped")
 			if len(errs) > 0 {
 				p.Log.Warn("http shutdown", "err", errors.Join(errs...))
@@ -141,6 +170,20 @@ func serve(srv *http.Server, ln net.Listener, log *slog.Logger) {
 	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 		log.Error("http server", "err", err)
 	}
+}
+
+func serveTLS(srv *http.Server, ln net.Listener, log *slog.Logger) {
+	if err := srv.ServeTLS(ln, "", ""); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		log.Error("https server", "err", err)
+	}
+}
+
+func registerPprof(mux *http.ServeMux) {
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 }
 
 func newServer(h http.Handler, log *slog.Logger) *http.Server {
