@@ -42,6 +42,10 @@ type Conn struct {
 	dead      bool
 	active    bool
 	unreg     bool
+	pending   bool       // registering in cluster mode: live events wait in pend
+	pend      []*Message // live events that came while pending
+	lastSeq   uint64     // position of the last event queued (deduplicates replay overlaps)
+	lastID    string     // id of the last event queued, or the position at connect
 
 	expires  atomic.Int64 // token expiry, unix nanoseconds; 0 = none
 	nextBeat int64        // unix nanoseconds; guarded by the shard lock
@@ -87,6 +91,21 @@ func (c *Conn) enqueue(m *Message) bool {
 		c.mu.Unlock()
 		return false
 	}
+	if m.seq != 0 && m.seq <= c.lastSeq { // already queued (a replay overlap)
+		c.mu.Unlock()
+		return true
+	}
+	if c.pending {
+		if len(c.pend) >= c.limit {
+			c.dead, c.pend = true, nil
+			c.mu.Unlock()
+			c.hub.slowConsumer(c)
+			return false
+		}
+		c.pend = append(c.pend, m)
+		c.mu.Unlock()
+		return true
+	}
 	if len(c.q) >= c.limit {
 		c.dead = true
 		c.q = nil
@@ -95,6 +114,9 @@ func (c *Conn) enqueue(m *Message) bool {
 		return false
 	}
 	c.q = append(c.q, m)
+	if m.seq != 0 {
+		c.lastSeq, c.lastID = m.seq, m.ID
+	}
 	c.active = true
 	wake := !c.scheduled
 	c.scheduled = true

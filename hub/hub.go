@@ -48,6 +48,11 @@ type Options struct {
 	Logger *slog.Logger
 	// Observer is told about deliveries and closes, for metrics (optional).
 	Observer Observer
+	// Broker makes this hub one node of a cluster (nil: a single node with
+	// in-memory ids, history and delivery).
+	Broker Broker
+	// BrokerTimeout bounds each call to the broker (default 5s).
+	BrokerTimeout time.Duration
 }
 
 // Observer receives the hub's events for metrics. Methods must be cheap and
@@ -117,6 +122,12 @@ type shard struct {
 type userState struct {
 	conns []*Conn
 	hist  stream
+	sub   *subscription // cluster mode: this node's subscription to the user
+}
+
+type subscription struct {
+	done chan struct{}
+	err  error
 }
 
 // New builds a hub; it starts no goroutine until Start.
@@ -140,6 +151,9 @@ func New(o Options) *Hub {
 	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
+	}
+	if o.BrokerTimeout <= 0 {
+		o.BrokerTimeout = 5 * time.Second
 	}
 	h := &Hub{
 		opts:    o,
@@ -270,6 +284,9 @@ func (h *Hub) Register(info ConnInfo, sink Sink) (*Conn, error) {
 	}
 	c.id = "c-" + h.opts.Epoch + "-" + strconv.FormatUint(c.num, 36)
 	c.SetTokenExpiry(info.TokenExpiresAt)
+	if h.opts.Broker != nil {
+		return h.registerCluster(c, info)
+	}
 
 	s := h.shardOf(info.UserID)
 	s.mu.Lock()
@@ -303,25 +320,30 @@ func (h *Hub) Register(info ConnInfo, sink Sink) (*Conn, error) {
 	// a connection's first heartbeat is spread over one interval
 	c.nextBeat = time.Now().UnixNano() + int64(h.opts.Heartbeat)/2 + int64(c.num*7919%uint64(h.opts.Heartbeat/2+1))
 	c.limit += len(missed) + 1
-	payload := connectedPayload{
-		ConnectionID:     c.id,
-		UserID:           info.UserID,
-		Transport:        info.Transport,
-		HeartbeatSeconds: int(h.opts.Heartbeat.Round(time.Second) / time.Second),
-		Recovered:        recovered,
-		Missed:           len(missed),
-		Node:             h.opts.Node,
-	}
-	if !info.TokenExpiresAt.IsZero() {
-		payload.TokenExpiresAt = info.TokenExpiresAt.UTC().Format(TimeFormat)
-	}
-	c.enqueue(Control("hub.connected", payload))
+	c.enqueue(h.connected(c, info, recovered, len(missed)))
 	for _, m := range missed {
 		c.enqueue(m)
 	}
 	s.mu.Unlock()
 	h.transportCounter(info.Transport).Add(1)
 	return c, nil
+}
+
+// connected builds the hub.connected control event of c.
+func (h *Hub) connected(c *Conn, info ConnInfo, recovered bool, missed int) *Message {
+	payload := connectedPayload{
+		ConnectionID:     c.id,
+		UserID:           info.UserID,
+		Transport:        info.Transport,
+		HeartbeatSeconds: int(h.opts.Heartbeat.Round(time.Second) / time.Second),
+		Recovered:        recovered,
+		Missed:           missed,
+		Node:             h.opts.Node,
+	}
+	if !info.TokenExpiresAt.IsZero() {
+		payload.TokenExpiresAt = info.TokenExpiresAt.UTC().Format(TimeFormat)
+	}
+	return Control("hub.connected", payload)
 }
 
 type connectedPayload struct {
@@ -373,8 +395,9 @@ func (h *Hub) Unregister(c *Conn) {
 		s.mu.Unlock()
 		return
 	}
-	c.unreg, c.dead, c.q = true, true, nil
+	c.unreg, c.dead, c.q, c.pend = true, true, nil, nil
 	c.mu.Unlock()
+	unsubscribe := false
 	us := s.users[c.user]
 	if us != nil {
 		for i, x := range us.conns {
@@ -389,12 +412,19 @@ func (h *Hub) Unregister(c *Conn) {
 		if len(us.conns) == 0 {
 			h.users.Add(-1)
 			us.conns = nil
+			if us.sub != nil {
+				us.sub = nil
+				unsubscribe = true
+			}
 			if us.hist.n == 0 {
 				delete(s.users, c.user)
 			}
 		}
 	}
 	s.mu.Unlock()
+	if unsubscribe {
+		h.opts.Broker.Unsubscribe(c.user)
+	}
 	h.transportCounter(c.transport).Add(-1)
 	h.release()
 }
@@ -437,6 +467,26 @@ func (h *Hub) Publish(ctx context.Context, userIDs []string, typ string, payload
 		if u == "" {
 			return nil, errors.New("userIds: must not contain an empty id")
 		}
+	}
+	if h.opts.Broker != nil {
+		users := make([]string, 0, len(userIDs))
+		for _, u := range userIDs {
+			if _, dup := seen[u]; !dup {
+				seen[u] = struct{}{}
+				users = append(users, u)
+			}
+		}
+		ids, err := h.opts.Broker.PublishUsers(ctx, users, typ, p, h.now())
+		if err != nil {
+			return nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
+		}
+		for i, u := range users {
+			out = append(out, UserEvent{UserID: u, ID: ids[i]})
+		}
+		if h.opts.Observer != nil {
+			h.opts.Observer.Published(len(out))
+		}
+		return out, nil
 	}
 	for _, u := range userIDs {
 		if _, dup := seen[u]; dup {
@@ -481,6 +531,16 @@ func (h *Hub) Broadcast(ctx context.Context, typ string, payload json.RawMessage
 	if err := ctx.Err(); err != nil {
 		return "", err
 	}
+	if h.opts.Broker != nil {
+		id, err := h.opts.Broker.PublishAll(ctx, typ, p, h.now())
+		if err != nil {
+			return "", fmt.Errorf("%w: %v", ErrUnavailable, err)
+		}
+		if h.opts.Observer != nil {
+			h.opts.Observer.Published(1)
+		}
+		return id, nil
+	}
 	// Take every shard lock so that this event's position is the same for
 	// every user relative to their own events; release shard by shard.
 	for _, s := range h.shards {
@@ -505,20 +565,18 @@ func (h *Hub) Broadcast(ctx context.Context, typ string, payload json.RawMessage
 	return m.ID, nil
 }
 
-// DisconnectUser closes every connection of user on this node with
-// ReasonDisconnected (after what is queued) and returns how many there were.
+// DisconnectUser closes every connection of user with ReasonDisconnected
+// (after what is queued) on this node and, with a broker, on every node; it
+// returns how many this node had.
 func (h *Hub) DisconnectUser(user string) int {
-	s := h.shardOf(user)
-	s.mu.Lock()
-	var conns []*Conn
-	if us := s.users[user]; us != nil {
-		conns = append(conns, us.conns...)
+	if h.opts.Broker != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), h.opts.BrokerTimeout)
+		if err := h.opts.Broker.DisconnectUser(ctx, user); err != nil {
+			h.log.Warn("cluster disconnect failed", "err", err)
+		}
+		cancel()
 	}
-	s.mu.Unlock()
-	for _, c := range conns {
-		c.Close(ReasonDisconnected)
-	}
-	return len(conns)
+	return h.DisconnectLocal(user)
 }
 
 // UserConnections returns the number of connections user holds on this node.

@@ -244,6 +244,10 @@ func (a *API) publishNow(r *http.Request, m *message) (json.RawMessage, *apiErro
 		v = usersAnswer{Events: evs}
 	}
 	if err != nil {
+		if errors.Is(err, hub.ErrUnavailable) {
+			a.log.Error("publish failed: broker unavailable", "err", err)
+			return nil, &apiError{Status: http.StatusServiceUnavailable, Code: "unavailable", Message: "the broker is unreachable; the event was not accepted"}
+		}
 		if a.hub.Draining() {
 			return nil, &apiError{Status: http.StatusServiceUnavailable, Code: codeShuttingDown, Message: "the node is draining"}
 		}

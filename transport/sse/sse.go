@@ -308,6 +308,8 @@ func (h *Handler) refuse(w http.ResponseWriter, err error) {
 	switch {
 	case errors.Is(err, hub.ErrShuttingDown):
 		httpx.WriteError(w, http.StatusServiceUnavailable, "shutting_down", "the node is draining; reconnect to another node")
+	case errors.Is(err, hub.ErrUnavailable):
+		httpx.WriteError(w, http.StatusServiceUnavailable, "unavailable", "the broker is unreachable; retry later")
 	case errors.As(err, &le):
 		httpx.WriteError(w, http.StatusTooManyRequests, "too_many_connections",
 			"too many connections for this "+le.Scope+" (limit "+strconv.Itoa(le.Limit)+")")

@@ -137,6 +137,8 @@ func writeRegisterError(w http.ResponseWriter, err error) {
 	switch {
 	case errors.Is(err, hub.ErrShuttingDown):
 		httpx.WriteError(w, http.StatusServiceUnavailable, "shutting_down", "the node is draining; reconnect to another node")
+	case errors.Is(err, hub.ErrUnavailable):
+		httpx.WriteError(w, http.StatusServiceUnavailable, "unavailable", "the broker is unreachable; retry later")
 	case errors.Is(err, hub.ErrTooManyConnections):
 		httpx.WriteError(w, http.StatusTooManyRequests, "too_many_connections", err.Error())
 	default:

@@ -1,0 +1,54 @@
+package hub
+
+import (
+	"context"
+	"time"
+)
+
+// Broker carries events between the nodes of a cluster and keeps their
+// history where every node can read it (hub/redisbroker implements it on
+// Redis). Without a Broker the hub is a single node: ids, history and
+// delivery stay in memory (the embedded default).
+//
+// With a Broker, Publish and Broadcast hand events to it; it gives them ids,
+// appends them to the durable history and publishes them; every node's
+// broker (this one included) calls Hub.Deliver for the users it subscribed
+// to and for broadcasts. Deliveries must come in id order.
+type Broker interface {
+	// PublishUsers appends one event per user (in order) to their
+	// histories and publishes them, atomically; it returns each user's id.
+	PublishUsers(ctx context.Context, users []string, typ string, payload []byte, ts time.Time) ([]string, error)
+	// PublishAll appends one event to the broadcast history and publishes
+	// it to every node; it returns its id.
+	PublishAll(ctx context.Context, typ string, payload []byte, ts time.Time) (string, error)
+	// History returns the events of user after lastID (the user's own and
+	// the broadcasts, in id order) and whether that list is provably
+	// complete; at most max events (more: not complete).
+	History(ctx context.Context, user, lastID string, max int) ([]*Message, bool, error)
+	// Subscribe makes this node receive user's events; it returns once the
+	// subscription is active. Unsubscribe undoes it (it must not block).
+	Subscribe(ctx context.Context, user string) error
+	Unsubscribe(user string)
+	// DisconnectUser asks every node to close user's connections.
+	DisconnectUser(ctx context.Context, user string) error
+}
+
+// NewMessage builds an application event message from its parts: the
+// envelope frame (one line of JSON) is given as made by the node that
+// published it; seq is the id's position. Brokers use it to turn what they
+// receive into what the hub queues.
+func NewMessage(id string, seq uint64, typ string, frame []byte, accepted time.Time) *Message {
+	return &Message{ID: id, Type: typ, Frame: frame, SSE: sseRecord(id, typ, frame), Accepted: accepted, seq: seq}
+}
+
+// Seq returns the message's position in the id order (0 for control events).
+func (m *Message) Seq() uint64 { return m.seq }
+
+// EncodeEnvelope returns the envelope JSON of an event, as the hub frames it.
+func EncodeEnvelope(id, typ string, payload []byte, ts time.Time) []byte {
+	return newEvent(id, typ, payload, ts, 0).Frame
+}
+
+// CompactPayload validates p as JSON and returns it on one line ("null"
+// when empty).
+func CompactPayload(p []byte) ([]byte, error) { return compactPayload(p) }

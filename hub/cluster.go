@@ -1,0 +1,210 @@
+package hub
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// ErrUnavailable: the broker cannot be reached, so the hub cannot promise
+// delivery or durability (the transports answer 503).
+var ErrUnavailable = errors.New("hub: broker unavailable")
+
+// registerCluster registers c through the broker: the node subscribes to the
+// user first (live events wait in the connection's pending buffer), then
+// reads the missed events from the shared history, then queues
+// hub.connected, the missed events and the pending ones (overlaps dropped by
+// position), so nothing published after hub.connected can be missed.
+func (h *Hub) registerCluster(c *Conn, info ConnInfo) (*Conn, error) {
+	s := h.shardOf(info.UserID)
+	s.mu.Lock()
+	if h.draining.Load() {
+		s.mu.Unlock()
+		h.release()
+		return nil, ErrShuttingDown
+	}
+	us := s.users[info.UserID]
+	if us != nil && h.opts.MaxConnsPerUser > 0 && len(us.conns) >= h.opts.MaxConnsPerUser {
+		s.mu.Unlock()
+		h.release()
+		return nil, &LimitError{Scope: "user", Limit: h.opts.MaxConnsPerUser}
+	}
+	if us == nil {
+		us = &userState{}
+		s.users[info.UserID] = us
+	}
+	if len(us.conns) == 0 {
+		h.users.Add(1)
+	}
+	c.pending = true
+	us.conns = append(us.conns, c)
+	c.nextBeat = time.Now().UnixNano() + int64(h.opts.Heartbeat)/2 + int64(c.num*7919%uint64(h.opts.Heartbeat/2+1))
+	sub, first := us.sub, false
+	if sub == nil {
+		sub, first = &subscription{done: make(chan struct{})}, true
+		us.sub = sub
+	}
+	s.mu.Unlock()
+	h.transportCounter(info.Transport).Add(1)
+
+	ctx, cancel := context.WithTimeout(context.Background(), h.opts.BrokerTimeout)
+	defer cancel()
+	if first {
+		sub.err = h.opts.Broker.Subscribe(ctx, info.UserID)
+		if sub.err != nil {
+			s.mu.Lock()
+			if us.sub == sub {
+				us.sub = nil
+			}
+			s.mu.Unlock()
+		}
+		close(sub.done)
+	} else {
+		select {
+		case <-sub.done:
+		case <-ctx.Done():
+			sub = &subscription{err: ctx.Err()}
+		}
+	}
+	if sub.err != nil {
+		h.Unregister(c)
+		h.log.Warn("broker subscribe failed", "err", sub.err)
+		return nil, fmt.Errorf("%w: %v", ErrUnavailable, sub.err)
+	}
+
+	var missed []*Message
+	recovered := false
+	if info.LastEventID != "" && h.opts.HistorySize > 0 {
+		var err error
+		missed, recovered, err = h.opts.Broker.History(ctx, info.UserID, info.LastEventID, h.opts.HistorySize)
+		if err != nil {
+			h.log.Warn("broker history failed", "err", err)
+			missed, recovered = nil, false
+		}
+		if !recovered {
+			missed = nil
+		}
+		if h.opts.Observer != nil {
+			h.opts.Observer.Resumed(recovered)
+		}
+	}
+	pos := info.LastEventID
+	if !recovered {
+		pos = "" // the gap check after a broker outage starts from the first live event
+	}
+
+	s.mu.Lock()
+	c.mu.Lock()
+	pend := c.pend
+	c.pend, c.pending = nil, false
+	c.limit += len(missed) + 1
+	if pos != "" && len(missed) == 0 {
+		if _, seq, ok := ParseID(pos); ok {
+			c.lastSeq, c.lastID = seq, pos
+		}
+	}
+	c.mu.Unlock()
+	c.enqueue(h.connected(c, info, recovered, len(missed)))
+	for _, m := range missed {
+		c.enqueue(m)
+	}
+	for _, m := range pend {
+		c.enqueue(m)
+	}
+	s.mu.Unlock()
+	return c, nil
+}
+
+// Deliver queues an event that the broker received for user ("" for a
+// broadcast to everyone) on this node's connections of that user.
+func (h *Hub) Deliver(user string, m *Message) {
+	if user != "" {
+		s := h.shardOf(user)
+		s.mu.Lock()
+		if us := s.users[user]; us != nil {
+			for _, c := range us.conns {
+				c.enqueue(m)
+			}
+		}
+		s.mu.Unlock()
+		return
+	}
+	for _, s := range h.shards {
+		s.mu.Lock()
+		for _, us := range s.users {
+			for _, c := range us.conns {
+				c.enqueue(m)
+			}
+		}
+		s.mu.Unlock()
+	}
+}
+
+// Users returns the users that hold a connection on this node.
+func (h *Hub) Users() []string {
+	var out []string
+	for _, s := range h.shards {
+		s.mu.Lock()
+		for u, us := range s.users {
+			if len(us.conns) > 0 {
+				out = append(out, u)
+			}
+		}
+		s.mu.Unlock()
+	}
+	return out
+}
+
+// Resync closes the gap left by a broker outage: for every connection on
+// this node it reads the events after the last one it was given from the
+// shared history and queues what it missed. A connection whose gap cannot
+// be proven closed (history lost or too short) is closed with 1001 so that
+// it reconnects and learns recovered:false.
+func (h *Hub) Resync(ctx context.Context) {
+	if h.opts.Broker == nil {
+		return
+	}
+	for _, c := range h.connections() {
+		c.mu.Lock()
+		last, pending := c.lastID, c.pending
+		c.mu.Unlock()
+		if pending {
+			continue
+		}
+		if last == "" {
+			continue // nothing received since it connected; nothing to compare
+		}
+		missed, ok, err := h.opts.Broker.History(ctx, c.user, last, h.opts.HistorySize)
+		if err != nil {
+			h.log.Warn("resync: history", "err", err)
+			return
+		}
+		if !ok {
+			c.Close(ReasonShutdown)
+			continue
+		}
+		s := h.shardOf(c.user)
+		s.mu.Lock()
+		for _, m := range missed {
+			c.enqueue(m)
+		}
+		s.mu.Unlock()
+	}
+}
+
+// DisconnectLocal closes user's connections on this node only (the broker
+// calls it when any node asks for a disconnect).
+func (h *Hub) DisconnectLocal(user string) int {
+	s := h.shardOf(user)
+	s.mu.Lock()
+	var conns []*Conn
+	if us := s.users[user]; us != nil {
+		conns = append(conns, us.conns...)
+	}
+	s.mu.Unlock()
+	for _, c := range conns {
+		c.Close(ReasonDisconnected)
+	}
+	return len(conns)
+}
