@@ -1,0 +1,138 @@
+package upstream
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+)
+
+type clock struct{ t time.Time }
+
+func (c *clock) now() time.Time          { return c.t }
+func (c *clock) advance(d time.Duration) { c.t = c.t.Add(d) }
+func newClock() *clock                   { return &clock{t: time.Unix(1_700_000_000, 0)} }
+func ack(n int) Outcome                  { return Outcome{Ack: true, Status: 200 + n} }
+func mustClaim(t *testing.T, s *MemoryStore, key string, want bool) {
+	t.Helper()
+	got, err := s.Claim(context.Background(), key, time.Second)
+	if err != nil || got != want {
+		t.Fatalf("Claim(%q) = %v, %v; want %v", key, got, err, want)
+	}
+}
+
+func TestMemoryStoreClaimAndTTL(t *testing.T) {
+	ctx := context.Background()
+	c := newClock()
+	s := NewMemoryStore(10)
+	s.now = c.now
+
+	mustClaim(t, s, "k", true)
+	mustClaim(t, s, "k", false) // in flight
+	if err := s.Release(ctx, "k"); err != nil {
+		t.Fatal(err)
+	}
+	mustClaim(t, s, "k", true) // released: claimable again
+	c.advance(2 * time.Second)
+	mustClaim(t, s, "k", true) // an expired claim does not hold the key
+
+	if err := s.Put(ctx, "k", ack(1), time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	mustClaim(t, s, "k", false) // has an outcome
+	if o, ok, _ := s.Get(ctx, "k"); !ok || !o.Ack || o.Status != 201 {
+		t.Fatalf("Get = %+v %v", o, ok)
+	}
+	c.advance(time.Minute)
+	if _, ok, _ := s.Get(ctx, "k"); ok {
+		t.Fatal("an outcome outlived its TTL")
+	}
+	mustClaim(t, s, "k", true)
+}
+
+func TestMemoryStoreBounded(t *testing.T) {
+	ctx := context.Background()
+	c := newClock()
+	s := NewMemoryStore(3)
+	s.now = c.now
+	for i := range 5 {
+		c.advance(time.Millisecond)
+		_ = s.Put(ctx, fmt.Sprint(i), ack(i), time.Minute)
+	}
+	if s.Len() != 3 {
+		t.Fatalf("Len = %d, want 3", s.Len())
+	}
+	for i, want := range []bool{false, false, true, true, true} {
+		if _, ok, _ := s.Get(ctx, fmt.Sprint(i)); ok != want {
+			t.Errorf("key %d present = %v, want %v (oldest evicted first)", i, ok, want)
+		}
+	}
+}
+
+func TestLimiter(t *testing.T) {
+	c := newClock()
+	l := newLimiter(2) // burst 4
+	l.now = c.now
+	for i := range 4 {
+		if !l.acquire("a", 0) {
+			t.Fatalf("send %d refused within the burst", i+1)
+		}
+	}
+	if l.acquire("a", 0) {
+		t.Fatal("send over the burst accepted")
+	}
+	if !l.acquire("b", 0) {
+		t.Fatal("buckets are not per key")
+	}
+	c.advance(500 * time.Millisecond) // one token back
+	if !l.acquire("a", 0) || l.acquire("a", 0) {
+		t.Fatal("refill is not rate per second")
+	}
+
+	// in-flight slots
+	if !l.acquire("c", 1) || l.acquire("c", 1) {
+		t.Fatal("in-flight bound not applied")
+	}
+	l.release("c")
+	if !l.acquire("c", 1) {
+		t.Fatal("released slot not reusable")
+	}
+	l.release("c")
+
+	// idle, full buckets are dropped
+	c.advance(time.Minute)
+	l.acquire("d", 0)
+	if n := l.size(); n != 1 {
+		t.Fatalf("buckets after sweep = %d, want 1", n)
+	}
+}
+
+func TestParse(t *testing.T) {
+	tests := []struct {
+		give    string
+		needRef bool
+		wantErr bool
+		wantRef string
+	}{
+		{`{"ref":"r","idempotencyKey":"k","event":{"type":"A","payload":[1]}}`, true, false, "r"},
+		{`{"idempotencyKey":"k","event":{"type":"A"}}`, false, false, ""},
+		{`{"idempotencyKey":"k","event":{"type":"A"}}`, true, true, ""},
+		{`{"ref":null,"idempotencyKey":"k","event":{"type":"A"}}`, false, false, ""},
+		{`[1]`, false, true, ""},
+		{`{"ref":"r","idempotencyKey":7,"event":{"type":"A"}}`, true, true, "r"},
+		{`{"ref":"r","idempotencyKey":"k","event":{"type":7}}`, true, true, "r"},
+		{`{"ref":"r","idempotencyKey":"k","event":null}`, true, true, "r"},
+	}
+	for _, tt := range tests {
+		req, bad := parse([]byte(tt.give), tt.needRef)
+		if (bad != nil) != tt.wantErr || req.Ref != tt.wantRef {
+			t.Errorf("parse(%s) = %+v, %+v; want error %v, ref %q", tt.give, req, bad, tt.wantErr, tt.wantRef)
+		}
+		if bad != nil && (bad.Code != CodeInvalidRequest || bad.Retryable) {
+			t.Errorf("parse(%s): nack %+v, want final invalid_request", tt.give, bad)
+		}
+		if bad == nil && string(req.Payload) == "" {
+			t.Errorf("parse(%s): empty payload, want null", tt.give)
+		}
+	}
+}
