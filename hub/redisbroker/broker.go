@@ -1,0 +1,602 @@
+// Package redisbroker implements hub.Broker on Redis, so that several hub
+// nodes form one cluster.
+//
+// Every event gets its id from one Lua script that reads (or makes) the
+// cluster's epoch, increments the global sequence, appends the envelope to
+// the recipient's stream (the history used for resume) and publishes it on
+// the recipient's Pub/Sub channel, atomically. Ids are "<epoch>-<seq>"; the
+// sequence is global, so ids of a user's own events and of broadcasts are
+// in one order. A node keeps one Pub/Sub connection, subscribed to the
+// broadcast and control channels and to one channel per user that holds a
+// connection on it; Redis delivers on it in publish order.
+//
+// Pub/Sub is at-most-once: after the connection to Redis broke and came
+// back, the broker asks the hub to Resync, which reads what its
+// connections missed from the streams. If Redis itself lost its data, a new
+// epoch is made and older ids are no longer recognised (recovered:false).
+package redisbroker
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base32"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/redis/go-redis/v9/maintnotifications"
+
+	"github.com/hubd/hub/hub"
+)
+
+// Defaults.
+const (
+	DefaultPrefix = "hub:"
+	// statsInterval is how often a node reports its stats; statsTTL is the
+	// age beyond which a report no longer counts.
+	statsInterval = 2 * time.Second
+	statsTTL      = 10 * time.Second
+	// receiveTimeout bounds one wait of the receive loop; on expiry it
+	// pings the Pub/Sub connection.
+	receiveTimeout = 5 * time.Second
+	// resyncTimeout bounds the hub's Resync after a reconnection.
+	resyncTimeout = 30 * time.Second
+	// readyCache is how long a Ready answer is reused.
+	readyCache = time.Second
+)
+
+// Options configure a Broker.
+type Options struct {
+	// URL is the Redis URL, e.g. redis://127.0.0.1:6379/0.
+	URL string
+	// Prefix is put before every key and channel (default "hub:").
+	Prefix string
+	// Node is this node's name (stats).
+	Node string
+	// HistorySize is the stream MAXLEN per user and of the broadcast
+	// stream (0: no history; events are still published).
+	HistorySize int
+	// HistoryTTL is the streams' expiry (an idle user's history vanishes)
+	// and the age beyond which an event no longer counts as held.
+	HistoryTTL time.Duration
+	// Logger receives the broker's logs (default slog.Default()).
+	Logger *slog.Logger
+}
+
+// Receiver is what the broker delivers to; *hub.Hub implements it.
+type Receiver interface {
+	Deliver(user string, m *hub.Message)
+	DisconnectLocal(user string) int
+	Resync(ctx context.Context)
+	Stats() hub.Stats
+}
+
+// ClusterTotals is the answer of ClusterStats.
+type ClusterTotals struct {
+	Nodes            int            `json:"nodes"`
+	TotalConnections int            `json:"totalConnections"`
+	ActiveUsers      int            `json:"activeUsers"`
+	Connections      map[string]int `json:"connections"`
+}
+
+// Broker is a hub.Broker on Redis. Create it with New, start it with Start
+// and stop it with Close.
+type Broker struct {
+	opts   Options
+	ropts  *redis.Options
+	log    *slog.Logger
+	client *redis.Client
+	ps     *redis.PubSub
+	recv   Receiver
+
+	metaKey, nodesKey, allCh, ctlCh string
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu        sync.Mutex
+	subs      map[string]*chanState // user channel -> state
+	unsubPend map[string]int        // UNSUBSCRIBE sent, confirmation not yet seen
+	ops       []op
+	opSignal  chan struct{}
+
+	live      atomic.Bool // the Pub/Sub connection is subscribed and in sync
+	readyMu   sync.Mutex
+	readyAt   time.Time
+	readyErr  error
+	closeOnce sync.Once
+}
+
+// chanState is this node's subscription to one user channel.
+type chanState struct {
+	refs int
+	sent bool          // SUBSCRIBE written
+	done chan struct{} // closed when confirmed (err nil) or failed
+	err  error
+}
+
+type op struct {
+	sub bool
+	ch  string
+	st  *chanState
+}
+
+var _ hub.Broker = (*Broker)(nil)
+
+// New checks the options and parses the URL; it does not connect.
+func New(o Options) (*Broker, error) {
+	ro, err := redis.ParseURL(o.URL)
+	if err != nil {
+		return nil, fmt.Errorf("redis url: %w", err)
+	}
+	ro.MaintNotificationsConfig = &maintnotifications.Config{Mode: maintnotifications.ModeDisabled}
+	ro.DisableIdentity = true
+	if o.Prefix == "" {
+		o.Prefix = DefaultPrefix
+	}
+	if o.HistorySize < 0 {
+		return nil, errors.New("history size must not be negative")
+	}
+	if o.HistoryTTL < 0 {
+		return nil, errors.New("history ttl must not be negative")
+	}
+	if o.Node == "" {
+		o.Node = randomName()
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	return &Broker{
+		opts:      o,
+		ropts:     ro,
+		log:       o.Logger,
+		metaKey:   o.Prefix + "meta",
+		nodesKey:  o.Prefix + "nodes",
+		allCh:     o.Prefix + "all",
+		ctlCh:     o.Prefix + "ctl",
+		subs:      make(map[string]*chanState),
+		unsubPend: make(map[string]int),
+		opSignal:  make(chan struct{}, 1),
+	}, nil
+}
+
+func randomName() string {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return strings.ToLower(base32.HexEncoding.WithPadding(base32.NoPadding).EncodeToString(b[:]))
+}
+
+func (b *Broker) userCh(user string) string { return b.opts.Prefix + "c:" + user }
+
+// userStream and allStream are key prefixes; the script appends the epoch.
+func (b *Broker) userStream(user string) string { return b.opts.Prefix + "u:" + user + ":" }
+func (b *Broker) allStream() string             { return b.opts.Prefix + "a:" }
+
+// Start connects (an error if Redis cannot be reached), subscribes to the
+// broadcast and control channels and starts the receive loop, the
+// subscription writer and the stats reporter, which deliver to r.
+func (b *Broker) Start(ctx context.Context, r Receiver) error {
+	if b.client != nil {
+		return errors.New("redisbroker: already started")
+	}
+	b.recv = r
+	client := redis.NewClient(b.ropts)
+	if err := client.Ping(ctx).Err(); err != nil {
+		_ = client.Close()
+		return fmt.Errorf("connect redis: %w", err)
+	}
+	if err := publishScript.Load(ctx, client).Err(); err != nil {
+		_ = client.Close()
+		return fmt.Errorf("load script: %w", err)
+	}
+	ps := client.Subscribe(ctx)
+	if err := subscribeBase(ctx, ps, b.allCh, b.ctlCh); err != nil {
+		_ = ps.Close()
+		_ = client.Close()
+		return err
+	}
+	b.client, b.ps = client, ps
+	b.ctx, b.cancel = context.WithCancel(context.Background())
+	b.live.Store(true)
+	b.wg.Add(3)
+	go b.receiveLoop()
+	go b.opLoop()
+	go b.statsLoop()
+	return nil
+}
+
+// subscribeBase subscribes to the broadcast and control channels and waits
+// for both confirmations.
+func subscribeBase(ctx context.Context, ps *redis.PubSub, channels ...string) error {
+	if err := ps.Subscribe(ctx, channels...); err != nil {
+		return fmt.Errorf("subscribe: %w", err)
+	}
+	for n := 0; n < len(channels); {
+		msg, err := ps.Receive(ctx)
+		if err != nil {
+			return fmt.Errorf("subscribe: %w", err)
+		}
+		if s, ok := msg.(*redis.Subscription); ok && s.Kind == "subscribe" {
+			n++
+		}
+	}
+	return nil
+}
+
+// Close stops every goroutine the broker started, waits for them and closes
+// its connections. It removes this node's stats.
+func (b *Broker) Close() error {
+	var err error
+	b.closeOnce.Do(func() {
+		if b.client == nil {
+			return
+		}
+		b.cancel()
+		err = b.ps.Close()
+		b.wg.Wait()
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		_ = b.client.HDel(ctx, b.nodesKey, b.opts.Node).Err()
+		cancel()
+		b.mu.Lock()
+		for _, st := range b.subs {
+			if !isClosed(st.done) {
+				st.err = errors.New("redisbroker: closed")
+				close(st.done)
+			}
+		}
+		b.mu.Unlock()
+		if cerr := b.client.Close(); err == nil {
+			err = cerr
+		}
+		if errors.Is(err, redis.ErrClosed) {
+			err = nil
+		}
+	})
+	return err
+}
+
+func isClosed(c chan struct{}) bool {
+	select {
+	case <-c:
+		return true
+	default:
+		return false
+	}
+}
+
+// Ready reports nil when Redis answers and the Pub/Sub subscription is live
+// (answers are cached for about a second).
+func (b *Broker) Ready() error {
+	if b.client == nil {
+		return errors.New("redisbroker: not started")
+	}
+	if b.ctx.Err() != nil {
+		return errors.New("redisbroker: closed")
+	}
+	if !b.live.Load() {
+		return errors.New("redisbroker: subscription down")
+	}
+	b.readyMu.Lock()
+	defer b.readyMu.Unlock()
+	if time.Since(b.readyAt) < readyCache {
+		return b.readyErr
+	}
+	ctx, cancel := context.WithTimeout(b.ctx, 500*time.Millisecond)
+	defer cancel()
+	b.readyErr = b.client.Ping(ctx).Err()
+	if b.readyErr != nil {
+		b.readyErr = fmt.Errorf("ping redis: %w", b.readyErr)
+	}
+	b.readyAt = time.Now()
+	return b.readyErr
+}
+
+// PublishUsers appends one event per user to their streams and publishes
+// them, in one atomic script; it returns the ids in the order of users.
+func (b *Broker) PublishUsers(ctx context.Context, users []string, typ string, payload []byte, ts time.Time) ([]string, error) {
+	if len(users) == 0 {
+		return nil, nil
+	}
+	streams := make([]string, len(users))
+	chans := make([]string, len(users))
+	for i, u := range users {
+		streams[i], chans[i] = b.userStream(u), b.userCh(u)
+	}
+	ids, err := b.publish(ctx, streams, chans, typ, payload, ts)
+	if err != nil {
+		return nil, fmt.Errorf("publish: %w", err)
+	}
+	return ids, nil
+}
+
+// PublishAll appends one event to the broadcast stream and publishes it to
+// every node; it returns its id.
+func (b *Broker) PublishAll(ctx context.Context, typ string, payload []byte, ts time.Time) (string, error) {
+	ids, err := b.publish(ctx, []string{b.allStream()}, []string{b.allCh}, typ, payload, ts)
+	if err != nil {
+		return "", fmt.Errorf("broadcast: %w", err)
+	}
+	return ids[0], nil
+}
+
+func (b *Broker) publish(ctx context.Context, streams, chans []string, typ string, payload []byte, ts time.Time) ([]string, error) {
+	if b.client == nil {
+		return nil, errors.New("not started")
+	}
+	if err := hub.ValidateType(typ); err != nil {
+		return nil, fmt.Errorf("type: %w", err)
+	}
+	if len(payload) == 0 {
+		payload = []byte("null")
+	}
+	n := len(streams)
+	args := make([]any, 0, 8+2*n)
+	args = append(args, randomName(), b.opts.HistorySize, b.opts.HistoryTTL.Milliseconds(),
+		typ, string(payload), ts.UTC().Format(hub.TimeFormat), ts.UnixMilli(), n)
+	for _, s := range streams {
+		args = append(args, s)
+	}
+	for _, c := range chans {
+		args = append(args, c)
+	}
+	res, err := publishScript.Run(ctx, b.client, []string{b.metaKey}, args...).StringSlice()
+	if err != nil {
+		return nil, err
+	}
+	if len(res) != n {
+		return nil, fmt.Errorf("script returned %d ids for %d events", len(res), n)
+	}
+	return res, nil
+}
+
+// History returns user's events after lastID (its own and the broadcasts,
+// in id order) and whether the list is provably complete: the id must be of
+// the current epoch, still held (in one of the two streams, younger than
+// HistoryTTL), nothing after it may have been trimmed, and there must be at
+// most max events.
+func (b *Broker) History(ctx context.Context, user, lastID string, max int) ([]*hub.Message, bool, error) {
+	epoch, last, ok := hub.ParseID(lastID)
+	if !ok || b.opts.HistorySize == 0 || max <= 0 || b.client == nil {
+		return nil, false, nil
+	}
+	keys := []string{b.metaKey, b.userStream(user) + epoch, b.allStream() + epoch}
+	res, err := historyScript.Run(ctx, b.client, keys, epoch, last, max+1).Slice()
+	if err != nil {
+		return nil, false, fmt.Errorf("history: %w", err)
+	}
+	if len(res) != 3 {
+		return nil, false, nil // another epoch
+	}
+	held := false
+	var out []*hub.Message
+	minAge := time.Now().Add(-b.opts.HistoryTTL).UnixMilli()
+	for _, r := range res[1:] {
+		s, err := parseStreamResult(r)
+		if err != nil {
+			return nil, false, fmt.Errorf("history: %w", err)
+		}
+		if s.trimmed && s.first > last+1 {
+			return nil, false, nil
+		}
+		if s.heldAt >= 0 && (b.opts.HistoryTTL == 0 || s.heldAt >= minAge) {
+			held = true
+		}
+		out = mergeBySeq(out, s.msgs)
+	}
+	if !held || len(out) > max {
+		return nil, false, nil
+	}
+	return out, true, nil
+}
+
+type streamResult struct {
+	trimmed bool
+	first   uint64
+	heldAt  int64 // -1: the last id is not in this stream
+	msgs    []*hub.Message
+}
+
+func parseStreamResult(v any) (streamResult, error) {
+	r := streamResult{heldAt: -1}
+	a, ok := v.([]any)
+	if !ok || len(a) != 4 {
+		return r, fmt.Errorf("unexpected script result %T", v)
+	}
+	r.trimmed = toInt(a[0]) == 1
+	r.first = uint64(toInt(a[1]))
+	if s, _ := a[2].(string); s != "" {
+		t, err := strconv.ParseInt(s, 10, 64)
+		if err != nil {
+			return r, fmt.Errorf("entry time %q: %w", s, err)
+		}
+		r.heldAt = t
+	}
+	entries, _ := a[3].([]any)
+	for _, e := range entries {
+		m, err := parseEntry(e)
+		if err != nil {
+			return r, err
+		}
+		r.msgs = append(r.msgs, m)
+	}
+	return r, nil
+}
+
+func toInt(v any) int64 {
+	switch x := v.(type) {
+	case int64:
+		return x
+	case string:
+		n, _ := strconv.ParseInt(x, 10, 64)
+		return n
+	}
+	return 0
+}
+
+// parseEntry turns one XRANGE entry [id, [f, frame, t, millis]] into a
+// message.
+func parseEntry(e any) (*hub.Message, error) {
+	a, ok := e.([]any)
+	if !ok || len(a) != 2 {
+		return nil, fmt.Errorf("unexpected stream entry %T", e)
+	}
+	fields, _ := a[1].([]any)
+	var frame, t string
+	for i := 0; i+1 < len(fields); i += 2 {
+		k, _ := fields[i].(string)
+		v, _ := fields[i+1].(string)
+		switch k {
+		case "f":
+			frame = v
+		case "t":
+			t = v
+		}
+	}
+	var env struct {
+		ID   string `json:"id"`
+		Type string `json:"type"`
+	}
+	if err := json.Unmarshal([]byte(frame), &env); err != nil {
+		return nil, fmt.Errorf("stream entry frame: %w", err)
+	}
+	_, seq, ok := hub.ParseID(env.ID)
+	if !ok {
+		return nil, fmt.Errorf("stream entry id %q", env.ID)
+	}
+	ms, _ := strconv.ParseInt(t, 10, 64)
+	return hub.NewMessage(env.ID, seq, env.Type, []byte(frame), time.UnixMilli(ms)), nil
+}
+
+// mergeBySeq merges two lists sorted by seq.
+func mergeBySeq(a, b []*hub.Message) []*hub.Message {
+	if len(a) == 0 {
+		return b
+	}
+	if len(b) == 0 {
+		return a
+	}
+	out := make([]*hub.Message, 0, len(a)+len(b))
+	i, j := 0, 0
+	for i < len(a) && j < len(b) {
+		if a[i].Seq() <= b[j].Seq() {
+			out = append(out, a[i])
+			i++
+		} else {
+			out = append(out, b[j])
+			j++
+		}
+	}
+	out = append(out, a[i:]...)
+	return append(out, b[j:]...)
+}
+
+// DisconnectUser asks every node (this one included) to close user's
+// connections.
+func (b *Broker) DisconnectUser(ctx context.Context, user string) error {
+	if b.client == nil {
+		return errors.New("redisbroker: not started")
+	}
+	if err := b.client.Publish(ctx, b.ctlCh, "disconnect\n"+user).Err(); err != nil {
+		return fmt.Errorf("publish disconnect: %w", err)
+	}
+	return nil
+}
+
+// Subscribe makes this node receive user's events; it returns once Redis
+// confirmed the subscription.
+func (b *Broker) Subscribe(ctx context.Context, user string) error {
+	if b.client == nil {
+		return errors.New("redisbroker: not started")
+	}
+	ch := b.userCh(user)
+	b.mu.Lock()
+	if b.ctx.Err() != nil {
+		b.mu.Unlock()
+		return errors.New("redisbroker: closed")
+	}
+	st := b.subs[ch]
+	if st == nil || (isClosed(st.done) && st.err != nil) {
+		st = &chanState{done: make(chan struct{})}
+		b.subs[ch] = st
+		b.queue(op{sub: true, ch: ch, st: st})
+	}
+	st.refs++
+	b.mu.Unlock()
+	select {
+	case <-st.done:
+		if st.err != nil {
+			return fmt.Errorf("subscribe: %w", st.err)
+		}
+		return nil
+	case <-ctx.Done():
+		b.Unsubscribe(user)
+		return fmt.Errorf("subscribe: %w", ctx.Err())
+	}
+}
+
+// Unsubscribe undoes one Subscribe; the last one unsubscribes the channel
+// (in the background: it does not block).
+func (b *Broker) Unsubscribe(user string) {
+	ch := b.userCh(user)
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	st := b.subs[ch]
+	if st == nil {
+		return
+	}
+	st.refs--
+	if st.refs > 0 {
+		return
+	}
+	delete(b.subs, ch)
+	b.queue(op{ch: ch, st: st})
+}
+
+// queue adds an op for opLoop; b.mu must be held.
+func (b *Broker) queue(o op) {
+	b.ops = append(b.ops, o)
+	select {
+	case b.opSignal <- struct{}{}:
+	default:
+	}
+}
+
+// ClusterStats sums the stats of the nodes that reported within the last
+// ten seconds.
+func (b *Broker) ClusterStats(ctx context.Context) (any, error) {
+	if b.client == nil {
+		return nil, errors.New("redisbroker: not started")
+	}
+	all, err := b.client.HGetAll(ctx, b.nodesKey).Result()
+	if err != nil {
+		return nil, fmt.Errorf("cluster stats: %w", err)
+	}
+	tot := ClusterTotals{Connections: map[string]int{hub.TransportWebSocket: 0, hub.TransportSSE: 0}}
+	cutoff := time.Now().Add(-statsTTL).UnixMilli()
+	for _, v := range all {
+		var r nodeReport
+		if json.Unmarshal([]byte(v), &r) != nil || r.At < cutoff {
+			continue
+		}
+		tot.Nodes++
+		tot.TotalConnections += r.Stats.TotalConnections
+		tot.ActiveUsers += r.Stats.ActiveUsers
+		for k, n := range r.Stats.Connections {
+			tot.Connections[k] += n
+		}
+	}
+	return tot, nil
+}
+
+type nodeReport struct {
+	Stats hub.Stats `json:"stats"`
+	At    int64     `json:"at"` // Unix milliseconds
+}

@@ -1,0 +1,539 @@
+package redisbroker_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hubd/hub/hub"
+	"github.com/hubd/hub/hub/redisbroker"
+)
+
+func bg(t testing.TB) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func TestNewRejectsBadOptions(t *testing.T) {
+	tests := []struct {
+		name string
+		give redisbroker.Options
+	}{
+		{"bad url", redisbroker.Options{URL: "http://x"}},
+		{"negative size", redisbroker.Options{URL: "redis://127.0.0.1:6379", HistorySize: -1}},
+		{"negative ttl", redisbroker.Options{URL: "redis://127.0.0.1:6379", HistoryTTL: -time.Second}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if _, err := redisbroker.New(tt.give); err == nil {
+				t.Fatal("New succeeded, want an error")
+			}
+		})
+	}
+}
+
+func TestStartFailsWhenUnreachable(t *testing.T) {
+	b, err := redisbroker.New(redisbroker.Options{URL: "redis://127.0.0.1:1/0", Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := hub.New(hub.Options{Broker: b, Logger: quiet})
+	if err := b.Start(bg(t), h); err == nil {
+		b.Close()
+		t.Fatal("Start succeeded without Redis")
+	}
+	if err := b.Close(); err != nil {
+		t.Fatalf("Close after failed Start: %v", err)
+	}
+}
+
+// The frame built by the Lua script is byte for byte the hub's envelope,
+// live and from the history.
+func TestFrameMatchesEncodeEnvelope(t *testing.T) {
+	url := redisURL(t)
+	pfx := prefix(t, url)
+	n := startNode(t, url, pfx, "a", 100, time.Minute)
+	cl := connect(t, n.hub, "u1", "")
+	tests := []struct {
+		name    string
+		payload string
+	}{
+		{"object", `{"draftId":42,"s":"x"}`},
+		{"string with escapes", `"quote \" backslash \\ newline \n tab \t"`},
+		{"null", `null`},
+		{"array", `[1,2.5,true,false]`},
+		{"unicode", `{"k":"héllo ✓ \u2028"}`},
+		{"percent signs", `"%d %s %%"`},
+	}
+	ts := time.Now().Add(-time.Second).In(time.FixedZone("x", 3600)) // not UTC, sub-millisecond
+	var first string
+	for i, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ids, err := n.broker.PublishUsers(bg(t), []string{"u1"}, "T.x:y-z", []byte(tt.payload), ts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if i == 0 {
+				first = ids[0]
+			}
+			got := cl.waitEvents(i + 1)[i]
+			want := hub.EncodeEnvelope(ids[0], "T.x:y-z", []byte(tt.payload), ts)
+			if string(got.Frame) != string(want) {
+				t.Errorf("live frame\n got %s\nwant %s", got.Frame, want)
+			}
+			if got.ID != ids[0] || got.Type != "T.x:y-z" || !got.Accepted.Equal(ts.Truncate(time.Millisecond)) {
+				t.Errorf("message = %q %q %v", got.ID, got.Type, got.Accepted)
+			}
+			if !strings.Contains(string(got.SSE), "id: "+ids[0]+"\n") {
+				t.Errorf("SSE record %q lacks the id", got.SSE)
+			}
+		})
+	}
+	// The same frames come back from the history.
+	hist, ok, err := n.broker.History(bg(t), "u1", first, 100)
+	if err != nil || !ok {
+		t.Fatalf("History = %v, %v", ok, err)
+	}
+	live := cl.events()
+	if len(hist) != len(live)-1 {
+		t.Fatalf("history has %d events, want %d", len(hist), len(live)-1)
+	}
+	for i, m := range hist {
+		if string(m.Frame) != string(live[i+1].Frame) || m.Seq() != live[i+1].Seq() {
+			t.Errorf("history[%d] = %s, live %s", i, m.Frame, live[i+1].Frame)
+		}
+	}
+}
+
+func TestThreeNodes(t *testing.T) {
+	url := redisURL(t)
+	pfx := prefix(t, url)
+	nodes := []node{
+		startNode(t, url, pfx, "a", 1000, time.Minute),
+		startNode(t, url, pfx, "b", 1000, time.Minute),
+		startNode(t, url, pfx, "c", 1000, time.Minute),
+	}
+	var conns []*client
+	for _, n := range nodes {
+		conns = append(conns, connect(t, n.hub, "u1", ""))
+	}
+	other := connect(t, nodes[2].hub, "u2", "")
+
+	// A publish on node a reaches the user on every node, same id; u2 gets
+	// nothing.
+	evs, err := nodes[0].hub.Publish(bg(t), []string{"u1"}, "Note", json.RawMessage(`{"n":1}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, cl := range conns {
+		got := cl.waitEvents(1)
+		if got[0].ID != evs[0].ID {
+			t.Errorf("conn %d got id %s, want %s", i, got[0].ID, evs[0].ID)
+		}
+	}
+	// A broadcast from node b reaches every connection.
+	id, err := nodes[1].hub.Broadcast(bg(t), "Ann", json.RawMessage(`"hi"`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, cl := range append(conns, other) {
+		want := 2
+		if cl == other {
+			want = 1
+		}
+		got := cl.waitEvents(want)
+		if got[want-1].ID != id || got[want-1].Type != "Ann" {
+			t.Errorf("conn %d last event %s %s, want broadcast %s", i, got[want-1].ID, got[want-1].Type, id)
+		}
+	}
+	if len(other.events()) != 1 {
+		t.Errorf("u2 received %d events, want only the broadcast", len(other.events()))
+	}
+
+	// Concurrent publishing from the three nodes: every connection gets
+	// every event, in id order, the same sequence.
+	const per = 60
+	var wg sync.WaitGroup
+	errs := make(chan error, 3)
+	for i, n := range nodes {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for k := range per {
+				var err error
+				if k%10 == 0 {
+					_, err = n.hub.Broadcast(context.Background(), "B", json.RawMessage(fmt.Sprint(k)))
+				} else {
+					_, err = n.hub.Publish(context.Background(), []string{"u1", "u2"}, "P", json.RawMessage(fmt.Sprintf(`[%d,%d]`, i, k)))
+				}
+				if err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	var ref []string
+	for i, cl := range conns {
+		got := cl.waitEvents(2 + 3*per)
+		if len(got) != 2+3*per {
+			t.Fatalf("conn %d got %d events, want %d", i, len(got), 2+3*per)
+		}
+		for k := 1; k < len(got); k++ {
+			if got[k].Seq() <= got[k-1].Seq() {
+				t.Fatalf("conn %d: event %d (%s) after %s: out of order", i, k, got[k].ID, got[k-1].ID)
+			}
+		}
+		if i == 0 {
+			ref = idsOf(got)
+		} else if !slices.Equal(idsOf(got), ref) {
+			t.Errorf("conn %d got another sequence than conn 0", i)
+		}
+	}
+}
+
+func TestResumeOnAnotherNode(t *testing.T) {
+	url := redisURL(t)
+	pfx := prefix(t, url)
+	const size = 5
+	a := startNode(t, url, pfx, "a", size, time.Minute)
+	b := startNode(t, url, pfx, "b", size, time.Minute)
+	c := startNode(t, url, pfx, "c", size, time.Minute)
+
+	ca := connect(t, a.hub, "u1", "")
+	evs, err := a.hub.Publish(bg(t), []string{"u1"}, "E", json.RawMessage(`0`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca.waitEvents(1)
+	last := evs[0].ID
+	a.hub.Unregister(ca.c)
+
+	// Published on c while u1 has no connection: two personal events, a
+	// broadcast and another user's event in between.
+	var want []string
+	for k, kind := range []string{"u1", "all", "u2", "u1"} {
+		switch kind {
+		case "all":
+			id, err := c.hub.Broadcast(bg(t), "B", json.RawMessage(fmt.Sprint(k)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			want = append(want, id)
+		default:
+			e, err := c.hub.Publish(bg(t), []string{kind}, "E", json.RawMessage(fmt.Sprint(k)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if kind == "u1" {
+				want = append(want, e[0].ID)
+			}
+		}
+	}
+
+	cb := connect(t, b.hub, "u1", last)
+	rec, missed := cb.connected()
+	if !rec || missed != len(want) {
+		t.Fatalf("hub.connected recovered=%v missed=%d, want true %d", rec, missed, len(want))
+	}
+	if got := idsOf(cb.waitEvents(len(want))); !slices.Equal(got, want) {
+		t.Fatalf("replayed %v, want %v", got, want)
+	}
+	// Live after hub.connected.
+	e, err := c.hub.Publish(bg(t), []string{"u1"}, "E", json.RawMessage(`9`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := cb.waitEvents(len(want) + 1); got[len(want)].ID != e[0].ID {
+		t.Fatalf("live event %s, want %s", got[len(want)].ID, e[0].ID)
+	}
+	cb.poll()
+	if n := len(cb.events()); n != len(want)+1 {
+		t.Fatalf("got %d events, want %d (duplicates?)", n, len(want)+1)
+	}
+	newest := e[0].ID
+	epoch, seq, _ := hub.ParseID(newest)
+
+	tests := []struct {
+		name      string
+		last      string
+		recovered bool
+		missed    int
+	}{
+		{"newest id", newest, true, 0},
+		{"unknown seq in the future", fmt.Sprintf("%s-%d", epoch, seq+1000), false, 0},
+		{"another user's id", "", false, 0},
+		{"malformed", "not-an-id", false, 0},
+		{"other epoch", fmt.Sprintf("ZZZZ-%d", seq), false, 0},
+		{"fresh start", "", false, 0},
+	}
+	u2ID := ""
+	{ // an id of u2's event is not held for u1
+		e, err := c.hub.Publish(bg(t), []string{"u2"}, "E", json.RawMessage(`1`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		u2ID = e[0].ID
+		tests[2].last = u2ID
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cl := connect(t, b.hub, "u1", tt.last)
+			rec, missed := cl.connected()
+			if rec != tt.recovered || missed != tt.missed {
+				t.Fatalf("recovered=%v missed=%d, want %v %d", rec, missed, tt.recovered, tt.missed)
+			}
+			b.hub.Unregister(cl.c)
+		})
+	}
+
+	// More than HistorySize events after the id: not recovered.
+	for k := range size + 1 {
+		if _, err := c.hub.Publish(bg(t), []string{"u1"}, "E", json.RawMessage(fmt.Sprint(k))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cl := connect(t, b.hub, "u1", newest)
+	if rec, missed := cl.connected(); rec || missed != 0 {
+		t.Fatalf("after %d events: recovered=%v missed=%d, want false 0", size+1, rec, missed)
+	}
+}
+
+// History's proof, case by case, on the broker itself.
+func TestHistory(t *testing.T) {
+	url := redisURL(t)
+	now := time.Now()
+	type pub struct {
+		all bool
+		age time.Duration
+	}
+	tests := []struct {
+		name string
+		size int
+		pubs []pub // to u1 unless all; ids[i] is the id of pubs[i]
+		from int   // index of the last id
+		max  int
+		want []int // indexes of the events returned
+		ok   bool
+	}{
+		{"after the first", 10, []pub{{}, {}, {all: true}, {}}, 0, 10, []int{1, 2, 3}, true},
+		{"from a broadcast", 10, []pub{{}, {all: true}, {}}, 1, 10, []int{2}, true},
+		{"nothing missed", 10, []pub{{}, {}}, 1, 10, nil, true},
+		{"more than max", 10, []pub{{}, {}, {}, {}}, 0, 2, nil, false},
+		{"exactly max", 10, []pub{{}, {}, {}}, 0, 2, []int{1, 2}, true},
+		{"trimmed right after the id is still provable", 2, []pub{{}, {}, {}}, 1, 10, []int{2}, true},
+		{"trimmed beyond the id", 2, []pub{{}, {}, {}, {}}, 0, 10, nil, false},
+		{"last id older than the ttl", 10, []pub{{age: 2 * time.Minute}, {}}, 0, 10, nil, false},
+		{"broadcast stream trimmed beyond the id", 2, []pub{{}, {all: true}, {all: true}, {all: true}}, 0, 10, nil, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			pfx := prefix(t, url)
+			n := startNode(t, url, pfx, "a", tt.size, time.Minute)
+			var ids []string
+			for _, p := range tt.pubs {
+				ts := now.Add(-p.age)
+				if p.all {
+					id, err := n.broker.PublishAll(bg(t), "B", []byte(`1`), ts)
+					if err != nil {
+						t.Fatal(err)
+					}
+					ids = append(ids, id)
+				} else {
+					got, err := n.broker.PublishUsers(bg(t), []string{"u1"}, "E", []byte(`1`), ts)
+					if err != nil {
+						t.Fatal(err)
+					}
+					ids = append(ids, got[0])
+				}
+			}
+			msgs, ok, err := n.broker.History(bg(t), "u1", ids[tt.from], tt.max)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var want []string
+			for _, i := range tt.want {
+				want = append(want, ids[i])
+			}
+			if ok != tt.ok || !slices.Equal(idsOf(msgs), want) {
+				t.Fatalf("History = %v %v, want %v %v", idsOf(msgs), ok, want, tt.ok)
+			}
+		})
+	}
+}
+
+// Without history the broker still publishes, and resume is never proven.
+func TestNoHistory(t *testing.T) {
+	url := redisURL(t)
+	pfx := prefix(t, url)
+	n := startNode(t, url, pfx, "a", 0, 0)
+	cl := connect(t, n.hub, "u1", "")
+	ids, err := n.broker.PublishUsers(bg(t), []string{"u1"}, "E", []byte(`1`), time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := cl.waitEvents(1); got[0].ID != ids[0] {
+		t.Fatalf("got %s, want %s", got[0].ID, ids[0])
+	}
+	if _, ok, _ := n.broker.History(bg(t), "u1", ids[0], 10); ok {
+		t.Fatal("History proved a resume without history")
+	}
+	keys, err := rawClient(t, url).Keys(bg(t), pfx+"u:*").Result()
+	if err != nil || len(keys) != 0 {
+		t.Fatalf("streams %v (%v), want none", keys, err)
+	}
+}
+
+// Streams expire when idle; the epoch does not.
+func TestStreamExpiry(t *testing.T) {
+	url := redisURL(t)
+	pfx := prefix(t, url)
+	n := startNode(t, url, pfx, "a", 10, 90*time.Second)
+	if _, err := n.broker.PublishUsers(bg(t), []string{"u1"}, "E", []byte(`1`), time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n.broker.PublishAll(bg(t), "E", []byte(`1`), time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	rc := rawClient(t, url)
+	for _, pat := range []string{pfx + "u:u1:*", pfx + "a:*"} {
+		keys, err := rc.Keys(bg(t), pat).Result()
+		if err != nil || len(keys) != 1 {
+			t.Fatalf("keys %s = %v, %v", pat, keys, err)
+		}
+		ttl := rc.PTTL(bg(t), keys[0]).Val()
+		if ttl <= 0 || ttl > 90*time.Second {
+			t.Errorf("%s ttl %v, want (0, 90s]", keys[0], ttl)
+		}
+	}
+	if ttl := rc.PTTL(bg(t), pfx+"meta").Val(); ttl != -1 {
+		t.Errorf("meta ttl %v, want none", ttl)
+	}
+}
+
+// When Redis lost its data, a new epoch is made: old ids are unknown.
+func TestLostDataMakesNewEpoch(t *testing.T) {
+	url := redisURL(t)
+	pfx := prefix(t, url)
+	n := startNode(t, url, pfx, "a", 10, time.Minute)
+	ids, err := n.broker.PublishUsers(bg(t), []string{"u1"}, "E", []byte(`1`), time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n.broker.PublishUsers(bg(t), []string{"u1"}, "E", []byte(`1`), time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	rc := rawClient(t, url)
+	keys, _ := rc.Keys(bg(t), pfx+"*").Result()
+	rc.Del(bg(t), keys...)
+	after, err := n.broker.PublishUsers(bg(t), []string{"u1"}, "E", []byte(`1`), time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	e1, _, _ := hub.ParseID(ids[0])
+	e2, _, _ := hub.ParseID(after[0])
+	if e1 == e2 {
+		t.Fatalf("epoch %s kept after the data was lost", e1)
+	}
+	if _, ok, _ := n.broker.History(bg(t), "u1", ids[0], 10); ok {
+		t.Fatal("an id of the lost epoch was recovered")
+	}
+}
+
+func TestDisconnectAcrossNodes(t *testing.T) {
+	url := redisURL(t)
+	pfx := prefix(t, url)
+	a := startNode(t, url, pfx, "a", 10, time.Minute)
+	b := startNode(t, url, pfx, "b", 10, time.Minute)
+	c := startNode(t, url, pfx, "c", 10, time.Minute)
+	ca, cb := connect(t, a.hub, "u1", ""), connect(t, b.hub, "u1", "")
+	keep := connect(t, b.hub, "u2", "")
+	if n := c.hub.DisconnectUser("u1"); n != 0 {
+		t.Errorf("DisconnectUser on c closed %d local connections, want 0", n)
+	}
+	for name, cl := range map[string]*client{"a": ca, "b": cb} {
+		waitFor(t, "close on "+name, func() bool { cl.poll(); return cl.end != nil })
+		if *cl.end != hub.ReasonDisconnected {
+			t.Errorf("conn on %s closed with %v, want %v", name, *cl.end, hub.ReasonDisconnected)
+		}
+	}
+	keep.poll()
+	if keep.end != nil {
+		t.Errorf("u2 was closed: %v", *keep.end)
+	}
+}
+
+func TestClusterStats(t *testing.T) {
+	url := redisURL(t)
+	pfx := prefix(t, url)
+	a := startNode(t, url, pfx, "a", 10, time.Minute)
+	b := startNode(t, url, pfx, "b", 10, time.Minute)
+	connect(t, a.hub, "u1", "")
+	connect(t, a.hub, "u2", "")
+	connect(t, b.hub, "u1", "")
+	_, err := b.hub.Register(hub.ConnInfo{UserID: "u3", Transport: hub.TransportSSE}, &sink{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := redisbroker.ClusterTotals{Nodes: 2, TotalConnections: 4, ActiveUsers: 4,
+		Connections: map[string]int{hub.TransportWebSocket: 3, hub.TransportSSE: 1}}
+	var got redisbroker.ClusterTotals
+	waitFor(t, "cluster stats", func() bool {
+		v, err := a.broker.ClusterStats(bg(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = v.(redisbroker.ClusterTotals)
+		return fmt.Sprint(got) == fmt.Sprint(want)
+	})
+	buf, _ := json.Marshal(got)
+	if !strings.Contains(string(buf), `"nodes":2,"totalConnections":4,"activeUsers":4,"connections":{`) {
+		t.Errorf("json %s", buf)
+	}
+	// A closed node's stats stop counting.
+	if err := b.broker.Close(); err != nil {
+		t.Fatal(err)
+	}
+	v, err := a.broker.ClusterStats(bg(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := v.(redisbroker.ClusterTotals); got.Nodes != 1 || got.TotalConnections != 2 {
+		t.Errorf("after closing b: %+v, want 1 node 2 connections", got)
+	}
+}
+
+// Subscribe and Unsubscribe of the same user in quick succession leave the
+// subscription in the state the last call asked for.
+func TestSubscribeChurn(t *testing.T) {
+	url := redisURL(t)
+	pfx := prefix(t, url)
+	a := startNode(t, url, pfx, "a", 10, time.Minute)
+	pub := startNode(t, url, pfx, "p", 10, time.Minute)
+	for range 50 {
+		cl := connect(t, a.hub, "u1", "")
+		a.hub.Unregister(cl.c)
+	}
+	cl := connect(t, a.hub, "u1", "")
+	evs, err := pub.hub.Publish(bg(t), []string{"u1"}, "E", json.RawMessage(`1`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := cl.waitEvents(1); got[0].ID != evs[0].ID {
+		t.Fatalf("got %s, want %s", got[0].ID, evs[0].ID)
+	}
+	if err := a.broker.Ready(); err != nil {
+		t.Fatalf("Ready: %v", err)
+	}
+}

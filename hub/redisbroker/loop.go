@@ -1,0 +1,271 @@
+package redisbroker
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/hubd/hub/hub"
+)
+
+// receiveLoop reads the shared Pub/Sub connection until Close. go-redis
+// reconnects it and resubscribes its channels by itself after an error;
+// the first subscription confirmation after an error means the node is
+// subscribed again, and the loop then runs the hub's Resync before it
+// delivers anything else, so that the events published during the outage
+// are queued before the live ones that follow.
+func (b *Broker) receiveLoop() {
+	defer b.wg.Done()
+	broken := false  // an error was seen: not subscribed until confirmed again
+	stalled := false // a ping went unanswered for a whole interval
+	pinged := false
+	failures := 0
+	for {
+		msg, err := b.ps.ReceiveTimeout(b.ctx, receiveTimeout)
+		if b.ctx.Err() != nil {
+			return
+		}
+		if err != nil {
+			var ne interface{ Timeout() bool }
+			if errors.As(err, &ne) && ne.Timeout() {
+				if pinged && !stalled {
+					// No answer to the last ping for a whole interval: not
+					// ready until the connection proves alive.
+					b.log.Warn("redis pubsub connection stalled")
+					b.live.Store(false)
+					stalled = true
+				}
+				pinged = true
+				_ = b.ps.Ping(b.ctx)
+				continue
+			}
+			if !broken {
+				b.log.Warn("redis pubsub connection lost", "err", err)
+			}
+			b.lost()
+			broken = true
+			failures++
+			if !b.sleep(backoff(failures)) {
+				return
+			}
+			continue
+		}
+		failures, pinged = 0, false
+		if stalled {
+			stalled = false
+			b.live.Store(!broken)
+		}
+		switch m := msg.(type) {
+		case *redis.Subscription:
+			if broken && m.Kind == "subscribe" {
+				broken = false
+				b.log.Info("redis pubsub reconnected; resyncing")
+				ctx, cancel := context.WithTimeout(b.ctx, resyncTimeout)
+				b.recv.Resync(ctx)
+				cancel()
+				b.live.Store(true)
+			}
+			b.confirmed(m)
+		case *redis.Message:
+			b.dispatch(m)
+		}
+	}
+}
+
+// lost records that the Pub/Sub connection broke: pending UNSUBSCRIBE
+// confirmations will not come (the new connection subscribes only to what
+// is wanted).
+func (b *Broker) lost() {
+	b.live.Store(false)
+	b.mu.Lock()
+	clear(b.unsubPend)
+	b.mu.Unlock()
+}
+
+func backoff(n int) time.Duration {
+	d := 50 * time.Millisecond << min(n, 5)
+	return min(d, time.Second)
+}
+
+// sleep waits d or until Close; it reports false on Close.
+func (b *Broker) sleep(d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-b.ctx.Done():
+		return false
+	}
+}
+
+// confirmed handles a (un)subscribe confirmation: it wakes the Subscribe
+// callers waiting for that channel. A "subscribe" confirmation that comes
+// before the confirmation of an UNSUBSCRIBE sent earlier is stale.
+func (b *Broker) confirmed(s *redis.Subscription) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	switch s.Kind {
+	case "unsubscribe":
+		if b.unsubPend[s.Channel] > 1 {
+			b.unsubPend[s.Channel]--
+		} else {
+			delete(b.unsubPend, s.Channel)
+		}
+	case "subscribe":
+		if b.unsubPend[s.Channel] > 0 {
+			return
+		}
+		if st := b.subs[s.Channel]; st != nil && st.sent && !isClosed(st.done) {
+			close(st.done)
+		}
+	}
+}
+
+// dispatch parses one published message and hands it to the hub.
+func (b *Broker) dispatch(m *redis.Message) {
+	if m.Channel == b.ctlCh {
+		if user, ok := strings.CutPrefix(m.Payload, "disconnect\n"); ok {
+			b.recv.DisconnectLocal(user)
+		}
+		return
+	}
+	user := ""
+	if m.Channel != b.allCh {
+		u, ok := strings.CutPrefix(m.Channel, b.opts.Prefix+"c:")
+		if !ok {
+			return
+		}
+		user = u
+	}
+	msg, ok := parsePublished(m.Payload)
+	if !ok {
+		b.log.Warn("malformed message on redis channel", "channel", m.Channel)
+		return
+	}
+	b.recv.Deliver(user, msg)
+}
+
+// parsePublished parses "ID\nTYPE\nTSMILLIS\nFRAME".
+func parsePublished(p string) (*hub.Message, bool) {
+	parts := strings.SplitN(p, "\n", 4)
+	if len(parts) != 4 {
+		return nil, false
+	}
+	_, seq, ok := hub.ParseID(parts[0])
+	if !ok {
+		return nil, false
+	}
+	ms, err := strconv.ParseInt(parts[2], 10, 64)
+	if err != nil {
+		return nil, false
+	}
+	return hub.NewMessage(parts[0], seq, parts[1], []byte(parts[3]), time.UnixMilli(ms)), true
+}
+
+// opLoop writes the queued SUBSCRIBE and UNSUBSCRIBE commands in order.
+func (b *Broker) opLoop() {
+	defer b.wg.Done()
+	for {
+		select {
+		case <-b.ctx.Done():
+			return
+		case <-b.opSignal:
+		}
+		for {
+			b.mu.Lock()
+			if len(b.ops) == 0 {
+				b.mu.Unlock()
+				break
+			}
+			o := b.ops[0]
+			b.ops[0] = op{}
+			b.ops = b.ops[1:]
+			if !o.sub {
+				b.unsubPend[o.ch]++
+			} else {
+				o.st.sent = true
+			}
+			b.mu.Unlock()
+			if o.sub {
+				b.doSubscribe(o)
+			} else {
+				ctx, cancel := context.WithTimeout(b.ctx, 5*time.Second)
+				if err := b.ps.Unsubscribe(ctx, o.ch); err != nil {
+					b.unsent(o.ch)
+				}
+				cancel()
+			}
+		}
+	}
+}
+
+func (b *Broker) doSubscribe(o op) {
+	ctx, cancel := context.WithTimeout(b.ctx, 5*time.Second)
+	defer cancel()
+	err := b.ps.Subscribe(ctx, o.ch)
+	if err == nil {
+		return // the receive loop sees the confirmation
+	}
+	// The command did not go out: fail the waiters now rather than at their
+	// timeout, and drop the channel that go-redis would resubscribe.
+	b.mu.Lock()
+	if b.subs[o.ch] == o.st {
+		delete(b.subs, o.ch)
+	}
+	if !isClosed(o.st.done) {
+		o.st.err = err
+		close(o.st.done)
+	}
+	b.unsubPend[o.ch]++
+	b.mu.Unlock()
+	if b.ps.Unsubscribe(ctx, o.ch) != nil {
+		b.unsent(o.ch)
+	}
+}
+
+// unsent undoes the count of an UNSUBSCRIBE that was not written (its
+// confirmation will not come; a connection that broke meanwhile may have
+// reset the count already).
+func (b *Broker) unsent(ch string) {
+	b.mu.Lock()
+	if b.unsubPend[ch] > 0 {
+		b.unsubPend[ch]--
+	}
+	if b.unsubPend[ch] == 0 {
+		delete(b.unsubPend, ch)
+	}
+	b.mu.Unlock()
+}
+
+// statsLoop reports this node's stats every statsInterval.
+func (b *Broker) statsLoop() {
+	defer b.wg.Done()
+	t := time.NewTicker(statsInterval)
+	defer t.Stop()
+	for {
+		b.report()
+		select {
+		case <-b.ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func (b *Broker) report() {
+	v, err := json.Marshal(nodeReport{Stats: b.recv.Stats(), At: time.Now().UnixMilli()})
+	if err != nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(b.ctx, time.Second)
+	defer cancel()
+	if err := b.client.HSet(ctx, b.nodesKey, b.opts.Node, v).Err(); err != nil && b.ctx.Err() == nil {
+		b.log.Debug("redis stats report failed", "err", err)
+	}
+}

@@ -1,0 +1,101 @@
+package redisbroker
+
+import "github.com/redis/go-redis/v9"
+
+// publishScript gives ids to one event per stream and appends and publishes
+// it, atomically. Keys are derived inside the script because the streams of
+// an epoch are named after it, and the epoch is read (or made) here.
+//
+//	KEYS[1]  meta hash (fields epoch, seq)
+//	ARGV[1]  candidate epoch (used when the meta hash is missing)
+//	ARGV[2]  MAXLEN (0: no history, publish only)
+//	ARGV[3]  stream TTL in milliseconds (0: none)
+//	ARGV[4]  type
+//	ARGV[5]  payload (compact JSON)
+//	ARGV[6]  timestamp as the envelope writes it
+//	ARGV[7]  timestamp in Unix milliseconds
+//	ARGV[8]  number of targets n
+//	ARGV[9..8+n]      stream key prefixes (the epoch is appended)
+//	ARGV[9+n..8+2n]   channels
+//
+// It returns the ids, one per target.
+var publishScript = redis.NewScript(`
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if not epoch then
+  redis.call('HSET', KEYS[1], 'epoch', ARGV[1], 'seq', 0)
+  epoch = ARGV[1]
+end
+local maxlen = tonumber(ARGV[2])
+local ttl = tonumber(ARGV[3])
+local n = tonumber(ARGV[8])
+local ids = {}
+for i = 1, n do
+  local seq = string.format('%d', redis.call('HINCRBY', KEYS[1], 'seq', 1))
+  local id = epoch .. '-' .. seq
+  local frame = '{"id":"' .. id .. '","type":"' .. ARGV[4] .. '","payload":' .. ARGV[5] .. ',"timestamp":"' .. ARGV[6] .. '"}'
+  if maxlen > 0 then
+    local key = ARGV[8 + i] .. epoch
+    redis.call('XADD', key, 'MAXLEN', maxlen, seq .. '-0', 'f', frame, 't', ARGV[7])
+    if ttl > 0 then
+      redis.call('PEXPIRE', key, ttl)
+    end
+  end
+  redis.call('PUBLISH', ARGV[8 + n + i], id .. '\n' .. ARGV[4] .. '\n' .. ARGV[7] .. '\n' .. frame)
+  ids[i] = id
+end
+return ids
+`)
+
+// historyScript reads, atomically, what History needs from the user's
+// stream and the broadcast stream of one epoch.
+//
+//	KEYS[1]  meta hash
+//	KEYS[2]  user stream, KEYS[3] broadcast stream
+//	ARGV[1]  epoch of the id
+//	ARGV[2]  last seq
+//	ARGV[3]  COUNT for each stream
+//
+// It returns {0} when the epoch is not the current one, otherwise
+// {1, s2, s3} where each s is {trimmed, firstSeq, heldMillis, entries}:
+// trimmed is 1 when entries were removed from the stream's head, firstSeq
+// the seq of its first entry ("0" when empty or missing), heldMillis the t
+// field of the entry with the last seq (empty when not in this stream), and
+// entries the XRANGE result after the last seq.
+var historyScript = redis.NewScript(`
+local ep = redis.call('HGET', KEYS[1], 'epoch')
+if ep ~= ARGV[1] then
+  return {0}
+end
+local out = {1}
+for k = 2, 3 do
+  local key = KEYS[k]
+  local res = {0, '0', '', {}}
+  if redis.call('EXISTS', key) == 1 then
+    local info = redis.call('XINFO', 'STREAM', key)
+    local length, added, first = 0, 0, nil
+    for i = 1, #info, 2 do
+      local f = info[i]
+      if f == 'length' then length = info[i + 1]
+      elseif f == 'entries-added' then added = info[i + 1]
+      elseif f == 'first-entry' then first = info[i + 1]
+      end
+    end
+    if added > length then
+      res[1] = 1
+    end
+    if type(first) == 'table' and first[1] then
+      res[2] = string.match(first[1], '^(%d+)')
+    end
+    local held = redis.call('XRANGE', key, ARGV[2] .. '-0', ARGV[2] .. '-0')
+    if #held == 1 then
+      local fields = held[1][2]
+      for i = 1, #fields, 2 do
+        if fields[i] == 't' then res[3] = fields[i + 1] end
+      end
+    end
+    res[4] = redis.call('XRANGE', key, '(' .. ARGV[2] .. '-0', '+', 'COUNT', ARGV[3])
+  end
+  out[k] = res
+end
+return out
+`)
