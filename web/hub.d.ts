@@ -146,7 +146,8 @@ export type HubControlType =
   | "hub.nack"
   | "hub.error"
   | "hub.shutdown"
-  | "hub.expired";
+  | "hub.expired"
+  | "hub.closed";
 
 export class Hub {
   constructor(options?: HubOptions);

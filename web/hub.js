@@ -871,6 +871,17 @@ export class Hub {
         this._emit(env.type, env, false);
         this._lost(conn, { code: 4001, reason: "token expired" }, "token");
         return;
+      case "hub.closed": {
+        // The SSE counterpart of a WebSocket close: {code, reason}, handled
+        // exactly as that close code would be (4003 ends the client).
+        this._emit(env.type, env, false);
+        const code = Number.isInteger(p.code) ? p.code : 1006;
+        const reason = typeof p.reason === "string" ? p.reason : "";
+        const action = closeAction(code);
+        if (action === "close") this._finish({ code, reason });
+        else this._lost(conn, { code, reason }, action);
+        return;
+      }
       default:
     }
     this._emit(env.type, env, false);

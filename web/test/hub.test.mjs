@@ -314,6 +314,38 @@ test("SSE: resume header, token refresh by a quiet reconnect, hub.expired, hub.s
   hub.close();
 });
 
+test("SSE hub.closed is handled like a WebSocket close with its code", async () => {
+  const tests = [
+    { name: "4003 ends the client", give: { code: 4003, reason: "disconnected by server" }, want: { state: "closed", error: { code: 4003, reason: "disconnected by server" } } },
+    { name: "4008 reconnects at once", give: { code: 4008, reason: "slow consumer" }, want: { state: "reconnecting", error: { code: 4008, reason: "slow consumer" }, delayMs: 0 } },
+    { name: "1008 ends the client", give: { code: 1008, reason: "policy" }, want: { state: "closed", error: { code: 1008, reason: "policy" } } },
+  ];
+  for (const { name, give, want } of tests) {
+    const { hub, calls, states, events } = setup({ transports: ["sse"] });
+    const closedEvents = [];
+    hub.on("hub.closed", (e) => closedEvents.push(e));
+    await settle();
+    calls[0].respondSSE();
+    calls[0].connected();
+    calls[0].event(ev("C-1"), "C-1");
+    calls[0].event({ type: "hub.closed", payload: give });
+    await settle();
+    const got = states.at(-1);
+    assert.equal(got.state, want.state, name);
+    assert.deepEqual(got.error, want.error, name);
+    if (want.delayMs !== undefined) assert.equal(got.delayMs, want.delayMs, name);
+    assert.equal(hub.state, want.state, name);
+    assert.ok(calls[0].aborted, `${name}: stream released`);
+    assert.deepEqual(events.map((e) => e.id), ["C-1"], name);
+    if (want.state === "closed") {
+      assert.equal(closedEvents.length, 1, `${name}: hub.closed listener`);
+      assert.deepEqual(closedEvents[0].payload, give, name);
+      assert.equal(calls.length, 1, `${name}: no reconnect`);
+    }
+    hub.close();
+  }
+});
+
 test("SSE 401 with a fixed token closes; 403 closes; 429 waits 5 s", async () => {
   const tests = [
     { status: 401, code: "invalid_token", want: { state: "closed", error: { code: 4001, reason: "invalid_token", status: 401 } } },
