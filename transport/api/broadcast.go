@@ -78,7 +78,7 @@ func (a *API) readBody(w http.ResponseWriter, r *http.Request) ([]byte, *apiErro
 // one of fields. A syntax error is invalid_json, anything else an
 // invalid_request whose message starts with prefix (the path of the object).
 func decodeObject(body []byte, prefix string, fields []string) (map[string]json.RawMessage, *apiError) {
-	trimmed := bytes.TrimSpace(body)
+	trimmed := bytes.Trim(body, " \t\r\n") // JSON whitespace only
 	if len(trimmed) == 0 {
 		return nil, &apiError{Status: http.StatusBadRequest, Code: codeInvalidJSON, Message: "the request body is empty"}
 	}

@@ -1,0 +1,193 @@
+package api_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/hubd/hub/hub"
+	"github.com/hubd/hub/transport/api"
+	"github.com/hubd/hub/transport/auth"
+)
+
+// fuzzMaxPayload keeps the body limit small so that the fuzzer reaches 413.
+const fuzzMaxPayload = 2048
+
+// fuzzHandler returns a constructor of the real API over one real hub
+// (history off, so that arbitrary user ids leave nothing behind between
+// iterations). Each iteration builds its own API, so that an idempotency key
+// remembered by one iteration does not answer for another.
+func fuzzHandler(f *testing.F) func() http.Handler {
+	h := hub.New(hub.Options{Node: "hub-1", Logger: slog.New(slog.DiscardHandler)})
+	h.Start()
+	v, err := auth.New(context.Background(), auth.Options{Secret: secret, APIKeys: []string{apiKey}})
+	if err != nil {
+		f.Fatalf("auth.New: %v", err)
+	}
+	f.Cleanup(func() {
+		h.Stop()
+		v.Close()
+	})
+	return func() http.Handler {
+		mux := http.NewServeMux()
+		api.New(api.Options{Hub: h, Auth: v, MaxPayload: fuzzMaxPayload, Logger: slog.New(slog.DiscardHandler)}).RegisterInternal(mux)
+		return mux
+	}
+}
+
+// postFuzz posts body with the API key and checks the parts of the answer
+// common to every endpoint: status 202, 400 or 413 and a JSON body.
+func postFuzz(t *testing.T, h http.Handler, path string, body []byte) (int, map[string]json.RawMessage) {
+	t.Helper()
+	req := httptest.NewRequest(http.MethodPost, path, bytes.NewReader(body))
+	req.Header.Set("X-API-Key", apiKey)
+	req.Header.Set("Content-Type", "application/json")
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, req)
+	status := rec.Code
+	if status != http.StatusAccepted && status != http.StatusBadRequest && status != http.StatusRequestEntityTooLarge {
+		t.Fatalf("POST %s %q: status %d, want 202, 400 or 413 (body %s)", path, body, status, rec.Body)
+	}
+	if ct := rec.Header().Get("Content-Type"); !strings.HasPrefix(ct, "application/json") {
+		t.Fatalf("POST %s: Content-Type %q", path, ct)
+	}
+	var out map[string]json.RawMessage
+	if err := json.Unmarshal(rec.Body.Bytes(), &out); err != nil {
+		t.Fatalf("POST %s %q: body %q is not a JSON object: %v", path, body, rec.Body, err)
+	}
+	switch {
+	case len(body) > fuzzMaxPayload && status != http.StatusRequestEntityTooLarge:
+		t.Fatalf("POST %s: %d-byte body answered %d, want 413", path, len(body), status)
+	case len(body) <= fuzzMaxPayload && status == http.StatusRequestEntityTooLarge:
+		t.Fatalf("POST %s: %d-byte body answered 413", path, len(body))
+	case status == http.StatusRequestEntityTooLarge:
+		checkError(t, out, "payload_too_large")
+	case status == http.StatusBadRequest:
+		checkError(t, out, "invalid_json", "invalid_request")
+		if !json.Valid(body) && errorCode(out) != "invalid_json" {
+			t.Fatalf("POST %s: body %q is not JSON but the code is %q", path, body, errorCode(out))
+		}
+	case !json.Valid(body):
+		t.Fatalf("POST %s: body %q is not JSON but was accepted", path, body)
+	}
+	return status, out
+}
+
+func errorCode(out map[string]json.RawMessage) string {
+	var e struct{ Code string }
+	_ = json.Unmarshal(out["error"], &e)
+	return e.Code
+}
+
+// checkError checks {"error":{"code":<one of codes>,"message":"..."}}.
+func checkError(t *testing.T, out map[string]json.RawMessage, codes ...string) {
+	t.Helper()
+	var e struct{ Code, Message string }
+	if len(out) != 1 || json.Unmarshal(out["error"], &e) != nil {
+		t.Fatalf("error body %v is not {\"error\":{...}}", out)
+	}
+	if !slices.Contains(codes, e.Code) || e.Message == "" {
+		t.Fatalf("error %+v, want a code among %v and a message", e, codes)
+	}
+}
+
+// checkAnswer checks a broadcast's 202 body against the request object req:
+// {"events":[{userId,id}...]} naming only requested users, or {"id":...}.
+func checkAnswer(t *testing.T, out map[string]json.RawMessage, req json.RawMessage) {
+	t.Helper()
+	var asked struct {
+		UserIDs []string `json:"userIds"`
+		All     bool     `json:"all"`
+	}
+	_ = json.Unmarshal(req, &asked)
+	if len(out) != 1 {
+		t.Fatalf("answer %v: want exactly one of events and id", out)
+	}
+	if raw, ok := out["id"]; ok {
+		var id string
+		if json.Unmarshal(raw, &id) != nil || hub.ValidateID(id) != nil || !asked.All {
+			t.Fatalf("answer id %s for request %s", raw, req)
+		}
+		return
+	}
+	var events []struct{ UserID, ID string }
+	if err := json.Unmarshal(out["events"], &events); err != nil || len(events) == 0 {
+		t.Fatalf("answer %v for request %s: no events (%v)", out, req, err)
+	}
+	for _, e := range events {
+		if hub.ValidateID(e.ID) != nil || !slices.Contains(asked.UserIDs, e.UserID) {
+			t.Fatalf("answer event %+v for request %s: bad id or a user not asked for", e, req)
+		}
+	}
+}
+
+func FuzzBroadcastBody(f *testing.F) {
+	for _, s := range []string{
+		`{"userIds":["u1","u2"],"type":"DRAFT_UPDATED","payload":{"draftId":42}}`,
+		`{"all":true,"type":"ANNOUNCEMENT","payload":"maintenance at 22:00"}`,
+		`{"userIds":["u1","u1"],"type":"A","payload":null,"idempotencyKey":"k1"}`,
+		`{"userIds":["u1"],"all":true,"type":"A"}`,
+		`{"all":false,"type":"A"}`,
+		`{"userIds":[],"type":"A"}`,
+		`{"userIds":[""],"type":"A"}`,
+		`{"userIds":[1],"type":"A"}`,
+		`{"userIds":["u1"],"type":"hub.connected"}`,
+		`{"userIds":["u1"],"type":"A","extra":1}`,
+		`{"userIds":["u1"],"type":"A","payload":{"a":[1,2,`,
+		`{"userIds":["u1"],"type":"A"}{"x":1}`,
+		`[]`, `null`, `""`, ``, `{`, "\xff",
+		`{"userIds":["u1"],"type":"A","payload":"` + strings.Repeat("x", fuzzMaxPayload) + `"}`,
+	} {
+		f.Add([]byte(s))
+	}
+	newHandler := fuzzHandler(f)
+	f.Fuzz(func(t *testing.T, body []byte) {
+		status, out := postFuzz(t, newHandler(), "/api/broadcast", body)
+		if status == http.StatusAccepted {
+			checkAnswer(t, out, body)
+		}
+	})
+}
+
+func FuzzBatchBody(f *testing.F) {
+	for _, s := range []string{
+		`{"messages":[{"userIds":["u1"],"type":"A","payload":1},{"all":true,"type":"B"},{"type":"C"}]}`,
+		`{"messages":[]}`,
+		`{"messages":null}`,
+		`{"messages":{}}`,
+		`{"messages":[1,"x",null,[]]}`,
+		`{"messages":[{"userIds":["u1"],"type":"A","idempotencyKey":"k"},{"userIds":["u1"],"type":"A","idempotencyKey":"k"}]}`,
+		`{"messages":[{"userIds":["u1"],"type":"hub.x"}],"other":1}`,
+		`{"messages":[`, `[]`, ``, `{}`,
+	} {
+		f.Add([]byte(s))
+	}
+	newHandler := fuzzHandler(f)
+	f.Fuzz(func(t *testing.T, body []byte) {
+		status, out := postFuzz(t, newHandler(), "/api/broadcast/batch", body)
+		if status != http.StatusAccepted {
+			return
+		}
+		var req struct{ Messages []json.RawMessage }
+		if err := json.Unmarshal(body, &req); err != nil {
+			t.Fatalf("batch %q accepted but does not decode: %v", body, err)
+		}
+		var results []map[string]json.RawMessage
+		if len(out) != 1 || json.Unmarshal(out["results"], &results) != nil || len(results) != len(req.Messages) {
+			t.Fatalf("batch %q: answer %v, want one result per message (%d)", body, out, len(req.Messages))
+		}
+		for i, r := range results {
+			if _, ok := r["error"]; ok {
+				checkError(t, r, "invalid_request")
+				continue
+			}
+			checkAnswer(t, r, req.Messages[i])
+		}
+	})
+}

@@ -1,0 +1,164 @@
+package sse_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/hubd/hub/hub"
+	"github.com/hubd/hub/transport/auth"
+	"github.com/hubd/hub/transport/sse"
+)
+
+// FuzzLastEventID opens a stream with an arbitrary Last-Event-ID header and
+// last_event_id query value. The answer is either a JSON error or a stream
+// that a strict text/event-stream parser reads to its end; hub.connected
+// says recovered:true (with the right number of missed events, replayed in
+// order) only for an id of the user's own history, and recovered:false with
+// missed 0 for anything else.
+func FuzzLastEventID(f *testing.F) {
+	h := hub.New(hub.Options{Node: "hub-test", Epoch: "EP", HistorySize: 100, HistoryTTL: time.Hour, Logger: slog.New(slog.DiscardHandler)})
+	h.Start()
+	v, err := auth.New(context.Background(), auth.Options{Secret: secret})
+	if err != nil {
+		f.Fatalf("auth.New: %v", err)
+	}
+	srv := httptest.NewServer(sse.New(sse.Options{Hub: h, Auth: v, Logger: slog.New(slog.DiscardHandler)}))
+	f.Cleanup(func() {
+		srv.CloseClientConnections()
+		srv.Close()
+		h.Stop()
+		v.Close()
+	})
+	tok, err := auth.Mint(secret, "HS256", "u1", nil, time.Hour)
+	if err != nil {
+		f.Fatal(err)
+	}
+	// u1's history: EP-1, EP-3, EP-4; EP-2 belongs to u2.
+	var own []string
+	for _, u := range []string{"u1", "u2", "u1", "u1"} {
+		evs, err := h.Publish(context.Background(), []string{u}, "A", json.RawMessage(`{"u":"`+u+`"}`))
+		if err != nil {
+			f.Fatal(err)
+		}
+		if u == "u1" {
+			own = append(own, evs[0].ID)
+		}
+	}
+	for _, s := range [][2]string{
+		{"", ""}, {"EP-1", ""}, {"", "EP-3"}, {"EP-4", "EP-1"}, {"EP-2", ""}, {"", "EP-2"},
+		{"EP-999", ""}, {"OTHER-1", ""}, {"EP-0", ""}, {"EP-01", ""}, {"-1", "x"},
+		{"EP-1\r\nevent: x", ""}, {"", "EP-1\ndata: {}"}, {"\x00", "\xff"},
+	} {
+		f.Add(s[0], s[1])
+	}
+	f.Fuzz(func(t *testing.T, header, query string) {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		defer waitGone(t, h) // also after a failure, so that one does not cascade
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, srv.URL+"/sse/realtime?"+url.Values{"last_event_id": {query}}.Encode(), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Accept", "text/event-stream")
+		req.Header.Set("Authorization", "Bearer "+tok)
+		if header != "" {
+			req.Header["Last-Event-Id"] = []string{header}
+		}
+		resp, err := srv.Client().Do(req)
+		if err != nil {
+			return // the client refuses to send this header value (CR, LF, NUL)
+		}
+		defer resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("status %d for header %q query %q", resp.StatusCode, header, query)
+		}
+		if ct := resp.Header.Get("Content-Type"); ct != "text/event-stream" {
+			t.Fatalf("Content-Type %q", ct)
+		}
+		p := newParser(resp.Body)
+		rec, err := p.next()
+		if err != nil {
+			t.Fatalf("first record: %v", err)
+		}
+		c := expectConnected(t, rec)
+		// The id the server saw: net/http trims the header value's
+		// surrounding blanks; the header takes precedence when not empty.
+		last := trimOWS(header)
+		if last == "" {
+			last = query
+		}
+		// A non-canonical spelling of an own id (EP-01) names the same
+		// position: ParseID accepts it, and it is the user's own history.
+		i := slices.IndexFunc(own, func(id string) bool {
+			e1, s1, _ := hub.ParseID(id)
+			e2, s2, ok := hub.ParseID(last)
+			return ok && e1 == e2 && s1 == s2
+		})
+		if i < 0 {
+			if c.Recovered || c.Missed != 0 {
+				t.Fatalf("last id %q (not u1's) gave recovered %v missed %d", last, c.Recovered, c.Missed)
+			}
+		} else if !c.Recovered || c.Missed != len(own)-1-i {
+			t.Fatalf("last id %q gave recovered %v missed %d, want true %d", last, c.Recovered, c.Missed, len(own)-1-i)
+		}
+		for _, want := range own[len(own)-c.Missed:] {
+			rec, err := p.next()
+			if err != nil {
+				t.Fatalf("replayed record: %v", err)
+			}
+			id, typ, data, _, ok := rec.event()
+			if !ok || id != want || typ != "A" || !json.Valid([]byte(data)) {
+				t.Fatalf("replayed %q %q %q, want id %q", id, typ, data, want)
+			}
+		}
+		// End the stream from the server side and read it to its end.
+		if n := h.DisconnectUser("u1"); n != 1 {
+			t.Fatalf("DisconnectUser = %d, want 1", n)
+		}
+		for {
+			rec, err := p.next()
+			if errors.Is(err, io.EOF) {
+				break
+			}
+			if err != nil {
+				t.Fatalf("stream after the replay: %v", err)
+			}
+			if _, typ, _, _, ok := rec.event(); ok && typ != "hub.closed" {
+				t.Fatalf("unexpected event %q after the replay", typ)
+			}
+		}
+	})
+}
+
+// waitGone closes any stream of u1 left over and waits until the hub has
+// unregistered it.
+func waitGone(t *testing.T, h *hub.Hub) {
+	h.DisconnectUser("u1")
+	deadline := time.Now().Add(5 * time.Second)
+	for h.UserConnections("u1") != 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("stream still registered after its end")
+		}
+		time.Sleep(time.Millisecond) // polling interval, not synchronisation
+	}
+}
+
+// trimOWS drops the blanks HTTP strips around a header value.
+func trimOWS(s string) string {
+	for s != "" && (s[0] == ' ' || s[0] == '\t') {
+		s = s[1:]
+	}
+	for s != "" && (s[len(s)-1] == ' ' || s[len(s)-1] == '\t') {
+		s = s[:len(s)-1]
+	}
+	return s
+}
