@@ -22,6 +22,7 @@ import (
 	"github.com/hubd/hub/transport/api"
 	"github.com/hubd/hub/transport/httpx"
 	"github.com/hubd/hub/transport/sse"
+	"github.com/hubd/hub/transport/upstream"
 	"github.com/hubd/hub/transport/ws"
 	"github.com/hubd/hub/web"
 )
@@ -64,17 +65,20 @@ type serverParams struct {
 	SSE *sse.Handler
 	API *api.API
 	Log *slog.Logger
+	Up  *upstream.Upstream
 }
 
 func newServers(p serverParams) *Servers {
 	public := http.NewServeMux()
+	origins := p.Cfg.AllowedOrigins
 	public.Handle(p.Cfg.WSPath, p.WS)
 	public.Handle(p.Cfg.SSEPath, p.SSE)
-	origins := p.Cfg.AllowedOrigins
 	public.Handle("/", web.NewHandler(web.Options{AllowOrigin: func(origin string) bool {
 		return len(origins) > 0 && httpx.OriginAllowed(origins, origin, "")
 	}}))
 	p.API.RegisterPublic(public)
+	// hub.send for clients without a WebSocket (SSE); 404 upstream_disabled when off
+	public.Handle("/api/send", httpx.CORS(origins, "POST, OPTIONS", p.Up.SendHandler()))
 
 	internal := public
 	if p.Cfg.InternalAddr != "" {

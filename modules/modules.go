@@ -12,6 +12,7 @@ import (
 var App = fx.Options(
 	LogModule,
 	AuthModule,
+	OpsModule,
 	HubModule,
 	TransportModule,
 	HTTPModule,

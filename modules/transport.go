@@ -7,9 +7,13 @@ import (
 
 	"github.com/hubd/hub/config"
 	"github.com/hubd/hub/hub"
+	"github.com/hubd/hub/hub/redisbroker"
+	"github.com/hubd/hub/transport/admit"
 	"github.com/hubd/hub/transport/api"
 	"github.com/hubd/hub/transport/auth"
+	"github.com/hubd/hub/transport/metrics"
 	"github.com/hubd/hub/transport/sse"
+	"github.com/hubd/hub/transport/upstream"
 	"github.com/hubd/hub/transport/ws"
 )
 
@@ -18,32 +22,59 @@ var TransportModule = fx.Module("transport",
 	fx.Provide(newWS, newSSE, newAPI),
 )
 
-func newWS(cfg config.Config, h *hub.Hub, v *auth.Verifier, log *slog.Logger) *ws.Handler {
-	return ws.New(ws.Options{
-		Hub:            h,
-		Auth:           v,
-		AllowedOrigins: cfg.AllowedOrigins,
-		PongTimeout:    cfg.PongTimeout,
-		Logger:         log,
-	})
+type transportParams struct {
+	fx.In
+	Cfg      config.Config
+	Hub      *hub.Hub
+	Auth     *auth.Verifier
+	Log      *slog.Logger
+	Metrics  *metrics.Metrics
+	Admit    *admit.Controller
+	Upstream *upstream.Upstream
 }
 
-func newSSE(cfg config.Config, h *hub.Hub, v *auth.Verifier, log *slog.Logger) *sse.Handler {
-	return sse.New(sse.Options{
-		Hub:            h,
-		Auth:           v,
-		AllowedOrigins: cfg.AllowedOrigins,
-		Logger:         log,
-	})
+func newWS(p transportParams) *ws.Handler {
+	o := ws.Options{
+		Hub:            p.Hub,
+		Auth:           p.Auth,
+		AllowedOrigins: p.Cfg.AllowedOrigins,
+		PongTimeout:    p.Cfg.PongTimeout,
+		Logger:         p.Log,
+		Metrics:        p.Metrics,
+	}
+	if p.Admit != nil {
+		o.Admit = p.Admit.Admit
+	}
+	if p.Upstream.Enabled() {
+		o.OnMessage = p.Upstream.HandleWS
+		o.MaxSendFrame = p.Cfg.MaxPayload
+	}
+	return ws.New(o)
+}
+
+func newSSE(p transportParams) *sse.Handler {
+	o := sse.Options{
+		Hub:            p.Hub,
+		Auth:           p.Auth,
+		AllowedOrigins: p.Cfg.AllowedOrigins,
+		Logger:         p.Log,
+		Metrics:        p.Metrics,
+	}
+	if p.Admit != nil {
+		o.Admit = p.Admit.Admit
+	}
+	return sse.New(o)
 }
 
 type apiParams struct {
 	fx.In
-	Cfg  config.Config
-	Hub  *hub.Hub
-	Auth *auth.Verifier
-	Dev  *DevTokens `optional:"true"`
-	Log  *slog.Logger
+	Cfg     config.Config
+	Hub     *hub.Hub
+	Auth    *auth.Verifier
+	Dev     *DevTokens `optional:"true"`
+	Log     *slog.Logger
+	Metrics *metrics.Metrics
+	Broker  *redisbroker.Broker
 }
 
 func newAPI(p apiParams) *api.API {
@@ -52,6 +83,11 @@ func newAPI(p apiParams) *api.API {
 		Auth:       p.Auth,
 		MaxPayload: p.Cfg.MaxPayload,
 		Logger:     p.Log,
+		Metrics:    p.Metrics.Handler(),
+	}
+	if p.Broker != nil {
+		o.Ready = p.Broker.Ready
+		o.Cluster = p.Broker.ClusterStats
 	}
 	if p.Dev != nil {
 		dev := *p.Dev

@@ -69,3 +69,28 @@ func RetryAfter(w http.ResponseWriter, d time.Duration) {
 	s := int64((d + time.Second - 1) / time.Second)
 	w.Header().Set("Retry-After", strconv.FormatInt(max(s, 1), 10))
 }
+
+// CORS answers cross-origin requests for origins allowed by patterns (an
+// empty list allows none: same-origin requests need no CORS), preflights
+// included, and passes everything else to next.
+func CORS(patterns []string, methods string, next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Add("Vary", "Origin")
+		origin := r.Header.Get("Origin")
+		allowed := origin != "" && len(patterns) > 0 && OriginAllowed(patterns, origin, r.Host)
+		if allowed {
+			w.Header().Set("Access-Control-Allow-Origin", origin)
+			w.Header().Set("Access-Control-Allow-Credentials", "true")
+		}
+		if r.Method == http.MethodOptions && r.Header.Get("Access-Control-Request-Method") != "" {
+			if allowed {
+				w.Header().Set("Access-Control-Allow-Methods", methods)
+				w.Header().Set("Access-Control-Allow-Headers", "Authorization, Content-Type, Last-Event-ID, X-API-Key")
+				w.Header().Set("Access-Control-Max-Age", "600")
+			}
+			w.WriteHeader(http.StatusNoContent)
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}

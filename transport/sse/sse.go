@@ -15,6 +15,7 @@ package sse
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -29,6 +30,7 @@ import (
 	"github.com/hubd/hub/hub"
 	"github.com/hubd/hub/transport/auth"
 	"github.com/hubd/hub/transport/httpx"
+	"github.com/hubd/hub/transport/metrics"
 )
 
 // Defaults of Options.
@@ -66,6 +68,8 @@ type Options struct {
 	// id. When it answers !ok the request is refused with status and a JSON
 	// error of code, with a Retry-After header when retryAfter > 0.
 	Admit func(r *http.Request, resuming bool) (ok bool, status int, code string, retryAfter time.Duration)
+	// Metrics records handshakes and deliveries (nil: none).
+	Metrics *metrics.Metrics
 }
 
 // Handler serves the SSE endpoint: GET opens a stream, OPTIONS answers CORS
@@ -131,6 +135,7 @@ func (h *Handler) cors(w http.ResponseWriter, r *http.Request) bool {
 func (h *Handler) serveStream(w http.ResponseWriter, r *http.Request) {
 	id, aerr := h.o.Auth.Authenticate(r)
 	if aerr != nil {
+		h.o.Metrics.Handshake(hub.TransportSSE, metrics.OutcomeRefused, aerr.Code)
 		auth.WriteError(w, aerr)
 		return
 	}
@@ -152,6 +157,7 @@ func (h *Handler) serveStream(w http.ResponseWriter, r *http.Request) {
 			if code == "" {
 				code = "unavailable"
 			}
+			h.o.Metrics.Handshake(hub.TransportSSE, metrics.OutcomeRefused, code)
 			httpx.WriteError(w, status, code, refusalMessage(code, status))
 			return
 		}
@@ -175,6 +181,7 @@ func (h *Handler) serveStream(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.conn.Store(conn)
+	h.o.Metrics.Handshake(hub.TransportSSE, metrics.OutcomeAccepted, "")
 	defer h.o.Hub.Unregister(conn)
 	defer s.finish()
 
@@ -223,6 +230,10 @@ func (h *Handler) run(ctx context.Context, w http.ResponseWriter, s *stream, con
 		if len(msgs) > 0 || len(pending) > 0 {
 			if err := h.write(w, s, pending, msgs); err != nil {
 				return nil, err
+			}
+			if len(msgs) > 0 {
+				h.o.Metrics.DeliveredMessages(hub.TransportSSE, msgs)
+				h.o.Metrics.QueueDepth(hub.TransportSSE, len(msgs))
 			}
 			pending = pending[:0]
 		}
@@ -304,6 +315,9 @@ func closeRecord(r hub.Reason, retryMs int64) []byte {
 
 // refuse answers a registration error.
 func (h *Handler) refuse(w http.ResponseWriter, err error) {
+	rec := &codeRecorder{ResponseWriter: w}
+	defer func() { h.o.Metrics.Handshake(hub.TransportSSE, metrics.OutcomeRefused, rec.code) }()
+	w = rec
 	var le *hub.LimitError
 	switch {
 	case errors.Is(err, hub.ErrShuttingDown):
@@ -404,4 +418,22 @@ func (s *stream) finish() {
 	if s.aborted.Load() == nil {
 		_ = s.rc.SetWriteDeadline(time.Time{})
 	}
+}
+
+// codeRecorder notes the error code a refusal writes, for metrics.
+type codeRecorder struct {
+	http.ResponseWriter
+	code string
+}
+
+func (c *codeRecorder) Write(b []byte) (int, error) {
+	var e struct {
+		Error struct {
+			Code string `json:"code"`
+		} `json:"error"`
+	}
+	if json.Unmarshal(b, &e) == nil {
+		c.code = e.Error.Code
+	}
+	return c.ResponseWriter.Write(b)
 }

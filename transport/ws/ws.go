@@ -21,6 +21,7 @@ import (
 	"github.com/hubd/hub/hub"
 	"github.com/hubd/hub/transport/auth"
 	"github.com/hubd/hub/transport/httpx"
+	"github.com/hubd/hub/transport/metrics"
 )
 
 // MaxFrame is the largest client frame accepted (other than hub.send).
@@ -39,6 +40,8 @@ type Options struct {
 	// OnMessage handles client frames whose type the endpoint does not know
 	// itself (hub.send); nil answers them with hub.error.
 	OnMessage func(c *hub.Conn, typ string, frame []byte) bool
+	// Metrics records handshakes and deliveries (nil: none).
+	Metrics *metrics.Metrics
 	// MaxSendFrame is the largest hub.send frame (HUB_MAX_PAYLOAD) when
 	// OnMessage is set; other frames stay at MaxFrame.
 	MaxSendFrame int64
@@ -80,15 +83,16 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	if !strings.EqualFold(r.Header.Get("Upgrade"), "websocket") {
 		w.Header().Set("Upgrade", "websocket")
-		httpx.WriteError(w, http.StatusUpgradeRequired, "upgrade_required", "this endpoint speaks WebSocket; use the SSE endpoint otherwise")
+		h.refuse(w, http.StatusUpgradeRequired, "upgrade_required", "this endpoint speaks WebSocket; use the SSE endpoint otherwise")
 		return
 	}
 	if !httpx.OriginAllowed(h.o.AllowedOrigins, r.Header.Get("Origin"), r.Host) {
-		httpx.WriteError(w, http.StatusForbidden, "origin_not_allowed", "origin not allowed")
+		h.refuse(w, http.StatusForbidden, "origin_not_allowed", "origin not allowed")
 		return
 	}
 	id, aerr := h.o.Auth.Authenticate(r)
 	if aerr != nil {
+		h.o.Metrics.Handshake(hub.TransportWebSocket, metrics.OutcomeRefused, aerr.Code)
 		auth.WriteError(w, aerr)
 		return
 	}
@@ -96,7 +100,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if h.o.Admit != nil {
 		if ok, status, code, after := h.o.Admit(r, last != ""); !ok {
 			httpx.RetryAfter(w, after)
-			httpx.WriteError(w, status, code, "connection refused by admission control; retry later")
+			h.refuse(w, status, code, "connection refused by admission control; retry later")
 			return
 		}
 	}
@@ -108,7 +112,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		LastEventID:    last,
 	}, c)
 	if err != nil {
-		writeRegisterError(w, err)
+		status, code, msg := registerError(err)
+		h.refuse(w, status, code, msg)
 		return
 	}
 	defer h.o.Hub.Unregister(hc)
@@ -126,6 +131,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		limit = h.o.MaxSendFrame
 	}
 	wsc.SetReadLimit(limit)
+	h.o.Metrics.Handshake(hub.TransportWebSocket, metrics.OutcomeAccepted, "")
 	c.ws, c.cork, c.hc, c.user = wsc, cw.conn, hc, id.UserID
 	c.ready.Store(true)
 	c.startWriter()
@@ -133,16 +139,23 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	_ = wsc.CloseNow()
 }
 
-func writeRegisterError(w http.ResponseWriter, err error) {
+// refuse answers a refused handshake and counts it.
+func (h *Handler) refuse(w http.ResponseWriter, status int, code, msg string) {
+	h.o.Metrics.Handshake(hub.TransportWebSocket, metrics.OutcomeRefused, code)
+	httpx.WriteError(w, status, code, msg)
+}
+
+// registerError maps a hub registration error to the contract's answer.
+func registerError(err error) (int, string, string) {
 	switch {
 	case errors.Is(err, hub.ErrShuttingDown):
-		httpx.WriteError(w, http.StatusServiceUnavailable, "shutting_down", "the node is draining; reconnect to another node")
+		return http.StatusServiceUnavailable, "shutting_down", "the node is draining; reconnect to another node"
 	case errors.Is(err, hub.ErrUnavailable):
-		httpx.WriteError(w, http.StatusServiceUnavailable, "unavailable", "the broker is unreachable; retry later")
+		return http.StatusServiceUnavailable, "unavailable", "the broker is unreachable; retry later"
 	case errors.Is(err, hub.ErrTooManyConnections):
-		httpx.WriteError(w, http.StatusTooManyRequests, "too_many_connections", err.Error())
+		return http.StatusTooManyRequests, "too_many_connections", err.Error()
 	default:
-		httpx.WriteError(w, http.StatusInternalServerError, "internal", "could not register the connection")
+		return http.StatusInternalServerError, "internal_error", "could not register the connection"
 	}
 }
 
@@ -228,6 +241,8 @@ func (c *conn) writeLoop() {
 				_ = c.ws.CloseNow()
 				return
 			}
+			c.h.o.Metrics.DeliveredMessages(hub.TransportWebSocket, msgs)
+			c.h.o.Metrics.QueueDepth(hub.TransportWebSocket, len(msgs))
 			clear(msgs)
 			continue
 		}
