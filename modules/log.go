@@ -9,6 +9,7 @@ import (
 	"go.uber.org/fx"
 
 	"github.com/hubd/hub/config"
+	"github.com/hubd/hub/transport/auth"
 )
 
 // LogModule provides the *slog.Logger: JSON off a terminal, text on one,
@@ -37,7 +38,7 @@ func NewLogger(cfg config.Config, w io.Writer) *slog.Logger {
 			format = "text"
 		}
 	}
-	o := &slog.HandlerOptions{Level: level}
+	o := &slog.HandlerOptions{Level: level, ReplaceAttr: redactAttr}
 	if format == "text" {
 		return slog.New(slog.NewTextHandler(w, o))
 	}
@@ -47,4 +48,18 @@ func NewLogger(cfg config.Config, w io.Writer) *slog.Logger {
 func isTerminal(f *os.File) bool {
 	st, err := f.Stat()
 	return err == nil && st.Mode()&os.ModeCharDevice != 0
+}
+
+// redactAttr keeps tokens out of the logs whatever a caller passes: any
+// string value that holds a JWT, a token= query value or a Bearer header is
+// redacted (transport/auth.Redact).
+func redactAttr(_ []string, a slog.Attr) slog.Attr {
+	if a.Value.Kind() == slog.KindString {
+		if s := a.Value.String(); len(s) > 16 {
+			if r := auth.Redact(s); r != s {
+				a.Value = slog.StringValue(r)
+			}
+		}
+	}
+	return a
 }
