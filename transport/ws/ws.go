@@ -134,6 +134,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h.o.Metrics.Handshake(hub.TransportWebSocket, metrics.OutcomeAccepted, "")
 	c.ws, c.cork, c.hc, c.user = wsc, cw.conn, hc, id.UserID
 	c.ready.Store(true)
+	if r := c.early.Load(); r != nil {
+		c.Abort(*r)
+	}
 	c.startWriter()
 	c.readLoop(r.Context())
 	_ = wsc.CloseNow()
@@ -167,6 +170,7 @@ type conn struct {
 	hc    *hub.Conn
 	user  string
 	ready atomic.Bool
+	early atomic.Pointer[hub.Reason] // an Abort that came before ready
 	dead  atomic.Bool
 	ping  atomic.Bool
 }
@@ -188,7 +192,14 @@ func (c *conn) startWriter() {
 
 // Abort closes at once (slow consumer, drain timeout).
 func (c *conn) Abort(r hub.Reason) {
-	if !c.ready.Load() || !c.dead.CompareAndSwap(false, true) {
+	if !c.ready.Load() {
+		// Cut before the upgrade finished: ServeHTTP closes it once ready.
+		c.early.Store(&r)
+		if !c.ready.Load() {
+			return
+		}
+	}
+	if !c.dead.CompareAndSwap(false, true) {
 		return
 	}
 	c.h.wg.Add(1)

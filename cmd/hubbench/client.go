@@ -1,0 +1,254 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+	"sync/atomic"
+	"time"
+)
+
+// client is one benchmark connection: a raw WebSocket or SSE client on a
+// net.Conn with a bufio.Reader, so that the load generator stays light and
+// never becomes the bottleneck (no per-message allocation on the read path).
+type client struct {
+	nc   net.Conn
+	br   *bufio.Reader
+	rd   *bufio.Reader // SSE: line reader over the chunked body
+	ws   bool
+	user int
+
+	frame []byte // WebSocket message being assembled
+
+	// Filled by the read loop only; read after it ended.
+	seqs []uint32              // event sequence numbers received, in order
+	lats []int64               // latency of each event, nanoseconds
+	err  atomic.Pointer[error] // why the read loop ended
+}
+
+// eventHandler is called by the read loop for every application event.
+type eventHandler func(c *client, sent int64, seq uint32, now int64)
+
+var (
+	connectedMark = []byte(`"type":"hub.connected"`)
+	payloadMark   = []byte(`"payload":[`)
+)
+
+// dial opens the connection from local, performs the handshake and reads
+// until hub.connected.
+func dial(ctx context.Context, base *url.URL, path, token string, local net.IP, ws bool, bufSize int) (*client, error) {
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: local}, Timeout: 10 * time.Second, Control: controlSocket}
+	nc, err := d.DialContext(ctx, "tcp", base.Host)
+	if err != nil {
+		return nil, fmt.Errorf("dial: %w", err)
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		_ = nc.SetDeadline(dl)
+	}
+	c := &client{nc: nc, ws: ws, br: bufio.NewReaderSize(nc, bufSize)}
+	if err := c.handshake(base, path, token, bufSize); err != nil {
+		nc.Close()
+		return nil, err
+	}
+	_ = nc.SetDeadline(time.Time{})
+	return c, nil
+}
+
+func (c *client) handshake(base *url.URL, path, token string, bufSize int) error {
+	target := path + "?token=" + url.QueryEscape(token)
+	var req bytes.Buffer
+	fmt.Fprintf(&req, "GET %s HTTP/1.1\r\nHost: %s\r\n", target, base.Host)
+	if c.ws {
+		var key [16]byte
+		_, _ = rand.Read(key[:])
+		fmt.Fprintf(&req, "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: %s\r\n",
+			base64.StdEncoding.EncodeToString(key[:]))
+	} else {
+		req.WriteString("Accept: text/event-stream\r\n")
+	}
+	req.WriteString("\r\n")
+	if _, err := c.nc.Write(req.Bytes()); err != nil {
+		return fmt.Errorf("write handshake: %w", err)
+	}
+	hreq, _ := http.NewRequest(http.MethodGet, base.String(), nil)
+	resp, err := http.ReadResponse(c.br, hreq)
+	if err != nil {
+		return fmt.Errorf("read handshake: %w", err)
+	}
+	want := http.StatusOK
+	if c.ws {
+		want = http.StatusSwitchingProtocols
+	}
+	if resp.StatusCode != want {
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+		return fmt.Errorf("handshake: status %d: %s", resp.StatusCode, bytes.TrimSpace(b))
+	}
+	if !c.ws {
+		// The stream is chunked (HTTP/1.1, no length): resp.Body de-chunks
+		// it, reading from c.br.
+		c.rd = bufio.NewReaderSize(resp.Body, bufSize)
+	}
+	for {
+		msg, err := c.next()
+		if err != nil {
+			return fmt.Errorf("wait for hub.connected: %w", err)
+		}
+		if bytes.Contains(msg, connectedMark) {
+			return nil
+		}
+	}
+}
+
+// next returns the next message (a WebSocket text message or an SSE data
+// line); the slice is valid until the next call.
+func (c *client) next() ([]byte, error) {
+	if c.ws {
+		return c.nextFrame()
+	}
+	for {
+		line, err := c.rd.ReadSlice('\n')
+		if err != nil {
+			return nil, err
+		}
+		if rest, ok := bytes.CutPrefix(line, []byte("data: ")); ok {
+			return bytes.TrimRight(rest, "\r\n"), nil
+		}
+	}
+}
+
+const (
+	opCont  = 0
+	opText  = 1
+	opClose = 8
+	opPing  = 9
+	opPong  = 10
+)
+
+func (c *client) nextFrame() ([]byte, error) {
+	c.frame = c.frame[:0]
+	for {
+		var h [8]byte
+		if _, err := io.ReadFull(c.br, h[:2]); err != nil {
+			return nil, err
+		}
+		fin, op, masked := h[0]&0x80 != 0, h[0]&0x0f, h[1]&0x80 != 0
+		n := uint64(h[1] & 0x7f)
+		switch n {
+		case 126:
+			if _, err := io.ReadFull(c.br, h[:2]); err != nil {
+				return nil, err
+			}
+			n = uint64(binary.BigEndian.Uint16(h[:2]))
+		case 127:
+			if _, err := io.ReadFull(c.br, h[:8]); err != nil {
+				return nil, err
+			}
+			n = binary.BigEndian.Uint64(h[:8])
+		}
+		if masked {
+			return nil, errors.New("masked frame from server")
+		}
+		if n > 1<<24 {
+			return nil, fmt.Errorf("frame of %d bytes", n)
+		}
+		start := len(c.frame)
+		c.frame = append(c.frame, make([]byte, n)...)
+		if _, err := io.ReadFull(c.br, c.frame[start:]); err != nil {
+			return nil, err
+		}
+		switch op {
+		case opPing:
+			if err := c.writeFrame(opPong, c.frame[start:]); err != nil {
+				return nil, err
+			}
+			c.frame = c.frame[:start]
+			continue
+		case opPong:
+			c.frame = c.frame[:start]
+			continue
+		case opClose:
+			code := 0
+			if n >= 2 {
+				code = int(binary.BigEndian.Uint16(c.frame[start:]))
+			}
+			return nil, fmt.Errorf("closed by server: %d %s", code, c.frame[min(start+2, len(c.frame)):])
+		case opText, opCont:
+		default:
+			return nil, fmt.Errorf("unexpected opcode %d", op)
+		}
+		if fin {
+			return c.frame, nil
+		}
+	}
+}
+
+// writeFrame writes a masked control frame (mask key zero: the payload is
+// unchanged).
+func (c *client) writeFrame(op byte, payload []byte) error {
+	if len(payload) > 125 {
+		payload = payload[:125]
+	}
+	b := make([]byte, 0, 6+len(payload))
+	b = append(b, 0x80|op, 0x80|byte(len(payload)), 0, 0, 0, 0)
+	b = append(b, payload...)
+	_, err := c.nc.Write(b)
+	return err
+}
+
+// readLoop reads events until the connection ends, calling on for each
+// application event whose payload is [sentUnixNano, seq, ...].
+func (c *client) readLoop(on eventHandler) {
+	for {
+		msg, err := c.next()
+		if err != nil {
+			c.err.Store(&err)
+			return
+		}
+		now := time.Now().UnixNano()
+		i := bytes.Index(msg, payloadMark)
+		if i < 0 {
+			continue // hub.ping or another control event
+		}
+		rest := msg[i+len(payloadMark):]
+		sent, rest, ok1 := parseInt(rest)
+		if !ok1 || len(rest) == 0 || rest[0] != ',' {
+			continue
+		}
+		seq, _, ok2 := parseInt(rest[1:])
+		if !ok2 {
+			continue
+		}
+		on(c, sent, uint32(seq), now)
+	}
+}
+
+func parseInt(b []byte) (int64, []byte, bool) {
+	i := 0
+	for i < len(b) && b[i] >= '0' && b[i] <= '9' {
+		i++
+	}
+	if i == 0 {
+		return 0, b, false
+	}
+	n, err := strconv.ParseInt(string(b[:i]), 10, 64)
+	return n, b[i:], err == nil
+}
+
+// close ends the connection (a WebSocket gets a close frame first).
+func (c *client) close() {
+	if c.ws {
+		_ = c.nc.SetWriteDeadline(time.Now().Add(time.Second))
+		_ = c.writeFrame(opClose, []byte{0x03, 0xe8}) // 1000
+	}
+	_ = c.nc.Close()
+}

@@ -1,0 +1,7 @@
+//go:build !linux
+
+package main
+
+import "syscall"
+
+func controlSocket(_, _ string, _ syscall.RawConn) error { return nil }
