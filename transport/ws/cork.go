@@ -54,6 +54,9 @@ func (c *corkConn) uncork(timeout time.Duration) error {
 	return err
 }
 
+// smallBuf is the size of a connection's bufio reader and writer.
+const smallBuf = 512
+
 // corkWriter is the ResponseWriter given to websocket.Accept: its Hijack
 // returns the connection wrapped in a corkConn and points the server's
 // buffered writer at it.
@@ -68,6 +71,14 @@ func (w *corkWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 		return nil, nil, err
 	}
 	w.conn = &corkConn{Conn: nc}
-	brw.Writer.Reset(w.conn)
-	return w.conn, brw, nil
+	// net/http hands over 4 KiB read and write buffers; an idle push
+	// connection needs neither (frames are batched in the cork buffer and
+	// clients send little), so smaller ones replace them and the big ones
+	// are left to the garbage collector. Bytes the client already sent stay
+	// readable: the original reader is kept when it holds any.
+	rd := brw.Reader
+	if rd.Buffered() == 0 {
+		rd = bufio.NewReaderSize(w.conn, smallBuf)
+	}
+	return w.conn, bufio.NewReadWriter(rd, bufio.NewWriterSize(w.conn, smallBuf)), nil
 }

@@ -35,7 +35,12 @@ type Options struct {
 	PongTimeout    time.Duration // default 10s
 	WriteTimeout   time.Duration // per batch of writes, default 10s
 	Logger         *slog.Logger
-	// Admit is an optional admission check run after authentication.
+	// Acquire is an optional admission check run after authentication; an
+	// admitted connection calls release when it ends.
+	Acquire func(r *http.Request, resuming bool) (release func(), ok bool, status int, code string, retryAfter time.Duration)
+	// Admit is the older form of Acquire, whose slot ends with the request
+	// context (which, the reader running detached, is at the upgrade).
+	// Deprecated: use Acquire.
 	Admit func(r *http.Request, resuming bool) (ok bool, status int, code string, retryAfter time.Duration)
 	// OnMessage handles client frames whose type the endpoint does not know
 	// itself (hub.send); nil answers them with hub.error.
@@ -97,7 +102,19 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	last := r.URL.Query().Get("last_event_id")
-	if h.o.Admit != nil {
+	release := func() {}
+	switch {
+	case h.o.Acquire != nil:
+		rel, ok, status, code, after := h.o.Acquire(r, last != "")
+		if !ok {
+			httpx.RetryAfter(w, after)
+			h.refuse(w, status, code, "connection refused by admission control; retry later")
+			return
+		}
+		if rel != nil {
+			release = rel
+		}
+	case h.o.Admit != nil:
 		if ok, status, code, after := h.o.Admit(r, last != ""); !ok {
 			httpx.RetryAfter(w, after)
 			h.refuse(w, status, code, "connection refused by admission control; retry later")
@@ -112,17 +129,19 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		LastEventID:    last,
 	}, c)
 	if err != nil {
+		release()
 		status, code, msg := registerError(err)
 		h.refuse(w, status, code, msg)
 		return
 	}
-	defer h.o.Hub.Unregister(hc)
 	cw := &corkWriter{ResponseWriter: w}
 	wsc, err := websocket.Accept(cw, r, &websocket.AcceptOptions{
 		InsecureSkipVerify: true, // the origin was checked above
 		CompressionMode:    websocket.CompressionDisabled,
 	})
 	if err != nil {
+		h.o.Hub.Unregister(hc)
+		release()
 		h.log.Debug("websocket accept failed", "err", err)
 		return
 	}
@@ -138,8 +157,18 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		c.Abort(*r)
 	}
 	c.startWriter()
-	c.readLoop(r.Context())
-	_ = wsc.CloseNow()
+	// The reader runs on a goroutine of its own and the handler returns:
+	// the request, net/http's connection state and its 4 KiB buffers, and
+	// the handler's grown stack are then garbage, which is most of what an
+	// idle connection would otherwise hold.
+	h.wg.Add(1)
+	go func() {
+		defer h.wg.Done()
+		defer release()
+		defer h.o.Hub.Unregister(hc)
+		c.readLoop(context.Background())
+		_ = wsc.CloseNow()
+	}()
 }
 
 // refuse answers a refused handshake and counts it.
@@ -267,8 +296,10 @@ func (c *conn) writeLoop() {
 }
 
 func (c *conn) writeBatch(msgs []*hub.Message) error {
-	ctx, cancel := context.WithTimeout(context.Background(), c.h.o.WriteTimeout)
-	defer cancel()
+	// While corked the frames only go into memory, so they need no
+	// deadline (and no timer per batch); the one socket write in uncork has
+	// the write deadline.
+	ctx := context.Background()
 	c.cork.cork()
 	for _, m := range msgs {
 		if err := c.ws.Write(ctx, websocket.MessageText, m.Frame); err != nil {
@@ -290,8 +321,6 @@ type clientFrame struct {
 
 // readLoop reads client frames until the connection ends.
 func (c *conn) readLoop(ctx context.Context) {
-	ctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	defer cancel()
 	for {
 		typ, data, err := c.ws.Read(ctx)
 		if err != nil {
