@@ -17,6 +17,7 @@ type corkConn struct {
 	mu     sync.Mutex
 	corked bool
 	buf    []byte
+	bp     *[]byte // pooled buffer behind buf while corked
 }
 
 func (c *corkConn) Write(p []byte) (int, error) {
@@ -29,9 +30,17 @@ func (c *corkConn) Write(p []byte) (int, error) {
 	return c.Conn.Write(p)
 }
 
+// corkBufs holds cork buffers between batches, so an idle connection
+// keeps none.
+var corkBufs = sync.Pool{New: func() any { b := make([]byte, 0, 4096); return &b }}
+
 func (c *corkConn) cork() {
 	c.mu.Lock()
 	c.corked = true
+	if c.buf == nil {
+		c.bp = corkBufs.Get().(*[]byte)
+		c.buf = (*c.bp)[:0]
+	}
 	c.mu.Unlock()
 }
 
@@ -40,22 +49,29 @@ func (c *corkConn) uncork(timeout time.Duration) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.corked = false
-	if len(c.buf) == 0 {
-		return nil
+	var err error
+	if len(c.buf) > 0 {
+		_ = c.Conn.SetWriteDeadline(time.Now().Add(timeout))
+		_, err = c.Conn.Write(c.buf)
+		_ = c.Conn.SetWriteDeadline(time.Time{})
 	}
-	_ = c.Conn.SetWriteDeadline(time.Now().Add(timeout))
-	_, err := c.Conn.Write(c.buf)
-	_ = c.Conn.SetWriteDeadline(time.Time{})
-	if cap(c.buf) > 64<<10 {
-		c.buf = nil // do not keep a burst's buffer on an idle connection
-	} else {
-		c.buf = c.buf[:0]
+	if c.bp != nil {
+		if cap(c.buf) <= 64<<10 { // a burst's big buffer goes to the GC
+			*c.bp = c.buf[:0]
+			corkBufs.Put(c.bp)
+		}
+		c.bp = nil
 	}
+	c.buf = nil
 	return err
 }
 
-// smallBuf is the size of a connection's bufio reader and writer.
-const smallBuf = 512
+// Sizes of a connection's bufio reader and writer: clients send little, and
+// frames written in a batch go to the cork buffer anyway.
+const (
+	smallReadBuf  = 256
+	smallWriteBuf = 64
+)
 
 // corkWriter is the ResponseWriter given to websocket.Accept: its Hijack
 // returns the connection wrapped in a corkConn and points the server's
@@ -78,7 +94,7 @@ func (w *corkWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	// readable: the original reader is kept when it holds any.
 	rd := brw.Reader
 	if rd.Buffered() == 0 {
-		rd = bufio.NewReaderSize(w.conn, smallBuf)
+		rd = bufio.NewReaderSize(w.conn, smallReadBuf)
 	}
-	return w.conn, bufio.NewReadWriter(rd, bufio.NewWriterSize(w.conn, smallBuf)), nil
+	return w.conn, bufio.NewReadWriter(rd, bufio.NewWriterSize(w.conn, smallWriteBuf)), nil
 }
