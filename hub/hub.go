@@ -569,6 +569,9 @@ func (h *Hub) Broadcast(ctx context.Context, typ string, payload json.RawMessage
 // (after what is queued) on this node and, with a broker, on every node; it
 // returns how many this node had.
 func (h *Hub) DisconnectUser(user string) int {
+	// Count (and close) this node's connections first: the broker's message
+	// comes back to this node too and would otherwise race the count.
+	n := h.DisconnectLocal(user)
 	if h.opts.Broker != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), h.opts.BrokerTimeout)
 		if err := h.opts.Broker.DisconnectUser(ctx, user); err != nil {
@@ -576,7 +579,7 @@ func (h *Hub) DisconnectUser(user string) int {
 		}
 		cancel()
 	}
-	return h.DisconnectLocal(user)
+	return n
 }
 
 // UserConnections returns the number of connections user holds on this node.

@@ -1,0 +1,482 @@
+package modules_test
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/hubd/hub/config"
+)
+
+// clusterRedisDB is the Redis database of this package's cluster tests;
+// other packages use database 0 with their own prefixes, and the hub's
+// prefix is fixed, so the cluster tests keep to a database of their own.
+const clusterRedisDB = "7"
+
+// clusterRedisURL returns HUB_REDIS_URL (default redis://127.0.0.1:6379)
+// pointed at database 7, after flushing that database so that the shared
+// epoch and sequence start clean. It skips the test when Redis cannot be
+// reached, or fails it when HUB_REQUIRE_REDIS=1.
+func clusterRedisURL(t *testing.T) string {
+	t.Helper()
+	u := optionalRedisURL(t)
+	if u == "" {
+		t.Skip("redis unreachable (set HUB_REQUIRE_REDIS=1 to fail instead)")
+	}
+	return u
+}
+
+// optionalRedisURL is clusterRedisURL that answers "" instead of skipping
+// when Redis cannot be reached (it still fails with HUB_REQUIRE_REDIS=1).
+func optionalRedisURL(t *testing.T) string {
+	t.Helper()
+	raw := os.Getenv("HUB_REDIS_URL")
+	if raw == "" {
+		raw = "redis://127.0.0.1:6379/" + clusterRedisDB
+	}
+	u, err := url.Parse(raw)
+	if err != nil {
+		t.Fatalf("HUB_REDIS_URL: %v", err)
+	}
+	u.Path = "/" + clusterRedisDB
+	o, err := redis.ParseURL(u.String())
+	if err != nil {
+		t.Fatalf("HUB_REDIS_URL: %v", err)
+	}
+	c := redis.NewClient(o)
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if err := c.Ping(ctx).Err(); err != nil {
+		if os.Getenv("HUB_REQUIRE_REDIS") == "1" {
+			t.Fatalf("redis at %s: %v", u.Host, err)
+		}
+		t.Logf("redis at %s unreachable: %v", u.Host, err)
+		return ""
+	}
+	if err := c.FlushDB(ctx).Err(); err != nil {
+		t.Fatalf("flush redis db %s: %v", clusterRedisDB, err)
+	}
+	return u.String()
+}
+
+// startNode starts a hub node of a Redis cluster.
+func startNode(t *testing.T, redisURL, name string, mod func(*config.Config)) *testHub {
+	t.Helper()
+	return startHub(t, func(c *config.Config) {
+		c.Broker = "redis"
+		c.RedisURL = redisURL
+		c.NodeName = name
+		c.LogLevel = "warn"
+		if mod != nil {
+			mod(c)
+		}
+	})
+}
+
+// getStatus answers the status and decoded body of a GET; bearer, when set,
+// goes in Authorization. It may be called from any goroutine.
+func getStatus(u, bearer string) (int, map[string]any) {
+	req, _ := http.NewRequest(http.MethodGet, u, nil)
+	if bearer != "" {
+		req.Header.Set("Authorization", "Bearer "+bearer)
+	}
+	return doNoFatal(req)
+}
+
+// freePort returns a TCP port on 127.0.0.1 that was free a moment ago.
+func freePort(t *testing.T) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// TestClusterThreeNodes runs three nodes on one Redis and checks, through
+// the assembled app, that publishing, broadcasting, resuming and
+// disconnecting work across nodes, and that stats and readiness report the
+// cluster.
+func TestClusterThreeNodes(t *testing.T) {
+	ru := clusterRedisURL(t)
+	var nodes [3]*testHub
+	for i := range nodes {
+		nodes[i] = startNode(t, ru, fmt.Sprintf("node-%d", i+1), nil)
+	}
+	for i, n := range nodes {
+		eventually(t, 10*time.Second, fmt.Sprintf("node %d ready", i+1), func() bool {
+			st, _ := getStatus(n.URL+"/readyz", "")
+			return st == http.StatusOK
+		})
+	}
+
+	t.Run("publish reaches every node", func(t *testing.T) {
+		user := "cl-pub"
+		tok := nodes[0].token(user, time.Hour)
+		var devs []device
+		for i, tr := range []string{"websocket", "sse", "sse", "websocket"} {
+			n := nodes[i%3].with(t)
+			d := n.connect(tr, tok, "")
+			p := d.connected()
+			if p["node"] != n.cfg.NodeName || p["recovered"] != false {
+				t.Fatalf("hub.connected on %s: %v", n.cfg.NodeName, p)
+			}
+			devs = append(devs, d)
+		}
+		var ids []string
+		for i := range 5 {
+			ids = append(ids, nodes[0].with(t).publish("CLUSTER", i, user)[user])
+		}
+		for i, d := range devs {
+			expectIDs(t, d, ids, fmt.Sprintf("device %d", i))
+		}
+	})
+
+	t.Run("broadcast all from node 2", func(t *testing.T) {
+		var devs []device
+		for i := range 6 {
+			n := nodes[i%3].with(t)
+			d := n.connect(transports[i%2], n.token(fmt.Sprintf("cl-all-%d", i), time.Hour), "")
+			expectConnected(t, d, false, 0)
+			devs = append(devs, d)
+		}
+		id := nodes[1].with(t).publishAll("ANNOUNCEMENT", "hello")
+		for i, d := range devs {
+			expectIDs(t, d, []string{id}, fmt.Sprintf("device %d", i))
+		}
+	})
+
+	t.Run("resume on another node", func(t *testing.T) {
+		for _, tr := range [][2]string{{"websocket", "sse"}, {"sse", "websocket"}, {"websocket", "websocket"}} {
+			user := "cl-resume-" + tr[0] + "-" + tr[1]
+			a, b, c := nodes[0].with(t), nodes[1].with(t), nodes[2].with(t)
+			tok := a.token(user, time.Hour)
+			d := a.connect(tr[0], tok, "")
+			expectConnected(t, d, false, 0)
+			first := c.publish("FIRST", nil, user)[user]
+			expectIDs(t, d, []string{first}, "before the drop")
+			hangUp(d)
+			var away []string
+			for i := range 7 {
+				if i%3 == 2 {
+					away = append(away, c.publishAll("AWAY_ALL", i))
+				} else {
+					away = append(away, nodes[i%3].with(t).publish("AWAY", i, user)[user])
+				}
+			}
+			d = b.connect(tr[1], tok, first)
+			expectConnected(t, d, true, len(away))
+			expectIDs(t, d, away, "replay on node 2")
+			expectLive(t, a, d, user)
+		}
+	})
+
+	t.Run("disconnect through node 3", func(t *testing.T) {
+		user := "cl-disc"
+		a, b, c := nodes[0].with(t), nodes[1].with(t), nodes[2].with(t)
+		tok := a.token(user, time.Hour)
+		wa := a.mustWS(tok, "")
+		wa.connected()
+		sb := b.mustSSE(tok, "")
+		sb.connected()
+		wb := b.mustWS(tok, "")
+		wb.connected()
+		sc := c.mustSSE(tok, "")
+		sc.connected()
+		// every subscription is live once an event reaches all of them
+		id := a.publish("PING", nil, user)[user]
+		for i, d := range []device{wa, sb, wb, sc} {
+			expectIDs(t, d, []string{id}, fmt.Sprintf("device %d", i))
+		}
+		status, body := c.post("/api/users/"+user+"/disconnect", nil, map[string]string{"X-API-Key": "test-api-key"})
+		if status != http.StatusOK || body["closed"] != float64(1) {
+			t.Fatalf("disconnect on node 3: %d %v, want 200 {\"closed\":1}", status, body)
+		}
+		for i, w := range []*wsClient{wa, wb} {
+			if code, reason := w.closed(5 * time.Second); code != 4003 {
+				t.Fatalf("websocket %d: close %d %q, want 4003", i, code, reason)
+			}
+		}
+		for i, s := range []*sseClient{sb, sc} {
+			evs := s.waitEnd(5 * time.Second)
+			if len(evs) == 0 || evs[len(evs)-1].Type != "hub.closed" {
+				t.Fatalf("sse %d: stream ended with %v, want hub.closed", i, evs)
+			}
+		}
+	})
+
+	t.Run("stats carry cluster totals", func(t *testing.T) {
+		admin := nodes[0].token("cl-admin", time.Hour, "admin")
+		user := "cl-stats"
+		tok := nodes[0].token(user, time.Hour)
+		for i := range 5 {
+			n := nodes[i%3].with(t)
+			n.connect(transports[i%2], tok, "").connected()
+		}
+		var last string
+		deadline := time.Now().Add(20 * time.Second)
+		for {
+			ok, desc := clusterStatsAgree(nodes[:], admin)
+			if ok {
+				break
+			}
+			last = desc
+			if time.Now().After(deadline) {
+				t.Fatalf("cluster stats never agreed: %s", last)
+			}
+			time.Sleep(100 * time.Millisecond) // polling interval
+		}
+	})
+
+	for i, n := range nodes {
+		if st, body := getStatus(n.URL+"/readyz", ""); st != http.StatusOK {
+			t.Fatalf("node %d /readyz: %d %v", i+1, st, body)
+		}
+	}
+}
+
+// clusterStatsAgree reads every node's stats and reports whether each
+// node's "cluster" totals count three nodes and add up to the sum of the
+// nodes' own figures.
+func clusterStatsAgree(nodes []*testHub, admin string) (bool, string) {
+	var sumTotal, sumWS, sumSSE int
+	var clusters []map[string]any
+	for _, n := range nodes {
+		st, body := getStatus(n.API+"/api/websocket/stats", admin)
+		if st != http.StatusOK {
+			return false, fmt.Sprintf("%s stats: %d %v", n.cfg.NodeName, st, body)
+		}
+		if body["node"] != n.cfg.NodeName {
+			return false, fmt.Sprintf("%s stats name another node: %v", n.cfg.NodeName, body)
+		}
+		conns, _ := body["connections"].(map[string]any)
+		total, _ := body["totalConnections"].(float64)
+		ws, _ := conns["websocket"].(float64)
+		sse, _ := conns["sse"].(float64)
+		sumTotal += int(total)
+		sumWS += int(ws)
+		sumSSE += int(sse)
+		c, _ := body["cluster"].(map[string]any)
+		if c == nil {
+			return false, fmt.Sprintf("%s stats without cluster: %v", n.cfg.NodeName, body)
+		}
+		clusters = append(clusters, c)
+	}
+	for i, c := range clusters {
+		conns, _ := c["connections"].(map[string]any)
+		if c["nodes"] != float64(len(nodes)) || c["totalConnections"] != float64(sumTotal) ||
+			conns["websocket"] != float64(sumWS) || conns["sse"] != float64(sumSSE) {
+			return false, fmt.Sprintf("node %d cluster %v; nodes' own: total %d websocket %d sse %d",
+				i+1, c, sumTotal, sumWS, sumSSE)
+		}
+	}
+	return true, ""
+}
+
+// redisProc is a redis-server run by a test.
+type redisProc struct {
+	t    *testing.T
+	port int
+	mu   sync.Mutex
+	cmd  *exec.Cmd
+}
+
+// startRedisServer runs /usr/bin/redis-server (or the one on PATH) on a
+// free port without persistence; it is killed when t ends.
+func startRedisServer(t *testing.T) *redisProc {
+	t.Helper()
+	if _, err := exec.LookPath("redis-server"); err != nil {
+		if _, err2 := os.Stat("/usr/bin/redis-server"); err2 != nil {
+			if os.Getenv("HUB_REQUIRE_REDIS") == "1" {
+				t.Fatalf("redis-server: %v", err)
+			}
+			t.Skipf("redis-server not installed: %v", err)
+		}
+	}
+	r := &redisProc{t: t, port: freePort(t)}
+	r.start()
+	t.Cleanup(r.kill)
+	return r
+}
+
+func (r *redisProc) url() string { return "redis://127.0.0.1:" + strconv.Itoa(r.port) + "/0" }
+
+func (r *redisProc) start() {
+	r.t.Helper()
+	bin, err := exec.LookPath("redis-server")
+	if err != nil {
+		bin = "/usr/bin/redis-server"
+	}
+	cmd := exec.Command(bin, "--port", strconv.Itoa(r.port), "--bind", "127.0.0.1",
+		"--save", "", "--appendonly", "no", "--daemonize", "no")
+	if err := cmd.Start(); err != nil {
+		r.t.Fatalf("start redis-server: %v", err)
+	}
+	r.mu.Lock()
+	r.cmd = cmd
+	r.mu.Unlock()
+	o, _ := redis.ParseURL(r.url())
+	c := redis.NewClient(o)
+	defer c.Close()
+	eventually(r.t, 10*time.Second, "redis-server up", func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		return c.Ping(ctx).Err() == nil
+	})
+}
+
+func (r *redisProc) kill() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.cmd == nil {
+		return
+	}
+	_ = r.cmd.Process.Kill()
+	_ = r.cmd.Wait()
+	r.cmd = nil
+}
+
+// TestClusterRedisFault kills the node's Redis and brings it back: the node
+// reports not ready and refuses to acknowledge events while Redis is gone,
+// and recovers without losing an event it acknowledged.
+func TestClusterRedisFault(t *testing.T) {
+	rp := startRedisServer(t)
+	th := startNode(t, rp.url(), "fault-1", nil)
+	eventually(t, 10*time.Second, "ready", func() bool {
+		st, _ := getStatus(th.URL+"/readyz", "")
+		return st == http.StatusOK
+	})
+	const user = "fault-user"
+	tok := th.token(user, time.Hour)
+	w := th.mustWS(tok, "")
+	expectConnected(t, w, false, 0)
+
+	// A publisher acknowledges events while Redis is killed under it.
+	var (
+		mu    sync.Mutex
+		acked []string
+		stop  = make(chan struct{})
+		wg    sync.WaitGroup
+	)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			st, body := th.postNoFatal("/api/broadcast", map[string]any{"userIds": []string{user}, "type": "BEFORE", "payload": i})
+			if st == http.StatusAccepted {
+				evs, _ := body["events"].([]any)
+				if len(evs) == 1 {
+					id, _ := evs[0].(map[string]any)["id"].(string)
+					mu.Lock()
+					acked = append(acked, id)
+					mu.Unlock()
+				}
+			} else {
+				time.Sleep(10 * time.Millisecond) // pacing while Redis is down
+			}
+		}
+	}()
+	eventually(t, 10*time.Second, "events acknowledged before the kill", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(acked) >= 20
+	})
+	mu.Lock()
+	before := append([]string(nil), acked...)
+	mu.Unlock()
+	rp.kill()
+	close(stop)
+	wg.Wait()
+
+	// Every event acknowledged before the kill reached the client.
+	expectIDs(t, w, before, "events acknowledged before the kill")
+
+	eventually(t, 15*time.Second, "/readyz 503 not_ready", func() bool {
+		st, body := getStatus(th.URL+"/readyz", "")
+		e, _ := body["error"].(map[string]any)
+		return st == http.StatusServiceUnavailable && e["code"] == "not_ready"
+	})
+	eventually(t, 15*time.Second, "broadcast 503 unavailable", func() bool {
+		st, body := th.postNoFatal("/api/broadcast", map[string]any{"all": true, "type": "DURING"})
+		e, _ := body["error"].(map[string]any)
+		if st == http.StatusAccepted {
+			t.Errorf("broadcast acknowledged while Redis is down: %v", body)
+		}
+		return st == http.StatusServiceUnavailable && e["code"] == "unavailable"
+	})
+
+	rp.start()
+	eventually(t, 20*time.Second, "/readyz 200 after Redis is back", func() bool {
+		st, _ := getStatus(th.URL+"/readyz", "")
+		return st == http.StatusOK
+	})
+	eventually(t, 20*time.Second, "publishing after Redis is back", func() bool {
+		st, _ := th.postNoFatal("/api/broadcast", map[string]any{"userIds": []string{"fault-other"}, "type": "PROBE"})
+		return st == http.StatusAccepted
+	})
+
+	// The client gets what is published after the recovery; the hub may
+	// close it with 1001 first (the restarted Redis lost the history):
+	// then it reconnects as a fresh start.
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		if time.Now().After(deadline) {
+			t.Fatal("no event published after the recovery reached the client")
+		}
+		id := th.publish("AFTER", nil, user)[user]
+		if got, closed := nextOrClosed(w, id, 3*time.Second); got {
+			break
+		} else if closed {
+			if code, reason := w.closed(time.Second); code != websocket.StatusGoingAway {
+				t.Fatalf("client closed with %d %q after the recovery, want 1001", code, reason)
+			}
+			w = th.mustWS(tok, "")
+			expectConnected(t, w, false, 0)
+		}
+	}
+}
+
+// nextOrClosed waits for the event id on w, skipping others; it reports
+// whether it came, or else whether the connection ended.
+func nextOrClosed(w *wsClient, id string, timeout time.Duration) (got, closed bool) {
+	deadline := time.After(timeout)
+	for {
+		select {
+		case e := <-w.ch:
+			if e.ID == id {
+				return true, false
+			}
+		case <-w.done:
+			for {
+				select {
+				case e := <-w.ch:
+					if e.ID == id {
+						return true, false
+					}
+				default:
+					return false, true
+				}
+			}
+		case <-deadline:
+			return false, false
+		}
+	}
+}
