@@ -1,19 +1,23 @@
 package modules
 
 import (
+	"fmt"
 	"log/slog"
 
+	"github.com/redis/go-redis/v9"
 	"go.uber.org/fx"
 
 	"github.com/hubd/hub/config"
 	"github.com/hubd/hub/transport/admit"
+	"github.com/hubd/hub/transport/api"
 	"github.com/hubd/hub/transport/auth"
 	"github.com/hubd/hub/transport/metrics"
 	"github.com/hubd/hub/transport/upstream"
 )
 
 // OpsModule provides metrics (a private Prometheus registry), admission
-// control for new connections, and the upstream (hub.send) client.
+// control for new connections, the upstream (hub.send) client and, with
+// HUB_BROKER=redis, the idempotency stores shared by the cluster.
 var OpsModule = fx.Module("ops",
 	fx.Provide(
 		func() *metrics.Metrics { return metrics.New(nil) },
@@ -28,12 +32,44 @@ var OpsModule = fx.Module("ops",
 				Observe: m.Admission,
 			})
 		},
+		newIdemStores,
 		newUpstream,
 	),
 )
 
-func newUpstream(lc fx.Lifecycle, cfg config.Config, v *auth.Verifier, log *slog.Logger) *upstream.Upstream {
-	u := upstream.New(upstream.Options{
+// idemPrefix prefixes the idempotency keys kept in Redis.
+const idemPrefix = "hub:"
+
+// idemStores are the idempotency stores of hub.send / POST /api/send and of
+// the broadcast API. A nil *idemStores (memory broker) means each node
+// remembers its keys in memory.
+type idemStores struct {
+	upstream upstream.IdempotencyStore
+	api      api.IdempotencyStore
+}
+
+// newIdemStores returns, with HUB_BROKER=redis, stores on one Redis client
+// of their own, closed by a stop hook. The hook is appended when the stores
+// are built, before the HTTP servers (which depend on them) are, so it runs
+// after the servers have stopped.
+func newIdemStores(lc fx.Lifecycle, cfg config.Config) (*idemStores, error) {
+	if cfg.Broker != "redis" {
+		return nil, nil
+	}
+	o, err := redis.ParseURL(cfg.RedisURL)
+	if err != nil {
+		return nil, fmt.Errorf("HUB_REDIS_URL: %w", err)
+	}
+	c := redis.NewClient(o)
+	lc.Append(fx.StopHook(c.Close))
+	return &idemStores{
+		upstream: upstream.NewRedisStore(c, idemPrefix),
+		api:      api.NewRedisIdempotency(c, idemPrefix),
+	}, nil
+}
+
+func newUpstream(lc fx.Lifecycle, cfg config.Config, v *auth.Verifier, log *slog.Logger, idem *idemStores) *upstream.Upstream {
+	o := upstream.Options{
 		URL:        cfg.UpstreamURL,
 		Secret:     cfg.UpstreamSecret,
 		Timeout:    cfg.UpstreamTimeout,
@@ -41,7 +77,11 @@ func newUpstream(lc fx.Lifecycle, cfg config.Config, v *auth.Verifier, log *slog
 		MaxPayload: cfg.MaxPayload,
 		Auth:       v,
 		Logger:     log,
-	})
+	}
+	if idem != nil {
+		o.Store = idem.upstream
+	}
+	u := upstream.New(o)
 	lc.Append(fx.StopHook(u.Close))
 	return u
 }

@@ -75,6 +75,7 @@ type apiParams struct {
 	Log     *slog.Logger
 	Metrics *metrics.Metrics
 	Broker  *redisbroker.Broker
+	Idem    *idemStores
 }
 
 func newAPI(p apiParams) *api.API {
@@ -88,6 +89,9 @@ func newAPI(p apiParams) *api.API {
 	if p.Broker != nil {
 		o.Ready = p.Broker.Ready
 		o.Cluster = p.Broker.ClusterStats
+	}
+	if p.Idem != nil {
+		o.Idempotency = p.Idem.api
 	}
 	if p.Dev != nil {
 		dev := *p.Dev

@@ -22,7 +22,11 @@
 //     10 minutes, only for accepted requests (202): a refused or failed
 //     request may be retried with the same key. The repeated request's body
 //     is not compared with the first one. In a batch, each message may carry
-//     its own key, sharing the namespace of /api/broadcast;
+//     its own key, sharing the namespace of /api/broadcast. With a shared
+//     store (Options.Idempotency), a repeat whose first request is still
+//     publishing on another node waits for its answer up to 10 seconds,
+//     then gets 409 in_flight; an unreachable store is a 503 unavailable
+//     (nothing is published);
 //   - publishing is still accepted while the node drains (queued events are
 //     flushed and kept in the history); a hub failure then is a 503
 //     shutting_down, otherwise a 500 internal_error;
@@ -88,6 +92,11 @@ type Options struct {
 	// Logger receives the API's logs (default slog.Default()). Tokens and
 	// API keys are never logged.
 	Logger *slog.Logger
+	// Idempotency remembers the broadcast API's idempotency keys; nil means
+	// an in-memory cache of MaxIdempotencyKeys keys (per process: give
+	// every node the same shared store, such as NewRedisIdempotency, for a
+	// key to publish once across the nodes).
+	Idempotency IdempotencyStore
 }
 
 // API serves the hub's service, admin and health endpoints. Build it with
@@ -101,7 +110,7 @@ type API struct {
 	cluster    func(ctx context.Context) (any, error)
 	devTokens  func() any
 	log        *slog.Logger
-	idem       *idemCache
+	idem       idempotency
 }
 
 // New builds an API from o.
@@ -112,6 +121,10 @@ func New(o Options) *API {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
+	var idem idempotency = newIdemCache(MaxIdempotencyKeys, IdempotencyTTL, time.Now)
+	if o.Idempotency != nil {
+		idem = newSharedIdem(o.Idempotency, o.Logger)
+	}
 	return &API{
 		hub:        o.Hub,
 		auth:       o.Auth,
@@ -121,7 +134,7 @@ func New(o Options) *API {
 		cluster:    o.Cluster,
 		devTokens:  o.DevTokens,
 		log:        o.Logger,
-		idem:       newIdemCache(MaxIdempotencyKeys, IdempotencyTTL, time.Now),
+		idem:       idem,
 	}
 }
 

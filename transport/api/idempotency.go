@@ -3,6 +3,7 @@ package api
 import (
 	"context"
 	"encoding/json"
+	"log/slog"
 	"net/http"
 	"sync"
 	"time"
@@ -133,4 +134,151 @@ func (c *idemCache) len() int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return len(c.entries)
+}
+
+// IdempotencyStore remembers the answers of accepted broadcasts by
+// idempotency key and holds in-flight claims, so that a key publishes once.
+// The API scopes keys by caller before they reach the store. A store shared
+// by several nodes (NewRedisIdempotency) gives that guarantee across the
+// nodes; without one (Options.Idempotency nil) each node remembers its own
+// keys in memory.
+//
+// Implementations must be safe for concurrent use. For a request with a key
+// the API calls Get; when there is no answer, Claim; the claimant publishes
+// and then either Put (the accepted answer, which also ends the claim) or
+// Release (the publish failed: nothing is remembered). A request that finds
+// neither an answer nor the claim waits and tries again.
+type IdempotencyStore interface {
+	// Get returns the answer body stored for key, if any.
+	Get(ctx context.Context, key string) (json.RawMessage, bool, error)
+	// Claim marks key as in flight for at most ttl (so that a claimant that
+	// died does not hold it forever). It reports false when key already has
+	// an answer or a live claim.
+	Claim(ctx context.Context, key string, ttl time.Duration) (bool, error)
+	// Put stores the answer body of key for ttl and ends its claim.
+	Put(ctx context.Context, key string, answer json.RawMessage, ttl time.Duration) error
+	// Release ends the claim of key without storing an answer.
+	Release(ctx context.Context, key string) error
+}
+
+// Timing of a shared IdempotencyStore.
+const (
+	// idemClaimTTL bounds how long a claim outlives a node that died while
+	// publishing.
+	idemClaimTTL = 30 * time.Second
+	// idemPollEvery is how often a request whose key is in flight on
+	// another node looks for the answer.
+	idemPollEvery = 50 * time.Millisecond
+	// idemMaxWait bounds that wait; then the answer is 409 in_flight.
+	idemMaxWait = 10 * time.Second
+	// idemSettleTimeout bounds the Put or Release after a publish.
+	idemSettleTimeout = 2 * time.Second
+	codeInFlight      = "in_flight"
+)
+
+// idempotency runs publish at most once per key (see idemCache.do).
+type idempotency interface {
+	do(ctx context.Context, key string, publish func() (json.RawMessage, *apiError)) (json.RawMessage, *apiError)
+}
+
+var (
+	_ idempotency = (*idemCache)(nil)
+	_ idempotency = (*sharedIdem)(nil)
+)
+
+// sharedIdem runs publishes through an IdempotencyStore. Requests of this
+// node waiting for a key claimed here are woken when it settles; a key
+// claimed on another node is polled.
+type sharedIdem struct {
+	store IdempotencyStore
+	log   *slog.Logger
+	ttl   time.Duration
+	poll  time.Duration
+	wait  time.Duration
+
+	mu       sync.Mutex
+	inflight map[string]chan struct{} // key -> closed when settled here
+}
+
+func newSharedIdem(s IdempotencyStore, log *slog.Logger) *sharedIdem {
+	return &sharedIdem{store: s, log: log, ttl: IdempotencyTTL, poll: idemPollEvery, wait: idemMaxWait,
+		inflight: make(map[string]chan struct{})}
+}
+
+var (
+	errIdemStore = &apiError{Status: http.StatusServiceUnavailable, Code: "unavailable",
+		Message: "the idempotency store is unreachable; the event was not accepted"}
+	errInFlight = &apiError{Status: http.StatusConflict, Code: codeInFlight,
+		Message: "a request with this idempotencyKey is still in flight; retry in a moment"}
+	errGaveUp = &apiError{Status: http.StatusInternalServerError, Code: codeInternal,
+		Message: "gave up waiting for a concurrent request with the same idempotencyKey"}
+)
+
+// do returns the stored answer of key, or claims key, runs publish and
+// stores its answer when it succeeds. A failed publish is not remembered.
+// A request whose key stays in flight elsewhere longer than the wait bound
+// is answered 409 in_flight.
+func (s *sharedIdem) do(ctx context.Context, key string, publish func() (json.RawMessage, *apiError)) (json.RawMessage, *apiError) {
+	deadline := time.Now().Add(s.wait)
+	for {
+		answer, ok, err := s.store.Get(ctx, key)
+		if err != nil {
+			s.log.Error("idempotency store failed", "op", "get", "err", err)
+			return nil, errIdemStore
+		}
+		if ok {
+			return answer, nil
+		}
+		claimed, err := s.store.Claim(ctx, key, idemClaimTTL)
+		if err != nil {
+			s.log.Error("idempotency store failed", "op", "claim", "err", err)
+			return nil, errIdemStore
+		}
+		if claimed {
+			return s.run(key, publish)
+		}
+		if !time.Now().Before(deadline) {
+			return nil, errInFlight
+		}
+		s.mu.Lock()
+		done := s.inflight[key] // nil when claimed on another node: poll
+		s.mu.Unlock()
+		t := time.NewTimer(s.poll)
+		select {
+		case <-done:
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return nil, errGaveUp
+		}
+		t.Stop()
+	}
+}
+
+// run publishes for the claimed key and settles the claim.
+func (s *sharedIdem) run(key string, publish func() (json.RawMessage, *apiError)) (json.RawMessage, *apiError) {
+	done := make(chan struct{})
+	s.mu.Lock()
+	s.inflight[key] = done
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.inflight, key)
+		s.mu.Unlock()
+		close(done)
+	}()
+	answer, e := publish()
+	ctx, cancel := context.WithTimeout(context.Background(), idemSettleTimeout)
+	defer cancel()
+	if e != nil || answer == nil {
+		if err := s.store.Release(ctx, key); err != nil {
+			s.log.Warn("idempotency store failed", "op", "release", "err", err)
+		}
+		return answer, e
+	}
+	if err := s.store.Put(ctx, key, answer, s.ttl); err != nil {
+		// the event is published: answer it; a repeat may publish again
+		s.log.Warn("idempotency store failed", "op", "put", "err", err)
+	}
+	return answer, nil
 }
