@@ -1,6 +1,9 @@
 package modules
 
 import (
+	"net/http"
+	"time"
+
 	"log/slog"
 
 	"go.uber.org/fx"
@@ -11,6 +14,7 @@ import (
 	"github.com/hubd/hub/transport/admit"
 	"github.com/hubd/hub/transport/api"
 	"github.com/hubd/hub/transport/auth"
+	"github.com/hubd/hub/transport/httpx"
 	"github.com/hubd/hub/transport/metrics"
 	"github.com/hubd/hub/transport/sse"
 	"github.com/hubd/hub/transport/upstream"
@@ -42,8 +46,12 @@ func newWS(p transportParams) *ws.Handler {
 		Logger:         p.Log,
 		Metrics:        p.Metrics,
 	}
-	if p.Admit != nil {
-		o.Admit = p.Admit.Admit
+	if ctrl := p.Admit; ctrl != nil {
+		// the WebSocket reader outlives the handler, so its per-IP slot is
+		// released when the connection ends, not with the request
+		o.Acquire = func(r *http.Request, resuming bool) (func(), bool, int, string, time.Duration) {
+			return ctrl.Acquire(httpx.ClientIP(r), resuming)
+		}
 	}
 	if p.Upstream.Enabled() {
 		o.OnMessage = p.Upstream.HandleWS

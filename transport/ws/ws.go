@@ -38,10 +38,7 @@ type Options struct {
 	// Acquire is an optional admission check run after authentication; an
 	// admitted connection calls release when it ends.
 	Acquire func(r *http.Request, resuming bool) (release func(), ok bool, status int, code string, retryAfter time.Duration)
-	// Admit is the older form of Acquire, whose slot ends with the request
-	// context (which, the reader running detached, is at the upgrade).
-	// Deprecated: use Acquire.
-	Admit func(r *http.Request, resuming bool) (ok bool, status int, code string, retryAfter time.Duration)
+
 	// OnMessage handles client frames whose type the endpoint does not know
 	// itself (hub.send); nil answers them with hub.error.
 	OnMessage func(c *hub.Conn, typ string, frame []byte) bool
@@ -103,8 +100,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	last := r.URL.Query().Get("last_event_id")
 	release := func() {}
-	switch {
-	case h.o.Acquire != nil:
+	if h.o.Acquire != nil {
 		rel, ok, status, code, after := h.o.Acquire(r, last != "")
 		if !ok {
 			httpx.RetryAfter(w, after)
@@ -113,12 +109,6 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		if rel != nil {
 			release = rel
-		}
-	case h.o.Admit != nil:
-		if ok, status, code, after := h.o.Admit(r, last != ""); !ok {
-			httpx.RetryAfter(w, after)
-			h.refuse(w, status, code, "connection refused by admission control; retry later")
-			return
 		}
 	}
 	c := &conn{h: h}

@@ -1,0 +1,106 @@
+package modules_test
+
+import (
+	"net/http"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hubd/hub/config"
+)
+
+// upgradeRequest builds a WebSocket handshake request for the raw HTTP client.
+func upgradeRequest(url string) *http.Request {
+	req, _ := http.NewRequest(http.MethodGet, url, nil)
+	req.Header.Set("Connection", "Upgrade")
+	req.Header.Set("Upgrade", "websocket")
+	req.Header.Set("Sec-WebSocket-Version", "13")
+	req.Header.Set("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
+	return req
+}
+
+func TestAdmissionBurst(t *testing.T) {
+	th := startHub(t, func(c *config.Config) {
+		c.ConnectRate = 1
+		c.ConnectBurst = 10
+		c.MaxConnectionsPerUser = 0
+	})
+	tok := th.token("alice", time.Hour)
+	// a burst of fresh handshakes: only part of the bucket is theirs
+	var mu sync.Mutex
+	counts := map[int]int{}
+	retryAfter := true
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 50)
+	for i := range 2000 {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func(i int) {
+			defer wg.Done()
+			defer func() { <-sem }()
+			url := th.URL + th.cfg.SSEPath + "?token=" + tok
+			if i%2 == 1 {
+				url = "http" + th.WSURL[len("ws"):] + "?token=" + tok
+			}
+			req, _ := http.NewRequest(http.MethodGet, url, nil)
+			if i%2 == 1 {
+				req = upgradeRequest(url)
+			}
+			resp, err := http.DefaultTransport.RoundTrip(req)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			resp.Body.Close()
+			mu.Lock()
+			defer mu.Unlock()
+			counts[resp.StatusCode]++
+			if resp.StatusCode >= 400 && resp.Header.Get("Retry-After") == "" {
+				retryAfter = false
+			}
+		}(i)
+	}
+	wg.Wait()
+	admitted := counts[http.StatusOK] + counts[http.StatusSwitchingProtocols]
+	if admitted == 0 || admitted > 10 || counts[http.StatusServiceUnavailable]+counts[http.StatusTooManyRequests] != 2000-admitted {
+		t.Fatalf("statuses %v", counts)
+	}
+	if !retryAfter {
+		t.Fatal("a refusal without Retry-After")
+	}
+	// the node stays responsive
+	req, _ := http.NewRequest(http.MethodGet, th.URL+"/healthz", nil)
+	if status, _ := do(t, req); status != http.StatusOK {
+		t.Fatalf("healthz %d", status)
+	}
+	// a resuming client still gets in while fresh ones are refused
+	w, resp, err := th.dialWS(tok, "x-1", nil)
+	if err != nil {
+		t.Fatalf("resuming client refused: %v %v", err, resp)
+	}
+	w.connected()
+	_, resp, err = th.dialWS(tok, "", nil)
+	if err == nil || resp == nil || resp.StatusCode != http.StatusServiceUnavailable {
+		t.Fatalf("fresh client after the burst: %v %v", err, resp)
+	}
+}
+
+func TestAdmissionPerIPCountsLiveWebSockets(t *testing.T) {
+	th := startHub(t, func(c *config.Config) { c.MaxConnectionsPerIP = 2 })
+	a := th.mustWS(th.token("alice", time.Hour), "")
+	a.connected()
+	th.mustWS(th.token("bob", time.Hour), "").connected()
+	_, resp, err := th.dialWS(th.token("carol", time.Hour), "", nil)
+	if err == nil || resp == nil || resp.StatusCode != http.StatusTooManyRequests || resp.Header.Get("Retry-After") == "" {
+		t.Fatalf("third connection from one IP: %v %v", err, resp)
+	}
+	a.c.CloseNow()
+	eventually(t, 5*time.Second, "the slot to be released", func() bool {
+		w, _, err := th.dialWS(th.token("carol", time.Hour), "", nil)
+		if err != nil {
+			return false
+		}
+		w.connected()
+		return true
+	})
+}
