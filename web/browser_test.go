@@ -314,6 +314,8 @@ func testConsole(t *testing.T, b context.Context) {
 
 	run(t, p, chromedp.Click(chromedp.ID("bc-send")))
 	p.waitFor(t, "event listed", `document.querySelector('#events li[data-type="TEST_EVENT"]') !== null`, 10*time.Second)
+	// the event may arrive over the socket before the page has read the API's answer
+	p.waitFor(t, "broadcast answer shown", `document.getElementById("bc-result").textContent.startsWith("202")`, 10*time.Second)
 	result := evalT[string](t, p, `document.getElementById("bc-result").textContent`)
 	if !strings.HasPrefix(result, "202") {
 		t.Fatalf("broadcast result = %q, want 202", result)
