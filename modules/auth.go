@@ -79,7 +79,6 @@ func newSecurity(lc fx.Lifecycle, cfg config.Config, log *slog.Logger) (Security
 		dev = &DevTokens{UserID: DevUser, UserToken: user, AdminToken: admin}
 		log.Warn("DEVELOPMENT MODE: no JWT key configured (HUB_JWT_SECRET, HUB_JWT_PUBLIC_KEY_FILE or HUB_JWT_JWKS_URL); " +
 			"a random secret was generated and development tokens were printed. Do not use this in production.")
-		printDevBanner(DevOutput, cfg, dev)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	v, err := auth.New(ctx, o)

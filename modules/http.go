@@ -66,6 +66,7 @@ type serverParams struct {
 	API *api.API
 	Log *slog.Logger
 	Up  *upstream.Upstream
+	Dev *DevTokens `optional:"true"`
 }
 
 func newServers(p serverParams) *Servers {
@@ -135,6 +136,9 @@ func newServers(p serverParams) *Servers {
 				go serve(s.public, ln, p.Log)
 			}
 			p.Log.Info("hub listening", "addr", ln.Addr().String(), "internal", s.InternalAddr(), "node", p.Cfg.NodeName)
+			if p.Dev != nil { // printed once the listeners accept, so the curl line works at once
+				printDevBanner(DevOutput, p.Cfg, p.Dev)
+			}
 			return nil
 		},
 		OnStop: func(ctx context.Context) error {
