@@ -31,6 +31,26 @@ type Broker interface {
 	Unsubscribe(user string)
 	// DisconnectUser asks every node to close user's connections.
 	DisconnectUser(ctx context.Context, user string) error
+
+	// Position returns the cluster's current position: an id made of the
+	// current epoch and the sequence of the last event published so far
+	// (its sequence may be 0 and may belong to no stream of interest).
+	// Every event published after the call has a greater id.
+	Position(ctx context.Context) (string, error)
+	// Since is History from a position returned by Position rather than
+	// from an id the user was sent: it returns the events of user after
+	// pos and whether that list is provably complete (pos is of the
+	// current epoch, nothing after it was trimmed, at most max events).
+	Since(ctx context.Context, user, pos string, max int) ([]*Message, bool, error)
+
+	// AcquireConn takes one of user's connection slots across the cluster
+	// for connID; it reports false when user already holds limit slots on
+	// all nodes together. The broker keeps the slots it acquired alive
+	// until ReleaseConn; those of a node that stopped without releasing
+	// them expire on their own.
+	AcquireConn(ctx context.Context, user, connID string, limit int) (bool, error)
+	// ReleaseConn gives back the slot of connID (it must not block).
+	ReleaseConn(user, connID string)
 }
 
 // NewMessage builds an application event message from its parts: the

@@ -11,11 +11,35 @@ import (
 // delivery or durability (the transports answer 503).
 var ErrUnavailable = errors.New("hub: broker unavailable")
 
-// registerCluster registers c through the broker: the node subscribes to the
-// user first (live events wait in the connection's pending buffer), then
-// reads the missed events from the shared history, then queues
-// hub.connected, the missed events and the pending ones (overlaps dropped by
-// position), so nothing published after hub.connected can be missed.
+// clusterConn is what a node keeps about one of its connections in cluster
+// mode (guarded by the shard lock).
+type clusterConn struct {
+	slot bool   // holds a cluster-wide connection slot of its user
+	pos  string // the cluster's position when it went live (unless resumed)
+}
+
+// cluster returns c's cluster state in us, made on first use; the shard lock
+// must be held.
+func (us *userState) cluster(c *Conn) *clusterConn {
+	if us.cl == nil {
+		us.cl = make(map[*Conn]*clusterConn)
+	}
+	x := us.cl[c]
+	if x == nil {
+		x = &clusterConn{}
+		us.cl[c] = x
+	}
+	return x
+}
+
+// registerCluster registers c through the broker: with a per-user limit it
+// takes one of the user's cluster-wide slots, then the node subscribes to the
+// user (live events wait in the connection's pending buffer), reads the
+// missed events from the shared history or, for a fresh start, the cluster's
+// position, then queues hub.connected, the missed events and the pending
+// ones (overlaps dropped by position), so nothing published after
+// hub.connected can be missed: what a broker outage drops is found from the
+// last event or the position by Resync.
 func (h *Hub) registerCluster(c *Conn, info ConnInfo) (*Conn, error) {
 	s := h.shardOf(info.UserID)
 	s.mu.Lock()
@@ -40,16 +64,25 @@ func (h *Hub) registerCluster(c *Conn, info ConnInfo) (*Conn, error) {
 	c.pending = true
 	us.conns = append(us.conns, c)
 	c.nextBeat = time.Now().UnixNano() + int64(h.opts.Heartbeat)/2 + int64(c.num*7919%uint64(h.opts.Heartbeat/2+1))
+	s.mu.Unlock()
+	h.transportCounter(info.Transport).Add(1)
+
+	ctx, cancel := context.WithTimeout(context.Background(), h.opts.BrokerTimeout)
+	defer cancel()
+	if h.opts.MaxConnsPerUser > 0 {
+		if err := h.acquireSlot(ctx, c, us); err != nil {
+			h.Unregister(c)
+			return nil, err
+		}
+	}
+
+	s.mu.Lock()
 	sub, first := us.sub, false
 	if sub == nil {
 		sub, first = &subscription{done: make(chan struct{})}, true
 		us.sub = sub
 	}
 	s.mu.Unlock()
-	h.transportCounter(info.Transport).Add(1)
-
-	ctx, cancel := context.WithTimeout(context.Background(), h.opts.BrokerTimeout)
-	defer cancel()
 	if first {
 		sub.err = h.opts.Broker.Subscribe(ctx, info.UserID)
 		if sub.err != nil {
@@ -91,7 +124,19 @@ func (h *Hub) registerCluster(c *Conn, info ConnInfo) (*Conn, error) {
 	}
 	pos := info.LastEventID
 	if !recovered {
-		pos = "" // the gap check after a broker outage starts from the first live event
+		pos = ""
+	}
+	// A fresh start takes the cluster's position once the subscription is
+	// live: every later event is delivered live or, after an outage, found
+	// from there by Resync. (Without history Resync proves nothing.)
+	var at string
+	if !recovered && h.opts.HistorySize > 0 {
+		var err error
+		if at, err = h.opts.Broker.Position(ctx); err != nil {
+			h.Unregister(c)
+			h.log.Warn("broker position failed", "err", err)
+			return nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
+		}
 	}
 
 	s.mu.Lock()
@@ -104,7 +149,11 @@ func (h *Hub) registerCluster(c *Conn, info ConnInfo) (*Conn, error) {
 			c.lastSeq, c.lastID = seq, pos
 		}
 	}
+	unreg := c.unreg
 	c.mu.Unlock()
+	if at != "" && !unreg {
+		us.cluster(c).pos = at
+	}
 	c.enqueue(h.connected(c, info, recovered, len(missed)))
 	for _, m := range missed {
 		c.enqueue(m)
@@ -114,6 +163,33 @@ func (h *Hub) registerCluster(c *Conn, info ConnInfo) (*Conn, error) {
 	}
 	s.mu.Unlock()
 	return c, nil
+}
+
+// acquireSlot takes one of the user's cluster-wide connection slots for c:
+// a refusal is a *LimitError, a broker failure ErrUnavailable. The caller
+// unregisters c on error.
+func (h *Hub) acquireSlot(ctx context.Context, c *Conn, us *userState) error {
+	ok, err := h.opts.Broker.AcquireConn(ctx, c.user, c.id, h.opts.MaxConnsPerUser)
+	if err != nil {
+		h.log.Warn("broker acquire connection slot failed", "err", err)
+		return fmt.Errorf("%w: %v", ErrUnavailable, err)
+	}
+	if !ok {
+		return &LimitError{Scope: "user", Limit: h.opts.MaxConnsPerUser}
+	}
+	s := h.shardOf(c.user)
+	s.mu.Lock()
+	c.mu.Lock()
+	unreg := c.unreg
+	c.mu.Unlock()
+	if !unreg {
+		us.cluster(c).slot = true
+	}
+	s.mu.Unlock()
+	if unreg { // unregistered meanwhile: Unregister saw no slot to give back
+		h.opts.Broker.ReleaseConn(c.user, c.id)
+	}
+	return nil
 }
 
 // Deliver queues an event that the broker received for user ("" for a
@@ -172,10 +248,23 @@ func (h *Hub) Resync(ctx context.Context) {
 		if pending {
 			continue
 		}
-		if last == "" {
-			continue // nothing received since it connected; nothing to compare
+		if h.opts.HistorySize == 0 {
+			c.Close(ReasonShutdown) // no history: nothing can be proven
+			continue
 		}
-		missed, ok, err := h.opts.Broker.History(ctx, c.user, last, h.opts.HistorySize)
+		var (
+			missed []*Message
+			ok     bool
+			err    error
+		)
+		if last != "" {
+			missed, ok, err = h.opts.Broker.History(ctx, c.user, last, h.opts.HistorySize)
+		} else if at := h.positionOf(c); at != "" {
+			// nothing received since it connected: from its position
+			missed, ok, err = h.opts.Broker.Since(ctx, c.user, at, h.opts.HistorySize)
+		} else {
+			continue // nothing to compare from
+		}
 		if err != nil {
 			h.log.Warn("resync: history", "err", err)
 			return
@@ -191,6 +280,20 @@ func (h *Hub) Resync(ctx context.Context) {
 		}
 		s.mu.Unlock()
 	}
+}
+
+// positionOf returns the cluster position c went live at ("" when it
+// resumed from an id).
+func (h *Hub) positionOf(c *Conn) string {
+	s := h.shardOf(c.user)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if us := s.users[c.user]; us != nil {
+		if x := us.cl[c]; x != nil {
+			return x.pos
+		}
+	}
+	return ""
 }
 
 // DisconnectLocal closes user's connections on this node only (the broker

@@ -123,6 +123,7 @@ type userState struct {
 	conns []*Conn
 	hist  stream
 	sub   *subscription // cluster mode: this node's subscription to the user
+	cl    map[*Conn]*clusterConn
 }
 
 type subscription struct {
@@ -397,9 +398,13 @@ func (h *Hub) Unregister(c *Conn) {
 	}
 	c.unreg, c.dead, c.q, c.pend = true, true, nil, nil
 	c.mu.Unlock()
-	unsubscribe := false
+	unsubscribe, slot := false, false
 	us := s.users[c.user]
 	if us != nil {
+		if x := us.cl[c]; x != nil {
+			slot = x.slot
+			delete(us.cl, c)
+		}
 		for i, x := range us.conns {
 			if x == c {
 				last := len(us.conns) - 1
@@ -411,7 +416,7 @@ func (h *Hub) Unregister(c *Conn) {
 		}
 		if len(us.conns) == 0 {
 			h.users.Add(-1)
-			us.conns = nil
+			us.conns, us.cl = nil, nil
 			if us.sub != nil {
 				us.sub = nil
 				unsubscribe = true
@@ -424,6 +429,9 @@ func (h *Hub) Unregister(c *Conn) {
 	s.mu.Unlock()
 	if unsubscribe {
 		h.opts.Broker.Unsubscribe(c.user)
+	}
+	if slot {
+		h.opts.Broker.ReleaseConn(c.user, c.id)
 	}
 	h.transportCounter(c.transport).Add(-1)
 	h.release()

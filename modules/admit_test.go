@@ -21,7 +21,7 @@ func upgradeRequest(url string) *http.Request {
 
 func TestAdmissionBurst(t *testing.T) {
 	th := startHub(t, func(c *config.Config) {
-		c.ConnectRate = 1
+		c.ConnectRate = 0.01 // so that the bucket does not refill during the burst
 		c.ConnectBurst = 10
 		c.MaxConnectionsPerUser = 0
 	})

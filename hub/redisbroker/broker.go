@@ -68,6 +68,10 @@ type Options struct {
 	HistoryTTL time.Duration
 	// Logger receives the broker's logs (default slog.Default()).
 	Logger *slog.Logger
+	// SlotTTL is how long a connection slot (AcquireConn) lives without
+	// being renewed, so how long the slots of a crashed node keep counting
+	// (default DefaultSlotTTL; renewed three times per SlotTTL).
+	SlotTTL time.Duration
 }
 
 // Receiver is what the broker delivers to; *hub.Hub implements it.
@@ -107,6 +111,11 @@ type Broker struct {
 	unsubPend map[string]int        // UNSUBSCRIBE sent, confirmation not yet seen
 	ops       []op
 	opSignal  chan struct{}
+
+	slotMu    sync.Mutex
+	held      map[string]map[string]struct{} // user -> connection ids holding a slot
+	releases  []slotRef                      // slots given back, not yet removed
+	relSignal chan struct{}
 
 	live      atomic.Bool // the Pub/Sub connection is subscribed and in sync
 	readyMu   sync.Mutex
@@ -148,6 +157,12 @@ func New(o Options) (*Broker, error) {
 	if o.HistoryTTL < 0 {
 		return nil, errors.New("history ttl must not be negative")
 	}
+	if o.SlotTTL < 0 {
+		return nil, errors.New("slot ttl must not be negative")
+	}
+	if o.SlotTTL == 0 {
+		o.SlotTTL = DefaultSlotTTL
+	}
 	if o.Node == "" {
 		o.Node = randomName()
 	}
@@ -165,6 +180,8 @@ func New(o Options) (*Broker, error) {
 		subs:      make(map[string]*chanState),
 		unsubPend: make(map[string]int),
 		opSignal:  make(chan struct{}, 1),
+		held:      make(map[string]map[string]struct{}),
+		relSignal: make(chan struct{}, 1),
 	}, nil
 }
 
@@ -206,10 +223,11 @@ func (b *Broker) Start(ctx context.Context, r Receiver) error {
 	b.client, b.ps = client, ps
 	b.ctx, b.cancel = context.WithCancel(context.Background())
 	b.live.Store(true)
-	b.wg.Add(3)
+	b.wg.Add(4)
 	go b.receiveLoop()
 	go b.opLoop()
 	go b.statsLoop()
+	go b.slotLoop()
 	return nil
 }
 
@@ -232,7 +250,9 @@ func subscribeBase(ctx context.Context, ps *redis.PubSub, channels ...string) er
 }
 
 // Close stops every goroutine the broker started, waits for them and closes
-// its connections. It removes this node's stats.
+// its connections. It removes this node's stats and the connection slots
+// released so far; slots still held (connections not unregistered) expire
+// after SlotTTL.
 func (b *Broker) Close() error {
 	var err error
 	b.closeOnce.Do(func() {
@@ -244,6 +264,7 @@ func (b *Broker) Close() error {
 		b.wg.Wait()
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		_ = b.client.HDel(ctx, b.nodesKey, b.opts.Node).Err()
+		b.flushReleases(ctx)
 		cancel()
 		b.mu.Lock()
 		for _, st := range b.subs {
@@ -364,13 +385,70 @@ func (b *Broker) publish(ctx context.Context, streams, chans []string, typ strin
 // most max events.
 func (b *Broker) History(ctx context.Context, user, lastID string, max int) ([]*hub.Message, bool, error) {
 	epoch, last, ok := hub.ParseID(lastID)
-	if !ok || b.opts.HistorySize == 0 || max <= 0 || b.client == nil {
+	if !ok {
+		return nil, false, nil
+	}
+	msgs, ok, err := b.read(ctx, user, epoch, last, max, true)
+	if err != nil {
+		return nil, false, fmt.Errorf("history: %w", err)
+	}
+	return msgs, ok, nil
+}
+
+// Since returns user's events after pos, a position returned by Position,
+// and whether the list is provably complete: pos must be of the current
+// epoch, nothing after it may have been trimmed, and there must be at most
+// max events. Unlike History it does not ask that pos be held (a position
+// is no event of the user's); it relies on the streams living HistoryTTL
+// after their last event, so what came after pos is still there unless it
+// is older than HistoryTTL.
+func (b *Broker) Since(ctx context.Context, user, pos string, max int) ([]*hub.Message, bool, error) {
+	epoch, last, ok := parsePosition(pos)
+	if !ok {
+		return nil, false, nil
+	}
+	msgs, ok, err := b.read(ctx, user, epoch, last, max, false)
+	if err != nil {
+		return nil, false, fmt.Errorf("since: %w", err)
+	}
+	return msgs, ok, nil
+}
+
+// Position returns the cluster's position: the current epoch and the seq
+// of the last event published ("<epoch>-0" before the first one). It makes
+// the epoch when Redis has none.
+func (b *Broker) Position(ctx context.Context) (string, error) {
+	if b.client == nil {
+		return "", errors.New("redisbroker: not started")
+	}
+	res, err := positionScript.Run(ctx, b.client, []string{b.metaKey}, randomName()).StringSlice()
+	if err != nil {
+		return "", fmt.Errorf("position: %w", err)
+	}
+	if len(res) != 2 {
+		return "", fmt.Errorf("position: script returned %d values", len(res))
+	}
+	return res[0] + "-" + res[1], nil
+}
+
+// parsePosition is hub.ParseID that also accepts seq 0.
+func parsePosition(pos string) (epoch string, seq uint64, ok bool) {
+	if e, ok := strings.CutSuffix(pos, "-0"); ok && e != "" {
+		return e, 0, true
+	}
+	return hub.ParseID(pos)
+}
+
+// read reads user's events after seq last of epoch from both streams; with
+// needHeld, last must be an entry of one of them younger than HistoryTTL.
+func (b *Broker) read(ctx context.Context, user, epoch string, last uint64, max int, needHeld bool) ([]*hub.Message, bool, error) {
+	if b.opts.HistorySize == 0 || max <= 0 || b.client == nil {
 		return nil, false, nil
 	}
 	keys := []string{b.metaKey, b.userStream(user) + epoch, b.allStream() + epoch}
 	res, err := historyScript.Run(ctx, b.client, keys, epoch, last, max+1).Slice()
 	if err != nil {
-		return nil, false, fmt.Errorf("history: %w", err)
+		return nil, false, err
 	}
 	if len(res) != 3 {
 		return nil, false, nil // another epoch
@@ -381,7 +459,7 @@ func (b *Broker) History(ctx context.Context, user, lastID string, max int) ([]*
 	for _, r := range res[1:] {
 		s, err := parseStreamResult(r)
 		if err != nil {
-			return nil, false, fmt.Errorf("history: %w", err)
+			return nil, false, err
 		}
 		if s.trimmed && s.first > last+1 {
 			return nil, false, nil
@@ -391,7 +469,7 @@ func (b *Broker) History(ctx context.Context, user, lastID string, max int) ([]*
 		}
 		out = mergeBySeq(out, s.msgs)
 	}
-	if !held || len(out) > max {
+	if (needHeld && !held) || len(out) > max {
 		return nil, false, nil
 	}
 	return out, true, nil

@@ -99,3 +99,58 @@ for k = 2, 3 do
 end
 return out
 `)
+
+// positionScript returns the cluster's position {epoch, seq}, making the
+// epoch when the meta hash is missing (as publishScript would).
+//
+//	KEYS[1]  meta hash
+//	ARGV[1]  candidate epoch
+var positionScript = redis.NewScript(`
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if not epoch then
+  redis.call('HSET', KEYS[1], 'epoch', ARGV[1], 'seq', 0)
+  return {ARGV[1], '0'}
+end
+return {epoch, redis.call('HGET', KEYS[1], 'seq') or '0'}
+`)
+
+// acquireScript takes a connection slot of one user. The slots are a sorted
+// set of connection ids scored by their expiry (Redis time, milliseconds);
+// expired ones are dropped first. A connection that holds a slot already
+// (a retried call) keeps it.
+//
+//	KEYS[1]  the user's slot set
+//	ARGV[1]  connection id
+//	ARGV[2]  limit
+//	ARGV[3]  slot lifetime in milliseconds
+//
+// It returns 1 when the slot is held, 0 when the limit is reached.
+var acquireScript = redis.NewScript(`
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) and redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then
+  return 0
+end
+redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ttl)
+return 1
+`)
+
+// refreshScript renews the slots a node holds (adding back any that were
+// lost, so that the sets stay true to the live connections).
+//
+//	KEYS[i]    a user's slot set
+//	ARGV[1]    slot lifetime in milliseconds
+//	ARGV[1+i]  the connection id held in KEYS[i]
+var refreshScript = redis.NewScript(`
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[1])
+for i = 1, #KEYS do
+  redis.call('ZADD', KEYS[i], now + ttl, ARGV[i + 1])
+  redis.call('PEXPIRE', KEYS[i], ttl)
+end
+return #KEYS
+`)
