@@ -908,6 +908,8 @@ export class Hub {
     const quiet = this._quiet && this._state === "connected" && recovered && previous === conn.kind;
     this._quiet = false;
     if (!quiet) this._setState("connected", { recovered, missed, connectionId: p.connectionId }, true);
+    // A send waiting out a retry backoff goes now: the connection is new.
+    this._clear("sendRetry");
     this._pump();
   }
 

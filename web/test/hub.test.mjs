@@ -459,6 +459,29 @@ test("an unanswered WebSocket send is resent after a reconnect with the same key
   hub.close();
 });
 
+test("a send waiting out a retry backoff goes at once after a reconnect", async () => {
+  const { hub, ws, clock } = setup({ backoff: { baseMs: 60000, maxMs: 60000 }, random: () => 0.99 });
+  await settle();
+  ws().connected();
+  const p = hub.send("OP", 1, { idempotencyKey: "k" });
+  await settle();
+  const w1 = ws();
+  w1.message({ type: "hub.nack", payload: { ref: w1.sent[0].ref, retryable: true, error: { code: "upstream_timeout", message: "slow" } } });
+  await settle();
+  assert.equal(w1.sent.length, 1, "the retry waits for its backoff");
+  w1.serverClose(4008, "slow consumer"); // reconnects at once
+  await clock.advance(10);
+  const w2 = ws();
+  assert.notEqual(w2, w1);
+  w2.connected();
+  await settle();
+  assert.equal(w2.sent.length, 1, "sent on the new connection without waiting for the old backoff");
+  assert.equal(w2.sent[0].idempotencyKey, "k");
+  w2.message({ type: "hub.ack", payload: { ref: w2.sent[0].ref, status: 200, result: null } });
+  await p;
+  hub.close();
+});
+
 test("SSE sends POST /api/send; 5xx and network errors are retried", async () => {
   const { hub, clock, calls } = setup({ transports: ["sse"] });
   await settle();
