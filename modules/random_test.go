@@ -224,6 +224,14 @@ func (d *randomDevice) run(ctx context.Context) {
 func (d *randomDevice) session(ctx context.Context, c randomConn, first bool) (bool, error) {
 	e, err := c.read(ctx)
 	if err != nil {
+		var ce websocket.CloseError
+		if !first && ctx.Err() == nil && errors.As(err, &ce) && ce.Code == 4008 {
+			// cut as a slow consumer while it registered (its replay and the
+			// live events filled the queue before the writer started): the
+			// contract says reconnect and resume, which it does
+			d.r.cuts.Add(1)
+			return false, nil
+		}
 		return false, fmt.Errorf("no hub.connected: %w", err)
 	}
 	var p struct {
