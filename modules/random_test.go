@@ -225,7 +225,8 @@ func (d *randomDevice) session(ctx context.Context, c randomConn, first bool) (b
 	e, err := c.read(ctx)
 	if err != nil {
 		var ce websocket.CloseError
-		if !first && ctx.Err() == nil && errors.As(err, &ce) && ce.Code == 4008 {
+		cut := errors.As(err, &ce) && ce.Code == 4008 || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)
+		if !first && ctx.Err() == nil && cut {
 			// cut as a slow consumer while it registered (its replay and the
 			// live events filled the queue before the writer started): the
 			// contract says reconnect and resume, which it does
