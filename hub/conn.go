@@ -97,9 +97,10 @@ func (c *Conn) enqueue(m *Message) bool {
 	}
 	if c.pending {
 		if len(c.pend) >= c.limit {
+			dropped := len(c.pend) + 1
 			c.dead, c.pend = true, nil
 			c.mu.Unlock()
-			c.hub.slowConsumer(c)
+			c.hub.slowConsumer(c, dropped)
 			return false
 		}
 		c.pend = append(c.pend, m)
@@ -107,10 +108,11 @@ func (c *Conn) enqueue(m *Message) bool {
 		return true
 	}
 	if len(c.q) >= c.limit {
+		dropped := len(c.q) + 1 // what was queued and the event that did not fit
 		c.dead = true
 		c.q = nil
 		c.mu.Unlock()
-		c.hub.slowConsumer(c)
+		c.hub.slowConsumer(c, dropped)
 		return false
 	}
 	c.q = append(c.q, m)

@@ -61,6 +61,9 @@ type Observer interface {
 	SlowConsumer(transport string)
 	Resumed(recovered bool)
 	Published(n int)
+	// Dropped counts queued events thrown away when a connection was cut
+	// (they stay in the history; the client gets them when it resumes).
+	Dropped(transport string, n int)
 }
 
 // ConnInfo describes a connection being registered.
@@ -445,11 +448,12 @@ func (h *Hub) release() {
 	}
 }
 
-func (h *Hub) slowConsumer(c *Conn) {
+func (h *Hub) slowConsumer(c *Conn, dropped int) {
 	if h.opts.Observer != nil {
 		h.opts.Observer.SlowConsumer(c.transport)
+		h.opts.Observer.Dropped(c.transport, dropped)
 	}
-	h.log.Warn("slow consumer closed", "conn", c.id, "transport", c.transport)
+	h.log.Warn("slow consumer closed", "conn", c.id, "transport", c.transport, "dropped", dropped)
 	c.sink.Abort(ReasonSlowConsumer)
 }
 

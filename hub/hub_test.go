@@ -400,6 +400,13 @@ type fakeObserver struct {
 	slow      []string
 	resumed   []bool
 	published int
+	dropped   int
+}
+
+func (o *fakeObserver) Dropped(_ string, n int) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.dropped += n
 }
 
 func (o *fakeObserver) SlowConsumer(tr string) {
@@ -475,6 +482,11 @@ func TestSlowConsumerAbortedOnce(t *testing.T) {
 	defer obs.mu.Unlock()
 	if !slices.Equal(obs.slow, []string{hub.TransportSSE}) {
 		t.Errorf("observer SlowConsumer calls %v", obs.slow)
+	}
+	// the queue's bound is SendQueue plus hub.connected's place: a full
+	// queue of queue+1 events and the event that did not fit
+	if obs.dropped != queue+2 {
+		t.Errorf("observer Dropped total %d, want %d", obs.dropped, queue+2)
 	}
 	if obs.published != 2*queue+2*3*queue+3*queue {
 		t.Errorf("observer Published total %d", obs.published)
