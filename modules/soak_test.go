@@ -173,9 +173,13 @@ type soakDevice struct {
 	tr        *http.Transport
 	ready     chan struct{}
 	readyOnce sync.Once
+	warm      chan struct{} // closed after its first event (or at the end)
+	warmOnce  sync.Once
 }
 
 func (d *soakDevice) markReady() { d.readyOnce.Do(func() { close(d.ready) }) }
+
+func (d *soakDevice) markWarm() { d.warmOnce.Do(func() { close(d.warm) }) }
 
 func (d *soakDevice) token() (string, error) {
 	ttl := time.Hour
@@ -266,6 +270,7 @@ func (d *soakDevice) dial(ctx context.Context) (soakConn, error) {
 func (d *soakDevice) run(ctx context.Context) {
 	defer d.tr.CloseIdleConnections()
 	defer d.markReady()
+	defer d.markWarm()
 	first := true
 	for ctx.Err() == nil {
 		c, err := d.dial(ctx)
@@ -373,6 +378,7 @@ func (d *soakDevice) session(ctx context.Context, c soakConn, first bool) (bool,
 		}
 		d.seen = append(d.seen, e.ID)
 		d.lastID = e.ID
+		d.markWarm()
 		d.r.deliveries.Add(1)
 		if e.Type == "END" {
 			return true, nil
@@ -469,6 +475,7 @@ func TestSoak(t *testing.T) {
 				short:     master.IntN(8) == 0,
 				rng:       rand.New(rand.NewPCG(master.Uint64(), master.Uint64())),
 				ready:     make(chan struct{}),
+				warm:      make(chan struct{}),
 			}
 			d.name = fmt.Sprintf("%s/%d(%s", u, j, d.transport)
 			if d.slow {
@@ -503,6 +510,32 @@ func TestSoak(t *testing.T) {
 	}
 	if f := r.failures(); f != "" {
 		t.Fatalf("seed %d: %s", seed, f)
+	}
+
+	// One event to every user, and every device has it before the chaos: a
+	// device cut before its first event would have no id to resume from.
+	{
+		th, release := r.pick(master)
+		status, body := th.postNoFatal("/api/broadcast", map[string]any{"userIds": users, "type": "WARMUP"})
+		release()
+		evs, _ := body["events"].([]any)
+		if status != http.StatusAccepted || len(evs) != len(users) {
+			t.Fatalf("seed %d: warm-up broadcast: %d %v", seed, status, body)
+		}
+		for _, ev := range evs {
+			m, _ := ev.(map[string]any)
+			u, _ := m["userId"].(string)
+			id, _ := m["id"].(string)
+			if err := exp.add(u, id); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for _, d := range devices {
+			<-d.warm
+		}
+		if f := r.failures(); f != "" {
+			t.Fatalf("seed %d: %s", seed, f)
+		}
 	}
 
 	// One publisher, so that the order of its acknowledgements is the
