@@ -161,6 +161,7 @@ func newServers(p serverParams) *Servers {
 				}
 			}
 			p.WS.Wait()
+			p.SSE.Wait()
 			if certs != nil {
 				certs.close()
 			}

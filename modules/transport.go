@@ -68,8 +68,12 @@ func newSSE(p transportParams) *sse.Handler {
 		Logger:         p.Log,
 		Metrics:        p.Metrics,
 	}
-	if p.Admit != nil {
-		o.Admit = p.Admit.Admit
+	if ctrl := p.Admit; ctrl != nil {
+		// HTTP/1.1 streams outlive their handler: the slot is released when
+		// the stream ends
+		o.Acquire = func(r *http.Request, resuming bool) (func(), bool, int, string, time.Duration) {
+			return ctrl.Acquire(httpx.ClientIP(r), resuming)
+		}
 	}
 	return sse.New(o)
 }

@@ -68,6 +68,10 @@ type Options struct {
 	// id. When it answers !ok the request is refused with status and a JSON
 	// error of code, with a Retry-After header when retryAfter > 0.
 	Admit func(r *http.Request, resuming bool) (ok bool, status int, code string, retryAfter time.Duration)
+	// Acquire is Admit for streams that outlive their handler (HTTP/1.1
+	// streams are taken over from net/http): an admitted stream calls
+	// release when it ends. It is used instead of Admit when set.
+	Acquire func(r *http.Request, resuming bool) (release func(), ok bool, status int, code string, retryAfter time.Duration)
 	// Metrics records handshakes and deliveries (nil: none).
 	Metrics *metrics.Metrics
 }
@@ -77,7 +81,12 @@ type Options struct {
 type Handler struct {
 	o   Options
 	log *slog.Logger
+	wg  sync.WaitGroup // readers and writers of taken-over streams
 }
+
+// Wait blocks until every goroutine of taken-over streams has ended (after
+// their connections closed).
+func (h *Handler) Wait() { h.wg.Wait() }
 
 var _ http.Handler = (*Handler)(nil)
 
@@ -146,7 +155,19 @@ func (h *Handler) serveStream(w http.ResponseWriter, r *http.Request) {
 	// An id that is not valid cannot be known: the hub answers
 	// recovered:false, so it is passed on rather than refused.
 
-	if h.o.Admit != nil {
+	release := func() {}
+	if h.o.Acquire != nil {
+		rel, ok, status, code, after := h.o.Acquire(r, lastID != "")
+		if !ok {
+			httpx.RetryAfter(w, after)
+			h.o.Metrics.Handshake(hub.TransportSSE, metrics.OutcomeRefused, code)
+			httpx.WriteError(w, status, code, refusalMessage(code, status))
+			return
+		}
+		if rel != nil {
+			release = rel
+		}
+	} else if h.o.Admit != nil {
 		if ok, status, code, after := h.o.Admit(r, lastID != ""); !ok {
 			if after > 0 {
 				w.Header().Set("Retry-After", strconv.FormatInt(int64(math.Ceil(after.Seconds())), 10))
@@ -162,6 +183,25 @@ func (h *Handler) serveStream(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+
+	if canHijack(w, r) {
+		hs := &hijacked{h: h, retry: h.jitter()}
+		conn, err := h.o.Hub.Register(hub.ConnInfo{
+			UserID:         id.UserID,
+			Transport:      hub.TransportSSE,
+			TokenExpiresAt: id.ExpiresAt,
+			LastEventID:    lastID,
+		}, hs)
+		if err != nil {
+			release()
+			h.refuse(w, err)
+			return
+		}
+		hs.conn = conn
+		h.serveHijacked(w, hs, conn, release)
+		return
+	}
+	defer release()
 
 	ctx, cancel := context.WithCancel(r.Context())
 	defer cancel()
