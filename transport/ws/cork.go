@@ -2,6 +2,7 @@ package ws
 
 import (
 	"bufio"
+	"errors"
 	"net"
 	"net/http"
 	"sync"
@@ -20,10 +21,15 @@ type corkConn struct {
 	bp     *[]byte // pooled buffer behind buf while corked
 }
 
+// Write buffers p while corked, and also while an earlier batch is only
+// partly written (so that no frame ever overtakes the rest of another).
 func (c *corkConn) Write(p []byte) (int, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.corked {
+	if c.corked || len(c.buf) > 0 {
+		if c.buf == nil {
+			c.take()
+		}
 		c.buf = append(c.buf, p...)
 		return len(p), nil
 	}
@@ -34,36 +40,48 @@ func (c *corkConn) Write(p []byte) (int, error) {
 // keeps none.
 var corkBufs = sync.Pool{New: func() any { b := make([]byte, 0, 4096); return &b }}
 
+func (c *corkConn) take() {
+	c.bp = corkBufs.Get().(*[]byte)
+	c.buf = (*c.bp)[:0]
+}
+
 func (c *corkConn) cork() {
 	c.mu.Lock()
 	c.corked = true
 	if c.buf == nil {
-		c.bp = corkBufs.Get().(*[]byte)
-		c.buf = (*c.bp)[:0]
+		c.take()
 	}
 	c.mu.Unlock()
 }
 
-// uncork writes what was buffered, under a write deadline.
-func (c *corkConn) uncork(timeout time.Duration) error {
+// uncork writes what is buffered under a write deadline of d. With keep, a
+// write that runs out of time (the peer's socket is full) keeps the rest
+// buffered and reports pending: the caller finishes it later with
+// uncork(longer, false). Otherwise the buffer goes back to the pool.
+func (c *corkConn) uncork(d time.Duration, keep bool) (pending bool, err error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.corked = false
-	var err error
 	if len(c.buf) > 0 {
-		_ = c.Conn.SetWriteDeadline(time.Now().Add(timeout))
-		_, err = c.Conn.Write(c.buf)
+		var n int
+		_ = c.Conn.SetWriteDeadline(time.Now().Add(d))
+		n, err = c.Conn.Write(c.buf)
 		_ = c.Conn.SetWriteDeadline(time.Time{})
+		var ne net.Error
+		if err != nil && keep && errors.As(err, &ne) && ne.Timeout() {
+			c.buf = c.buf[n:]
+			return true, nil
+		}
 	}
 	if c.bp != nil {
-		if cap(c.buf) <= 64<<10 { // a burst's big buffer goes to the GC
-			*c.bp = c.buf[:0]
+		*c.bp = (*c.bp)[:0]
+		if cap(*c.bp) <= 64<<10 {
 			corkBufs.Put(c.bp)
 		}
 		c.bp = nil
 	}
 	c.buf = nil
-	return err
+	return false, err
 }
 
 // Sizes of a connection's bufio reader and writer: clients send little, and

@@ -11,6 +11,7 @@ import (
 	"errors"
 	"log/slog"
 	"net/http"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -51,9 +52,10 @@ type Options struct {
 
 // Handler serves the WebSocket endpoint.
 type Handler struct {
-	o   Options
-	log *slog.Logger
-	wg  sync.WaitGroup // writer and ping goroutines
+	o    Options
+	log  *slog.Logger
+	wg   sync.WaitGroup // readers, writers and ping goroutines
+	pool *writerPool
 }
 
 // New returns the endpoint handler.
@@ -67,7 +69,9 @@ func New(o Options) *Handler {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
-	return &Handler{o: o, log: o.Logger}
+	h := &Handler{o: o, log: o.Logger}
+	h.pool = &writerPool{max: max(2, 2*runtime.GOMAXPROCS(0)), wg: &h.wg}
+	return h
 }
 
 // Wait blocks until every writer and ping goroutine has ended (after the
@@ -146,7 +150,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if r := c.early.Load(); r != nil {
 		c.Abort(*r)
 	}
-	c.startWriter()
+	h.pool.push(c)
 	// The reader runs on a goroutine of its own and the handler returns:
 	// the request, net/http's connection state and its 4 KiB buffers, and
 	// the handler's grown stack are then garbage, which is most of what an
@@ -197,16 +201,8 @@ type conn struct {
 // Wake starts a writer; the hub calls it once per empty→non-empty change.
 func (c *conn) Wake() {
 	if c.ready.Load() {
-		c.startWriter()
+		c.h.pool.push(c)
 	}
-}
-
-func (c *conn) startWriter() {
-	c.h.wg.Add(1)
-	go func() {
-		defer c.h.wg.Done()
-		c.writeLoop()
-	}()
 }
 
 // Abort closes at once (slow consumer, drain timeout).
@@ -255,6 +251,60 @@ func (c *conn) Heartbeat(idle bool) {
 
 // writeLoop drains the queue: every queued frame is written, then one
 // flush; it ends when the queue is empty (or closes on a close reason).
+// drain runs on a pool writer: it writes every queued frame with one socket
+// write per batch until the queue is empty. A socket that cannot take a
+// batch at once (a slow reader) is handed to a goroutine of its own, so a
+// slow client never holds a pool writer.
+func (c *conn) drain() {
+	bp := bufPool.Get().(*[]*hub.Message)
+	defer func() {
+		clear(*bp)
+		*bp = (*bp)[:0]
+		bufPool.Put(bp)
+	}()
+	for {
+		msgs, reason := c.hc.Next((*bp)[:0])
+		*bp = msgs
+		if len(msgs) > 0 {
+			pending, err := c.writeBatch(msgs, poolWriteTimeout, true)
+			if err != nil {
+				c.dead.Store(true)
+				_ = c.ws.CloseNow()
+				return
+			}
+			c.h.o.Metrics.DeliveredMessages(hub.TransportWebSocket, msgs)
+			c.h.o.Metrics.QueueDepth(hub.TransportWebSocket, len(msgs))
+			clear(msgs)
+			if pending {
+				c.h.wg.Add(1)
+				go func() {
+					defer c.h.wg.Done()
+					if _, err := c.cork.uncork(c.h.o.WriteTimeout, false); err != nil {
+						c.dead.Store(true)
+						_ = c.ws.CloseNow()
+						return
+					}
+					c.writeLoop()
+				}()
+				return
+			}
+			continue
+		}
+		if reason != nil && c.dead.CompareAndSwap(false, true) {
+			// the close handshake waits for the peer: not on a pool writer
+			c.h.wg.Add(1)
+			go func() {
+				defer c.h.wg.Done()
+				c.close(*reason)
+			}()
+		}
+		return
+	}
+}
+
+// writeLoop is drain on a connection's own goroutine, with the full write
+// deadline: it serves a connection whose socket was full until its queue is
+// empty again; the next Wake goes back to the pool.
 func (c *conn) writeLoop() {
 	bp := bufPool.Get().(*[]*hub.Message)
 	defer func() {
@@ -266,7 +316,7 @@ func (c *conn) writeLoop() {
 		msgs, reason := c.hc.Next((*bp)[:0])
 		*bp = msgs
 		if len(msgs) > 0 {
-			if err := c.writeBatch(msgs); err != nil {
+			if _, err := c.writeBatch(msgs, c.h.o.WriteTimeout, false); err != nil {
 				c.dead.Store(true)
 				_ = c.ws.CloseNow()
 				return
@@ -276,28 +326,30 @@ func (c *conn) writeLoop() {
 			clear(msgs)
 			continue
 		}
-		if reason != nil {
-			if c.dead.CompareAndSwap(false, true) {
-				c.close(*reason)
-			}
+		if reason != nil && c.dead.CompareAndSwap(false, true) {
+			c.close(*reason)
 		}
 		return
 	}
 }
 
-func (c *conn) writeBatch(msgs []*hub.Message) error {
-	// While corked the frames only go into memory, so they need no
-	// deadline (and no timer per batch); the one socket write in uncork has
-	// the write deadline.
+// poolWriteTimeout is how long a pool writer waits on one socket before
+// handing the connection to a goroutine of its own.
+const poolWriteTimeout = 2 * time.Millisecond
+
+// writeBatch frames msgs into the cork buffer (memory: no deadline, no
+// timer) and writes them with one socket write under a deadline of d; with
+// keep, a socket that cannot take it all in time leaves the rest pending.
+func (c *conn) writeBatch(msgs []*hub.Message, d time.Duration, keep bool) (bool, error) {
 	ctx := context.Background()
 	c.cork.cork()
 	for _, m := range msgs {
 		if err := c.ws.Write(ctx, websocket.MessageText, m.Frame); err != nil {
-			_ = c.cork.uncork(c.h.o.WriteTimeout)
-			return err
+			_, _ = c.cork.uncork(d, false)
+			return false, err
 		}
 	}
-	return c.cork.uncork(c.h.o.WriteTimeout)
+	return c.cork.uncork(d, keep)
 }
 
 func (c *conn) close(r hub.Reason) {
