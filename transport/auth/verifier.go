@@ -418,13 +418,24 @@ type header struct {
 
 // peekHeader decodes the protected header of a compact JWS without trusting
 // it: it only selects the key, which must then verify the signature.
+// strictB64 is base64url without padding that refuses non-zero unused bits.
+var strictB64 = base64.RawURLEncoding.Strict()
+
 func peekHeader(token string) (header, bool) {
 	var h header
 	parts := strings.Split(token, ".")
 	if len(parts) != 3 {
 		return h, false
 	}
-	raw, err := base64.RawURLEncoding.DecodeString(parts[0])
+	// Every segment must be canonical base64url: jwx decodes leniently, so
+	// without this one signed token would have many spellings (the unused
+	// bits of a segment's last character), and a token must have one.
+	for _, p := range parts[1:] {
+		if _, err := strictB64.DecodeString(p); err != nil {
+			return h, false
+		}
+	}
+	raw, err := strictB64.DecodeString(parts[0])
 	if err != nil {
 		return h, false
 	}
