@@ -266,8 +266,10 @@ func (h *Hub) Resync(ctx context.Context) {
 			continue // nothing to compare from
 		}
 		if err != nil {
+			// the gap cannot be closed from here: the client resumes itself
 			h.log.Warn("resync: history", "err", err)
-			return
+			c.Close(ReasonShutdown)
+			continue
 		}
 		if !ok {
 			c.Close(ReasonShutdown)
@@ -275,6 +277,9 @@ func (h *Hub) Resync(ctx context.Context) {
 		}
 		s := h.shardOf(c.user)
 		s.mu.Lock()
+		c.mu.Lock()
+		c.limit += len(missed) // a replay does not count against the queue's bound
+		c.mu.Unlock()
 		for _, m := range missed {
 			c.enqueue(m)
 		}
