@@ -45,18 +45,21 @@ func run(args []string) error {
 	if err := app.Err(); err != nil {
 		return err
 	}
+	// Catch signals before starting: the listener accepts (and development
+	// mode prints its banner) during Start, and a SIGTERM that comes right
+	// after must drain, not kill the process.
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
+	defer signal.Stop(sig)
 	startCtx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if err := app.Start(startCtx); err != nil {
 		return err
 	}
-	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
 	select {
 	case <-sig:
 	case <-app.Done():
 	}
-	signal.Stop(sig)
 	stopCtx, cancel2 := context.WithTimeout(context.Background(), cfg.ShutdownTimeout+10*time.Second)
 	defer cancel2()
 	return app.Stop(stopCtx)
