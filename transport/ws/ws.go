@@ -70,7 +70,7 @@ func New(o Options) *Handler {
 		o.Logger = slog.Default()
 	}
 	h := &Handler{o: o, log: o.Logger}
-	h.pool = &writerPool{max: max(2, 2*runtime.GOMAXPROCS(0)), wg: &h.wg}
+	h.pool = &writerPool{max: runtime.GOMAXPROCS(0), slice: writerSlice, wg: &h.wg}
 	return h
 }
 
@@ -128,7 +128,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.refuse(w, status, code, msg)
 		return
 	}
-	cw := &corkWriter{ResponseWriter: w}
+	cw := &corkWriter{ResponseWriter: w, timeout: h.o.WriteTimeout}
 	wsc, err := websocket.Accept(cw, r, &websocket.AcceptOptions{
 		InsecureSkipVerify: true, // the origin was checked above
 		CompressionMode:    websocket.CompressionDisabled,
@@ -249,12 +249,10 @@ func (c *conn) Heartbeat(idle bool) {
 	}()
 }
 
-// writeLoop drains the queue: every queued frame is written, then one
-// flush; it ends when the queue is empty (or closes on a close reason).
-// drain runs on a pool writer: it writes every queued frame with one socket
-// write per batch until the queue is empty. A socket that cannot take a
-// batch at once (a slow reader) is handed to a goroutine of its own, so a
-// slow client never holds a pool writer.
+// drain runs on a pool writer: it frames every queued event and writes
+// each batch with one non-blocking socket write until the queue is empty.
+// A socket that cannot take a batch at once (a slow reader, or TLS) is
+// handed to a goroutine of its own, so a pool writer never waits on one.
 func (c *conn) drain() {
 	bp := bufPool.Get().(*[]*hub.Message)
 	defer func() {
@@ -266,22 +264,19 @@ func (c *conn) drain() {
 		msgs, reason := c.hc.Next((*bp)[:0])
 		*bp = msgs
 		if len(msgs) > 0 {
-			pending, err := c.writeBatch(msgs, poolWriteTimeout, true)
+			pending, err := c.cork.writeFrames(msgs)
 			if err != nil {
-				c.dead.Store(true)
-				_ = c.ws.CloseNow()
+				c.fail()
 				return
 			}
-			c.h.o.Metrics.DeliveredMessages(hub.TransportWebSocket, msgs)
-			c.h.o.Metrics.QueueDepth(hub.TransportWebSocket, len(msgs))
+			c.delivered(msgs)
 			clear(msgs)
 			if pending {
 				c.h.wg.Add(1)
 				go func() {
 					defer c.h.wg.Done()
-					if _, err := c.cork.uncork(c.h.o.WriteTimeout, false); err != nil {
-						c.dead.Store(true)
-						_ = c.ws.CloseNow()
+					if err := c.cork.flush(c.h.o.WriteTimeout); err != nil {
+						c.fail()
 						return
 					}
 					c.writeLoop()
@@ -302,9 +297,9 @@ func (c *conn) drain() {
 	}
 }
 
-// writeLoop is drain on a connection's own goroutine, with the full write
-// deadline: it serves a connection whose socket was full until its queue is
-// empty again; the next Wake goes back to the pool.
+// writeLoop is drain on a connection's own goroutine, waiting on the socket
+// with the write timeout: it serves a connection whose socket was full
+// until its queue is empty again; the next Wake goes back to the pool.
 func (c *conn) writeLoop() {
 	bp := bufPool.Get().(*[]*hub.Message)
 	defer func() {
@@ -316,13 +311,15 @@ func (c *conn) writeLoop() {
 		msgs, reason := c.hc.Next((*bp)[:0])
 		*bp = msgs
 		if len(msgs) > 0 {
-			if _, err := c.writeBatch(msgs, c.h.o.WriteTimeout, false); err != nil {
-				c.dead.Store(true)
-				_ = c.ws.CloseNow()
+			pending, err := c.cork.writeFrames(msgs)
+			if err == nil && pending {
+				err = c.cork.flush(c.h.o.WriteTimeout)
+			}
+			if err != nil {
+				c.fail()
 				return
 			}
-			c.h.o.Metrics.DeliveredMessages(hub.TransportWebSocket, msgs)
-			c.h.o.Metrics.QueueDepth(hub.TransportWebSocket, len(msgs))
+			c.delivered(msgs)
 			clear(msgs)
 			continue
 		}
@@ -333,23 +330,15 @@ func (c *conn) writeLoop() {
 	}
 }
 
-// poolWriteTimeout is how long a pool writer waits on one socket before
-// handing the connection to a goroutine of its own.
-const poolWriteTimeout = 2 * time.Millisecond
+// fail ends a connection whose socket write failed.
+func (c *conn) fail() {
+	c.dead.Store(true)
+	_ = c.ws.CloseNow()
+}
 
-// writeBatch frames msgs into the cork buffer (memory: no deadline, no
-// timer) and writes them with one socket write under a deadline of d; with
-// keep, a socket that cannot take it all in time leaves the rest pending.
-func (c *conn) writeBatch(msgs []*hub.Message, d time.Duration, keep bool) (bool, error) {
-	ctx := context.Background()
-	c.cork.cork()
-	for _, m := range msgs {
-		if err := c.ws.Write(ctx, websocket.MessageText, m.Frame); err != nil {
-			_, _ = c.cork.uncork(d, false)
-			return false, err
-		}
-	}
-	return c.cork.uncork(d, keep)
+func (c *conn) delivered(msgs []*hub.Message) {
+	c.h.o.Metrics.DeliveredMessages(hub.TransportWebSocket, msgs)
+	c.h.o.Metrics.QueueDepth(hub.TransportWebSocket, len(msgs))
 }
 
 func (c *conn) close(r hub.Reason) {

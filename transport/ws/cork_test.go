@@ -1,0 +1,211 @@
+package ws
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/hubd/hub/hub"
+)
+
+// readFrame is an independent reader of one unmasked server frame.
+func readFrame(r io.Reader) (fin bool, opcode byte, payload []byte, err error) {
+	var h [2]byte
+	if _, err = io.ReadFull(r, h[:]); err != nil {
+		return
+	}
+	fin, opcode = h[0]&0x80 != 0, h[0]&0x0f
+	if h[0]&0x70 != 0 || h[1]&0x80 != 0 {
+		return fin, opcode, nil, fmt.Errorf("bad header % x (rsv bits or mask set)", h)
+	}
+	n := uint64(h[1] & 0x7f)
+	switch n {
+	case 126:
+		var b [2]byte
+		if _, err = io.ReadFull(r, b[:]); err != nil {
+			return
+		}
+		n = uint64(binary.BigEndian.Uint16(b[:]))
+		if n < 126 {
+			return fin, opcode, nil, fmt.Errorf("length %d not in minimal form", n)
+		}
+	case 127:
+		var b [8]byte
+		if _, err = io.ReadFull(r, b[:]); err != nil {
+			return
+		}
+		n = binary.BigEndian.Uint64(b[:])
+		if n <= 0xffff {
+			return fin, opcode, nil, fmt.Errorf("length %d not in minimal form", n)
+		}
+	}
+	payload = make([]byte, n)
+	_, err = io.ReadFull(r, payload)
+	return
+}
+
+func TestAppendTextFrameLengths(t *testing.T) {
+	for _, n := range []int{0, 1, 125, 126, 127, 65535, 65536, 100000} {
+		p := bytes.Repeat([]byte{'a' + byte(n%26)}, n)
+		b := appendTextFrame([]byte("prefix"), p)
+		if !bytes.HasPrefix(b, []byte("prefix")) {
+			t.Fatalf("%d: appended over what was there", n)
+		}
+		fin, op, got, err := readFrame(bytes.NewReader(b[len("prefix"):]))
+		if err != nil {
+			t.Fatalf("%d: %v", n, err)
+		}
+		if !fin || op != 1 || !bytes.Equal(got, p) {
+			t.Fatalf("%d: fin=%v opcode=%d len=%d", n, fin, op, len(got))
+		}
+	}
+}
+
+// tcpPair returns both ends of a real loopback TCP connection.
+func tcpPair(t *testing.T) (server, client net.Conn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			close(accepted)
+			return
+		}
+		accepted <- c
+	}()
+	client, err = net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	server = <-accepted
+	if server == nil {
+		t.Fatal("accept failed")
+	}
+	t.Cleanup(func() { server.Close(); client.Close() })
+	return server, client
+}
+
+// TestCorkFullSocketKeepsOrder fills a socket whose reader has stopped:
+// the non-blocking write reports pending instead of waiting, frames and a
+// control frame written meanwhile queue behind the unwritten rest, and the
+// owner's flush delivers all of it in order once the reader reads again.
+func TestCorkFullSocketKeepsOrder(t *testing.T) {
+	server, client := tcpPair(t)
+	c := newCorkConn(server, 10*time.Second)
+	if c.raw == nil {
+		t.Fatal("a TCP connection should be written with non-blocking writes")
+	}
+	pad := bytes.Repeat([]byte("x"), 4000)
+	frame := func(i int) *hub.Message {
+		return &hub.Message{Frame: append([]byte(strconv.Itoa(i)+":"), pad...)}
+	}
+	sent := 0
+	pending := false
+	for !pending {
+		if sent > 100000 { // 400 MB: the socket should have been full long ago
+			t.Fatal("writeFrames never reported a full socket")
+		}
+		start := time.Now()
+		var err error
+		pending, err = c.writeFrames([]*hub.Message{frame(sent), frame(sent + 1)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d := time.Since(start); d > 2*time.Second {
+			t.Fatalf("writeFrames blocked for %v", d)
+		}
+		sent += 2
+	}
+	// The socket is owned now: more frames and a control frame queue up.
+	if p, err := c.writeFrames([]*hub.Message{frame(sent)}); err != nil || p {
+		t.Fatalf("writeFrames while owned = %v, %v; want queued", p, err)
+	}
+	sent++
+	ping := []byte{0x89, 0x02, 'h', 'i'}
+	if n, err := c.Write(ping); err != nil || n != len(ping) {
+		t.Fatalf("control frame while owned: %d, %v", n, err)
+	}
+
+	type result struct {
+		frames int
+		err    error
+	}
+	done := make(chan result, 1)
+	go func() {
+		r := bufio.NewReader(client)
+		for i := 0; ; i++ {
+			_, op, p, err := readFrame(r)
+			if err != nil {
+				done <- result{i, err}
+				return
+			}
+			if i < sent {
+				if op != 1 || !bytes.HasPrefix(p, []byte(strconv.Itoa(i)+":")) {
+					done <- result{i, fmt.Errorf("frame %d: opcode %d, starts %q", i, op, p[:min(len(p), 10)])}
+					return
+				}
+				continue
+			}
+			if op != 9 || string(p) != "hi" {
+				done <- result{i, fmt.Errorf("after the events: opcode %d payload %q, want the ping", op, p)}
+				return
+			}
+			done <- result{i + 1, nil}
+			return
+		}
+	}()
+	if err := c.flush(10 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case r := <-done:
+		if r.err != nil || r.frames != sent+1 {
+			t.Fatalf("read %d frames of %d: %v", r.frames, sent+1, r.err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("reader did not finish")
+	}
+	if c.owned || c.buf != nil {
+		t.Fatalf("after flush: owned=%v buffered=%d", c.owned, len(c.buf))
+	}
+}
+
+// TestCorkNoFrameAfterClose: once coder/websocket has written the close
+// frame, no event frame may follow it on the wire.
+func TestCorkNoFrameAfterClose(t *testing.T) {
+	server, client := tcpPair(t)
+	c := newCorkConn(server, time.Second)
+	if _, err := c.writeFrames([]*hub.Message{{Frame: []byte("one")}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Write([]byte{0x88, 0x02, 0x03, 0xe8}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.writeFrames([]*hub.Message{{Frame: []byte("two")}}); !errors.Is(err, errClosed) {
+		t.Fatalf("frame after close: err = %v, want errClosed", err)
+	}
+	_ = client.SetReadDeadline(time.Now().Add(5 * time.Second))
+	r := bufio.NewReader(client)
+	if _, op, p, err := readFrame(r); err != nil || op != 1 || string(p) != "one" {
+		t.Fatalf("first frame: %d %q %v", op, p, err)
+	}
+	if _, op, _, err := readFrame(r); err != nil || op != 8 {
+		t.Fatalf("second frame: opcode %d, %v; want close", op, err)
+	}
+	server.Close()
+	if _, _, _, err := readFrame(r); err == nil {
+		t.Fatal("a frame followed the close frame")
+	}
+}
