@@ -2,7 +2,9 @@ package ws
 
 import (
 	"bufio"
+	"bytes"
 	"errors"
+	"io"
 	"net"
 	"net/http"
 	"sync"
@@ -12,12 +14,11 @@ import (
 	"github.com/hubd/hub/hub"
 )
 
-// corkConn wraps a hijacked connection and owns the order of everything
-// written to it. The hub's events are framed here, straight into one
-// buffer, and go out with one socket write per batch; coder/websocket
-// writes only control frames (ping, pong, close), each in one Write call
-// (its bufio writer is large enough for any control frame), which join the
-// same buffer when a batch is in flight, so frames never interleave.
+// corkConn is a hijacked connection and the order of everything written
+// to it. Events are framed here, straight into one buffer, and go out with
+// one socket write per batch; control frames (ping, pong, close) join the
+// same buffer, each whole, so frames never interleave and nothing follows
+// the close frame.
 //
 // A pool writer never blocks on a socket: on a plain TCP connection the
 // batch is written with one non-blocking write(2), and whatever the kernel
@@ -65,15 +66,6 @@ func putBuf(bp *[]byte) {
 	corkBufs.Put(bp)
 }
 
-// appendLocked appends p to buf (mu held).
-func (c *corkConn) appendLocked(p []byte) {
-	if c.bp == nil {
-		c.bp = getBuf()
-		c.buf = (*c.bp)[:0]
-	}
-	c.buf = append(c.buf, p...)
-}
-
 // releaseBufLocked returns buf to the pool once it is empty (mu held).
 func (c *corkConn) releaseBufLocked() {
 	if c.bp != nil {
@@ -83,68 +75,56 @@ func (c *corkConn) releaseBufLocked() {
 	c.bp, c.buf = nil, nil
 }
 
-// Write is coder/websocket's path (control frames, each in one call): it
-// joins the buffer when a batch is in flight, or else is written at once.
-func (c *corkConn) Write(p []byte) (int, error) {
-	c.mu.Lock()
-	if c.err != nil {
-		err := c.err
-		c.mu.Unlock()
-		return 0, err
-	}
-	if len(p) > 0 && p[0] == 0x88 { // FIN + close opcode
-		c.closeSent = true
-	}
-	if c.owned {
-		c.appendLocked(p)
-		c.mu.Unlock()
-		return len(p), nil
-	}
-	// Nobody owns the socket: this caller does, for this one write.
-	c.owned = true
-	c.mu.Unlock()
-	n, err := c.Conn.Write(p)
-	c.mu.Lock()
-	if err != nil && c.err == nil {
-		c.err = err
-	}
-	if len(c.buf) > 0 && c.err == nil {
-		// Frames came meanwhile: write them too before giving up ownership.
-		c.mu.Unlock()
-		if ferr := c.flush(c.timeout); ferr != nil && err == nil {
-			err = ferr
-		}
-		return n, err
-	}
-	c.owned = false
-	c.releaseBufLocked()
-	c.mu.Unlock()
-	return n, err
-}
-
-// writeFrames frames msgs as text frames into the buffer and, unless a
-// goroutine already owns the socket, writes the buffer at once. On a plain
-// socket the write never blocks: pending reports that the kernel did not
-// take everything, and the caller must then run flush on a goroutine of its
-// own. On other connections (TLS) every batch is pending.
+// writeFrames frames msgs as text frames into the buffer and commits it.
 func (c *corkConn) writeFrames(msgs []*hub.Message) (pending bool, err error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if err := c.checkLocked(); err != nil {
+		return false, err
+	}
+	for _, m := range msgs {
+		c.buf = appendTextFrame(c.buf, m.Frame)
+	}
+	return c.commitLocked()
+}
+
+// writeControl queues one control frame and commits it; after a close
+// frame nothing more is written (errClosed).
+func (c *corkConn) writeControl(op byte, payload []byte) (pending bool, err error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err := c.checkLocked(); err != nil {
+		return false, err
+	}
+	c.buf = appendControl(c.buf, op, payload)
+	if op == opClose {
+		c.closeSent = true
+	}
+	return c.commitLocked()
+}
+
+func (c *corkConn) checkLocked() error {
 	if c.err != nil {
-		return false, c.err
+		return c.err
 	}
 	if c.closeSent {
-		return false, errClosed
+		return errClosed
 	}
 	if c.bp == nil {
 		c.bp = getBuf()
 		c.buf = (*c.bp)[:0]
 	}
-	for _, m := range msgs {
-		c.buf = appendTextFrame(c.buf, m.Frame)
-	}
+	return nil
+}
+
+// commitLocked writes the buffer at once unless a goroutine already owns
+// the socket (it will write it). On a plain socket the write never blocks:
+// pending reports that the kernel did not take everything, and the caller
+// must then run flush on a goroutine of its own. On other connections
+// (TLS) every batch is pending.
+func (c *corkConn) commitLocked() (pending bool, err error) {
 	if c.owned {
-		return false, nil // the owner writes it
+		return false, nil
 	}
 	if c.raw == nil {
 		c.owned = true
@@ -164,6 +144,34 @@ func (c *corkConn) writeFrames(msgs []*hub.Message) (pending bool, err error) {
 	c.buf = c.buf[:rest]
 	c.owned = true
 	return true, nil
+}
+
+// tryRead reads what the socket holds into b without waiting: 0 bytes and
+// no error when there is nothing, io.EOF when the peer has closed.
+func (c *corkConn) tryRead(b []byte) (int, error) {
+	var n int
+	var rerr error
+	err := c.raw.Read(func(fd uintptr) bool {
+		for {
+			k, e := syscall.Read(int(fd), b)
+			switch {
+			case e == syscall.EINTR:
+				continue
+			case e == syscall.EAGAIN:
+			case e != nil:
+				rerr = e
+			case k == 0:
+				rerr = io.EOF
+			default:
+				n = k
+			}
+			return true
+		}
+	})
+	if err != nil {
+		return 0, err
+	}
+	return n, rerr
 }
 
 // tryWrite writes b with non-blocking write(2) calls until the kernel
@@ -253,21 +261,15 @@ func appendTextFrame(b, p []byte) []byte {
 	return append(b, p...)
 }
 
-// Sizes of a connection's bufio reader and writer: clients send little,
-// and coder/websocket writes only control frames through the writer; at
-// 2+125 bytes the largest control frame fits it whole, so each reaches
-// corkConn.Write in one call.
-const (
-	smallReadBuf  = 256
-	smallWriteBuf = 128
-)
-
-// corkWriter is the ResponseWriter given to websocket.Accept: its Hijack
-// returns the connection wrapped in a corkConn and points the server's
-// buffered writer at it.
+// corkWriter is the ResponseWriter given to websocket.Accept. Its Hijack
+// keeps the connection (wrapped in a corkConn) and what the client sent
+// after the upgrade request, and hands coder/websocket a stand-in socket:
+// the hub reads and writes frames itself, and coder/websocket's Conn, which
+// closes its socket when it is garbage collected, is let go.
 type corkWriter struct {
 	http.ResponseWriter
 	conn    *corkConn
+	early   []byte
 	timeout time.Duration
 }
 
@@ -276,15 +278,25 @@ func (w *corkWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	w.conn = newCorkConn(nc, w.timeout)
-	// net/http hands over 4 KiB read and write buffers; an idle push
-	// connection needs neither (events are framed in the cork buffer and
-	// clients send little), so smaller ones replace them and the big ones
-	// are left to the garbage collector. Bytes the client already sent stay
-	// readable: the original reader is kept when it holds any.
-	rd := brw.Reader
-	if rd.Buffered() == 0 {
-		rd = bufio.NewReaderSize(w.conn, smallReadBuf)
+	// net/http wrote the 101 answer before handing the connection over.
+	if n := brw.Reader.Buffered(); n > 0 {
+		b, _ := brw.Reader.Peek(n)
+		w.early = bytes.Clone(b)
 	}
-	return w.conn, bufio.NewReadWriter(rd, bufio.NewWriterSize(w.conn, smallWriteBuf)), nil
+	w.conn = newCorkConn(nc, w.timeout)
+	s := standIn{nc.LocalAddr(), nc.RemoteAddr()}
+	return s, bufio.NewReadWriter(bufio.NewReaderSize(s, 16), bufio.NewWriterSize(s, 16)), nil
 }
+
+// standIn is the socket coder/websocket's Conn gets: it refers to nothing,
+// closing it does nothing, reads end and writes fail.
+type standIn struct{ local, remote net.Addr }
+
+func (standIn) Read([]byte) (int, error)         { return 0, io.EOF }
+func (standIn) Write([]byte) (int, error)        { return 0, net.ErrClosed }
+func (standIn) Close() error                     { return nil }
+func (s standIn) LocalAddr() net.Addr            { return s.local }
+func (s standIn) RemoteAddr() net.Addr           { return s.remote }
+func (standIn) SetDeadline(time.Time) error      { return nil }
+func (standIn) SetReadDeadline(time.Time) error  { return nil }
+func (standIn) SetWriteDeadline(time.Time) error { return nil }

@@ -133,9 +133,8 @@ func TestCorkFullSocketKeepsOrder(t *testing.T) {
 		t.Fatalf("writeFrames while owned = %v, %v; want queued", p, err)
 	}
 	sent++
-	ping := []byte{0x89, 0x02, 'h', 'i'}
-	if n, err := c.Write(ping); err != nil || n != len(ping) {
-		t.Fatalf("control frame while owned: %d, %v", n, err)
+	if p, err := c.writeControl(opPing, []byte("hi")); err != nil || p {
+		t.Fatalf("control frame while owned = %v, %v; want queued", p, err)
 	}
 
 	type result struct {
@@ -182,19 +181,22 @@ func TestCorkFullSocketKeepsOrder(t *testing.T) {
 	}
 }
 
-// TestCorkNoFrameAfterClose: once coder/websocket has written the close
-// frame, no event frame may follow it on the wire.
+// TestCorkNoFrameAfterClose: once the close frame is written, no frame
+// may follow it on the wire.
 func TestCorkNoFrameAfterClose(t *testing.T) {
 	server, client := tcpPair(t)
 	c := newCorkConn(server, time.Second)
 	if _, err := c.writeFrames([]*hub.Message{{Frame: []byte("one")}}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c.Write([]byte{0x88, 0x02, 0x03, 0xe8}); err != nil {
+	if _, err := c.writeControl(opClose, closePayload(1000, "")); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := c.writeFrames([]*hub.Message{{Frame: []byte("two")}}); !errors.Is(err, errClosed) {
 		t.Fatalf("frame after close: err = %v, want errClosed", err)
+	}
+	if _, err := c.writeControl(opPong, nil); !errors.Is(err, errClosed) {
+		t.Fatalf("pong after close: err = %v, want errClosed", err)
 	}
 	_ = client.SetReadDeadline(time.Now().Add(5 * time.Second))
 	r := bufio.NewReader(client)

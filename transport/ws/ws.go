@@ -1,12 +1,15 @@
-// Package ws is the WebSocket endpoint of the hub, on
-// github.com/coder/websocket: handshake (origin, token, limits), one reader
-// and at most one writer per connection (the writer runs only while the
-// connection's queue has something), ping frames and hub.ping heartbeats,
-// token refresh and expiry, and the contract's close codes.
+// Package ws is the WebSocket endpoint of the hub: handshake (origin,
+// token, limits; the upgrade itself by github.com/coder/websocket), then
+// the connection's life on the hub's own reader and writer, so that an idle
+// connection holds no goroutine and no buffer: its socket waits in an epoll
+// instance (poll_linux.go) until the client sends something, and a pool
+// writer frames and writes events only while its queue has some (pool.go,
+// cork.go). Ping frames and hub.ping heartbeats, token refresh and expiry,
+// the closing handshake and the contract's close codes are here.
 package ws
 
 import (
-	"context"
+	"bytes"
 	"encoding/json"
 	"errors"
 	"log/slog"
@@ -52,10 +55,13 @@ type Options struct {
 
 // Handler serves the WebSocket endpoint.
 type Handler struct {
-	o    Options
-	log  *slog.Logger
-	wg   sync.WaitGroup // readers, writers and ping goroutines
-	pool *writerPool
+	o      Options
+	log    *slog.Logger
+	wg     sync.WaitGroup // connections until torn down, and every goroutine
+	pool   *writerPool
+	poll   *poller
+	pinger pinger
+	live   atomic.Int64 // connections not yet torn down
 }
 
 // New returns the endpoint handler.
@@ -71,11 +77,13 @@ func New(o Options) *Handler {
 	}
 	h := &Handler{o: o, log: o.Logger}
 	h.pool = &writerPool{max: runtime.GOMAXPROCS(0), slice: writerSlice, wg: &h.wg}
+	h.poll = newPoller(&h.wg, h.dispatch)
+	h.pinger.h = h
 	return h
 }
 
-// Wait blocks until every writer and ping goroutine has ended (after the
-// connections have closed).
+// Wait blocks until every connection is torn down and every goroutine of
+// the endpoint has ended (after the hub closed the connections).
 func (h *Handler) Wait() { h.wg.Wait() }
 
 var bufPool = sync.Pool{New: func() any { b := make([]*hub.Message, 0, 64); return &b }}
@@ -115,7 +123,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			release = rel
 		}
 	}
-	c := &conn{h: h}
+	c := &conn{h: h, fd: -1}
 	hc, err := h.o.Hub.Register(hub.ConnInfo{
 		UserID:         id.UserID,
 		Transport:      hub.TransportWebSocket,
@@ -133,35 +141,37 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		InsecureSkipVerify: true, // the origin was checked above
 		CompressionMode:    websocket.CompressionDisabled,
 	})
-	if err != nil {
+	if err != nil || cw.conn == nil {
 		h.o.Hub.Unregister(hc)
 		release()
 		h.log.Debug("websocket accept failed", "err", err)
 		return
 	}
+	// coder/websocket's Conn is not used past the upgrade: it holds a
+	// stand-in socket (see corkWriter), and its finalizer, which would keep
+	// it for one more collection, is cleared so it goes with the next.
+	runtime.SetFinalizer(wsc, nil)
 	limit := int64(MaxFrame)
 	if h.o.OnMessage != nil && h.o.MaxSendFrame > limit {
 		limit = h.o.MaxSendFrame
 	}
-	wsc.SetReadLimit(limit)
 	h.o.Metrics.Handshake(hub.TransportWebSocket, metrics.OutcomeAccepted, "")
-	c.ws, c.cork, c.hc, c.user = wsc, cw.conn, hc, id.UserID
+	c.cork, c.hc, c.user, c.limit, c.release = cw.conn, hc, id.UserID, limit, release
+	c.in = cw.early
+	h.live.Add(1)
+	h.wg.Add(1) // until teardown
 	c.ready.Store(true)
 	if r := c.early.Load(); r != nil {
 		c.Abort(*r)
 	}
 	h.pool.push(c)
-	// The reader runs on a goroutine of its own and the handler returns:
-	// the request, net/http's connection state and its 4 KiB buffers, and
-	// the handler's grown stack are then garbage, which is most of what an
-	// idle connection would otherwise hold.
+	// What the client sent right after the upgrade request is read first;
+	// then the socket waits in the poller (no goroutine while idle), or, on
+	// a connection the poller cannot watch (TLS), on a reader goroutine.
 	h.wg.Add(1)
 	go func() {
 		defer h.wg.Done()
-		defer release()
-		defer h.o.Hub.Unregister(hc)
-		c.readLoop(context.Background())
-		_ = wsc.CloseNow()
+		c.start()
 	}()
 }
 
@@ -187,15 +197,28 @@ func registerError(err error) (int, string, string) {
 
 // conn is one WebSocket connection; it is the hub.Sink of its hub.Conn.
 type conn struct {
-	h     *Handler
-	ws    *websocket.Conn
-	cork  *corkConn
-	hc    *hub.Conn
-	user  string
-	ready atomic.Bool
-	early atomic.Pointer[hub.Reason] // an Abort that came before ready
-	dead  atomic.Bool
-	ping  atomic.Bool
+	h       *Handler
+	cork    *corkConn
+	hc      *hub.Conn
+	user    string
+	limit   int64  // largest client message
+	fd      int    // the socket's descriptor while it is in the poller, else -1 (closeMu)
+	release func() // admission slot
+	ready   atomic.Bool
+	early   atomic.Pointer[hub.Reason] // an Abort that came before ready
+	dead    atomic.Bool                // closing or closed: no more events are written
+	torn    atomic.Bool                // torn down: socket closed, unregistered
+
+	// read state, owned by whoever reads (one at a time)
+	in     []byte // the start of a frame not complete yet
+	fragOp byte   // opcode of a fragmented message in progress, 0 when none
+	frag   []byte // its payload so far
+
+	pingSeq atomic.Uint64 // last ping frame sent
+	pongSeq atomic.Uint64 // last ping answered by a pong
+
+	closeMu    sync.Mutex
+	closeTimer *time.Timer // waiting for the peer's close frame
 }
 
 // Wake starts a writer; the hub calls it once per empty→non-empty change.
@@ -224,8 +247,8 @@ func (c *conn) Abort(r hub.Reason) {
 	}()
 }
 
-// Heartbeat sends a ping frame (and hub.ping when idle) and closes the
-// connection when no pong comes within the pong timeout.
+// Heartbeat queues a ping frame (sent by the pinger, outside the hub's
+// locks) and, when the connection was idle, hub.ping.
 func (c *conn) Heartbeat(idle bool) {
 	if !c.ready.Load() || c.dead.Load() {
 		return
@@ -233,20 +256,7 @@ func (c *conn) Heartbeat(idle bool) {
 	if idle {
 		c.hc.Send(hub.Ping)
 	}
-	if !c.ping.CompareAndSwap(false, true) {
-		return
-	}
-	c.h.wg.Add(1)
-	go func() {
-		defer c.h.wg.Done()
-		defer c.ping.Store(false)
-		ctx, cancel := context.WithTimeout(context.Background(), c.h.o.PongTimeout)
-		defer cancel()
-		if err := c.ws.Ping(ctx); err != nil && !c.dead.Load() {
-			c.h.log.Debug("websocket pong timeout", "conn", c.hc.ID())
-			_ = c.ws.CloseNow()
-		}
-	}()
+	c.h.pinger.add(c)
 }
 
 // drain runs on a pool writer: it frames every queued event and writes
@@ -265,6 +275,10 @@ func (c *conn) drain() {
 		*bp = msgs
 		if len(msgs) > 0 {
 			pending, err := c.cork.writeFrames(msgs)
+			if errors.Is(err, errClosed) {
+				clear(msgs) // closing: what comes after the close frame is dropped
+				continue
+			}
 			if err != nil {
 				c.fail()
 				return
@@ -286,12 +300,7 @@ func (c *conn) drain() {
 			continue
 		}
 		if reason != nil && c.dead.CompareAndSwap(false, true) {
-			// the close handshake waits for the peer: not on a pool writer
-			c.h.wg.Add(1)
-			go func() {
-				defer c.h.wg.Done()
-				c.close(*reason)
-			}()
+			c.close(*reason) // does not wait for the peer
 		}
 		return
 	}
@@ -312,6 +321,10 @@ func (c *conn) writeLoop() {
 		*bp = msgs
 		if len(msgs) > 0 {
 			pending, err := c.cork.writeFrames(msgs)
+			if errors.Is(err, errClosed) {
+				clear(msgs)
+				continue
+			}
 			if err == nil && pending {
 				err = c.cork.flush(c.h.o.WriteTimeout)
 			}
@@ -330,42 +343,88 @@ func (c *conn) writeLoop() {
 	}
 }
 
-// fail ends a connection whose socket write failed.
-func (c *conn) fail() {
-	c.dead.Store(true)
-	_ = c.ws.CloseNow()
-}
-
 func (c *conn) delivered(msgs []*hub.Message) {
 	c.h.o.Metrics.DeliveredMessages(hub.TransportWebSocket, msgs)
 	c.h.o.Metrics.QueueDepth(hub.TransportWebSocket, len(msgs))
 }
 
+// close starts the closing handshake: the close frame goes out after what
+// is already written, and the socket is closed when the client answers, or
+// after closeWait.
 func (c *conn) close(r hub.Reason) {
-	_ = c.ws.Close(websocket.StatusCode(r.Code), r.Text)
+	c.dead.Store(true)
+	pending, err := c.cork.writeControl(opClose, closePayload(r.Code, r.Text))
+	if errors.Is(err, errClosed) {
+		return // a close frame is already out
+	}
+	if err != nil {
+		c.teardown()
+		return
+	}
+	c.closeMu.Lock()
+	if c.closeTimer == nil && !c.torn.Load() {
+		c.closeTimer = time.AfterFunc(closeWait, c.teardown)
+	}
+	c.closeMu.Unlock()
+	if pending {
+		c.flushAsync(false)
+	}
+}
+
+// closeWait is how long a closing connection waits for the client's close
+// frame before its socket is closed anyway.
+const closeWait = 5 * time.Second
+
+// fail closes the socket at once, without a close frame (a write failed,
+// no pong came).
+func (c *conn) fail() {
+	c.dead.Store(true)
+	c.teardown()
+}
+
+// flushAsync lets a goroutine write what the socket did not take; with
+// thenClose the socket is closed after it (a failed connection's last
+// close frame).
+func (c *conn) flushAsync(thenClose bool) {
+	c.h.wg.Add(1)
+	go func() {
+		defer c.h.wg.Done()
+		err := c.cork.flush(c.h.o.WriteTimeout)
+		if err != nil || thenClose {
+			c.teardown()
+		}
+	}()
+}
+
+// teardown ends the connection once: out of the poller, socket closed,
+// unregistered from the hub, admission slot released.
+func (c *conn) teardown() {
+	if !c.torn.CompareAndSwap(false, true) {
+		return
+	}
+	c.dead.Store(true)
+	c.closeMu.Lock()
+	if c.closeTimer != nil {
+		c.closeTimer.Stop()
+	}
+	fd := c.fd
+	c.fd = -1
+	c.closeMu.Unlock()
+	if fd >= 0 {
+		c.h.poll.remove(c, fd) // before the descriptor is closed (and reused)
+	}
+	_ = c.cork.Conn.Close()
+	c.h.o.Hub.Unregister(c.hc)
+	c.release()
+	if c.h.live.Add(-1) == 0 {
+		c.h.pinger.wake()
+	}
+	c.h.wg.Done()
 }
 
 type clientFrame struct {
 	Type  string `json:"type"`
 	Token string `json:"token"`
-}
-
-// readLoop reads client frames until the connection ends.
-func (c *conn) readLoop(ctx context.Context) {
-	for {
-		typ, data, err := c.ws.Read(ctx)
-		if err != nil {
-			return
-		}
-		if typ == websocket.MessageBinary {
-			c.dead.Store(true)
-			c.close(hub.Reason{Code: int(websocket.StatusUnsupportedData), Text: "binary frames are not supported"})
-			return
-		}
-		if !c.handle(data) {
-			return
-		}
-	}
 }
 
 func (c *conn) sendError(code, msg string) {
@@ -377,16 +436,14 @@ func (c *conn) handle(data []byte) bool {
 	var f clientFrame
 	if err := json.Unmarshal(data, &f); err != nil {
 		if len(data) > MaxFrame {
-			c.dead.Store(true)
-			c.close(hub.Reason{Code: int(websocket.StatusMessageTooBig), Text: "frame too large"})
+			c.close(hub.Reason{Code: closeMessageTooBig, Text: "frame too large"})
 			return false
 		}
 		c.sendError("invalid_message", "frames must be JSON objects")
 		return true
 	}
 	if len(data) > MaxFrame && f.Type != "hub.send" {
-		c.dead.Store(true)
-		c.close(hub.Reason{Code: int(websocket.StatusMessageTooBig), Text: "frame too large"})
+		c.close(hub.Reason{Code: closeMessageTooBig, Text: "frame too large"})
 		return false
 	}
 	switch f.Type {
@@ -399,7 +456,8 @@ func (c *conn) handle(data []byte) bool {
 		c.sendError("invalid_message", "missing type")
 		return true
 	}
-	if c.h.o.OnMessage != nil && c.h.o.OnMessage(c.hc, f.Type, data) {
+	// data is the read buffer: the hook may keep what it is given
+	if c.h.o.OnMessage != nil && c.h.o.OnMessage(c.hc, f.Type, bytes.Clone(data)) {
 		return true
 	}
 	if f.Type == "hub.send" {

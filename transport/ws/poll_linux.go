@@ -1,0 +1,139 @@
+//go:build linux
+
+package ws
+
+import (
+	"errors"
+	"os"
+	"sync"
+	"syscall"
+)
+
+// poller tells which idle connections have something to read, so that an
+// idle WebSocket holds no goroutine: every connection's socket is in one
+// epoll instance (one-shot: reported once, then re-armed after the read),
+// and that instance is itself polled by the Go runtime's network poller, so
+// the loop goroutine parks like any network read instead of holding a
+// thread in epoll_wait. The loop runs only while a connection is
+// registered.
+type poller struct {
+	mu       sync.Mutex
+	f        *os.File // the epoll instance; nil while no connection is registered
+	epfd     int
+	conns    map[int32]*conn
+	wg       *sync.WaitGroup
+	dispatch func(*conn)
+}
+
+func newPoller(wg *sync.WaitGroup, dispatch func(*conn)) *poller {
+	return &poller{conns: make(map[int32]*conn), wg: wg, dispatch: dispatch}
+}
+
+const pollEvents = syscall.EPOLLIN | syscall.EPOLLRDHUP | syscall.EPOLLONESHOT
+
+// add registers c's socket; c is dispatched once it is readable (or hung
+// up) and must then be re-armed.
+func (p *poller) add(c *conn, fd int) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.f == nil {
+		if err := p.startLocked(); err != nil {
+			return err
+		}
+	}
+	ev := syscall.EpollEvent{Events: pollEvents, Fd: int32(fd)}
+	if err := syscall.EpollCtl(p.epfd, syscall.EPOLL_CTL_ADD, fd, &ev); err != nil {
+		p.stopIfEmptyLocked()
+		return os.NewSyscallError("epoll_ctl add", err)
+	}
+	p.conns[int32(fd)] = c
+	return nil
+}
+
+func (p *poller) startLocked() error {
+	epfd, err := syscall.EpollCreate1(syscall.EPOLL_CLOEXEC)
+	if err != nil {
+		return os.NewSyscallError("epoll_create1", err)
+	}
+	if err := syscall.SetNonblock(epfd, true); err != nil {
+		_ = syscall.Close(epfd)
+		return os.NewSyscallError("setnonblock", err)
+	}
+	f := os.NewFile(uintptr(epfd), "websocket-epoll") // non-blocking: polled by the runtime
+	rc, err := f.SyscallConn()
+	if err != nil {
+		_ = f.Close()
+		return err
+	}
+	p.f, p.epfd = f, epfd
+	p.wg.Add(1)
+	go p.loop(rc)
+	return nil
+}
+
+// rearm asks for c's next readiness report.
+func (p *poller) rearm(c *conn, fd int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.conns[int32(fd)] != c {
+		return // removed (and the descriptor perhaps reused)
+	}
+	ev := syscall.EpollEvent{Events: pollEvents, Fd: int32(fd)}
+	_ = syscall.EpollCtl(p.epfd, syscall.EPOLL_CTL_MOD, fd, &ev)
+}
+
+// remove unregisters c; call it before the socket is closed.
+func (p *poller) remove(c *conn, fd int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.conns[int32(fd)] != c {
+		return
+	}
+	delete(p.conns, int32(fd))
+	_ = syscall.EpollCtl(p.epfd, syscall.EPOLL_CTL_DEL, fd, nil)
+	p.stopIfEmptyLocked()
+}
+
+// stopIfEmptyLocked closes the epoll instance when nothing is registered:
+// the loop wakes with an error and ends.
+func (p *poller) stopIfEmptyLocked() {
+	if len(p.conns) == 0 && p.f != nil {
+		_ = p.f.Close()
+		p.f, p.epfd = nil, -1
+	}
+}
+
+func (p *poller) loop(rc syscall.RawConn) {
+	defer p.wg.Done()
+	events := make([]syscall.EpollEvent, 128)
+	var ready []*conn
+	for {
+		err := rc.Read(func(fd uintptr) bool {
+			for {
+				n, err := syscall.EpollWait(int(fd), events, 0)
+				if errors.Is(err, syscall.EINTR) {
+					continue
+				}
+				if n <= 0 {
+					return false // nothing ready: park until the instance is readable
+				}
+				p.mu.Lock()
+				for _, ev := range events[:n] {
+					if c := p.conns[ev.Fd]; c != nil {
+						ready = append(ready, c)
+					}
+				}
+				p.mu.Unlock()
+				return true
+			}
+		})
+		if err != nil {
+			return // closed: nothing is registered any more
+		}
+		for _, c := range ready {
+			p.dispatch(c)
+		}
+		clear(ready)
+		ready = ready[:0]
+	}
+}

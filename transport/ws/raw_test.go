@@ -1,0 +1,347 @@
+package ws
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hubd/hub/hub"
+	"github.com/hubd/hub/transport/auth"
+)
+
+// These tests speak WebSocket frame by frame over a real socket, to check
+// the endpoint's own reader: early data, frames split across reads,
+// fragmentation with a ping in the middle, the closing handshake, protocol
+// errors and the pong timeout.
+
+const rawSecret = "raw-secret-raw-secret-raw-secret-raw!"
+
+type rawEnv struct {
+	hub *hub.Hub
+	h   *Handler
+	srv *httptest.Server
+}
+
+func newRawEnv(t *testing.T, heartbeat, pongTimeout time.Duration) *rawEnv {
+	t.Helper()
+	e := &rawEnv{}
+	e.hub = hub.New(hub.Options{Node: "n", Heartbeat: heartbeat, HistorySize: 10, HistoryTTL: time.Hour, Logger: slog.New(slog.DiscardHandler)})
+	e.hub.Start()
+	v, err := auth.New(context.Background(), auth.Options{Secret: rawSecret})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.h = New(Options{Hub: e.hub, Auth: v, PongTimeout: pongTimeout, Logger: slog.New(slog.DiscardHandler)})
+	e.srv = httptest.NewServer(e.h)
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_ = e.hub.Shutdown(ctx)
+		e.h.Wait()
+		e.srv.Close()
+		v.Close()
+	})
+	return e
+}
+
+type rawClient struct {
+	t  *testing.T
+	c  net.Conn
+	br *bufio.Reader
+}
+
+// dial upgrades a raw connection for user; extra is written right after
+// the upgrade request, in the same write.
+func (e *rawEnv) dial(t *testing.T, user string, extra []byte) *rawClient {
+	t.Helper()
+	tok, err := auth.Mint(rawSecret, "HS256", user, nil, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := net.Dial("tcp", strings.TrimPrefix(e.srv.URL, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	req := "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
+		"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n" +
+		"Authorization: Bearer " + tok + "\r\n\r\n"
+	if _, err := c.Write(append([]byte(req), extra...)); err != nil {
+		t.Fatal(err)
+	}
+	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	br := bufio.NewReader(c)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != http.StatusSwitchingProtocols {
+		t.Fatalf("handshake: %d", resp.StatusCode)
+	}
+	rc := &rawClient{t: t, c: c, br: br}
+	if typ := rc.nextEvent(); typ != "hub.connected" {
+		t.Fatalf("first event %q", typ)
+	}
+	return rc
+}
+
+// maskedFrame builds a masked client frame.
+func maskedFrame(fin bool, op byte, payload []byte) []byte {
+	b0 := op
+	if fin {
+		b0 |= 0x80
+	}
+	b := []byte{b0}
+	switch n := len(payload); {
+	case n <= 125:
+		b = append(b, 0x80|byte(n))
+	case n <= 0xffff:
+		b = append(b, 0x80|126, byte(n>>8), byte(n))
+	default:
+		b = append(b, 0x80|127)
+		b = binary.BigEndian.AppendUint64(b, uint64(n))
+	}
+	key := []byte{0x12, 0x34, 0x56, 0x78}
+	b = append(b, key...)
+	for i, c := range payload {
+		b = append(b, c^key[i&3])
+	}
+	return b
+}
+
+func (r *rawClient) write(b []byte) {
+	r.t.Helper()
+	if _, err := r.c.Write(b); err != nil {
+		r.t.Fatal(err)
+	}
+}
+
+// frame reads the next server frame (10 s at most).
+func (r *rawClient) frame() (op byte, payload []byte, err error) {
+	_ = r.c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	fin, op, payload, err := readFrame(r.br)
+	if err == nil && !fin {
+		err = errors.New("the server fragmented a frame")
+	}
+	return op, payload, err
+}
+
+// nextEvent reads frames until a text frame and returns its envelope type,
+// answering pings on the way.
+func (r *rawClient) nextEvent() string {
+	r.t.Helper()
+	for {
+		op, p, err := r.frame()
+		if err != nil {
+			r.t.Fatalf("reading: %v", err)
+		}
+		switch op {
+		case opPing:
+			r.write(maskedFrame(true, opPong, p))
+		case opText:
+			var env struct{ Type string }
+			if err := json.Unmarshal(p, &env); err != nil {
+				r.t.Fatalf("server text frame is not JSON: %q", p)
+			}
+			return env.Type
+		default:
+			r.t.Fatalf("unexpected frame opcode %d %q", op, p)
+		}
+	}
+}
+
+// closed reads until the server's close frame and returns its code, then
+// checks that the server closes the socket.
+func (r *rawClient) closed() int {
+	r.t.Helper()
+	for {
+		op, p, err := r.frame()
+		if err != nil {
+			r.t.Fatalf("reading until the close frame: %v", err)
+		}
+		if op != opClose {
+			continue
+		}
+		if len(p) < 2 {
+			r.t.Fatalf("close frame without a code: %q", p)
+		}
+		r.eof()
+		return int(binary.BigEndian.Uint16(p))
+	}
+}
+
+// eof checks that the server closes the socket (no frame comes first).
+func (r *rawClient) eof() {
+	r.t.Helper()
+	_ = r.c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	b, err := r.br.ReadByte()
+	if err == nil {
+		r.t.Fatalf("byte %#x after the close", b)
+	}
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		r.t.Fatal("the server did not close the socket")
+	}
+	if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) && !strings.Contains(err.Error(), "reset") {
+		r.t.Fatalf("after the close: %v", err)
+	}
+}
+
+func TestRawEarlyDataSplitFramesFragmentation(t *testing.T) {
+	e := newRawEnv(t, time.Hour, 10*time.Second)
+	// A frame sent in the same write as the upgrade request is read.
+	r := e.dial(t, "u1", maskedFrame(true, opText, []byte(`{"type":"NOPE"}`)))
+	if typ := r.nextEvent(); typ != "hub.error" {
+		t.Fatalf("early frame answered with %q, want hub.error", typ)
+	}
+	// A fragmented message with a ping between its fragments, written one
+	// byte at a time.
+	var msg []byte
+	msg = append(msg, maskedFrame(false, opText, []byte(`{"type"`))...)
+	msg = append(msg, maskedFrame(true, opPing, []byte("p1"))...)
+	msg = append(msg, maskedFrame(false, opContinuation, []byte(`:"NO`))...)
+	msg = append(msg, maskedFrame(true, opContinuation, []byte(`PE"}`))...)
+	for _, b := range msg {
+		r.write([]byte{b})
+	}
+	op, p, err := r.frame()
+	if err != nil || op != opPong || string(p) != "p1" {
+		t.Fatalf("answer to the ping: opcode %d %q %v; want a pong with its payload", op, p, err)
+	}
+	if typ := r.nextEvent(); typ != "hub.error" {
+		t.Fatalf("fragmented message answered with %q, want hub.error", typ)
+	}
+	// A message over 125 bytes (16-bit length) is read too, and the
+	// connection still gets events.
+	r.write(maskedFrame(true, opText, []byte(`{"type":"hub.pong","pad":"`+strings.Repeat("x", 300)+`"}`)))
+	if _, err := e.hub.Publish(context.Background(), []string{"u1"}, "A", json.RawMessage(`1`)); err != nil {
+		t.Fatal(err)
+	}
+	if typ := r.nextEvent(); typ != "A" {
+		t.Fatalf("got %q, want the event A", typ)
+	}
+}
+
+func TestRawClosingHandshake(t *testing.T) {
+	e := newRawEnv(t, time.Hour, 10*time.Second)
+	t.Run("client close is echoed", func(t *testing.T) {
+		r := e.dial(t, "u1", nil)
+		r.write(maskedFrame(true, opClose, append([]byte{0x0f, 0xa0}, "bye"...))) // 4000
+		if code := r.closed(); code != 4000 {
+			t.Fatalf("echoed %d, want 4000", code)
+		}
+	})
+	t.Run("server close waits for the client", func(t *testing.T) {
+		r := e.dial(t, "u2", nil)
+		if n := e.hub.DisconnectUser("u2"); n != 1 {
+			t.Fatalf("disconnected %d", n)
+		}
+		for {
+			op, p, err := r.frame()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if op != opClose {
+				continue
+			}
+			if code := binary.BigEndian.Uint16(p); code != 4003 || string(p[2:]) != "disconnected by server" {
+				t.Fatalf("close %d %q", code, p[2:])
+			}
+			break
+		}
+		r.write(maskedFrame(true, opClose, []byte{0x0f, 0xa3}))
+		r.eof()
+	})
+	for _, tt := range []struct {
+		name  string
+		frame []byte
+		want  int
+	}{
+		{"unmasked frame", []byte{0x81, 0x02, 'h', 'i'}, closeProtocolError},
+		{"reserved bits", append([]byte{0xc1}, maskedFrame(true, opText, []byte("{}"))[1:]...), closeProtocolError},
+		{"unknown opcode", maskedFrame(true, 0x3, nil), closeProtocolError},
+		{"fragmented ping", maskedFrame(false, opPing, nil), closeProtocolError},
+		{"continuation without a message", maskedFrame(true, opContinuation, []byte("x")), closeProtocolError},
+		{"close code 1005", maskedFrame(true, opClose, []byte{0x03, 0xed}), closeProtocolError},
+		{"one-byte close", maskedFrame(true, opClose, []byte{0x03}), closeProtocolError},
+		{"binary", maskedFrame(true, opBinary, []byte("x")), closeUnsupportedData},
+		{"frame over the limit", maskedFrame(true, opText, make([]byte, MaxFrame+1)), closeMessageTooBig},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			r := e.dial(t, "u3", nil)
+			r.write(tt.frame)
+			if tt.want == closeUnsupportedData { // a close the client answers
+				for {
+					op, p, err := r.frame()
+					if err != nil {
+						t.Fatal(err)
+					}
+					if op == opClose {
+						if code := int(binary.BigEndian.Uint16(p)); code != tt.want {
+							t.Fatalf("close %d, want %d", code, tt.want)
+						}
+						break
+					}
+				}
+				r.write(maskedFrame(true, opClose, p2(tt.want)))
+				r.eof()
+				return
+			}
+			if code := r.closed(); code != tt.want {
+				t.Fatalf("close %d, want %d", code, tt.want)
+			}
+		})
+	}
+}
+
+func p2(code int) []byte { return binary.BigEndian.AppendUint16(nil, uint16(code)) }
+
+func TestRawPongTimeout(t *testing.T) {
+	e := newRawEnv(t, 50*time.Millisecond, 300*time.Millisecond)
+	// A client that answers pings stays connected across several pong
+	// timeouts and still gets events.
+	good := e.dial(t, "good", nil)
+	silent := e.dial(t, "silent", nil)
+	pings := 0
+	for pings < 10 {
+		op, p, err := good.frame()
+		if err != nil {
+			t.Fatalf("the answering client: %v", err)
+		}
+		if op == opPing {
+			pings++
+			good.write(maskedFrame(true, opPong, p))
+		}
+	}
+	// The silent client (it reads but never answers) is dropped, without a
+	// close frame.
+	for {
+		op, _, err := silent.frame()
+		if err != nil {
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				t.Fatal("a client that never answers pings was not dropped")
+			}
+			break
+		}
+		if op == opClose {
+			t.Fatal("a dead client got a close frame; it is dropped")
+		}
+	}
+	if _, err := e.hub.Publish(context.Background(), []string{"good"}, "A", json.RawMessage(`1`)); err != nil {
+		t.Fatal(err)
+	}
+	if typ := good.nextEvent(); typ != "A" && typ != "hub.ping" {
+		t.Fatalf("got %q", typ)
+	}
+}
