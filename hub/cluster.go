@@ -63,6 +63,7 @@ func (h *Hub) registerCluster(c *Conn, info ConnInfo) (*Conn, error) {
 	}
 	c.pending = true
 	us.conns = append(us.conns, c)
+	s.addLocked(c)
 	c.nextBeat = time.Now().UnixNano() + int64(h.opts.Heartbeat)/2 + int64(c.num*7919%uint64(h.opts.Heartbeat/2+1))
 	s.mu.Unlock()
 	h.transportCounter(info.Transport).Add(1)
@@ -195,6 +196,7 @@ func (h *Hub) acquireSlot(ctx context.Context, c *Conn, us *userState) error {
 // Deliver queues an event that the broker received for user ("" for a
 // broadcast to everyone) on this node's connections of that user.
 func (h *Hub) Deliver(user string, m *Message) {
+	h.activity.Add(1)
 	if user != "" {
 		s := h.shardOf(user)
 		s.mu.Lock()
@@ -208,10 +210,8 @@ func (h *Hub) Deliver(user string, m *Message) {
 	}
 	for _, s := range h.shards {
 		s.mu.Lock()
-		for _, us := range s.users {
-			for _, c := range us.conns {
-				c.enqueue(m)
-			}
+		for _, c := range s.all {
+			c.enqueue(m)
 		}
 		s.mu.Unlock()
 	}

@@ -27,25 +27,28 @@ type Sink interface {
 // Conn is one registered connection. Its queue is filled by the hub and
 // drained by the transport's single writer through Next.
 type Conn struct {
+	// What enqueue touches comes first, so that a broadcast's walk over
+	// thousands of connections reads one or two cache lines of each.
+	mu        sync.Mutex
+	scheduled bool
+	dead      bool
+	active    bool
+	unreg     bool
+	pending   bool // registering in cluster mode: live events wait in pend
+	closing   *Reason
+	limit     int
+	q         []*Message
+	lastSeq   uint64 // position of the last event queued (deduplicates replay overlaps)
+	sink      Sink
 	hub       *Hub
+	lastID    string     // id of the last event queued, or the position at connect
+	pend      []*Message // live events that came while pending
+
 	id        string
 	num       uint64
 	user      string
 	transport string
-	sink      Sink
-
-	mu        sync.Mutex
-	q         []*Message
-	limit     int
-	scheduled bool
-	closing   *Reason
-	dead      bool
-	active    bool
-	unreg     bool
-	pending   bool       // registering in cluster mode: live events wait in pend
-	pend      []*Message // live events that came while pending
-	lastSeq   uint64     // position of the last event queued (deduplicates replay overlaps)
-	lastID    string     // id of the last event queued, or the position at connect
+	slot      int // index in the shard's list of connections; guarded by the shard lock
 
 	expires  atomic.Int64 // token expiry, unix nanoseconds; 0 = none
 	nextBeat int64        // unix nanoseconds; guarded by the shard lock

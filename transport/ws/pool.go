@@ -23,13 +23,14 @@ import (
 const writerSlice = time.Millisecond
 
 type writerPool struct {
-	mu      sync.Mutex
-	q       []*conn
-	head    int
-	workers int
-	max     int
-	slice   time.Duration
-	wg      *sync.WaitGroup
+	mu       sync.Mutex
+	q        []*conn
+	head     int
+	workers  int
+	max      int
+	slice    time.Duration
+	activity func() uint64 // hub.Activity: changes while publishers work
+	wg       *sync.WaitGroup
 }
 
 // push queues c (woken: its queue went from empty to non-empty) and starts
@@ -72,13 +73,32 @@ func (p *writerPool) pop() *conn {
 func (p *writerPool) work() {
 	defer p.wg.Done()
 	start := time.Now()
+	var seen uint64
+	var busy time.Time // when publishers were last seen at work
+	if p.activity != nil {
+		seen, busy = p.activity(), start
+	}
 	for c := p.pop(); c != nil; c = p.pop() {
 		c.drain()
-		if p.slice > 0 && time.Since(start) > p.slice {
-			// Let the scheduler poll the network: publishers whose
-			// requests wait there get the processor before more writes.
-			time.Sleep(time.Microsecond)
+		if p.slice <= 0 {
+			continue
+		}
+		if now := time.Now(); now.Sub(start) > p.slice {
+			// While publishers are at work, let the scheduler poll the
+			// network: their requests waiting there get the processor
+			// before more writes. The pause costs up to a millisecond
+			// when nothing is waiting, so not once publishers are quiet.
+			if a := p.activity(); a != seen {
+				seen, busy = a, now
+			}
+			if now.Sub(busy) < publishersQuiet {
+				time.Sleep(time.Microsecond)
+			}
 			start = time.Now()
 		}
 	}
 }
+
+// publishersQuiet is how long without a publish before pool writers stop
+// pausing for publishers.
+const publishersQuiet = 50 * time.Millisecond

@@ -76,7 +76,7 @@ func New(o Options) *Handler {
 		o.Logger = slog.Default()
 	}
 	h := &Handler{o: o, log: o.Logger}
-	h.pool = &writerPool{max: runtime.GOMAXPROCS(0), slice: writerSlice, wg: &h.wg}
+	h.pool = &writerPool{max: runtime.GOMAXPROCS(0), slice: writerSlice, activity: o.Hub.Activity, wg: &h.wg}
 	h.poll = newPoller(&h.wg, h.dispatch)
 	h.pinger.h = h
 	return h
