@@ -103,6 +103,9 @@ func objectFields(raw json.RawMessage, prefix string, fields []string) (map[stri
 	if len(raw) == 0 || raw[0] != '{' {
 		return nil, invalidRequest("%s must be a JSON object", what)
 	}
+	if m, ok := fastFields(raw, fields); ok {
+		return m, nil
+	}
 	var m map[string]json.RawMessage
 	if err := json.Unmarshal(raw, &m); err != nil {
 		return nil, invalidRequest("%s must be a JSON object", what)
@@ -149,8 +152,10 @@ func parseMessage(f map[string]json.RawMessage, prefix string) (*message, *apiEr
 	m := &message{}
 
 	hasIDs := !isNull(f["userIds"])
-	if raw := f["all"]; !isNull(raw) {
-		if err := json.Unmarshal(raw, &m.all); err != nil {
+	if raw := f["all"]; !isNull(raw) && string(raw) != "false" {
+		if string(raw) == "true" {
+			m.all = true
+		} else if err := json.Unmarshal(raw, &m.all); err != nil {
 			return nil, invalidRequest("%s: must be a boolean", path(prefix, "all"))
 		}
 	}
@@ -164,16 +169,20 @@ func parseMessage(f map[string]json.RawMessage, prefix string) (*message, *apiEr
 		if raw[0] != '[' {
 			return nil, invalidRequest("%s: must be an array of strings", path(prefix, "userIds"))
 		}
-		var elems []json.RawMessage
-		if err := json.Unmarshal(raw, &elems); err != nil {
-			return nil, invalidRequest("%s: must be an array of strings", path(prefix, "userIds"))
+		elems, ok := fastArray(raw)
+		if !ok {
+			if err := json.Unmarshal(raw, &elems); err != nil {
+				return nil, invalidRequest("%s: must be an array of strings", path(prefix, "userIds"))
+			}
 		}
 		if len(elems) == 0 || len(elems) > MaxUserIDs {
 			return nil, invalidRequest("%s: must hold 1 to %d user ids (got %d)", path(prefix, "userIds"), MaxUserIDs, len(elems))
 		}
 		m.userIDs = make([]string, len(elems))
 		for i, e := range elems {
-			if len(e) == 0 || e[0] != '"' || json.Unmarshal(e, &m.userIDs[i]) != nil {
+			if id, ok := simpleString(e); ok {
+				m.userIDs[i] = id
+			} else if len(e) == 0 || e[0] != '"' || json.Unmarshal(e, &m.userIDs[i]) != nil {
 				return nil, invalidRequest("%s[%d]: must be a string", path(prefix, "userIds"), i)
 			}
 			if id := m.userIDs[i]; id == "" || len(id) > MaxUserIDLen {
@@ -186,7 +195,9 @@ func parseMessage(f map[string]json.RawMessage, prefix string) (*message, *apiEr
 	if isNull(raw) {
 		return nil, invalidRequest("%s: required", path(prefix, "type"))
 	}
-	if raw[0] != '"' || json.Unmarshal(raw, &m.typ) != nil {
+	if t, ok := simpleString(raw); ok {
+		m.typ = t
+	} else if raw[0] != '"' || json.Unmarshal(raw, &m.typ) != nil {
 		return nil, invalidRequest("%s: must be a string", path(prefix, "type"))
 	}
 	if err := hub.ValidateType(m.typ); err != nil {
@@ -199,7 +210,9 @@ func parseMessage(f map[string]json.RawMessage, prefix string) (*message, *apiEr
 	}
 
 	if raw := f["idempotencyKey"]; !isNull(raw) {
-		if raw[0] != '"' || json.Unmarshal(raw, &m.key) != nil {
+		if k, ok := simpleString(raw); ok {
+			m.key = k
+		} else if raw[0] != '"' || json.Unmarshal(raw, &m.key) != nil {
 			return nil, invalidRequest("%s: must be a string", path(prefix, "idempotencyKey"))
 		}
 		if m.key == "" || len(m.key) > MaxIdempotencyKeyLen {
@@ -337,8 +350,12 @@ func (a *API) batch(w http.ResponseWriter, r *http.Request) {
 		invalidRequest("messages: required (1 to %d messages)", MaxBatch).write(w)
 		return
 	}
-	var msgs []json.RawMessage
-	if raw[0] != '[' || json.Unmarshal(raw, &msgs) != nil {
+	if raw[0] != '[' {
+		invalidRequest("messages: must be an array of broadcast objects").write(w)
+		return
+	}
+	msgs, ok := fastArray(raw)
+	if !ok && json.Unmarshal(raw, &msgs) != nil {
 		invalidRequest("messages: must be an array of broadcast objects").write(w)
 		return
 	}
@@ -358,9 +375,31 @@ func (a *API) batch(w http.ResponseWriter, r *http.Request) {
 		}
 		results[i].err = e
 	}
-	httpx.WriteJSON(w, http.StatusAccepted, struct {
-		Results []batchResult `json:"results"`
-	}{results})
+	out, err := joinResults(results)
+	if err != nil { // our own types: cannot happen
+		httpx.WriteError(w, http.StatusInternalServerError, codeInternal, "could not encode the answer")
+		return
+	}
+	writeRaw(w, http.StatusAccepted, out)
+}
+
+// joinResults is the batch answer, {"results":[...]}. The answers are
+// compact JSON already: joining them gives the bytes json.Marshal would,
+// without re-scanning each.
+func joinResults(results []batchResult) ([]byte, error) {
+	out := make([]byte, 0, 16+len(results)*96)
+	out = append(out, `{"results":[`...)
+	for i, r := range results {
+		if i > 0 {
+			out = append(out, ',')
+		}
+		b, err := r.MarshalJSON()
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, b...)
+	}
+	return append(out, "]}"...), nil
 }
 
 // writeRaw writes a JSON body that is already encoded.

@@ -1,0 +1,99 @@
+package api
+
+import (
+	"bytes"
+	"encoding/json"
+	"maps"
+	"slices"
+	"testing"
+
+	"github.com/hubd/hub/hub"
+)
+
+// FuzzFastJSON checks the fast paths against encoding/json on valid JSON:
+// whenever a fast path answers, it must answer what encoding/json does.
+func FuzzFastJSON(f *testing.F) {
+	for _, s := range []string{
+		`{"userIds":["a","b"],"type":"T","payload":{"x":[1,"]}",{"y":null}]},"idempotencyKey":"k"}`,
+		`{"all":true,"type":"T","payload":"s\"tr"}`,
+		`{"type":"A","type":"B"}`,
+		` { "payload" : [ ] , "all" : false } `,
+		`{"us\u0065rIds":["x"]}`,
+		`["a", "b\\c", 1, {"k":"v"}, [], "\u00e9"]`,
+		`{}`, `[]`, `"plain"`, `"caf\u00e9"`, "\"\xff\"", `12.5e3`,
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		if !json.Valid(data) {
+			return
+		}
+		if m, ok := fastFields(data, broadcastFields); ok {
+			var want map[string]json.RawMessage
+			if err := json.Unmarshal(data, &want); err != nil {
+				t.Fatalf("fastFields accepted %q, encoding/json: %v", data, err)
+			}
+			if !maps.EqualFunc(m, want, func(a, b json.RawMessage) bool { return bytes.Equal(a, b) }) {
+				t.Fatalf("fastFields(%q) = %q, encoding/json %q", data, m, want)
+			}
+		}
+		if a, ok := fastArray(data); ok {
+			var want []json.RawMessage
+			if err := json.Unmarshal(data, &want); err != nil {
+				t.Fatalf("fastArray accepted %q, encoding/json: %v", data, err)
+			}
+			if !slices.EqualFunc(a, want, func(a, b json.RawMessage) bool { return bytes.Equal(a, b) }) {
+				t.Fatalf("fastArray(%q) = %q, encoding/json %q", data, a, want)
+			}
+		}
+		if s, ok := simpleString(data); ok {
+			var want string
+			if err := json.Unmarshal(data, &want); err != nil || s != want {
+				t.Fatalf("simpleString(%q) = %q, encoding/json %q (%v)", data, s, want, err)
+			}
+		}
+	})
+}
+
+func TestFastPathsFallBack(t *testing.T) {
+	// escaped keys, unknown keys and escaped strings go to encoding/json
+	if _, ok := fastFields([]byte(`{"us\u0065rIds":["x"]}`), broadcastFields); ok {
+		t.Fatal("an escaped key took the fast path")
+	}
+	if _, ok := fastFields([]byte(`{"UserIds":["x"]}`), broadcastFields); ok {
+		t.Fatal("an unknown key took the fast path")
+	}
+	if _, ok := simpleString([]byte(`"a\nb"`)); ok {
+		t.Fatal("an escaped string took the fast path")
+	}
+	m, ok := fastFields([]byte(`{"type":"A","payload":{"a":"}"},"type":"B"}`), broadcastFields)
+	if !ok || string(m["type"]) != `"B"` || string(m["payload"]) != `{"a":"}"}` {
+		t.Fatalf("got %q %v", m, ok)
+	}
+}
+
+func TestJoinResultsIsMarshal(t *testing.T) {
+	// answers are json.Marshal's output (HTML characters escaped)
+	first, err := json.Marshal(usersAnswer{Events: []hub.UserEvent{{UserID: "a<b&c", ID: "E-1"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	results := []batchResult{
+		{answer: first},
+		{err: invalidRequest("messages[1].type: must be a string")},
+		{answer: json.RawMessage(`{"id":"E-2"}`)},
+	}
+	got, err := joinResults(results)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := json.Marshal(struct {
+		Results []batchResult `json:"results"`
+	}{results})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatalf("joined %s\nmarshal %s", got, want)
+	}
+}
