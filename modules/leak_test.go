@@ -1,3 +1,5 @@
+//go:build unix
+
 package modules_test
 
 import (

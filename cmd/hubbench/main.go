@@ -25,7 +25,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"syscall"
 	"time"
 )
 
@@ -159,22 +158,6 @@ func run(args []string, stdout io.Writer) error {
 	}
 	if res.Error != "" {
 		return errors.New(res.Error)
-	}
-	return nil
-}
-
-// raiseFileLimit raises RLIMIT_NOFILE's soft limit to the hard limit.
-func raiseFileLimit() error {
-	var lim syscall.Rlimit
-	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
-		return fmt.Errorf("get file limit: %w", err)
-	}
-	if lim.Cur >= lim.Max {
-		return nil
-	}
-	lim.Cur = lim.Max
-	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
-		return fmt.Errorf("raise file limit: %w", err)
 	}
 	return nil
 }

@@ -38,15 +38,7 @@ type corkConn struct {
 }
 
 func newCorkConn(nc net.Conn, timeout time.Duration) *corkConn {
-	c := &corkConn{Conn: nc, timeout: timeout}
-	if sc, ok := nc.(syscall.Conn); ok {
-		if _, isTCP := nc.(*net.TCPConn); isTCP {
-			if raw, err := sc.SyscallConn(); err == nil {
-				c.raw = raw
-			}
-		}
-	}
-	return c
+	return &corkConn{Conn: nc, timeout: timeout, raw: rawOf(nc)}
 }
 
 // errClosed is returned for frames offered after the close frame.
@@ -144,66 +136,6 @@ func (c *corkConn) commitLocked() (pending bool, err error) {
 	c.buf = c.buf[:rest]
 	c.owned = true
 	return true, nil
-}
-
-// tryRead reads what the socket holds into b without waiting: 0 bytes and
-// no error when there is nothing, io.EOF when the peer has closed.
-func (c *corkConn) tryRead(b []byte) (int, error) {
-	var n int
-	var rerr error
-	err := c.raw.Read(func(fd uintptr) bool {
-		for {
-			k, e := syscall.Read(int(fd), b)
-			switch {
-			case e == syscall.EINTR:
-				continue
-			case e == syscall.EAGAIN:
-			case e != nil:
-				rerr = e
-			case k == 0:
-				rerr = io.EOF
-			default:
-				n = k
-			}
-			return true
-		}
-	})
-	if err != nil {
-		return 0, err
-	}
-	return n, rerr
-}
-
-// tryWrite writes b with non-blocking write(2) calls until the kernel
-// takes no more; it never waits.
-func (c *corkConn) tryWrite(b []byte) (int, error) {
-	var n int
-	var werr error
-	err := c.raw.Write(func(fd uintptr) bool {
-		for n < len(b) {
-			k, e := syscall.Write(int(fd), b[n:])
-			if k > 0 {
-				n += k
-			}
-			switch {
-			case e == syscall.EINTR:
-				continue
-			case e == syscall.EAGAIN:
-				return true
-			case e != nil:
-				werr = e
-				return true
-			case k == 0:
-				werr = errors.New("write returned 0 bytes")
-				return true
-			}
-		}
-		return true
-	})
-	if err != nil {
-		return n, err
-	}
-	return n, werr
 }
 
 // flush is the owner's loop: it writes the buffer, outside the lock and

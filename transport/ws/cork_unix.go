@@ -1,0 +1,84 @@
+//go:build unix
+
+package ws
+
+import (
+	"errors"
+	"io"
+	"net"
+	"syscall"
+)
+
+// rawOf gives the socket of a plain TCP connection, for non-blocking reads
+// and writes; nil for anything else (TLS).
+func rawOf(nc net.Conn) syscall.RawConn {
+	tc, ok := nc.(*net.TCPConn)
+	if !ok {
+		return nil
+	}
+	raw, err := tc.SyscallConn()
+	if err != nil {
+		return nil
+	}
+	return raw
+}
+
+// tryRead reads what the socket holds into b without waiting: 0 bytes and
+// no error when there is nothing, io.EOF when the peer has closed.
+func (c *corkConn) tryRead(b []byte) (int, error) {
+	var n int
+	var rerr error
+	err := c.raw.Read(func(fd uintptr) bool {
+		for {
+			k, e := syscall.Read(int(fd), b)
+			switch {
+			case e == syscall.EINTR:
+				continue
+			case e == syscall.EAGAIN:
+			case e != nil:
+				rerr = e
+			case k == 0:
+				rerr = io.EOF
+			default:
+				n = k
+			}
+			return true
+		}
+	})
+	if err != nil {
+		return 0, err
+	}
+	return n, rerr
+}
+
+// tryWrite writes b with non-blocking write(2) calls until the kernel
+// takes no more; it never waits.
+func (c *corkConn) tryWrite(b []byte) (int, error) {
+	var n int
+	var werr error
+	err := c.raw.Write(func(fd uintptr) bool {
+		for n < len(b) {
+			k, e := syscall.Write(int(fd), b[n:])
+			if k > 0 {
+				n += k
+			}
+			switch {
+			case e == syscall.EINTR:
+				continue
+			case e == syscall.EAGAIN:
+				return true
+			case e != nil:
+				werr = e
+				return true
+			case k == 0:
+				werr = errors.New("write returned 0 bytes")
+				return true
+			}
+		}
+		return true
+	})
+	if err != nil {
+		return n, err
+	}
+	return n, werr
+}
