@@ -35,18 +35,21 @@ const pollEvents = syscall.EPOLLIN | syscall.EPOLLRDHUP | syscall.EPOLLONESHOT
 // up) and must then be re-armed.
 func (p *poller) add(c *conn, fd int) error {
 	p.mu.Lock()
-	defer p.mu.Unlock()
 	if p.f == nil {
 		if err := p.startLocked(); err != nil {
+			p.mu.Unlock()
 			return err
 		}
 	}
 	ev := syscall.EpollEvent{Events: pollEvents, Fd: int32(fd)}
 	if err := syscall.EpollCtl(p.epfd, syscall.EPOLL_CTL_ADD, fd, &ev); err != nil {
-		p.stopIfEmptyLocked()
+		f := p.detachIfEmptyLocked()
+		p.mu.Unlock()
+		closeFile(f)
 		return os.NewSyscallError("epoll_ctl add", err)
 	}
 	p.conns[int32(fd)] = c
+	p.mu.Unlock()
 	return nil
 }
 
@@ -85,21 +88,33 @@ func (p *poller) rearm(c *conn, fd int) {
 // remove unregisters c; call it before the socket is closed.
 func (p *poller) remove(c *conn, fd int) {
 	p.mu.Lock()
-	defer p.mu.Unlock()
 	if p.conns[int32(fd)] != c {
+		p.mu.Unlock()
 		return
 	}
 	delete(p.conns, int32(fd))
 	_ = syscall.EpollCtl(p.epfd, syscall.EPOLL_CTL_DEL, fd, nil)
-	p.stopIfEmptyLocked()
+	f := p.detachIfEmptyLocked()
+	p.mu.Unlock()
+	closeFile(f)
 }
 
-// stopIfEmptyLocked closes the epoll instance when nothing is registered:
-// the loop wakes with an error and ends.
-func (p *poller) stopIfEmptyLocked() {
-	if len(p.conns) == 0 && p.f != nil {
-		_ = p.f.Close()
-		p.f, p.epfd = nil, -1
+// detachIfEmptyLocked lets the epoll instance go when nothing is
+// registered; the caller closes it after unlocking (closing waits for the
+// loop's read, which may itself be waiting for p.mu), and the loop then
+// wakes with an error and ends. A later add starts a new instance.
+func (p *poller) detachIfEmptyLocked() *os.File {
+	if len(p.conns) > 0 || p.f == nil {
+		return nil
+	}
+	f := p.f
+	p.f, p.epfd = nil, -1
+	return f
+}
+
+func closeFile(f *os.File) {
+	if f != nil {
+		_ = f.Close()
 	}
 }
 

@@ -345,3 +345,27 @@ func TestRawPongTimeout(t *testing.T) {
 		t.Fatalf("got %q", typ)
 	}
 }
+
+// TestRawChurnOneConnection opens and drops a lone connection many times,
+// each sending a frame as it goes (half of them a close frame too): the
+// poller starts an epoll instance with each first connection and lets it go
+// with the last, and every connection must be torn down whichever way it
+// ends.
+func TestRawChurnOneConnection(t *testing.T) {
+	e := newRawEnv(t, time.Hour, 10*time.Second)
+	for i := range 200 {
+		r := e.dial(t, "churn", nil)
+		r.write(maskedFrame(true, opText, []byte(`{"type":"hub.pong"}`)))
+		if i%2 == 0 {
+			r.write(maskedFrame(true, opClose, p2(closeNormal)))
+		}
+		_ = r.c.Close()
+		deadline := time.Now().Add(10 * time.Second)
+		for e.hub.Stats().TotalConnections != 0 {
+			if time.Now().After(deadline) {
+				t.Fatalf("iteration %d: the connection was never torn down", i)
+			}
+			time.Sleep(time.Millisecond) // polling interval
+		}
+	}
+}
