@@ -110,32 +110,55 @@ func (c *corkConn) checkLocked() error {
 }
 
 // commitLocked writes the buffer at once unless a goroutine already owns
-// the socket (it will write it). On a plain socket the write never blocks:
-// pending reports that the kernel did not take everything, and the caller
-// must then run flush on a goroutine of its own. On other connections
-// (TLS) every batch is pending.
+// the socket (it will write it). The caller holds c.mu; the write itself
+// happens with the lock released (this caller owns the socket meanwhile,
+// and frames that come then join a fresh buffer and are written next). On
+// a plain socket the write never blocks: pending reports that the kernel
+// did not take everything, and the caller must then run flush on a
+// goroutine of its own. On other connections (TLS) every batch is pending.
 func (c *corkConn) commitLocked() (pending bool, err error) {
 	if c.owned {
 		return false, nil
 	}
+	c.owned = true
 	if c.raw == nil {
-		c.owned = true
 		return true, nil
 	}
-	n, err := c.tryWrite(c.buf)
-	if err != nil {
-		c.err = err
-		c.releaseBufLocked()
-		return false, err
+	for len(c.buf) > 0 {
+		out, op := c.buf, c.bp
+		c.buf, c.bp = nil, nil
+		c.mu.Unlock()
+		n, err := c.tryWrite(out)
+		c.mu.Lock()
+		if err != nil {
+			c.err = err
+			c.owned = false
+			putBack(op, out)
+			c.releaseBufLocked()
+			return false, err
+		}
+		if n < len(out) {
+			// The socket is full: what it did not take goes before what
+			// came meanwhile, and the caller's flush goroutine writes it.
+			rest := copy(out, out[n:])
+			out = append(out[:rest], c.buf...)
+			putBack(c.bp, c.buf)
+			c.buf, c.bp = out, op
+			return true, nil
+		}
+		putBack(op, out)
 	}
-	if n == len(c.buf) {
-		c.releaseBufLocked()
-		return false, nil
+	c.owned = false
+	c.releaseBufLocked()
+	return false, nil
+}
+
+// putBack returns a written buffer to the pool.
+func putBack(bp *[]byte, b []byte) {
+	if bp != nil {
+		*bp = b[:0]
+		putBuf(bp)
 	}
-	rest := copy(c.buf, c.buf[n:])
-	c.buf = c.buf[:rest]
-	c.owned = true
-	return true, nil
 }
 
 // flush is the owner's loop: it writes the buffer, outside the lock and
