@@ -5,6 +5,7 @@
 //	hubctl tail        print a user's events as they come (WebSocket or SSE)
 //	hubctl stats       print the node's connection stats (admin JWT)
 //	hubctl disconnect  close every connection of a user
+//	hubctl bench       measure a hub on loopback (hubbench: idle, fanout, unicast)
 //
 // Environment: HUB_URL (default http://localhost:8080), HUB_API_KEY,
 // HUB_TOKEN, and HUB_JWT_SECRET for `hubctl token`. Exit status: 0 on

@@ -1,4 +1,4 @@
-package main
+package bench
 
 import (
 	"bytes"
@@ -73,6 +73,8 @@ type pcts struct {
 }
 
 type bench struct {
+	name      string    // the command, for messages
+	stderr    io.Writer // warnings
 	o         options
 	base, api *url.URL
 	clients   []*client
@@ -410,7 +412,7 @@ func (b *bench) publish(ctx context.Context, eventUser []int32) (lats []int64, c
 		if err != nil {
 			errs++
 			if errs == 1 {
-				fmt.Fprintln(os.Stderr, "hubbench: publish:", err)
+				fmt.Fprintln(b.stderr, b.name+": publish:", err)
 			}
 		}
 	}

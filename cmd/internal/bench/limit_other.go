@@ -1,6 +1,6 @@
 //go:build !unix
 
-package main
+package bench
 
 // raiseFileLimit: only Unix systems have RLIMIT_NOFILE.
 func raiseFileLimit() error { return nil }

@@ -1,0 +1,66 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestBench runs each scenario of `hubctl bench` against a real hub, small,
+// and checks its one JSON line: every connection connected and every
+// delivery arrived once.
+func TestBench(t *testing.T) {
+	th := startHub(t)
+	for _, tt := range []struct {
+		name string
+		args []string
+		want int // deliveries (0 for idle)
+	}{
+		{"idle ws", []string{"--scenario", "idle", "--transport", "ws", "--conns", "30", "--settle", "100ms"}, 0},
+		{"idle sse", []string{"--scenario", "idle", "--transport", "sse", "--conns", "30", "--settle", "100ms"}, 0},
+		{"fanout ws", []string{"--scenario", "fanout", "--transport", "ws", "--conns", "20", "--events", "5"}, 100},
+		{"fanout sse", []string{"--scenario", "fanout", "--transport", "sse", "--conns", "20", "--events", "5"}, 100},
+		{"unicast batched", []string{"--scenario", "unicast", "--transport", "ws", "--conns", "20", "--events", "40", "--batch", "10"}, 40},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			var out, errOut bytes.Buffer
+			args := append([]string{"bench", "--url", th.URL, "--secret", testSecret, "--api-key", testAPIKey, "--timeout", "1m"}, tt.args...)
+			ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+			defer cancel()
+			if code := runContext(ctx, args, strings.NewReader(""), &out, &errOut); code != exitOK {
+				t.Fatalf("exit %d: %s %s", code, out.String(), errOut.String())
+			}
+			if strings.Count(out.String(), "\n") != 1 {
+				t.Fatalf("want one JSON line, got %q", out.String())
+			}
+			var res struct {
+				Conns, Connected                       int
+				Deliveries, ExpectedDeliveries         int64
+				Missing, Extra                         int64
+				ConnectsPerSecond, DeliveriesPerSecond float64
+			}
+			if err := json.Unmarshal(out.Bytes(), &res); err != nil {
+				t.Fatalf("%v: %s", err, out.String())
+			}
+			if res.Connected != res.Conns || res.Conns == 0 || res.ConnectsPerSecond <= 0 {
+				t.Fatalf("connected %d of %d (%.0f/s)", res.Connected, res.Conns, res.ConnectsPerSecond)
+			}
+			if res.Deliveries != int64(tt.want) || res.Missing != 0 || res.Extra != 0 {
+				t.Fatalf("deliveries %d (want %d), missing %d, extra %d", res.Deliveries, tt.want, res.Missing, res.Extra)
+			}
+			if tt.want > 0 && (res.ExpectedDeliveries != int64(tt.want) || res.DeliveriesPerSecond <= 0) {
+				t.Fatalf("expected %d, rate %v", res.ExpectedDeliveries, res.DeliveriesPerSecond)
+			}
+		})
+	}
+	t.Run("usage", func(t *testing.T) {
+		var out, errOut bytes.Buffer
+		code := runContext(context.Background(), []string{"bench", "--conns", "0", "--secret", "s"}, strings.NewReader(""), &out, &errOut)
+		if code != exitUsage || !strings.Contains(errOut.String(), "--conns") {
+			t.Fatalf("exit %d, %q", code, errOut.String())
+		}
+	})
+}
