@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/hubd/hub/hub"
+	"github.com/hubd/hub/transport/netpoll"
 )
 
 // corkConn is a hijacked connection and the order of everything written
@@ -38,7 +39,7 @@ type corkConn struct {
 }
 
 func newCorkConn(nc net.Conn, timeout time.Duration) *corkConn {
-	return &corkConn{Conn: nc, timeout: timeout, raw: rawOf(nc)}
+	return &corkConn{Conn: nc, timeout: timeout, raw: netpoll.Raw(nc)}
 }
 
 // errClosed is returned for frames offered after the close frame.
@@ -128,7 +129,7 @@ func (c *corkConn) commitLocked() (pending bool, err error) {
 		out, op := c.buf, c.bp
 		c.buf, c.bp = nil, nil
 		c.mu.Unlock()
-		n, err := c.tryWrite(out)
+		n, err := netpoll.TryWrite(c.raw, out)
 		c.mu.Lock()
 		if err != nil {
 			c.err = err

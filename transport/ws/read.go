@@ -4,10 +4,10 @@ import (
 	"encoding/binary"
 	"errors"
 	"sync"
-	"syscall"
 	"unicode/utf8"
 
 	"github.com/hubd/hub/hub"
+	"github.com/hubd/hub/transport/netpoll"
 )
 
 // readBufSize is the size of the pooled buffer a readable socket is read
@@ -18,7 +18,8 @@ var readBufs = sync.Pool{New: func() any { b := make([]byte, readBufSize); retur
 
 // dispatch reads a connection the poller reported readable, on a goroutine
 // that lives as long as the read.
-func (h *Handler) dispatch(c *conn) {
+func (h *Handler) dispatch(w netpoll.Watcher) {
+	c := w.(*conn)
 	h.wg.Add(1)
 	go func() {
 		defer h.wg.Done()
@@ -39,13 +40,13 @@ func (c *conn) start() {
 		}
 	}
 	if c.cork.raw != nil {
-		fd := rawFD(c.cork.raw)
+		fd := netpoll.FD(c.cork.raw)
 		c.closeMu.Lock()
 		if c.torn.Load() {
 			c.closeMu.Unlock()
 			return
 		}
-		err := c.h.poll.add(c, fd)
+		err := c.h.poll.Add(c, fd)
 		if err == nil {
 			c.fd = fd
 		}
@@ -58,12 +59,6 @@ func (c *conn) start() {
 	c.readBlocking()
 }
 
-func rawFD(rc syscall.RawConn) int {
-	fd := -1
-	_ = rc.Control(func(u uintptr) { fd = int(u) })
-	return fd
-}
-
 // readable reads what the socket holds without waiting, handles every
 // whole frame, and re-arms the socket in the poller.
 func (c *conn) readable() {
@@ -74,7 +69,7 @@ func (c *conn) readable() {
 	defer readBufs.Put(bp)
 	buf := *bp
 	for range 16 { // then let others have a turn: the socket is re-armed
-		n, err := c.cork.tryRead(buf)
+		n, err := netpoll.TryRead(c.cork.raw, buf)
 		if n > 0 && !c.consume(buf[:n]) {
 			return
 		}
@@ -90,7 +85,7 @@ func (c *conn) readable() {
 	fd := c.fd
 	c.closeMu.Unlock()
 	if fd >= 0 {
-		c.h.poll.rearm(c, fd)
+		c.h.poll.Rearm(c, fd)
 	}
 }
 

@@ -2,7 +2,7 @@
 // token, limits; the upgrade itself by github.com/coder/websocket), then
 // the connection's life on the hub's own reader and writer, so that an idle
 // connection holds no goroutine and no buffer: its socket waits in an epoll
-// instance (poll_linux.go) until the client sends something, and a pool
+// instance (transport/netpoll) until the client sends something, and a pool
 // writer frames and writes events only while its queue has some (pool.go,
 // cork.go). Ping frames and hub.ping heartbeats, token refresh and expiry,
 // the closing handshake and the contract's close codes are here.
@@ -26,6 +26,7 @@ import (
 	"github.com/hubd/hub/transport/auth"
 	"github.com/hubd/hub/transport/httpx"
 	"github.com/hubd/hub/transport/metrics"
+	"github.com/hubd/hub/transport/netpoll"
 )
 
 // MaxFrame is the largest client frame accepted (other than hub.send).
@@ -59,7 +60,7 @@ type Handler struct {
 	log    *slog.Logger
 	wg     sync.WaitGroup // connections until torn down, and every goroutine
 	pool   *writerPool
-	poll   *poller
+	poll   *netpoll.Poller
 	pinger pinger
 	live   atomic.Int64 // connections not yet torn down
 }
@@ -77,7 +78,7 @@ func New(o Options) *Handler {
 	}
 	h := &Handler{o: o, log: o.Logger}
 	h.pool = &writerPool{max: runtime.GOMAXPROCS(0), slice: writerSlice, activity: o.Hub.Activity, wg: &h.wg}
-	h.poll = newPoller(&h.wg, h.dispatch)
+	h.poll = netpoll.New(&h.wg, h.dispatch)
 	h.pinger.h = h
 	return h
 }
@@ -411,7 +412,7 @@ func (c *conn) teardown() {
 	c.fd = -1
 	c.closeMu.Unlock()
 	if fd >= 0 {
-		c.h.poll.remove(c, fd) // before the descriptor is closed (and reused)
+		c.h.poll.Remove(c, fd) // before the descriptor is closed (and reused)
 	}
 	_ = c.cork.Conn.Close()
 	c.h.o.Hub.Unregister(c.hc)

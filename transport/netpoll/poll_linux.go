@@ -1,6 +1,6 @@
 //go:build linux
 
-package ws
+package netpoll
 
 import (
 	"errors"
@@ -9,31 +9,34 @@ import (
 	"syscall"
 )
 
-// poller tells which idle connections have something to read, so that an
-// idle WebSocket holds no goroutine: every connection's socket is in one
+// Poller tells which idle connections have something to read, so that an
+// idle connection holds no goroutine: every connection's socket is in one
 // epoll instance (one-shot: reported once, then re-armed after the read),
 // and that instance is itself polled by the Go runtime's network poller, so
 // the loop goroutine parks like any network read instead of holding a
 // thread in epoll_wait. The loop runs only while a connection is
 // registered.
-type poller struct {
+type Poller struct {
 	mu       sync.Mutex
 	f        *os.File // the epoll instance; nil while no connection is registered
 	epfd     int
-	conns    map[int32]*conn
+	conns    map[int32]Watcher
 	wg       *sync.WaitGroup
-	dispatch func(*conn)
+	dispatch func(Watcher)
 }
 
-func newPoller(wg *sync.WaitGroup, dispatch func(*conn)) *poller {
-	return &poller{conns: make(map[int32]*conn), wg: wg, dispatch: dispatch}
+// New returns a poller whose loop is counted in wg; dispatch is called on
+// the loop's goroutine for every watcher reported readable, and must
+// return at once (start a goroutine for the read).
+func New(wg *sync.WaitGroup, dispatch func(Watcher)) *Poller {
+	return &Poller{conns: make(map[int32]Watcher), wg: wg, dispatch: dispatch}
 }
 
 const pollEvents = syscall.EPOLLIN | syscall.EPOLLRDHUP | syscall.EPOLLONESHOT
 
-// add registers c's socket; c is dispatched once it is readable (or hung
-// up) and must then be re-armed.
-func (p *poller) add(c *conn, fd int) error {
+// Add registers the socket fd for w; w is dispatched once the socket is
+// readable (or hung up) and must then be re-armed with Rearm.
+func (p *Poller) Add(c Watcher, fd int) error {
 	p.mu.Lock()
 	if p.f == nil {
 		if err := p.startLocked(); err != nil {
@@ -53,7 +56,7 @@ func (p *poller) add(c *conn, fd int) error {
 	return nil
 }
 
-func (p *poller) startLocked() error {
+func (p *Poller) startLocked() error {
 	epfd, err := syscall.EpollCreate1(syscall.EPOLL_CLOEXEC)
 	if err != nil {
 		return os.NewSyscallError("epoll_create1", err)
@@ -74,8 +77,8 @@ func (p *poller) startLocked() error {
 	return nil
 }
 
-// rearm asks for c's next readiness report.
-func (p *poller) rearm(c *conn, fd int) {
+// Rearm asks for the next readiness report of w's socket.
+func (p *Poller) Rearm(c Watcher, fd int) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.conns[int32(fd)] != c {
@@ -85,8 +88,9 @@ func (p *poller) rearm(c *conn, fd int) {
 	_ = syscall.EpollCtl(p.epfd, syscall.EPOLL_CTL_MOD, fd, &ev)
 }
 
-// remove unregisters c; call it before the socket is closed.
-func (p *poller) remove(c *conn, fd int) {
+// Remove unregisters w's socket; call it before the socket is closed (its
+// descriptor may be reused at once).
+func (p *Poller) Remove(c Watcher, fd int) {
 	p.mu.Lock()
 	if p.conns[int32(fd)] != c {
 		p.mu.Unlock()
@@ -102,8 +106,8 @@ func (p *poller) remove(c *conn, fd int) {
 // detachIfEmptyLocked lets the epoll instance go when nothing is
 // registered; the caller closes it after unlocking (closing waits for the
 // loop's read, which may itself be waiting for p.mu), and the loop then
-// wakes with an error and ends. A later add starts a new instance.
-func (p *poller) detachIfEmptyLocked() *os.File {
+// wakes with an error and ends. A later Add starts a new instance.
+func (p *Poller) detachIfEmptyLocked() *os.File {
 	if len(p.conns) > 0 || p.f == nil {
 		return nil
 	}
@@ -118,10 +122,10 @@ func closeFile(f *os.File) {
 	}
 }
 
-func (p *poller) loop(rc syscall.RawConn) {
+func (p *Poller) loop(rc syscall.RawConn) {
 	defer p.wg.Done()
 	events := make([]syscall.EpollEvent, 128)
-	var ready []*conn
+	var ready []Watcher
 	for {
 		err := rc.Read(func(fd uintptr) bool {
 			for {

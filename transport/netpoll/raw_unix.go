@@ -1,6 +1,6 @@
 //go:build unix
 
-package ws
+package netpoll
 
 import (
 	"errors"
@@ -9,9 +9,9 @@ import (
 	"syscall"
 )
 
-// rawOf gives the socket of a plain TCP connection, for non-blocking reads
+// Raw gives the socket of a plain TCP connection, for non-blocking reads
 // and writes; nil for anything else (TLS).
-func rawOf(nc net.Conn) syscall.RawConn {
+func Raw(nc net.Conn) syscall.RawConn {
 	tc, ok := nc.(*net.TCPConn)
 	if !ok {
 		return nil
@@ -23,12 +23,12 @@ func rawOf(nc net.Conn) syscall.RawConn {
 	return raw
 }
 
-// tryRead reads what the socket holds into b without waiting: 0 bytes and
+// TryRead reads what the socket holds into b without waiting: 0 bytes and
 // no error when there is nothing, io.EOF when the peer has closed.
-func (c *corkConn) tryRead(b []byte) (int, error) {
+func TryRead(rc syscall.RawConn, b []byte) (int, error) {
 	var n int
 	var rerr error
-	err := c.raw.Read(func(fd uintptr) bool {
+	err := rc.Read(func(fd uintptr) bool {
 		for {
 			k, e := syscall.Read(int(fd), b)
 			switch {
@@ -51,12 +51,12 @@ func (c *corkConn) tryRead(b []byte) (int, error) {
 	return n, rerr
 }
 
-// tryWrite writes b with non-blocking write(2) calls until the kernel
+// TryWrite writes b with non-blocking write(2) calls until the kernel
 // takes no more; it never waits.
-func (c *corkConn) tryWrite(b []byte) (int, error) {
+func TryWrite(rc syscall.RawConn, b []byte) (int, error) {
 	var n int
 	var werr error
-	err := c.raw.Write(func(fd uintptr) bool {
+	err := rc.Write(func(fd uintptr) bool {
 		for n < len(b) {
 			k, e := syscall.Write(int(fd), b[n:])
 			if k > 0 {

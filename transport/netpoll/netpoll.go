@@ -1,0 +1,17 @@
+// Package netpoll lets a transport hold idle connections without a
+// goroutine each: a Poller reports sockets that have something to read
+// (Linux epoll, itself polled by the Go runtime), and TryRead/TryWrite read
+// and write a socket without ever waiting.
+package netpoll
+
+import "syscall"
+
+// Watcher is what a Poller reports readable: the transport's connection.
+type Watcher interface{}
+
+// FD returns the descriptor of a raw socket (-1 if it has none).
+func FD(rc syscall.RawConn) int {
+	fd := -1
+	_ = rc.Control(func(u uintptr) { fd = int(u) })
+	return fd
+}
