@@ -2,39 +2,49 @@ package sse
 
 import (
 	"bytes"
+	"errors"
 	"net"
 	"net/http"
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/hubd/hub/hub"
 	"github.com/hubd/hub/transport/metrics"
+	"github.com/hubd/hub/transport/netpoll"
 )
 
 // An HTTP/1.1 stream is taken over from net/http once its headers are
 // decided: the handler returns, so the request, net/http's connection state
-// with its 4 KiB buffers and the handler's stack are freed, and an idle
-// stream costs one goroutine (a reader that notices the client leaving)
-// instead of two plus those buffers. A writer runs only while the queue has
-// something, as on WebSocket. The body is chunked, so the response stays a
+// with its 4 KiB buffers and the handler's stack are freed. On Linux an idle
+// stream then holds no goroutine at all: its socket waits in the endpoint's
+// epoll instance (transport/netpoll) until the client sends something or
+// leaves; elsewhere, and on TLS, one reader goroutine notices the client
+// leaving. A writer runs only while the queue has something, as on
+// WebSocket. The body is chunked, so the response stays a
 // well-formed HTTP/1.1 keep-alive response; the connection is closed when
 // the stream ends. HTTP/2 streams cannot be taken over and keep the
 // handler-as-writer path of stream.
 
 // hijacked is the hub.Sink of a taken-over HTTP/1.1 stream.
 type hijacked struct {
-	h     *Handler
-	conn  *hub.Conn
-	nc    net.Conn
-	retry int64 // the opening retry field, written with the first batch
+	h       *Handler
+	conn    *hub.Conn
+	nc      net.Conn
+	raw     syscall.RawConn // nc's socket when it is a plain TCP one, else nil
+	release func()          // admission slot
+	retry   int64           // the opening retry field, written with the first batch
 
 	ready atomic.Bool
 	early atomic.Pointer[hub.Reason] // an Abort that came before ready
 	dead  atomic.Bool
-	once  sync.Once // closes nc
-	first bool      // the opening retry field is still to be written; writer only
+	first bool // the opening retry field is still to be written; writer only
+
+	mu    sync.Mutex
+	fd    int  // the socket's descriptor while it is in the poller, else -1
+	ended bool // end ran
 }
 
 var _ hub.Sink = (*hijacked)(nil)
@@ -72,7 +82,12 @@ func (s *hijacked) Abort(r hub.Reason) {
 		}
 	}
 	s.dead.Store(true)
-	s.close()
+	// not synchronously: the hub may hold its locks, and end unregisters
+	s.h.wg.Add(1)
+	go func() {
+		defer s.h.wg.Done()
+		s.end()
+	}()
 }
 
 // Heartbeat queues a ": ping" comment every interval.
@@ -82,8 +97,59 @@ func (s *hijacked) Heartbeat(bool) {
 	}
 }
 
-func (s *hijacked) close() {
-	s.once.Do(func() { _ = s.nc.Close() })
+// end ends the stream once: out of the poller, socket closed, unregistered
+// from the hub, admission slot released.
+func (s *hijacked) end() {
+	s.mu.Lock()
+	if s.ended {
+		s.mu.Unlock()
+		return
+	}
+	s.ended = true
+	fd := s.fd
+	s.fd = -1
+	s.mu.Unlock()
+	s.dead.Store(true)
+	if fd >= 0 {
+		s.h.poll.Remove(s, fd) // before the descriptor is closed (and reused)
+	}
+	_ = s.nc.Close()
+	s.h.o.Hub.Unregister(s.conn)
+	s.release()
+	s.h.wg.Done() // the stream's own count, from serveHijacked
+}
+
+// readable drops what the client sent (it should send nothing) and notices
+// it leaving; then the socket is re-armed.
+func (s *hijacked) readable() {
+	var b [512]byte
+	for range 16 {
+		n, err := netpoll.TryRead(s.raw, b[:])
+		if err != nil {
+			s.end() // EOF, a reset: the stream is over
+			return
+		}
+		if n < len(b) {
+			break
+		}
+	}
+	s.mu.Lock()
+	fd := s.fd
+	s.mu.Unlock()
+	if fd >= 0 {
+		s.h.poll.Rearm(s, fd)
+	}
+}
+
+// dispatch reads a stream the poller reported readable, on a goroutine
+// that lives as long as the read.
+func (h *Handler) dispatch(w netpoll.Watcher) {
+	s := w.(*hijacked)
+	h.wg.Add(1)
+	go func() {
+		defer h.wg.Done()
+		s.readable()
+	}()
 }
 
 func (s *hijacked) startWriter() {
@@ -125,8 +191,7 @@ func (s *hijacked) writeLoop() {
 			hijackBufs.Put(bp)
 		}
 		if err != nil {
-			s.dead.Store(true)
-			s.close()
+			s.end()
 			return
 		}
 		if len(msgs) > 0 {
@@ -135,8 +200,7 @@ func (s *hijacked) writeLoop() {
 			clear(msgs)
 		}
 		if reason != nil {
-			s.dead.Store(true)
-			s.close()
+			s.end()
 			return
 		}
 		if len(msgs) == 0 {
@@ -194,26 +258,41 @@ func (h *Handler) serveHijacked(w http.ResponseWriter, s *hijacked, conn *hub.Co
 		release()
 		return
 	}
-	s.nc, s.first = nc, true
+	s.nc, s.first, s.release, s.fd = nc, true, release, -1
 	// Bytes the client sent after its request (it should send none) stay in
 	// net/http's reader, which is dropped with it.
 	_ = brw
 	h.o.Metrics.Handshake(hub.TransportSSE, metrics.OutcomeAccepted, "")
+	h.wg.Add(1) // the stream, until end
 	s.ready.Store(true)
 	if r := s.early.Load(); r != nil {
 		s.Abort(*r)
 	}
 	s.startWriter()
+	if s.raw = netpoll.Raw(nc); s.raw != nil {
+		fd := netpoll.FD(s.raw)
+		s.mu.Lock()
+		err := errEnded
+		if !s.ended {
+			if err = h.poll.Add(s, fd); err == nil {
+				s.fd = fd
+			}
+		}
+		s.mu.Unlock()
+		if err == nil || err == errEnded {
+			return
+		}
+		h.log.Debug("sse: reading on a goroutine", "err", err)
+	}
 	h.wg.Add(1)
 	go func() {
 		defer h.wg.Done()
-		defer release()
-		defer h.o.Hub.Unregister(conn)
-		defer s.close()
 		readUntilGone(nc)
-		s.dead.Store(true)
+		s.end()
 	}()
 }
+
+var errEnded = errors.New("stream ended")
 
 // readUntilGone reads (and drops) what the client sends until the
 // connection ends: that is how a stream notices its client left.

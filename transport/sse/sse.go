@@ -31,6 +31,7 @@ import (
 	"github.com/hubd/hub/transport/auth"
 	"github.com/hubd/hub/transport/httpx"
 	"github.com/hubd/hub/transport/metrics"
+	"github.com/hubd/hub/transport/netpoll"
 )
 
 // Defaults of Options.
@@ -79,13 +80,14 @@ type Options struct {
 // Handler serves the SSE endpoint: GET opens a stream, OPTIONS answers CORS
 // preflights, any other method is refused with 405.
 type Handler struct {
-	o   Options
-	log *slog.Logger
-	wg  sync.WaitGroup // readers and writers of taken-over streams
+	o    Options
+	log  *slog.Logger
+	wg   sync.WaitGroup // taken-over streams until they end, and their goroutines
+	poll *netpoll.Poller
 }
 
-// Wait blocks until every goroutine of taken-over streams has ended (after
-// their connections closed).
+// Wait blocks until every taken-over stream has ended and every goroutine
+// of the endpoint with it (after the hub closed the streams).
 func (h *Handler) Wait() { h.wg.Wait() }
 
 var _ http.Handler = (*Handler)(nil)
@@ -101,7 +103,9 @@ func New(o Options) *Handler {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
-	return &Handler{o: o, log: o.Logger}
+	h := &Handler{o: o, log: o.Logger}
+	h.poll = netpoll.New(&h.wg, h.dispatch)
+	return h
 }
 
 // ServeHTTP implements http.Handler.

@@ -1,0 +1,158 @@
+package netpoll_test
+
+import (
+	"errors"
+	"io"
+	"net"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/hubd/hub/transport/netpoll"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+func tcpPair(t *testing.T) (server, client net.Conn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	done := make(chan net.Conn, 1)
+	go func() {
+		c, _ := ln.Accept()
+		done <- c
+	}()
+	client, err = net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	server = <-done
+	if server == nil {
+		t.Fatal("accept failed")
+	}
+	t.Cleanup(func() { server.Close(); client.Close() })
+	return server, client
+}
+
+func TestTryReadTryWriteNeverWait(t *testing.T) {
+	server, client := tcpPair(t)
+	rc := netpoll.Raw(server)
+	if rc == nil {
+		t.Skip("no raw sockets on this system")
+	}
+	buf := make([]byte, 64)
+	if n, err := netpoll.TryRead(rc, buf); n != 0 || err != nil {
+		t.Fatalf("empty socket: %d, %v; want 0, nil without waiting", n, err)
+	}
+	if _, err := client.Write([]byte("hi")); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		n, err := netpoll.TryRead(rc, buf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n > 0 {
+			if string(buf[:n]) != "hi" {
+				t.Fatalf("read %q", buf[:n])
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the bytes never arrived")
+		}
+		time.Sleep(time.Millisecond) // polling interval
+	}
+	// The client does not read: writes fill the socket and then report a
+	// partial write instead of blocking.
+	big := make([]byte, 1<<20)
+	total := 0
+	for i := 0; ; i++ {
+		if i > 1000 {
+			t.Fatal("the socket never filled")
+		}
+		start := time.Now()
+		n, err := netpoll.TryWrite(rc, big)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if time.Since(start) > 2*time.Second {
+			t.Fatal("TryWrite waited")
+		}
+		total += n
+		if n < len(big) {
+			break
+		}
+	}
+	_ = client.Close()
+	deadline = time.Now().Add(5 * time.Second)
+	for {
+		_, err := netpoll.TryRead(rc, buf)
+		// the client closed with unread data, so the kernel resets
+		if errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET) {
+			break
+		}
+		if err != nil {
+			t.Fatalf("after the peer closed: %v, want io.EOF or a reset", err)
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the peer's close was never seen")
+		}
+		time.Sleep(time.Millisecond) // polling interval
+	}
+}
+
+type watcher struct{ name string }
+
+// TestPollerReportsReadableOnce: a registered socket is reported once per
+// arming, even while its data stays unread; the loop ends when the last
+// socket is removed (goleak).
+func TestPollerReportsReadableOnce(t *testing.T) {
+	server, client := tcpPair(t)
+	rc := netpoll.Raw(server)
+	if rc == nil {
+		t.Skip("no raw sockets on this system")
+	}
+	var wg sync.WaitGroup
+	got := make(chan netpoll.Watcher, 1000) // a report per loop turn would fill it
+	p := netpoll.New(&wg, func(w netpoll.Watcher) { got <- w })
+	w := &watcher{"a"}
+	fd := netpoll.FD(rc)
+	if err := p.Add(w, fd); err != nil {
+		t.Skipf("no poller here: %v", err)
+	}
+	wait := func(what string) {
+		t.Helper()
+		select {
+		case x := <-got:
+			if x != netpoll.Watcher(w) {
+				t.Fatalf("%s: dispatched %v", what, x)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("%s: a readable socket was not reported", what)
+		}
+	}
+	if _, err := client.Write([]byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	wait("first")
+	// Nothing is read: the socket stays readable, but is not reported again
+	// until it is re-armed.
+	if _, err := client.Write([]byte("y")); err != nil {
+		t.Fatal(err)
+	}
+	p.Rearm(w, fd)
+	wait("after the re-arm")
+	p.Remove(w, fd)
+	wg.Wait() // the loop ends with its last socket
+	if n := len(got); n != 0 {
+		t.Fatalf("%d more reports: a one-shot registration was reported again without a re-arm", n)
+	}
+}
