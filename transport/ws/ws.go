@@ -143,6 +143,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		CompressionMode:    websocket.CompressionDisabled,
 	})
 	if err != nil || cw.conn == nil {
+		if cw.conn != nil {
+			_ = cw.conn.Close() // taken over, then refused: not left open
+		}
 		h.o.Hub.Unregister(hc)
 		release()
 		h.log.Debug("websocket accept failed", "err", err)
