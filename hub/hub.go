@@ -504,15 +504,22 @@ func (h *Hub) Publish(ctx context.Context, userIDs []string, typ string, payload
 		return nil, err
 	}
 	out := make([]UserEvent, 0, len(userIDs))
-	seen := make(map[string]struct{}, len(userIDs))
 	for _, u := range userIDs {
 		if u == "" {
 			return nil, errors.New("userIds: must not contain an empty id")
 		}
 	}
+	var seen map[string]struct{} // duplicates; not needed for one user
+	if len(userIDs) > 1 {
+		seen = make(map[string]struct{}, len(userIDs))
+	}
 	if h.opts.Broker != nil {
 		users := make([]string, 0, len(userIDs))
 		for _, u := range userIDs {
+			if seen == nil {
+				users = append(users, u)
+				continue
+			}
 			if _, dup := seen[u]; !dup {
 				seen[u] = struct{}{}
 				users = append(users, u)
@@ -531,10 +538,12 @@ func (h *Hub) Publish(ctx context.Context, userIDs []string, typ string, payload
 		return out, nil
 	}
 	for _, u := range userIDs {
-		if _, dup := seen[u]; dup {
-			continue
+		if seen != nil {
+			if _, dup := seen[u]; dup {
+				continue
+			}
+			seen[u] = struct{}{}
 		}
-		seen[u] = struct{}{}
 		s := h.shardOf(u)
 		s.mu.Lock()
 		seq := h.seq.Add(1)

@@ -267,6 +267,11 @@ func (a *API) publishNow(r *http.Request, m *message) (json.RawMessage, *apiErro
 		a.log.Error("publish failed", "type", m.typ, "all", m.all, "users", len(m.userIDs), "err", err)
 		return nil, &apiError{Status: http.StatusInternalServerError, Code: codeInternal, Message: "the event could not be published"}
 	}
+	if ua, ok := v.(usersAnswer); ok {
+		if body, ok := appendUsersAnswer(nil, ua.Events); ok {
+			return body, nil
+		}
+	}
 	body, err := json.Marshal(v)
 	if err != nil { // our own types: cannot happen
 		return nil, &apiError{Status: http.StatusInternalServerError, Code: codeInternal, Message: "could not encode the answer"}

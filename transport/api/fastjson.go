@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"encoding/json"
 	"unicode/utf8"
+
+	"github.com/hubd/hub/hub"
 )
 
 // Fast paths for the shapes a broadcast body almost always has. Each works
@@ -173,4 +175,37 @@ func skipValue(b []byte, i int) int {
 		}
 		return j
 	}
+}
+
+// appendUsersAnswer appends the 202 body of a publish to users, the bytes
+// json.Marshal(usersAnswer{evs}) gives, when every id is plain printable
+// ASCII that JSON does not escape; ok is false otherwise (json.Marshal
+// then encodes it, with its escapes).
+func appendUsersAnswer(b []byte, evs []hub.UserEvent) ([]byte, bool) {
+	b = append(b, `{"events":[`...)
+	for i, e := range evs {
+		if !plainJSON(e.UserID) || !plainJSON(e.ID) {
+			return nil, false
+		}
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = append(b, `{"userId":"`...)
+		b = append(b, e.UserID...)
+		b = append(b, `","id":"`...)
+		b = append(b, e.ID...)
+		b = append(b, `"}`...)
+	}
+	return append(b, "]}"...), true
+}
+
+// plainJSON reports whether encoding/json writes s between quotes as it is.
+func plainJSON(s string) bool {
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; {
+		case c < 0x20, c > 0x7e, c == '"', c == '\\', c == '<', c == '>', c == '&':
+			return false
+		}
+	}
+	return true
 }

@@ -20,11 +20,20 @@ func FuzzFastJSON(f *testing.F) {
 		` { "payload" : [ ] , "all" : false } `,
 		`{"us\u0065rIds":["x"]}`,
 		`["a", "b\\c", 1, {"k":"v"}, [], "\u00e9"]`,
-		`{}`, `[]`, `"plain"`, `"caf\u00e9"`, "\"\xff\"", `12.5e3`,
+		`{}`, `[]`, `"plain"`, `a<b&c>d`, "bench-42", "tab\there", `"caf\u00e9"`, "\"\xff\"", `12.5e3`,
 	} {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
+		// data as a user id and an event id: the hand-built answer is
+		// json.Marshal's, byte for byte
+		evs := []hub.UserEvent{{UserID: string(data), ID: "E-1"}, {UserID: "u2", ID: string(data)}}
+		if got, ok := appendUsersAnswer(nil, evs); ok {
+			want, err := json.Marshal(usersAnswer{Events: evs})
+			if err != nil || !bytes.Equal(got, want) {
+				t.Fatalf("answer for %q: %s, json.Marshal %s (%v)", data, got, want, err)
+			}
+		}
 		if !json.Valid(data) {
 			return
 		}
