@@ -3,8 +3,8 @@
 // the connection's life on the hub's own reader and writer, so that an idle
 // connection holds no goroutine and no buffer: its socket waits in an epoll
 // instance (transport/netpoll) until the client sends something, and a pool
-// writer frames and writes events only while its queue has some (pool.go,
-// cork.go). Ping frames and hub.ping heartbeats, token refresh and expiry,
+// writer frames and writes events only while its queue has some
+// (netpoll.Pool, cork.go). Ping frames and hub.ping heartbeats, token refresh and expiry,
 // the closing handshake and the contract's close codes are here.
 package ws
 
@@ -59,7 +59,7 @@ type Handler struct {
 	o      Options
 	log    *slog.Logger
 	wg     sync.WaitGroup // connections until torn down, and every goroutine
-	pool   *writerPool
+	pool   *netpoll.Pool
 	poll   *netpoll.Poller
 	pinger pinger
 	live   atomic.Int64 // connections not yet torn down
@@ -77,7 +77,7 @@ func New(o Options) *Handler {
 		o.Logger = slog.Default()
 	}
 	h := &Handler{o: o, log: o.Logger}
-	h.pool = &writerPool{max: runtime.GOMAXPROCS(0), slice: writerSlice, activity: o.Hub.Activity, wg: &h.wg}
+	h.pool = netpoll.NewPool(runtime.GOMAXPROCS(0), netpoll.WriterSlice, o.Hub.Activity, &h.wg)
 	h.poll = netpoll.New(&h.wg, h.dispatch)
 	h.pinger.h = h
 	return h
@@ -168,7 +168,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if r := c.early.Load(); r != nil {
 		c.Abort(*r)
 	}
-	h.pool.push(c)
+	h.pool.Push(c)
 	// What the client sent right after the upgrade request is read first;
 	// then the socket waits in the poller (no goroutine while idle), or, on
 	// a connection the poller cannot watch (TLS), on a reader goroutine.
@@ -228,7 +228,7 @@ type conn struct {
 // Wake starts a writer; the hub calls it once per empty→non-empty change.
 func (c *conn) Wake() {
 	if c.ready.Load() {
-		c.h.pool.push(c)
+		c.h.pool.Push(c)
 	}
 }
 
@@ -263,11 +263,11 @@ func (c *conn) Heartbeat(idle bool) {
 	c.h.pinger.add(c)
 }
 
-// drain runs on a pool writer: it frames every queued event and writes
+// Drain runs on a pool writer: it frames every queued event and writes
 // each batch with one non-blocking socket write until the queue is empty.
 // A socket that cannot take a batch at once (a slow reader, or TLS) is
 // handed to a goroutine of its own, so a pool writer never waits on one.
-func (c *conn) drain() {
+func (c *conn) Drain() {
 	bp := bufPool.Get().(*[]*hub.Message)
 	defer func() {
 		clear(*bp)

@@ -1,16 +1,17 @@
-package ws
+package netpoll
 
 import (
 	"sync"
 	"time"
 )
 
-// writerPool is one goroutine per processor that drains the connections the
-// hub woke, in the order they woke. Under load a connection waits its turn
+// Pool is a few writer goroutines (one per processor) that drain the
+// connections the hub woke, in the order they woke. Under load a connection waits its turn
 // while more events reach its queue, so one socket write carries several
 // frames; a goroutine per woken connection would write each event on its
 // own. Writers exist only while there is work: none is left when every
-// queue is empty. A writer never blocks on a socket (see corkConn).
+// queue is empty. A Drainer must never block on a socket: one that cannot
+// write at once hands the rest to a goroutine of its own.
 //
 // A writer that has worked for a slice parks for a moment, so that the
 // scheduler polls the network: a publishing request that arrived meanwhile
@@ -19,23 +20,36 @@ import (
 // queue behind it, and each event is written to each connection alone
 // (fan-out to 10,000 connections: 405,000 deliveries/s without the pause,
 // 0.8 to 1.4 million with a 1 ms slice; see docs/BENCHMARKS.md).
-// writerSlice is how long a pool writer works before it lets publishers in.
-const writerSlice = time.Millisecond
-
-type writerPool struct {
+type Pool struct {
 	mu       sync.Mutex
-	q        []*conn
+	q        []Drainer
 	head     int
 	workers  int
 	max      int
 	slice    time.Duration
-	activity func() uint64 // hub.Activity: changes while publishers work
+	activity func() uint64
 	wg       *sync.WaitGroup
 }
 
-// push queues c (woken: its queue went from empty to non-empty) and starts
-// a writer if fewer than max are running.
-func (p *writerPool) push(c *conn) {
+// Drainer is a connection a Pool writes: Drain writes everything its queue
+// holds without waiting on the socket.
+type Drainer interface{ Drain() }
+
+// WriterSlice is how long a pool writer works before it lets publishers in.
+const WriterSlice = time.Millisecond
+
+// NewPool returns a pool of at most writers writers (at least one), counted
+// in wg.
+// activity (hub.Hub.Activity) changes while publishers work; writers pause
+// for them every slice only then.
+func NewPool(writers int, slice time.Duration, activity func() uint64, wg *sync.WaitGroup) *Pool {
+	return &Pool{max: max(1, writers), slice: slice, activity: activity, wg: wg}
+}
+
+// Push queues c (woken: its queue went from empty to non-empty; once per
+// such change, so that a connection never has two writers) and starts a
+// writer if fewer than max are running.
+func (p *Pool) Push(c Drainer) {
 	p.mu.Lock()
 	p.q = append(p.q, c)
 	start := p.workers < p.max
@@ -51,7 +65,7 @@ func (p *writerPool) push(c *conn) {
 
 // pop returns the next connection, or nil (and the writer stops) when
 // there is none.
-func (p *writerPool) pop() *conn {
+func (p *Pool) pop() Drainer {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.head == len(p.q) {
@@ -70,7 +84,7 @@ func (p *writerPool) pop() *conn {
 	return c
 }
 
-func (p *writerPool) work() {
+func (p *Pool) work() {
 	defer p.wg.Done()
 	start := time.Now()
 	var seen uint64
@@ -79,7 +93,7 @@ func (p *writerPool) work() {
 		seen, busy = p.activity(), start
 	}
 	for c := p.pop(); c != nil; c = p.pop() {
-		c.drain()
+		c.Drain()
 		if p.slice <= 0 {
 			continue
 		}
