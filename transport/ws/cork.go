@@ -31,11 +31,12 @@ type corkConn struct {
 	timeout time.Duration   // write deadline of a flush started by Write
 
 	mu        sync.Mutex
-	buf       []byte  // bytes to write next; appended under mu
-	bp        *[]byte // pooled buffer behind buf
-	owned     bool    // a goroutine owns the socket and flushes buf until empty
-	closeSent bool    // a close frame went into the stream: no more frames
-	err       error   // the write error that ended the stream
+	buf       []byte   // bytes to write next; appended under mu
+	bp        *[]byte  // pooled buffer behind buf
+	owned     bool     // a goroutine owns the socket and flushes buf until empty
+	after     []func() // run once the owner has written everything (see then)
+	closeSent bool     // a close frame went into the stream: no more frames
+	err       error    // the write error that ended the stream
 }
 
 func newCorkConn(nc net.Conn, timeout time.Duration) *corkConn {
@@ -71,29 +72,66 @@ func (c *corkConn) releaseBufLocked() {
 // writeFrames frames msgs as text frames into the buffer and commits it.
 func (c *corkConn) writeFrames(msgs []*hub.Message) (pending bool, err error) {
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	if err := c.checkLocked(); err != nil {
+		c.mu.Unlock()
 		return false, err
 	}
 	for _, m := range msgs {
 		c.buf = appendTextFrame(c.buf, m.Frame)
 	}
-	return c.commitLocked()
+	pending, after, err := c.commitLocked()
+	c.mu.Unlock()
+	runAll(after)
+	return pending, err
 }
 
 // writeControl queues one control frame and commits it; after a close
 // frame nothing more is written (errClosed).
 func (c *corkConn) writeControl(op byte, payload []byte) (pending bool, err error) {
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	if err := c.checkLocked(); err != nil {
+		c.mu.Unlock()
 		return false, err
 	}
 	c.buf = appendControl(c.buf, op, payload)
 	if op == opClose {
 		c.closeSent = true
 	}
-	return c.commitLocked()
+	pending, after, err := c.commitLocked()
+	c.mu.Unlock()
+	runAll(after)
+	return pending, err
+}
+
+// then runs fn once everything written so far has gone to the socket (or
+// failed): at once when no goroutine owns the socket, else when its owner
+// gives it up. A frame that writeFrames or writeControl queued behind an
+// owner is not on the wire when they return; closing the socket right
+// after it would lose it.
+func (c *corkConn) then(fn func()) {
+	c.mu.Lock()
+	if !c.owned {
+		c.mu.Unlock()
+		fn()
+		return
+	}
+	c.after = append(c.after, fn)
+	c.mu.Unlock()
+}
+
+// releaseLocked gives up the socket's ownership and returns what waits
+// for it, to run after unlocking.
+func (c *corkConn) releaseLocked() []func() {
+	c.owned = false
+	after := c.after
+	c.after = nil
+	return after
+}
+
+func runAll(fns []func()) {
+	for _, fn := range fns {
+		fn()
+	}
 }
 
 func (c *corkConn) checkLocked() error {
@@ -117,13 +155,13 @@ func (c *corkConn) checkLocked() error {
 // a plain socket the write never blocks: pending reports that the kernel
 // did not take everything, and the caller must then run flush on a
 // goroutine of its own. On other connections (TLS) every batch is pending.
-func (c *corkConn) commitLocked() (pending bool, err error) {
+func (c *corkConn) commitLocked() (pending bool, after []func(), err error) {
 	if c.owned {
-		return false, nil
+		return false, nil, nil
 	}
 	c.owned = true
 	if c.raw == nil {
-		return true, nil
+		return true, nil, nil
 	}
 	for len(c.buf) > 0 {
 		out, op := c.buf, c.bp
@@ -133,10 +171,9 @@ func (c *corkConn) commitLocked() (pending bool, err error) {
 		c.mu.Lock()
 		if err != nil {
 			c.err = err
-			c.owned = false
 			putBack(op, out)
 			c.releaseBufLocked()
-			return false, err
+			return false, c.releaseLocked(), err
 		}
 		if n < len(out) {
 			// The socket is full: what it did not take goes before what
@@ -145,13 +182,12 @@ func (c *corkConn) commitLocked() (pending bool, err error) {
 			out = append(out[:rest], c.buf...)
 			putBack(c.bp, c.buf)
 			c.buf, c.bp = out, op
-			return true, nil
+			return true, nil, nil
 		}
 		putBack(op, out)
 	}
-	c.owned = false
 	c.releaseBufLocked()
-	return false, nil
+	return false, c.releaseLocked(), nil
 }
 
 // putBack returns a written buffer to the pool.
@@ -170,9 +206,10 @@ func (c *corkConn) flush(d time.Duration) error {
 		c.mu.Lock()
 		if c.err != nil || len(c.buf) == 0 {
 			err := c.err
-			c.owned = false
+			after := c.releaseLocked()
 			c.releaseBufLocked()
 			c.mu.Unlock()
+			runAll(after)
 			return err
 		}
 		// Write what is buffered while new frames go to a fresh buffer.

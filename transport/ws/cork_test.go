@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"strconv"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -136,6 +137,12 @@ func TestCorkFullSocketKeepsOrder(t *testing.T) {
 	if p, err := c.writeControl(opPing, []byte("hi")); err != nil || p {
 		t.Fatalf("control frame while owned = %v, %v; want queued", p, err)
 	}
+	// What waits for the queued frames to be written runs only then.
+	var ran atomic.Bool
+	c.then(func() { ran.Store(true) })
+	if ran.Load() {
+		t.Fatal("then ran while the frames were still queued behind the owner")
+	}
 
 	type result struct {
 		frames int
@@ -168,6 +175,9 @@ func TestCorkFullSocketKeepsOrder(t *testing.T) {
 	if err := c.flush(10 * time.Second); err != nil {
 		t.Fatal(err)
 	}
+	if !ran.Load() {
+		t.Fatal("then did not run when the owner gave the socket up")
+	}
 	select {
 	case r := <-done:
 		if r.err != nil || r.frames != sent+1 {
@@ -178,6 +188,11 @@ func TestCorkFullSocketKeepsOrder(t *testing.T) {
 	}
 	if c.owned || c.buf != nil {
 		t.Fatalf("after flush: owned=%v buffered=%d", c.owned, len(c.buf))
+	}
+	ran.Store(false)
+	c.then(func() { ran.Store(true) })
+	if !ran.Load() {
+		t.Fatal("then on an idle socket did not run at once")
 	}
 }
 

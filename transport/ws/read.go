@@ -213,12 +213,7 @@ func (c *conn) onClose(p []byte) bool {
 		reply = p[:2]
 	}
 	c.dead.Store(true)
-	pending, err := c.cork.writeControl(opClose, reply)
-	if err == nil && pending {
-		c.flushAsync(true)
-		return false
-	}
-	c.teardown()
+	c.closeThenTeardown(reply)
 	return false
 }
 
@@ -226,12 +221,21 @@ func (c *conn) onClose(p []byte) bool {
 // socket is closed without waiting for the client.
 func (c *conn) protocolFail(code int, text string) {
 	c.dead.Store(true)
-	pending, err := c.cork.writeControl(opClose, closePayload(code, text))
-	if err == nil && pending {
+	c.closeThenTeardown(closePayload(code, text))
+}
+
+// closeThenTeardown writes a close frame and tears the connection down
+// once the frame is on the wire (or could not be written).
+func (c *conn) closeThenTeardown(payload []byte) {
+	pending, err := c.cork.writeControl(opClose, payload)
+	switch {
+	case err != nil:
+		c.teardown()
+	case pending: // this goroutine owns the socket: flush, then tear down
 		c.flushAsync(true)
-		return
+	default: // written, or queued behind the socket's owner
+		c.cork.then(c.teardown)
 	}
-	c.teardown()
 }
 
 // control writes a control frame; after the close frame it is dropped.
