@@ -22,8 +22,10 @@ import (
 // stream then holds no goroutine at all: its socket waits in the endpoint's
 // epoll instance (transport/netpoll) until the client sends something or
 // leaves; elsewhere, and on TLS, one reader goroutine notices the client
-// leaving. A writer runs only while the queue has something, as on
-// WebSocket. The body is chunked, so the response stays a
+// leaving. Events are written by the endpoint's pool writers
+// (netpoll.Pool), one chunk per batch with a non-blocking write, as on
+// WebSocket; a socket that cannot take a chunk at once gets a goroutine of
+// its own until its queue is empty. The body is chunked, so the response stays a
 // well-formed HTTP/1.1 keep-alive response; the connection is closed when
 // the stream ends. HTTP/2 streams cannot be taken over and keep the
 // handler-as-writer path of stream.
@@ -69,7 +71,7 @@ func canHijack(w http.ResponseWriter, r *http.Request) bool {
 // Wake starts a writer (once per empty→non-empty change, see hub.Sink).
 func (s *hijacked) Wake() {
 	if s.ready.Load() {
-		s.startWriter()
+		s.h.pool.Push(s)
 	}
 }
 
@@ -152,79 +154,139 @@ func (h *Handler) dispatch(w netpoll.Watcher) {
 	}()
 }
 
-func (s *hijacked) startWriter() {
-	s.h.wg.Add(1)
-	go func() {
-		defer s.h.wg.Done()
-		s.writeLoop()
-	}()
-}
-
 var hijackBufs = sync.Pool{New: func() any { b := make([]byte, 0, 4096); return &b }}
 
-// writeLoop drains the queue into chunks, one socket write per batch, and
-// ends when the queue is empty; a close reason writes the last record and
-// the last chunk and closes the connection.
-func (s *hijacked) writeLoop() {
+// Drain runs on a pool writer (netpoll.Pool): each batch is one chunk,
+// written with one non-blocking write. A socket that cannot take it at once
+// (a slow reader), or a TLS one, gets the rest on a goroutine of its own,
+// which goes on with writeLoop until the queue is empty; so a pool writer
+// never waits on a socket.
+func (s *hijacked) Drain() {
 	var msgs []*hub.Message
 	for {
-		msgs, reason := s.conn.Next(msgs[:0])
+		var reason *hub.Reason
+		msgs, reason = s.conn.Next(msgs[:0])
 		if s.dead.Load() {
 			return
 		}
-		var payload []byte
-		bp := hijackBufs.Get().(*[]byte)
-		payload = (*bp)[:0]
-		if s.first {
-			s.first = false
-			payload = appendRetry(payload, s.retry)
+		bp, chunk := s.chunk(msgs, reason)
+		written := 0
+		if len(chunk) > 0 && s.raw != nil {
+			n, err := netpoll.TryWrite(s.raw, chunk)
+			if err != nil {
+				putChunk(bp)
+				s.end()
+				return
+			}
+			written = n
 		}
-		for _, m := range msgs {
-			payload = append(payload, m.SSE...)
-		}
-		if reason != nil {
-			payload = append(payload, closeRecord(*reason, s.h.jitter())...)
-		}
-		err := s.writeChunk(payload, reason != nil)
-		*bp = payload[:0]
-		if cap(payload) <= 64<<10 {
-			hijackBufs.Put(bp)
-		}
-		if err != nil {
-			s.end()
+		if written < len(chunk) {
+			rest := chunk[written:]
+			s.h.wg.Add(1)
+			go func() {
+				defer s.h.wg.Done()
+				err := s.write(rest)
+				putChunk(bp)
+				if s.finish(msgs, reason, err) {
+					s.writeLoop()
+				}
+			}()
 			return
 		}
-		if len(msgs) > 0 {
-			s.h.o.Metrics.DeliveredMessages(hub.TransportSSE, msgs)
-			s.h.o.Metrics.QueueDepth(hub.TransportSSE, len(msgs))
-			clear(msgs)
-		}
-		if reason != nil {
-			s.end()
-			return
-		}
-		if len(msgs) == 0 {
+		putChunk(bp)
+		if !s.finish(msgs, reason, nil) || len(msgs) == 0 {
 			return
 		}
 	}
 }
 
-// writeChunk writes p as one chunk (and the last chunk when last) under
-// the write deadline, in one socket write.
-func (s *hijacked) writeChunk(p []byte, last bool) error {
-	if len(p) == 0 && !last {
-		return nil
+// writeLoop is Drain on the stream's own goroutine, waiting on the socket
+// with the write timeout, until the queue is empty; the next Wake goes
+// back to the pool.
+func (s *hijacked) writeLoop() {
+	var msgs []*hub.Message
+	for {
+		var reason *hub.Reason
+		msgs, reason = s.conn.Next(msgs[:0])
+		if s.dead.Load() {
+			return
+		}
+		bp, chunk := s.chunk(msgs, reason)
+		var err error
+		if len(chunk) > 0 {
+			err = s.write(chunk)
+		}
+		putChunk(bp)
+		if !s.finish(msgs, reason, err) || len(msgs) == 0 {
+			return
+		}
 	}
-	b := make([]byte, 0, len(p)+24)
-	if len(p) > 0 {
-		b = strconv.AppendInt(b, int64(len(p)), 16)
-		b = append(b, "\r\n"...)
-		b = append(b, p...)
+}
+
+// finish counts a written batch, and ends the stream after a failed write
+// or its close reason; it reports whether the stream goes on.
+func (s *hijacked) finish(msgs []*hub.Message, reason *hub.Reason, err error) bool {
+	if err != nil {
+		s.end()
+		return false
+	}
+	if len(msgs) > 0 {
+		s.h.o.Metrics.DeliveredMessages(hub.TransportSSE, msgs)
+		s.h.o.Metrics.QueueDepth(hub.TransportSSE, len(msgs))
+		clear(msgs)
+	}
+	if reason != nil {
+		s.end()
+		return false
+	}
+	return true
+}
+
+// sizeRoom is the room kept before a chunk's data for its size line (at
+// most 8 hex digits and CRLF).
+const sizeRoom = 10
+
+// chunk builds the next chunk in a pooled buffer: the opening retry field
+// with the first batch, the events' records, and for a close reason the
+// closing record and the last chunk. It is empty when there is nothing to
+// write. Writer only.
+func (s *hijacked) chunk(msgs []*hub.Message, reason *hub.Reason) (*[]byte, []byte) {
+	bp := hijackBufs.Get().(*[]byte)
+	b := append((*bp)[:0], make([]byte, sizeRoom)...)
+	if s.first {
+		s.first = false
+		b = appendRetry(b, s.retry)
+	}
+	for _, m := range msgs {
+		b = append(b, m.SSE...)
+	}
+	if reason != nil {
+		b = append(b, closeRecord(*reason, s.h.jitter())...)
+	}
+	start := sizeRoom
+	if n := len(b) - sizeRoom; n > 0 {
+		var hdr [sizeRoom]byte
+		h := append(strconv.AppendInt(hdr[:0], int64(n), 16), "\r\n"...)
+		start = sizeRoom - len(h)
+		copy(b[start:], h)
 		b = append(b, "\r\n"...)
 	}
-	if last {
+	if reason != nil {
 		b = append(b, "0\r\n\r\n"...)
 	}
+	*bp = b
+	return bp, b[start:]
+}
+
+func putChunk(bp *[]byte) {
+	if cap(*bp) <= 64<<10 {
+		*bp = (*bp)[:0]
+		hijackBufs.Put(bp)
+	}
+}
+
+// write writes b under the write timeout, waiting on the socket.
+func (s *hijacked) write(b []byte) error {
 	_ = s.nc.SetWriteDeadline(time.Now().Add(s.h.o.WriteTimeout))
 	_, err := s.nc.Write(b)
 	return err
@@ -264,12 +326,13 @@ func (h *Handler) serveHijacked(w http.ResponseWriter, s *hijacked, conn *hub.Co
 	_ = brw
 	h.o.Metrics.Handshake(hub.TransportSSE, metrics.OutcomeAccepted, "")
 	h.wg.Add(1) // the stream, until end
+	s.raw = netpoll.Raw(nc)
 	s.ready.Store(true)
 	if r := s.early.Load(); r != nil {
 		s.Abort(*r)
 	}
-	s.startWriter()
-	if s.raw = netpoll.Raw(nc); s.raw != nil {
+	h.pool.Push(s) // hub.connected and what came before ready
+	if s.raw != nil {
 		fd := netpoll.FD(s.raw)
 		s.mu.Lock()
 		err := errEnded

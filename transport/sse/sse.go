@@ -22,6 +22,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"net/http"
+	"runtime"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -84,6 +85,7 @@ type Handler struct {
 	log  *slog.Logger
 	wg   sync.WaitGroup // taken-over streams until they end, and their goroutines
 	poll *netpoll.Poller
+	pool *netpoll.Pool // writers of taken-over streams
 }
 
 // Wait blocks until every taken-over stream has ended and every goroutine
@@ -105,6 +107,7 @@ func New(o Options) *Handler {
 	}
 	h := &Handler{o: o, log: o.Logger}
 	h.poll = netpoll.New(&h.wg, h.dispatch)
+	h.pool = netpoll.NewPool(runtime.GOMAXPROCS(0), netpoll.WriterSlice, o.Hub.Activity, &h.wg)
 	return h
 }
 
