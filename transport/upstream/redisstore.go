@@ -3,49 +3,36 @@ package upstream
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/hubd/hub/transport/idem"
 )
 
 // RedisStore is the IdempotencyStore shared by the nodes of a cluster: the
 // outcomes and claims live in Redis, so a key settled or in flight on one
-// node is seen by all. Outcomes are kept under prefix+"idem:up:o:"+key and
-// claims under prefix+"idem:up:c:"+key, both with a TTL.
+// node is seen by all. Outcomes are kept (as JSON) under
+// prefix+"idem:up:o:"+key and claims under prefix+"idem:up:c:"+key, both
+// with a TTL.
 type RedisStore struct {
-	c      redis.UniversalClient
-	prefix string
+	r *idem.Redis[[]byte]
 }
 
 var _ IdempotencyStore = (*RedisStore)(nil)
 
-// claimScript takes the claim (KEYS[2], for ARGV[1] ms) unless an outcome
-// (KEYS[1]) or a live claim exists, in one step.
-var claimScript = redis.NewScript(`
-if redis.call("EXISTS", KEYS[1]) == 1 then return 0 end
-if redis.call("SET", KEYS[2], "1", "NX", "PX", ARGV[1]) then return 1 end
-return 0
-`)
-
 // NewRedisStore returns a store on client with its keys under prefix (for
 // example "hub:"). The client stays the caller's: the store never closes it.
 func NewRedisStore(client redis.UniversalClient, prefix string) *RedisStore {
-	return &RedisStore{c: client, prefix: prefix}
+	return &RedisStore{r: idem.NewRedis[[]byte](client, prefix, "up")}
 }
-
-func (s *RedisStore) outKey(key string) string   { return s.prefix + "idem:up:o:" + key }
-func (s *RedisStore) claimKey(key string) string { return s.prefix + "idem:up:c:" + key }
 
 // Get implements IdempotencyStore.
 func (s *RedisStore) Get(ctx context.Context, key string) (Outcome, bool, error) {
-	data, err := s.c.Get(ctx, s.outKey(key)).Bytes()
-	if errors.Is(err, redis.Nil) {
-		return Outcome{}, false, nil
-	}
-	if err != nil {
-		return Outcome{}, false, fmt.Errorf("redis get outcome: %w", err)
+	data, ok, err := s.r.Get(ctx, key)
+	if err != nil || !ok {
+		return Outcome{}, false, err
 	}
 	var o Outcome
 	if err := json.Unmarshal(data, &o); err != nil {
@@ -56,11 +43,7 @@ func (s *RedisStore) Get(ctx context.Context, key string) (Outcome, bool, error)
 
 // Claim implements IdempotencyStore.
 func (s *RedisStore) Claim(ctx context.Context, key string, ttl time.Duration) (bool, error) {
-	n, err := claimScript.Run(ctx, s.c, []string{s.outKey(key), s.claimKey(key)}, millis(ttl)).Int()
-	if err != nil {
-		return false, fmt.Errorf("redis claim: %w", err)
-	}
-	return n == 1, nil
+	return s.r.Claim(ctx, key, ttl)
 }
 
 // Put implements IdempotencyStore.
@@ -69,26 +52,10 @@ func (s *RedisStore) Put(ctx context.Context, key string, o Outcome, ttl time.Du
 	if err != nil {
 		return fmt.Errorf("encode outcome: %w", err)
 	}
-	_, err = s.c.TxPipelined(ctx, func(p redis.Pipeliner) error {
-		p.Set(ctx, s.outKey(key), data, max(ttl, time.Millisecond))
-		p.Del(ctx, s.claimKey(key))
-		return nil
-	})
-	if err != nil {
-		return fmt.Errorf("redis put outcome: %w", err)
-	}
-	return nil
+	return s.r.Put(ctx, key, data, ttl)
 }
 
 // Release implements IdempotencyStore.
 func (s *RedisStore) Release(ctx context.Context, key string) error {
-	if err := s.c.Del(ctx, s.claimKey(key)).Err(); err != nil {
-		return fmt.Errorf("redis release claim: %w", err)
-	}
-	return nil
-}
-
-// millis is d in whole milliseconds, at least 1 (PX refuses 0).
-func millis(d time.Duration) int64 {
-	return max(d.Milliseconds(), 1)
+	return s.r.Release(ctx, key)
 }
