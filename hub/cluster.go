@@ -41,22 +41,9 @@ func (us *userState) cluster(c *Conn) *clusterConn {
 // hub.connected can be missed: what a broker outage drops is found from the
 // last event or the position by Resync.
 func (h *Hub) registerCluster(c *Conn, info ConnInfo) (*Conn, error) {
-	s := h.shardOf(info.UserID)
-	s.mu.Lock()
-	if h.draining.Load() {
-		s.mu.Unlock()
-		h.release()
-		return nil, ErrShuttingDown
-	}
-	us := s.users[info.UserID]
-	if us != nil && h.opts.MaxConnsPerUser > 0 && len(us.conns) >= h.opts.MaxConnsPerUser {
-		s.mu.Unlock()
-		h.release()
-		return nil, &LimitError{Scope: "user", Limit: h.opts.MaxConnsPerUser}
-	}
-	if us == nil {
-		us = &userState{}
-		s.users[info.UserID] = us
+	s, us, err := h.admitLocked(info.UserID)
+	if err != nil {
+		return nil, err
 	}
 	if len(us.conns) == 0 {
 		h.users.Add(1)

@@ -319,22 +319,9 @@ func (h *Hub) Register(info ConnInfo, sink Sink) (*Conn, error) {
 		return h.registerCluster(c, info)
 	}
 
-	s := h.shardOf(info.UserID)
-	s.mu.Lock()
-	if h.draining.Load() {
-		s.mu.Unlock()
-		h.release()
-		return nil, ErrShuttingDown
-	}
-	us := s.users[info.UserID]
-	if us != nil && h.opts.MaxConnsPerUser > 0 && len(us.conns) >= h.opts.MaxConnsPerUser {
-		s.mu.Unlock()
-		h.release()
-		return nil, &LimitError{Scope: "user", Limit: h.opts.MaxConnsPerUser}
-	}
-	if us == nil {
-		us = &userState{}
-		s.users[info.UserID] = us
+	s, us, err := h.admitLocked(info.UserID)
+	if err != nil {
+		return nil, err
 	}
 	var missed []*Message
 	recovered := false
@@ -467,6 +454,31 @@ func (h *Hub) Unregister(c *Conn) {
 	}
 	h.transportCounter(c.transport).Add(-1)
 	h.release()
+}
+
+// admitLocked locks user's shard and returns it with the user's entry
+// (created if need be), unless the node is draining or the user is at the
+// per-user limit; then the shard is unlocked and the node-wide slot taken by
+// Register is given back.
+func (h *Hub) admitLocked(user string) (*shard, *userState, error) {
+	s := h.shardOf(user)
+	s.mu.Lock()
+	if h.draining.Load() {
+		s.mu.Unlock()
+		h.release()
+		return nil, nil, ErrShuttingDown
+	}
+	us := s.users[user]
+	if us != nil && h.opts.MaxConnsPerUser > 0 && len(us.conns) >= h.opts.MaxConnsPerUser {
+		s.mu.Unlock()
+		h.release()
+		return nil, nil, &LimitError{Scope: "user", Limit: h.opts.MaxConnsPerUser}
+	}
+	if us == nil {
+		us = &userState{}
+		s.users[user] = us
+	}
+	return s, us, nil
 }
 
 // release gives back a connection slot and, when the hub is draining and
