@@ -112,13 +112,42 @@ func TestTLSHTTP2SSEAndWebSocket(t *testing.T) {
 		t.Fatalf("wss first frame %s %v", b, err)
 	}
 
-	// Publish over the (plain or TLS) API and receive on both.
+	// SSE over TLS with HTTP/1.1: the stream is taken over from net/http on
+	// a TLS connection (no raw socket: written and read on goroutines).
+	req1, _ := http.NewRequestWithContext(ctx, http.MethodGet, base+th.cfg.SSEPath, nil)
+	req1.Header.Set("Authorization", "Bearer "+th.token("alice", time.Hour))
+	resp1, err := h1.Do(req1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp1.Body.Close()
+	if resp1.ProtoMajor != 1 {
+		t.Fatalf("SSE over HTTP/1.1 TLS: proto %s", resp1.Proto)
+	}
+	events1 := make(chan string, 16)
+	go func() {
+		sc := bufio.NewScanner(resp1.Body)
+		for sc.Scan() {
+			if d, ok := strings.CutPrefix(sc.Text(), "data: "); ok {
+				events1 <- d
+			}
+		}
+		close(events1)
+	}()
+	if d := <-events1; !strings.Contains(d, `"hub.connected"`) {
+		t.Fatalf("first SSE (HTTP/1.1 TLS) event %s", d)
+	}
+
+	// Publish over the (plain or TLS) API and receive on all three.
 	status, body := postTLS(t, h1, base+"/api/broadcast", `{"userIds":["alice"],"type":"OVER_TLS","payload":1}`)
 	if status != http.StatusAccepted {
 		t.Fatalf("broadcast over TLS: %d %v", status, body)
 	}
 	if d := <-events; !strings.Contains(d, `"OVER_TLS"`) {
 		t.Fatalf("SSE over h2 got %s", d)
+	}
+	if d := <-events1; !strings.Contains(d, `"OVER_TLS"`) {
+		t.Fatalf("SSE over HTTP/1.1 TLS got %s", d)
 	}
 	if _, b, err := c.Read(wsCtx); err != nil || !strings.Contains(string(b), `"OVER_TLS"`) {
 		t.Fatalf("wss got %s %v", b, err)
@@ -137,6 +166,19 @@ func TestTLSHTTP2SSEAndWebSocket(t *testing.T) {
 		defer conn.Close()
 		return string(conn.ConnectionState().PeerCertificates[0].Raw) == string(der)
 	})
+
+	// A disconnect ends the HTTP/1.1 TLS stream with hub.closed, then EOF.
+	status, body = postTLS(t, h1, base+"/api/users/alice/disconnect", "")
+	if status != http.StatusOK && status != http.StatusAccepted {
+		t.Fatalf("disconnect over TLS: %d %v", status, body)
+	}
+	sawClosed := false
+	for d := range events1 {
+		sawClosed = sawClosed || strings.Contains(d, `"hub.closed"`)
+	}
+	if !sawClosed {
+		t.Fatal("the HTTP/1.1 TLS stream ended without hub.closed")
+	}
 }
 
 func postTLS(t *testing.T, c *http.Client, url, body string) (int, map[string]any) {
