@@ -58,18 +58,14 @@ func fastFields(raw []byte, fields []string) (map[string]json.RawMessage, bool) 
 		}
 		vend := skipValue(raw, i)
 		m[k] = raw[i:vend:vend]
-		i = skipWS(raw, vend)
-		if i >= len(raw) {
+		next, done, ok := nextItem(raw, vend, '}')
+		if !ok {
 			return nil, false
 		}
-		switch raw[i] {
-		case ',':
-			i = skipWS(raw, i+1)
-		case '}':
+		if done {
 			return m, true
-		default:
-			return nil, false
 		}
+		i = next
 	}
 	return nil, false
 }
@@ -89,20 +85,33 @@ func fastArray(raw []byte) ([]json.RawMessage, bool) {
 	for i < len(raw) {
 		vend := skipValue(raw, i)
 		out = append(out, raw[i:vend:vend])
-		i = skipWS(raw, vend)
-		if i >= len(raw) {
+		next, done, ok := nextItem(raw, vend, ']')
+		if !ok {
 			return nil, false
 		}
-		switch raw[i] {
-		case ',':
-			i = skipWS(raw, i+1)
-		case ']':
+		if done {
 			return out, true
-		default:
-			return nil, false
 		}
+		i = next
 	}
 	return nil, false
+}
+
+// nextItem reads what follows a member or element that ends at vend in an
+// object or array closed by closing: the index of the next one, or done at
+// the end; ok is false for anything else.
+func nextItem(raw []byte, vend int, closing byte) (next int, done, ok bool) {
+	i := skipWS(raw, vend)
+	if i >= len(raw) {
+		return 0, false, false
+	}
+	switch raw[i] {
+	case ',':
+		return skipWS(raw, i+1), false, true
+	case closing:
+		return 0, true, true
+	}
+	return 0, false, false
 }
 
 // simpleString decodes a valid JSON string without escapes; ok is false
