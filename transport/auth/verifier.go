@@ -416,11 +416,11 @@ type header struct {
 	Kid string `json:"kid"`
 }
 
-// peekHeader decodes the protected header of a compact JWS without trusting
-// it: it only selects the key, which must then verify the signature.
 // strictB64 is base64url without padding that refuses non-zero unused bits.
 var strictB64 = base64.RawURLEncoding.Strict()
 
+// peekHeader decodes the protected header of a compact JWS without trusting
+// it: it only selects the key, which must then verify the signature.
 func peekHeader(token string) (header, bool) {
 	var h header
 	parts := strings.Split(token, ".")
