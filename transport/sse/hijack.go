@@ -2,7 +2,6 @@ package sse
 
 import (
 	"bytes"
-	"errors"
 	"net"
 	"net/http"
 	"strconv"
@@ -156,12 +155,16 @@ func (h *Handler) dispatch(w netpoll.Watcher) {
 
 var hijackBufs = sync.Pool{New: func() any { b := make([]byte, 0, 4096); return &b }}
 
-// Drain runs on a pool writer (netpoll.Pool): each batch is one chunk,
-// written with one non-blocking write. A socket that cannot take it at once
-// (a slow reader), or a TLS one, gets the rest on a goroutine of its own,
-// which goes on with writeLoop until the queue is empty; so a pool writer
-// never waits on a socket.
-func (s *hijacked) Drain() {
+// Drain runs on a pool writer (netpoll.Pool).
+func (s *hijacked) Drain() { s.drain(false) }
+
+// drain writes each batch as one chunk until the queue is empty. On a pool
+// writer (own false) the write is non-blocking, and a socket that cannot
+// take the chunk at once (a slow reader), or a TLS one, gets the rest on a
+// goroutine of the stream's own, which goes on draining (own true, waiting
+// on the socket with the write timeout); the next Wake goes back to the
+// pool. So a pool writer never waits on a socket.
+func (s *hijacked) drain(own bool) {
 	var msgs []*hub.Message
 	for {
 		var reason *hub.Reason
@@ -171,16 +174,16 @@ func (s *hijacked) Drain() {
 		}
 		bp, chunk := s.chunk(msgs, reason)
 		written := 0
-		if len(chunk) > 0 && s.raw != nil {
-			n, err := netpoll.TryWrite(s.raw, chunk)
-			if err != nil {
-				putChunk(bp)
-				s.end()
-				return
-			}
-			written = n
+		var err error
+		switch {
+		case len(chunk) == 0:
+		case own:
+			err = s.write(chunk)
+			written = len(chunk)
+		case s.raw != nil:
+			written, err = netpoll.TryWrite(s.raw, chunk)
 		}
-		if written < len(chunk) {
+		if err == nil && written < len(chunk) {
 			rest := chunk[written:]
 			s.h.wg.Add(1)
 			go func() {
@@ -188,33 +191,10 @@ func (s *hijacked) Drain() {
 				err := s.write(rest)
 				putChunk(bp)
 				if s.finish(msgs, reason, err) {
-					s.writeLoop()
+					s.drain(true)
 				}
 			}()
 			return
-		}
-		putChunk(bp)
-		if !s.finish(msgs, reason, nil) || len(msgs) == 0 {
-			return
-		}
-	}
-}
-
-// writeLoop is Drain on the stream's own goroutine, waiting on the socket
-// with the write timeout, until the queue is empty; the next Wake goes
-// back to the pool.
-func (s *hijacked) writeLoop() {
-	var msgs []*hub.Message
-	for {
-		var reason *hub.Reason
-		msgs, reason = s.conn.Next(msgs[:0])
-		if s.dead.Load() {
-			return
-		}
-		bp, chunk := s.chunk(msgs, reason)
-		var err error
-		if len(chunk) > 0 {
-			err = s.write(chunk)
 		}
 		putChunk(bp)
 		if !s.finish(msgs, reason, err) || len(msgs) == 0 {
@@ -335,14 +315,14 @@ func (h *Handler) serveHijacked(w http.ResponseWriter, s *hijacked, conn *hub.Co
 	if s.raw != nil {
 		fd := netpoll.FD(s.raw)
 		s.mu.Lock()
-		err := errEnded
-		if !s.ended {
+		var err error
+		if !s.ended { // else it ended already: nothing to watch
 			if err = h.poll.Add(s, fd); err == nil {
 				s.fd = fd
 			}
 		}
 		s.mu.Unlock()
-		if err == nil || err == errEnded {
+		if err == nil {
 			return
 		}
 		h.log.Debug("sse: reading on a goroutine", "err", err)
@@ -354,8 +334,6 @@ func (h *Handler) serveHijacked(w http.ResponseWriter, s *hijacked, conn *hub.Co
 		s.end()
 	}()
 }
-
-var errEnded = errors.New("stream ended")
 
 // readUntilGone reads (and drops) what the client sends until the
 // connection ends: that is how a stream notices its client left.
