@@ -341,8 +341,14 @@ func TestRawPongTimeout(t *testing.T) {
 	if _, err := e.hub.Publish(context.Background(), []string{"good"}, "A", json.RawMessage(`1`)); err != nil {
 		t.Fatal(err)
 	}
-	if typ := good.nextEvent(); typ != "A" && typ != "hub.ping" {
-		t.Fatalf("got %q", typ)
+	for { // hub.ping may come first on an idle connection
+		typ := good.nextEvent()
+		if typ == "A" {
+			break
+		}
+		if typ != "hub.ping" {
+			t.Fatalf("got %q, want the event A", typ)
+		}
 	}
 }
 
