@@ -27,8 +27,7 @@ import (
 // (flush), which waits with the write timeout without any lock held.
 type corkConn struct {
 	net.Conn
-	raw     syscall.RawConn // nil when the connection is not a plain socket (TLS)
-	timeout time.Duration   // write deadline of a flush started by Write
+	raw syscall.RawConn // nil when the connection is not a plain socket (TLS)
 
 	mu        sync.Mutex
 	buf       []byte   // bytes to write next; appended under mu
@@ -39,8 +38,8 @@ type corkConn struct {
 	err       error    // the write error that ended the stream
 }
 
-func newCorkConn(nc net.Conn, timeout time.Duration) *corkConn {
-	return &corkConn{Conn: nc, timeout: timeout, raw: netpoll.Raw(nc)}
+func newCorkConn(nc net.Conn) *corkConn {
+	return &corkConn{Conn: nc, raw: netpoll.Raw(nc)}
 }
 
 // errClosed is returned for frames offered after the close frame.
@@ -85,6 +84,12 @@ func (c *corkConn) writeFrames(msgs []*hub.Message) (pending bool, err error) {
 	return pending, err
 }
 
+// maxQueuedPongs bounds what a socket that takes nothing may hold before
+// pongs are dropped: a client that sends pings and never reads would
+// otherwise grow the buffer without end (RFC 6455 lets an endpoint answer
+// only the latest of several pings).
+const maxQueuedPongs = 64 << 10
+
 // writeControl queues one control frame and commits it; after a close
 // frame nothing more is written (errClosed).
 func (c *corkConn) writeControl(op byte, payload []byte) (pending bool, err error) {
@@ -92,6 +97,10 @@ func (c *corkConn) writeControl(op byte, payload []byte) (pending bool, err erro
 	if err := c.checkLocked(); err != nil {
 		c.mu.Unlock()
 		return false, err
+	}
+	if op == opPong && c.owned && len(c.buf) >= maxQueuedPongs {
+		c.mu.Unlock()
+		return false, nil // dropped: the socket's owner is still stuck on earlier bytes
 	}
 	c.buf = appendControl(c.buf, op, payload)
 	if op == opClose {
@@ -261,9 +270,8 @@ func appendTextFrame(b, p []byte) []byte {
 // closes its socket when it is garbage collected, is let go.
 type corkWriter struct {
 	http.ResponseWriter
-	conn    *corkConn
-	early   []byte
-	timeout time.Duration
+	conn  *corkConn
+	early []byte
 }
 
 func (w *corkWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
@@ -276,7 +284,7 @@ func (w *corkWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 		b, _ := brw.Reader.Peek(n)
 		w.early = bytes.Clone(b)
 	}
-	w.conn = newCorkConn(nc, w.timeout)
+	w.conn = newCorkConn(nc)
 	s := standIn{nc.LocalAddr(), nc.RemoteAddr()}
 	return s, bufio.NewReadWriter(bufio.NewReaderSize(s, 16), bufio.NewWriterSize(s, 16)), nil
 }

@@ -104,7 +104,7 @@ func tcpPair(t *testing.T) (server, client net.Conn) {
 // owner's flush delivers all of it in order once the reader reads again.
 func TestCorkFullSocketKeepsOrder(t *testing.T) {
 	server, client := tcpPair(t)
-	c := newCorkConn(server, 10*time.Second)
+	c := newCorkConn(server)
 	if c.raw == nil {
 		t.Fatal("a TCP connection should be written with non-blocking writes")
 	}
@@ -136,6 +136,16 @@ func TestCorkFullSocketKeepsOrder(t *testing.T) {
 	sent++
 	if p, err := c.writeControl(opPing, []byte("hi")); err != nil || p {
 		t.Fatalf("control frame while owned = %v, %v; want queued", p, err)
+	}
+	// A client that pings and never reads cannot grow the buffer without
+	// end: pongs behind a stuck socket are dropped past a bound.
+	for range 5000 {
+		if _, err := c.writeControl(opPong, bytes.Repeat([]byte("p"), 100)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := len(c.buf); n > maxQueuedPongs+4*4096+200 {
+		t.Fatalf("%d bytes queued behind a full socket after 5,000 pongs", n)
 	}
 	// What waits for the queued frames to be written runs only then.
 	var ran atomic.Bool
@@ -200,7 +210,7 @@ func TestCorkFullSocketKeepsOrder(t *testing.T) {
 // may follow it on the wire.
 func TestCorkNoFrameAfterClose(t *testing.T) {
 	server, client := tcpPair(t)
-	c := newCorkConn(server, time.Second)
+	c := newCorkConn(server)
 	if _, err := c.writeFrames([]*hub.Message{{Frame: []byte("one")}}); err != nil {
 		t.Fatal(err)
 	}

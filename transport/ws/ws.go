@@ -137,7 +137,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.refuse(w, status, code, msg)
 		return
 	}
-	cw := &corkWriter{ResponseWriter: w, timeout: h.o.WriteTimeout}
+	cw := &corkWriter{ResponseWriter: w}
 	wsc, err := websocket.Accept(cw, r, &websocket.AcceptOptions{
 		InsecureSkipVerify: true, // the origin was checked above
 		CompressionMode:    websocket.CompressionDisabled,
@@ -263,57 +263,17 @@ func (c *conn) Heartbeat(idle bool) {
 	c.h.pinger.add(c)
 }
 
-// Drain runs on a pool writer: it frames every queued event and writes
-// each batch with one non-blocking socket write until the queue is empty.
-// A socket that cannot take a batch at once (a slow reader, or TLS) is
-// handed to a goroutine of its own, so a pool writer never waits on one.
-func (c *conn) Drain() {
-	bp := bufPool.Get().(*[]*hub.Message)
-	defer func() {
-		clear(*bp)
-		*bp = (*bp)[:0]
-		bufPool.Put(bp)
-	}()
-	for {
-		msgs, reason := c.hc.Next((*bp)[:0])
-		*bp = msgs
-		if len(msgs) > 0 {
-			pending, err := c.cork.writeFrames(msgs)
-			if errors.Is(err, errClosed) {
-				clear(msgs) // closing: what comes after the close frame is dropped
-				continue
-			}
-			if err != nil {
-				c.fail()
-				return
-			}
-			c.delivered(msgs)
-			clear(msgs)
-			if pending {
-				c.h.wg.Add(1)
-				go func() {
-					defer c.h.wg.Done()
-					if err := c.cork.flush(c.h.o.WriteTimeout); err != nil {
-						c.fail()
-						return
-					}
-					c.writeLoop()
-				}()
-				return
-			}
-			continue
-		}
-		if reason != nil && c.dead.CompareAndSwap(false, true) {
-			c.close(*reason) // does not wait for the peer
-		}
-		return
-	}
-}
+// Drain runs on a pool writer (netpoll.Pool).
+func (c *conn) Drain() { c.drain(false) }
 
-// writeLoop is drain on a connection's own goroutine, waiting on the socket
-// with the write timeout: it serves a connection whose socket was full
-// until its queue is empty again; the next Wake goes back to the pool.
-func (c *conn) writeLoop() {
+// drain frames every queued event and writes each batch with one socket
+// write until the queue is empty. On a pool writer (own false) a socket
+// that cannot take a batch at once (a slow reader, or TLS) is handed to a
+// goroutine of the connection's own, which finishes the write with the
+// write timeout and goes on draining (own true) until the queue is empty;
+// the next Wake goes back to the pool. So a pool writer never waits on a
+// socket.
+func (c *conn) drain(own bool) {
 	bp := bufPool.Get().(*[]*hub.Message)
 	defer func() {
 		clear(*bp)
@@ -323,27 +283,38 @@ func (c *conn) writeLoop() {
 	for {
 		msgs, reason := c.hc.Next((*bp)[:0])
 		*bp = msgs
-		if len(msgs) > 0 {
-			pending, err := c.cork.writeFrames(msgs)
-			if errors.Is(err, errClosed) {
-				clear(msgs)
-				continue
+		if len(msgs) == 0 {
+			if reason != nil && c.dead.CompareAndSwap(false, true) {
+				c.close(*reason) // does not wait for the peer
 			}
-			if err == nil && pending {
-				err = c.cork.flush(c.h.o.WriteTimeout)
-			}
-			if err != nil {
-				c.fail()
-				return
-			}
-			c.delivered(msgs)
-			clear(msgs)
+			return
+		}
+		pending, err := c.cork.writeFrames(msgs)
+		if errors.Is(err, errClosed) {
+			clear(msgs) // closing: what comes after the close frame is dropped
 			continue
 		}
-		if reason != nil && c.dead.CompareAndSwap(false, true) {
-			c.close(*reason)
+		if err == nil && pending && own {
+			err, pending = c.cork.flush(c.h.o.WriteTimeout), false
 		}
-		return
+		if err != nil {
+			c.fail()
+			return
+		}
+		c.delivered(msgs)
+		clear(msgs)
+		if pending {
+			c.h.wg.Add(1)
+			go func() {
+				defer c.h.wg.Done()
+				if err := c.cork.flush(c.h.o.WriteTimeout); err != nil {
+					c.fail()
+					return
+				}
+				c.drain(true)
+			}()
+			return
+		}
 	}
 }
 
