@@ -17,8 +17,8 @@ import (
 
 	"github.com/hubd/hub/client"
 	"github.com/hubd/hub/hub"
+	"github.com/hubd/hub/internal/auth"
 	"github.com/hubd/hub/transport/api"
-	"github.com/hubd/hub/transport/auth"
 )
 
 func TestMain(m *testing.M) {

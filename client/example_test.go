@@ -11,8 +11,8 @@ import (
 
 	"github.com/hubd/hub/client"
 	"github.com/hubd/hub/hub"
+	"github.com/hubd/hub/internal/auth"
 	"github.com/hubd/hub/transport/api"
-	"github.com/hubd/hub/transport/auth"
 )
 
 // Example starts a hub in-process, then publishes to two users and to

@@ -14,7 +14,7 @@ import (
 	"go.uber.org/fx"
 
 	"github.com/hubd/hub/config"
-	"github.com/hubd/hub/transport/auth"
+	"github.com/hubd/hub/internal/auth"
 )
 
 // DevUser and DevAdmin are the subjects of the development-mode tokens.

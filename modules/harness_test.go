@@ -20,8 +20,8 @@ import (
 
 	"github.com/hubd/hub/config"
 	"github.com/hubd/hub/hub"
+	"github.com/hubd/hub/internal/auth"
 	"github.com/hubd/hub/modules"
-	"github.com/hubd/hub/transport/auth"
 )
 
 const testSecret = "test-secret-0123456789abcdef0123456789"

@@ -19,8 +19,8 @@ import (
 
 	"github.com/hubd/hub/config"
 	"github.com/hubd/hub/hub"
+	"github.com/hubd/hub/internal/httpx"
 	"github.com/hubd/hub/transport/api"
-	"github.com/hubd/hub/transport/httpx"
 	"github.com/hubd/hub/transport/sse"
 	"github.com/hubd/hub/transport/upstream"
 	"github.com/hubd/hub/transport/ws"

@@ -10,7 +10,7 @@ import (
 	"github.com/hubd/hub/config"
 	"github.com/hubd/hub/hub"
 	"github.com/hubd/hub/hub/redisbroker"
-	"github.com/hubd/hub/transport/metrics"
+	"github.com/hubd/hub/internal/metrics"
 )
 
 // HubModule provides the *hub.Hub and, with HUB_BROKER=redis, the Redis

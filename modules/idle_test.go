@@ -20,7 +20,7 @@ import (
 	"time"
 
 	"github.com/hubd/hub/config"
-	"github.com/hubd/hub/transport/auth"
+	"github.com/hubd/hub/internal/auth"
 )
 
 // idleConns is how many connections of each transport the idle test holds.

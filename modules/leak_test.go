@@ -18,7 +18,7 @@ import (
 	"github.com/coder/websocket"
 
 	"github.com/hubd/hub/config"
-	"github.com/hubd/hub/transport/auth"
+	"github.com/hubd/hub/internal/auth"
 )
 
 // leakConnections is how many connections TestLeakConnections opens and

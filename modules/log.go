@@ -9,7 +9,7 @@ import (
 	"go.uber.org/fx"
 
 	"github.com/hubd/hub/config"
-	"github.com/hubd/hub/transport/auth"
+	"github.com/hubd/hub/internal/auth"
 )
 
 // LogModule provides the *slog.Logger: JSON off a terminal, text on one,
@@ -52,7 +52,7 @@ func isTerminal(f *os.File) bool {
 
 // redactAttr keeps tokens out of the logs whatever a caller passes: any
 // string value that holds a JWT, a token= query value or a Bearer header is
-// redacted (transport/auth.Redact).
+// redacted (internal/auth.Redact).
 func redactAttr(_ []string, a slog.Attr) slog.Attr {
 	if a.Value.Kind() == slog.KindString {
 		if s := a.Value.String(); len(s) > 16 {

@@ -8,10 +8,10 @@ import (
 	"go.uber.org/fx"
 
 	"github.com/hubd/hub/config"
-	"github.com/hubd/hub/transport/admit"
+	"github.com/hubd/hub/internal/admit"
+	"github.com/hubd/hub/internal/auth"
+	"github.com/hubd/hub/internal/metrics"
 	"github.com/hubd/hub/transport/api"
-	"github.com/hubd/hub/transport/auth"
-	"github.com/hubd/hub/transport/metrics"
 	"github.com/hubd/hub/transport/upstream"
 )
 

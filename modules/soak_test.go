@@ -23,7 +23,7 @@ import (
 	"github.com/coder/websocket"
 
 	"github.com/hubd/hub/config"
-	"github.com/hubd/hub/transport/auth"
+	"github.com/hubd/hub/internal/auth"
 )
 
 var soakFlag = flag.Duration("soak", 0, "run TestSoak for this long (default: HUB_SOAK, else a short run of a few seconds)")

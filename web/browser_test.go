@@ -39,8 +39,8 @@ import (
 
 	"github.com/hubd/hub/config"
 	"github.com/hubd/hub/hub"
+	"github.com/hubd/hub/internal/auth"
 	"github.com/hubd/hub/modules"
-	"github.com/hubd/hub/transport/auth"
 )
 
 const (

@@ -7,14 +7,14 @@ import (
 	"slices"
 	"time"
 
-	"github.com/hubd/hub/transport/auth"
+	"github.com/hubd/hub/internal/auth"
 )
 
 func init() {
 	commands["token"] = &command{summary: "mint a development token (HS256/384/512)", run: runToken}
 }
 
-// runToken mints a token with transport/auth.Mint and prints it.
+// runToken mints a token with internal/auth.Mint and prints it.
 func runToken(_ context.Context, s *streams, args []string) int {
 	fs := newFlagSet("token", "--secret S --sub USER [--roles admin,service] [--ttl 1h] [--alg HS256]", s)
 	secret := fs.String("secret", "", "HMAC secret (default $HUB_JWT_SECRET)")

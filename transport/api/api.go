@@ -41,8 +41,8 @@ import (
 	"time"
 
 	"github.com/hubd/hub/hub"
-	"github.com/hubd/hub/transport/auth"
-	"github.com/hubd/hub/transport/httpx"
+	"github.com/hubd/hub/internal/auth"
+	"github.com/hubd/hub/internal/httpx"
 )
 
 // DefaultMaxPayload is the largest request body accepted when

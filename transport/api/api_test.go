@@ -20,8 +20,8 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/hubd/hub/hub"
+	"github.com/hubd/hub/internal/auth"
 	"github.com/hubd/hub/transport/api"
-	"github.com/hubd/hub/transport/auth"
 )
 
 func TestMain(m *testing.M) {

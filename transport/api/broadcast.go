@@ -11,8 +11,8 @@ import (
 	"strconv"
 
 	"github.com/hubd/hub/hub"
-	"github.com/hubd/hub/transport/auth"
-	"github.com/hubd/hub/transport/httpx"
+	"github.com/hubd/hub/internal/auth"
+	"github.com/hubd/hub/internal/httpx"
 )
 
 // Error codes of the broadcast API (besides the auth ones).

@@ -12,8 +12,8 @@ import (
 	"testing"
 
 	"github.com/hubd/hub/hub"
+	"github.com/hubd/hub/internal/auth"
 	"github.com/hubd/hub/transport/api"
-	"github.com/hubd/hub/transport/auth"
 )
 
 // fuzzMaxPayload keeps the body limit small so that the fuzzer reaches 413.

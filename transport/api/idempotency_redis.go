@@ -5,7 +5,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/hubd/hub/transport/idem"
+	"github.com/hubd/hub/internal/idem"
 )
 
 // RedisIdempotency is the IdempotencyStore shared by the nodes of a

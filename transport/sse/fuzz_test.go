@@ -14,7 +14,7 @@ import (
 	"time"
 
 	"github.com/hubd/hub/hub"
-	"github.com/hubd/hub/transport/auth"
+	"github.com/hubd/hub/internal/auth"
 	"github.com/hubd/hub/transport/sse"
 )
 

@@ -11,15 +11,15 @@ import (
 	"time"
 
 	"github.com/hubd/hub/hub"
-	"github.com/hubd/hub/transport/metrics"
-	"github.com/hubd/hub/transport/netpoll"
+	"github.com/hubd/hub/internal/metrics"
+	"github.com/hubd/hub/internal/netpoll"
 )
 
 // An HTTP/1.1 stream is taken over from net/http once its headers are
 // decided: the handler returns, so the request, net/http's connection state
 // with its 4 KiB buffers and the handler's stack are freed. On Linux an idle
 // stream then holds no goroutine at all: its socket waits in the endpoint's
-// epoll instance (transport/netpoll) until the client sends something or
+// epoll instance (internal/netpoll) until the client sends something or
 // leaves; elsewhere, and on TLS, one reader goroutine notices the client
 // leaving. Events are written by the endpoint's pool writers
 // (netpoll.Pool), one chunk per batch with a non-blocking write, as on

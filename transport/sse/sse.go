@@ -29,10 +29,10 @@ import (
 	"time"
 
 	"github.com/hubd/hub/hub"
-	"github.com/hubd/hub/transport/auth"
-	"github.com/hubd/hub/transport/httpx"
-	"github.com/hubd/hub/transport/metrics"
-	"github.com/hubd/hub/transport/netpoll"
+	"github.com/hubd/hub/internal/auth"
+	"github.com/hubd/hub/internal/httpx"
+	"github.com/hubd/hub/internal/metrics"
+	"github.com/hubd/hub/internal/netpoll"
 )
 
 // Defaults of Options.

@@ -23,7 +23,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/hubd/hub/hub"
-	"github.com/hubd/hub/transport/auth"
+	"github.com/hubd/hub/internal/auth"
 	"github.com/hubd/hub/transport/sse"
 )
 

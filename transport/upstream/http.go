@@ -7,8 +7,8 @@ import (
 	"net/http"
 	"time"
 
-	"github.com/hubd/hub/transport/auth"
-	"github.com/hubd/hub/transport/httpx"
+	"github.com/hubd/hub/internal/auth"
+	"github.com/hubd/hub/internal/httpx"
 )
 
 // httpStatus maps an outcome to the status of a /api/send answer.

@@ -22,7 +22,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/hubd/hub/hub"
-	"github.com/hubd/hub/transport/auth"
+	"github.com/hubd/hub/internal/auth"
 	"github.com/hubd/hub/transport/upstream"
 	"github.com/hubd/hub/transport/ws"
 )

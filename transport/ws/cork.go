@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"github.com/hubd/hub/hub"
-	"github.com/hubd/hub/transport/netpoll"
+	"github.com/hubd/hub/internal/netpoll"
 )
 
 // corkConn is a hijacked connection and the order of everything written

@@ -16,7 +16,7 @@ import (
 	"github.com/coder/websocket"
 
 	"github.com/hubd/hub/hub"
-	"github.com/hubd/hub/transport/auth"
+	"github.com/hubd/hub/internal/auth"
 	"github.com/hubd/hub/transport/ws"
 )
 

@@ -16,7 +16,7 @@ import (
 	"time"
 
 	"github.com/hubd/hub/hub"
-	"github.com/hubd/hub/transport/auth"
+	"github.com/hubd/hub/internal/auth"
 )
 
 // These tests speak WebSocket frame by frame over a real socket, to check

@@ -7,7 +7,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/hubd/hub/hub"
-	"github.com/hubd/hub/transport/netpoll"
+	"github.com/hubd/hub/internal/netpoll"
 )
 
 // readBufSize is the size of the pooled buffer a readable socket is read

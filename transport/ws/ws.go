@@ -2,7 +2,7 @@
 // token, limits; the upgrade itself by github.com/coder/websocket), then
 // the connection's life on the hub's own reader and writer, so that an idle
 // connection holds no goroutine and no buffer: its socket waits in an epoll
-// instance (transport/netpoll) until the client sends something, and a pool
+// instance (internal/netpoll) until the client sends something, and a pool
 // writer frames and writes events only while its queue has some
 // (netpoll.Pool, cork.go). Ping frames and hub.ping heartbeats, token refresh and expiry,
 // the closing handshake and the contract's close codes are here.
@@ -23,10 +23,10 @@ import (
 	"github.com/coder/websocket"
 
 	"github.com/hubd/hub/hub"
-	"github.com/hubd/hub/transport/auth"
-	"github.com/hubd/hub/transport/httpx"
-	"github.com/hubd/hub/transport/metrics"
-	"github.com/hubd/hub/transport/netpoll"
+	"github.com/hubd/hub/internal/auth"
+	"github.com/hubd/hub/internal/httpx"
+	"github.com/hubd/hub/internal/metrics"
+	"github.com/hubd/hub/internal/netpoll"
 )
 
 // MaxFrame is the largest client frame accepted (other than hub.send).

@@ -15,7 +15,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/hubd/hub/hub"
-	"github.com/hubd/hub/transport/metrics"
+	"github.com/hubd/hub/internal/metrics"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }

@@ -9,8 +9,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hubd/hub/transport/admit"
-	"github.com/hubd/hub/transport/httpx"
+	"github.com/hubd/hub/internal/admit"
+	"github.com/hubd/hub/internal/httpx"
 )
 
 // newServer serves /healthz and /connect. /connect runs the admission hook

@@ -11,7 +11,7 @@ import (
 
 	"go.uber.org/goleak"
 
-	"github.com/hubd/hub/transport/admit"
+	"github.com/hubd/hub/internal/admit"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }

@@ -24,7 +24,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/hubd/hub/transport/httpx"
+	"github.com/hubd/hub/internal/httpx"
 )
 
 // Refusal codes and statuses, and the outcomes given to Options.Observe.

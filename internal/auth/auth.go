@@ -15,7 +15,7 @@ import (
 	"slices"
 	"time"
 
-	"github.com/hubd/hub/transport/httpx"
+	"github.com/hubd/hub/internal/httpx"
 )
 
 // Role names the hub gives a meaning to.

@@ -11,7 +11,7 @@ import (
 
 	"go.uber.org/goleak"
 
-	"github.com/hubd/hub/transport/netpoll"
+	"github.com/hubd/hub/internal/netpoll"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }

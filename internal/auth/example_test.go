@@ -6,7 +6,7 @@ import (
 	"net/http/httptest"
 	"time"
 
-	"github.com/hubd/hub/transport/auth"
+	"github.com/hubd/hub/internal/auth"
 )
 
 func ExampleVerifier_Authenticate() {
