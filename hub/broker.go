@@ -68,7 +68,3 @@ func (m *Message) Seq() uint64 { return m.seq }
 func EncodeEnvelope(id, typ string, payload []byte, ts time.Time) []byte {
 	return newEvent(id, typ, payload, ts, 0).Frame
 }
-
-// CompactPayload validates p as JSON and returns it on one line ("null"
-// when empty).
-func CompactPayload(p []byte) ([]byte, error) { return compactPayload(p) }

@@ -33,21 +33,17 @@ var routes = map[string]struct{ file, contentType string }{
 	"/client/hub.d.ts": {"hub.d.ts", "application/typescript; charset=utf-8"},
 }
 
-// Options configures NewHandler. The zero value is what Handler uses.
+// Options configures NewHandler.
 type Options struct {
 	// AllowOrigin reports whether a cross-origin page may load the client
 	// (CORS for /client/...); nil allows none. Wire it to HUB_ALLOWED_ORIGINS.
 	AllowOrigin func(origin string) bool
 }
 
-// Handler serves GET and HEAD for "/" (the console page), "/client/hub.js"
-// and "/client/hub.d.ts", with Cache-Control: no-cache and an ETag, and a JSON
-// 404 for any other path. Mount it as the catch-all of the public listener.
-func Handler() http.Handler {
-	return NewHandler(Options{})
-}
-
-// NewHandler is Handler with options.
+// NewHandler serves GET and HEAD for "/" (the console page),
+// "/client/hub.js" and "/client/hub.d.ts", with Cache-Control: no-cache and
+// an ETag, and a JSON 404 for any other path. Mount it as the catch-all of
+// the public listener.
 func NewHandler(opts Options) http.Handler {
 	assets := make(map[string]asset, len(routes))
 	for path, r := range routes {

@@ -16,7 +16,7 @@ func TestMain(m *testing.M) {
 }
 
 func TestHandler(t *testing.T) {
-	srv := httptest.NewServer(Handler())
+	srv := httptest.NewServer(NewHandler(Options{}))
 	t.Cleanup(srv.Close)
 
 	tests := []struct {
@@ -88,7 +88,7 @@ func TestHandler(t *testing.T) {
 }
 
 func TestHandlerETag(t *testing.T) {
-	h := Handler()
+	h := NewHandler(Options{})
 	rec := httptest.NewRecorder()
 	h.ServeHTTP(rec, httptest.NewRequest("GET", "/client/hub.js", nil))
 	etag := rec.Header().Get("ETag")
@@ -126,7 +126,7 @@ func TestNewHandlerCORS(t *testing.T) {
 	req := httptest.NewRequest("GET", "/client/hub.js", nil)
 	req.Header.Set("Origin", "https://app.test")
 	rec := httptest.NewRecorder()
-	Handler().ServeHTTP(rec, req)
+	NewHandler(Options{}).ServeHTTP(rec, req)
 	if got := rec.Header().Get("Access-Control-Allow-Origin"); got != "" {
 		t.Errorf("Handler: Access-Control-Allow-Origin = %q, want none", got)
 	}

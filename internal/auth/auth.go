@@ -10,7 +10,6 @@
 package auth
 
 import (
-	"context"
 	"net/http"
 	"slices"
 	"time"
@@ -102,17 +101,4 @@ func invalid(msg string) *Error {
 // WriteError writes e with httpx.WriteError.
 func WriteError(w http.ResponseWriter, e *Error) {
 	httpx.WriteError(w, e.Status, e.Code, e.Message)
-}
-
-type ctxKey struct{}
-
-// NewContext returns a copy of ctx carrying id.
-func NewContext(ctx context.Context, id *Identity) context.Context {
-	return context.WithValue(ctx, ctxKey{}, id)
-}
-
-// UserFrom returns the identity stored by NewContext, if any.
-func UserFrom(ctx context.Context) (*Identity, bool) {
-	id, ok := ctx.Value(ctxKey{}).(*Identity)
-	return id, ok && id != nil
 }

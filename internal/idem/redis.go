@@ -1,11 +1,8 @@
-// Package idem is the Redis side of idempotency keys, shared by the
-// broadcast API (answers) and the upstream (outcomes): per key, a settled
-// value and an in-flight claim, both with a TTL, so that a key settled or
-// in flight on one node is seen by every node of a cluster.
 package idem
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
@@ -13,10 +10,11 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// Redis keeps values under prefix+"idem:"+ns+":o:"+key and claims under
-// prefix+"idem:"+ns+":c:"+key. V is the stored bytes' type (json.RawMessage
-// for the API).
-type Redis[V ~[]byte] struct {
+// Redis is the Store shared by the nodes of a cluster, so that a key
+// settled or in flight on one node is seen by all. Values are kept as JSON
+// under prefix+"idem:"+ns+":o:"+key and claims under
+// prefix+"idem:"+ns+":c:"+key, both with a TTL.
+type Redis[V any] struct {
 	c                  redis.UniversalClient
 	valuePfx, claimPfx string
 }
@@ -32,24 +30,27 @@ return 0
 // NewRedis returns a store on client with its keys under prefix (for
 // example "hub:") and the namespace ns ("api", "up"). The client stays the
 // caller's: the store never closes it.
-func NewRedis[V ~[]byte](client redis.UniversalClient, prefix, ns string) *Redis[V] {
+func NewRedis[V any](client redis.UniversalClient, prefix, ns string) *Redis[V] {
 	return &Redis[V]{c: client, valuePfx: prefix + "idem:" + ns + ":o:", claimPfx: prefix + "idem:" + ns + ":c:"}
 }
 
-// Get returns the value stored for key, if any.
+// Get implements Store.
 func (s *Redis[V]) Get(ctx context.Context, key string) (V, bool, error) {
+	var v V
 	data, err := s.c.Get(ctx, s.valuePfx+key).Bytes()
 	if errors.Is(err, redis.Nil) {
-		return nil, false, nil
+		return v, false, nil
 	}
 	if err != nil {
-		return nil, false, fmt.Errorf("redis get idempotency value: %w", err)
+		return v, false, fmt.Errorf("redis get idempotency value: %w", err)
 	}
-	return V(data), true, nil
+	if err := json.Unmarshal(data, &v); err != nil {
+		return v, false, fmt.Errorf("decode idempotency value: %w", err)
+	}
+	return v, true, nil
 }
 
-// Claim marks key as in flight for at most ttl; false when key has a value
-// or a live claim.
+// Claim implements Store.
 func (s *Redis[V]) Claim(ctx context.Context, key string, ttl time.Duration) (bool, error) {
 	n, err := claimScript.Run(ctx, s.c, []string{s.valuePfx + key, s.claimPfx + key}, max(ttl.Milliseconds(), 1)).Int()
 	if err != nil {
@@ -58,10 +59,15 @@ func (s *Redis[V]) Claim(ctx context.Context, key string, ttl time.Duration) (bo
 	return n == 1, nil
 }
 
-// Put stores key's value for ttl and ends its claim, in one transaction.
+// Put implements Store: the value and the end of the claim in one
+// transaction.
 func (s *Redis[V]) Put(ctx context.Context, key string, value V, ttl time.Duration) error {
-	_, err := s.c.TxPipelined(ctx, func(p redis.Pipeliner) error {
-		p.Set(ctx, s.valuePfx+key, []byte(value), max(ttl, time.Millisecond))
+	data, err := json.Marshal(value)
+	if err != nil {
+		return fmt.Errorf("encode idempotency value: %w", err)
+	}
+	_, err = s.c.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		p.Set(ctx, s.valuePfx+key, data, max(ttl, time.Millisecond))
 		p.Del(ctx, s.claimPfx+key)
 		return nil
 	})
@@ -71,10 +77,15 @@ func (s *Redis[V]) Put(ctx context.Context, key string, value V, ttl time.Durati
 	return nil
 }
 
-// Release ends key's claim without storing a value.
+// Release implements Store.
 func (s *Redis[V]) Release(ctx context.Context, key string) error {
 	if err := s.c.Del(ctx, s.claimPfx+key).Err(); err != nil {
 		return fmt.Errorf("redis release claim: %w", err)
 	}
 	return nil
 }
+
+var (
+	_ Store[json.RawMessage] = (*Redis[json.RawMessage])(nil)
+	_ Store[json.RawMessage] = (*Memory[json.RawMessage])(nil)
+)

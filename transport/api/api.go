@@ -36,6 +36,7 @@ package api
 
 import (
 	"context"
+	"encoding/json"
 	"log/slog"
 	"net/http"
 	"time"
@@ -43,6 +44,7 @@ import (
 	"github.com/hubd/hub/hub"
 	"github.com/hubd/hub/internal/auth"
 	"github.com/hubd/hub/internal/httpx"
+	"github.com/hubd/hub/internal/idem"
 )
 
 // DefaultMaxPayload is the largest request body accepted when
@@ -110,7 +112,7 @@ type API struct {
 	cluster    func(ctx context.Context) (any, error)
 	devTokens  func() any
 	log        *slog.Logger
-	idem       idempotency
+	idem       *idem.Once[json.RawMessage]
 }
 
 // New builds an API from o.
@@ -121,10 +123,6 @@ func New(o Options) *API {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
-	var idem idempotency = newIdemCache(MaxIdempotencyKeys, IdempotencyTTL, time.Now)
-	if o.Idempotency != nil {
-		idem = newSharedIdem(o.Idempotency, o.Logger)
-	}
 	return &API{
 		hub:        o.Hub,
 		auth:       o.Auth,
@@ -134,7 +132,7 @@ func New(o Options) *API {
 		cluster:    o.Cluster,
 		devTokens:  o.DevTokens,
 		log:        o.Logger,
-		idem:       idem,
+		idem:       newOnce(o.Idempotency, o.Logger),
 	}
 }
 

@@ -237,7 +237,7 @@ func (a *API) publish(r *http.Request, caller string, m *message) (json.RawMessa
 	if m.key == "" {
 		return a.publishNow(r, m)
 	}
-	return a.idem.do(r.Context(), caller+"\x00"+m.key, func() (json.RawMessage, *apiError) {
+	return a.once(r.Context(), caller+"\x00"+m.key, func() (json.RawMessage, *apiError) {
 		return a.publishNow(r, m)
 	})
 }

@@ -3,165 +3,23 @@ package api
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"log/slog"
 	"net/http"
-	"sync"
 	"time"
+
+	"github.com/hubd/hub/internal/idem"
 )
 
-// idemCache remembers the answers of accepted broadcasts by idempotency key
-// (already scoped by caller) for a fixed time. It holds at most max keys;
-// expired keys are dropped lazily, and when it is full the oldest key goes
-// first. A key being published is held by an in-flight entry, so that two
-// concurrent requests with the same key publish once: the second waits for
-// the first's answer.
-type idemCache struct {
-	max int
-	ttl time.Duration
-	now func() time.Time
-
-	mu      sync.Mutex
-	entries map[string]*idemEntry
-	order   []*idemEntry // insertion order (so expiry order); order[head:] live
-	head    int
-}
-
-type idemEntry struct {
-	key     string
-	expires time.Time
-	done    chan struct{} // closed when the answer is known or the attempt failed
-	answer  json.RawMessage
-	ok      bool // answer is valid (set before done is closed)
-}
-
-func newIdemCache(max int, ttl time.Duration, now func() time.Time) *idemCache {
-	return &idemCache{max: max, ttl: ttl, now: now, entries: make(map[string]*idemEntry)}
-}
-
-// do returns the remembered answer of key, or runs publish and remembers
-// its answer when it succeeds. A failed publish is not remembered: the
-// waiting requests with the same key then try themselves, in turn.
-func (c *idemCache) do(ctx context.Context, key string, publish func() (json.RawMessage, *apiError)) (json.RawMessage, *apiError) {
-	for {
-		c.mu.Lock()
-		now := c.now()
-		c.evictLocked(now, c.max)
-		e := c.entries[key]
-		if e != nil && !now.Before(e.expires) {
-			c.dropLocked(e)
-			e = nil
-		}
-		if e == nil {
-			c.evictLocked(now, c.max-1) // room for the new key
-			e = &idemEntry{key: key, expires: now.Add(c.ttl), done: make(chan struct{})}
-			c.entries[key] = e
-			c.order = append(c.order, e)
-			c.mu.Unlock()
-			return c.run(e, publish)
-		}
-		c.mu.Unlock()
-
-		select {
-		case <-e.done:
-		case <-ctx.Done():
-			return nil, &apiError{Status: http.StatusInternalServerError, Code: codeInternal, Message: "gave up waiting for a concurrent request with the same idempotencyKey"}
-		}
-		if e.ok {
-			return e.answer, nil
-		}
-		// the first attempt failed and was forgotten: try again
-	}
-}
-
-// run publishes for the in-flight entry e and settles it.
-func (c *idemCache) run(e *idemEntry, publish func() (json.RawMessage, *apiError)) (answer json.RawMessage, err *apiError) {
-	defer func() {
-		if err != nil || answer == nil {
-			c.mu.Lock()
-			c.dropLocked(e)
-			c.mu.Unlock()
-		} else {
-			e.answer, e.ok = answer, true
-		}
-		close(e.done)
-	}()
-	return publish()
-}
-
-// dropLocked forgets e if it is still the entry of its key.
-func (c *idemCache) dropLocked(e *idemEntry) {
-	if c.entries[e.key] == e {
-		delete(c.entries, e.key)
-	}
-}
-
-// evictLocked drops expired entries and then the oldest ones until at most
-// keep are left. Entries already dropped are skipped on the way.
-func (c *idemCache) evictLocked(now time.Time, keep int) {
-	for c.head < len(c.order) {
-		e := c.order[c.head]
-		live := c.entries[e.key] == e
-		if live && len(c.entries) <= keep && now.Before(e.expires) {
-			break
-		}
-		if live {
-			delete(c.entries, e.key)
-		}
-		c.order[c.head] = nil
-		c.head++
-	}
-	switch {
-	case len(c.order)-c.head > 2*c.max+1024:
-		// many failed attempts left dead entries behind: keep the live ones
-		live := make([]*idemEntry, 0, len(c.entries))
-		for _, e := range c.order[c.head:] {
-			if c.entries[e.key] == e {
-				live = append(live, e)
-			}
-		}
-		c.order, c.head = live, 0
-	case c.head > 1024 && c.head*2 > len(c.order):
-		// compact the queue once most of it is consumed
-		n := copy(c.order, c.order[c.head:])
-		clear(c.order[n:])
-		c.order = c.order[:n]
-		c.head = 0
-	}
-}
-
-// len returns the number of keys held (for tests).
-func (c *idemCache) len() int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return len(c.entries)
-}
-
 // IdempotencyStore remembers the answers of accepted broadcasts by
-// idempotency key and holds in-flight claims, so that a key publishes once.
-// The API scopes keys by caller before they reach the store. A store shared
-// by several nodes (NewRedisIdempotency) gives that guarantee across the
-// nodes; without one (Options.Idempotency nil) each node remembers its own
-// keys in memory.
-//
-// Implementations must be safe for concurrent use. For a request with a key
-// the API calls Get; when there is no answer, Claim; the claimant publishes
-// and then either Put (the accepted answer, which also ends the claim) or
-// Release (the publish failed: nothing is remembered). A request that finds
-// neither an answer nor the claim waits and tries again.
-type IdempotencyStore interface {
-	// Get returns the answer body stored for key, if any.
-	Get(ctx context.Context, key string) (json.RawMessage, bool, error)
-	// Claim marks key as in flight for at most ttl (so that a claimant that
-	// died does not hold it forever). It reports false when key already has
-	// an answer or a live claim.
-	Claim(ctx context.Context, key string, ttl time.Duration) (bool, error)
-	// Put stores the answer body of key for ttl and ends its claim.
-	Put(ctx context.Context, key string, answer json.RawMessage, ttl time.Duration) error
-	// Release ends the claim of key without storing an answer.
-	Release(ctx context.Context, key string) error
-}
+// idempotency key and holds in-flight claims, so that a key publishes once
+// (see idem.Store). The API scopes keys by caller before they reach the
+// store. A store shared by several nodes (NewRedisIdempotency) gives that
+// guarantee across the nodes; without one (Options.Idempotency nil) each
+// node remembers its own keys in memory.
+type IdempotencyStore = idem.Store[json.RawMessage]
 
-// Timing of a shared IdempotencyStore.
+// Timing of the idempotency keys.
 const (
 	// idemClaimTTL bounds how long a claim outlives a node that died while
 	// publishing.
@@ -176,35 +34,6 @@ const (
 	codeInFlight      = "in_flight"
 )
 
-// idempotency runs publish at most once per key (see idemCache.do).
-type idempotency interface {
-	do(ctx context.Context, key string, publish func() (json.RawMessage, *apiError)) (json.RawMessage, *apiError)
-}
-
-var (
-	_ idempotency = (*idemCache)(nil)
-	_ idempotency = (*sharedIdem)(nil)
-)
-
-// sharedIdem runs publishes through an IdempotencyStore. Requests of this
-// node waiting for a key claimed here are woken when it settles; a key
-// claimed on another node is polled.
-type sharedIdem struct {
-	store IdempotencyStore
-	log   *slog.Logger
-	ttl   time.Duration
-	poll  time.Duration
-	wait  time.Duration
-
-	mu       sync.Mutex
-	inflight map[string]chan struct{} // key -> closed when settled here
-}
-
-func newSharedIdem(s IdempotencyStore, log *slog.Logger) *sharedIdem {
-	return &sharedIdem{store: s, log: log, ttl: IdempotencyTTL, poll: idemPollEvery, wait: idemMaxWait,
-		inflight: make(map[string]chan struct{})}
-}
-
 var (
 	errIdemStore = &apiError{Status: http.StatusServiceUnavailable, Code: "unavailable",
 		Message: "the idempotency store is unreachable; the event was not accepted"}
@@ -214,71 +43,34 @@ var (
 		Message: "gave up waiting for a concurrent request with the same idempotencyKey"}
 )
 
-// do returns the stored answer of key, or claims key, runs publish and
-// stores its answer when it succeeds. A failed publish is not remembered.
-// A request whose key stays in flight elsewhere longer than the wait bound
-// is answered 409 in_flight.
-func (s *sharedIdem) do(ctx context.Context, key string, publish func() (json.RawMessage, *apiError)) (json.RawMessage, *apiError) {
-	deadline := time.Now().Add(s.wait)
-	for {
-		answer, ok, err := s.store.Get(ctx, key)
-		if err != nil {
-			s.log.Error("idempotency store failed", "op", "get", "err", err)
-			return nil, errIdemStore
-		}
-		if ok {
-			return answer, nil
-		}
-		claimed, err := s.store.Claim(ctx, key, idemClaimTTL)
-		if err != nil {
-			s.log.Error("idempotency store failed", "op", "claim", "err", err)
-			return nil, errIdemStore
-		}
-		if claimed {
-			return s.run(key, publish)
-		}
-		if !time.Now().Before(deadline) {
-			return nil, errInFlight
-		}
-		s.mu.Lock()
-		done := s.inflight[key] // nil when claimed on another node: poll
-		s.mu.Unlock()
-		t := time.NewTimer(s.poll)
-		select {
-		case <-done:
-		case <-t.C:
-		case <-ctx.Done():
-			t.Stop()
-			return nil, errGaveUp
-		}
-		t.Stop()
+// newOnce runs publishes at most once per key over s (an in-memory store
+// of MaxIdempotencyKeys keys when nil).
+func newOnce(s IdempotencyStore, log *slog.Logger) *idem.Once[json.RawMessage] {
+	if s == nil {
+		s = idem.NewMemory[json.RawMessage](MaxIdempotencyKeys)
 	}
+	return &idem.Once[json.RawMessage]{Store: s, TTL: IdempotencyTTL, ClaimTTL: idemClaimTTL,
+		Poll: idemPollEvery, Wait: idemMaxWait, Settle: idemSettleTimeout, Log: log, Scope: "api"}
 }
 
-// run publishes for the claimed key and settles the claim.
-func (s *sharedIdem) run(key string, publish func() (json.RawMessage, *apiError)) (json.RawMessage, *apiError) {
-	done := make(chan struct{})
-	s.mu.Lock()
-	s.inflight[key] = done
-	s.mu.Unlock()
-	defer func() {
-		s.mu.Lock()
-		delete(s.inflight, key)
-		s.mu.Unlock()
-		close(done)
-	}()
-	answer, e := publish()
-	ctx, cancel := context.WithTimeout(context.Background(), idemSettleTimeout)
-	defer cancel()
-	if e != nil || answer == nil {
-		if err := s.store.Release(ctx, key); err != nil {
-			s.log.Warn("idempotency store failed", "op", "release", "err", err)
-		}
-		return answer, e
-	}
-	if err := s.store.Put(ctx, key, answer, s.ttl); err != nil {
-		// the event is published: answer it; a repeat may publish again
-		s.log.Warn("idempotency store failed", "op", "put", "err", err)
+// once returns the stored answer of key, or publishes and stores the
+// answer when the publish succeeds; a failed publish is not remembered.
+func (a *API) once(ctx context.Context, key string, publish func() (json.RawMessage, *apiError)) (json.RawMessage, *apiError) {
+	var failed *apiError
+	answer, err := a.idem.Do(ctx, key, func() (json.RawMessage, bool) {
+		answer, e := publish()
+		failed = e
+		return answer, e == nil && answer != nil
+	})
+	switch {
+	case errors.Is(err, idem.ErrStore):
+		return nil, errIdemStore
+	case errors.Is(err, idem.ErrInFlight):
+		return nil, errInFlight
+	case err != nil:
+		return nil, errGaveUp
+	case failed != nil:
+		return nil, failed
 	}
 	return answer, nil
 }

@@ -96,10 +96,3 @@ func (l *limiter) sweepLocked(now time.Time) {
 		}
 	}
 }
-
-// size returns the number of buckets held.
-func (l *limiter) size() int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return len(l.buckets)
-}

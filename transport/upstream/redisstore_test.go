@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"encoding/json"
 	"os"
 	"sync"
 	"testing"
@@ -52,103 +51,6 @@ func testRedis(t *testing.T) (*redis.Client, string) {
 		_ = c.Close()
 	})
 	return c, prefix
-}
-
-func mustClaimRedis(t *testing.T, s upstream.IdempotencyStore, key string, ttl time.Duration, want bool) {
-	t.Helper()
-	got, err := s.Claim(context.Background(), key, ttl)
-	if err != nil || got != want {
-		t.Fatalf("Claim(%q) = %v, %v; want %v", key, got, err, want)
-	}
-}
-
-func TestRedisStoreSemantics(t *testing.T) {
-	ctx := context.Background()
-	c, prefix := testRedis(t)
-	s := upstream.NewRedisStore(c, prefix)
-	other := upstream.NewRedisStore(c, prefix) // another node's view
-
-	// claim once, on either node
-	mustClaimRedis(t, s, "k", time.Minute, true)
-	mustClaimRedis(t, s, "k", time.Minute, false)
-	mustClaimRedis(t, other, "k", time.Minute, false)
-	if _, ok, err := other.Get(ctx, "k"); ok || err != nil {
-		t.Fatalf("Get before Put = %v, %v; want nothing", ok, err)
-	}
-	// release: the key may be claimed again
-	if err := s.Release(ctx, "k"); err != nil {
-		t.Fatalf("Release: %v", err)
-	}
-	mustClaimRedis(t, other, "k", time.Minute, true)
-
-	// put: round trip, the claim ends, no new claim while the outcome lives
-	want := upstream.Outcome{Ack: false, Status: 409, Result: json.RawMessage(`{"why":"dup"}`),
-		Code: upstream.CodeRejected, Message: "refused"}
-	if err := other.Put(ctx, "k", want, time.Minute); err != nil {
-		t.Fatalf("Put: %v", err)
-	}
-	got, ok, err := s.Get(ctx, "k")
-	if err != nil || !ok {
-		t.Fatalf("Get after Put = %v, %v", ok, err)
-	}
-	if got.Ack != want.Ack || got.Status != want.Status || string(got.Result) != string(want.Result) ||
-		got.Code != want.Code || got.Message != want.Message {
-		t.Fatalf("Get = %+v, want %+v", got, want)
-	}
-	if n := c.Exists(ctx, prefix+"idem:up:c:k").Val(); n != 0 {
-		t.Errorf("the claim outlived Put")
-	}
-	if ttl := c.PTTL(ctx, prefix+"idem:up:o:k").Val(); ttl <= 0 || ttl > time.Minute {
-		t.Errorf("outcome TTL = %v, want in (0, 1m]", ttl)
-	}
-	mustClaimRedis(t, s, "k", time.Minute, false)
-
-	// keys are independent
-	mustClaimRedis(t, s, "k2", time.Minute, true)
-	if _, ok, _ := s.Get(ctx, "k2"); ok {
-		t.Fatal("k2 has an outcome")
-	}
-}
-
-func TestRedisStoreExpiry(t *testing.T) {
-	ctx := context.Background()
-	c, prefix := testRedis(t)
-	s := upstream.NewRedisStore(c, prefix)
-
-	// a claim whose holder died lapses after its TTL
-	mustClaimRedis(t, s, "claim", 50*time.Millisecond, true)
-	eventually(t, "the claim to lapse", func() bool {
-		ok, err := s.Claim(ctx, "claim", time.Minute)
-		return err == nil && ok
-	})
-
-	// an outcome is forgotten after its TTL
-	if err := s.Put(ctx, "out", upstream.Outcome{Ack: true, Status: 200}, 50*time.Millisecond); err != nil {
-		t.Fatalf("Put: %v", err)
-	}
-	eventually(t, "the outcome to expire", func() bool {
-		_, ok, err := s.Get(ctx, "out")
-		return err == nil && !ok
-	})
-}
-
-func TestRedisStoreUnreachable(t *testing.T) {
-	c := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1", MaxRetries: -1, DialTimeout: time.Second})
-	defer c.Close()
-	s := upstream.NewRedisStore(c, "x:")
-	ctx := context.Background()
-	if _, _, err := s.Get(ctx, "k"); err == nil {
-		t.Error("Get on a dead Redis: no error")
-	}
-	if _, err := s.Claim(ctx, "k", time.Second); err == nil {
-		t.Error("Claim on a dead Redis: no error")
-	}
-	if err := s.Put(ctx, "k", upstream.Outcome{Ack: true}, time.Second); err == nil {
-		t.Error("Put on a dead Redis: no error")
-	}
-	if err := s.Release(ctx, "k"); err == nil {
-		t.Error("Release on a dead Redis: no error")
-	}
 }
 
 // TestRedisStoreAcrossNodes runs two Upstreams (two nodes) on one Redis

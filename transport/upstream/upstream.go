@@ -26,6 +26,7 @@ import (
 
 	"github.com/hubd/hub/hub"
 	"github.com/hubd/hub/internal/auth"
+	"github.com/hubd/hub/internal/idem"
 )
 
 // Defaults and fixed limits.
@@ -98,8 +99,9 @@ type Options struct {
 	// Logger receives failures (default slog.Default()).
 	Logger *slog.Logger
 	// Store remembers outcomes and in-flight claims; nil means an in-memory
-	// store of DefaultMaxEntries entries (per process: give every node the
-	// same shared store for the guarantee to hold across nodes).
+	// store of idem.DefaultMaxEntries entries (per process: give every
+	// node the same shared store, such as NewRedisStore, for the guarantee
+	// to hold across nodes).
 	Store IdempotencyStore
 }
 
@@ -110,14 +112,13 @@ type Upstream struct {
 	log      *slog.Logger
 	client   *http.Client
 	ownedTr  *http.Transport
-	store    IdempotencyStore
+	once     *idem.Once[Outcome]
 	lim      *limiter
 	ctx      context.Context // cancelled by Close: ends waits for other calls
 	cancel   context.CancelFunc
 	wg       sync.WaitGroup
 	mu       sync.Mutex
 	closed   bool
-	inflight map[string]chan struct{} // store key -> closed when settled
 }
 
 // New returns an Upstream for o; it starts nothing until operations come.
@@ -135,9 +136,11 @@ func New(o Options) *Upstream {
 		o.Logger = slog.Default()
 	}
 	if o.Store == nil {
-		o.Store = NewMemoryStore(0)
+		o.Store = idem.NewMemory[Outcome](0)
 	}
-	u := &Upstream{o: o, log: o.Logger, store: o.Store, lim: newLimiter(o.Rate), inflight: make(map[string]chan struct{})}
+	u := &Upstream{o: o, log: o.Logger, lim: newLimiter(o.Rate)}
+	u.once = &idem.Once[Outcome]{Store: o.Store, TTL: IdempotencyTTL, ClaimTTL: o.Timeout + claimSlack,
+		Poll: pollEvery, Wait: o.Timeout + claimSlack, Settle: claimSlack, Log: o.Logger, Scope: "upstream"}
 	u.client = o.HTTPClient
 	if u.client == nil {
 		u.ownedTr = http.DefaultTransport.(*http.Transport).Clone()
@@ -368,71 +371,20 @@ func storeKey(user, key string) string {
 
 // do answers one operation: from the store when its key has a final
 // outcome, else by calling the backend once (a repeat of a key in flight
-// waits for the first call's outcome, up to Timeout plus a little).
+// waits for the first call's outcome, up to Timeout plus a little). A
+// final outcome is stored, a retryable one is not.
 func (u *Upstream) do(ctx context.Context, user, connID string, req request) *Outcome {
-	key := storeKey(user, req.IdempotencyKey)
-	deadline := time.Now().Add(u.o.Timeout + claimSlack)
-	for {
-		o, ok, err := u.store.Get(ctx, key)
-		if err != nil {
-			u.log.Warn("upstream idempotency store failed", "op", "get", "err", err)
-			return nack(CodeUnavailable, "the idempotency store is unavailable", true)
-		}
-		if ok {
-			return &o
-		}
-		claimed, err := u.store.Claim(ctx, key, u.o.Timeout+claimSlack)
-		if err != nil {
-			u.log.Warn("upstream idempotency store failed", "op", "claim", "err", err)
-			return nack(CodeUnavailable, "the idempotency store is unavailable", true)
-		}
-		if claimed {
-			return u.callOnce(key, user, connID, req)
-		}
-		if !time.Now().Before(deadline) {
-			return outInFlight
-		}
-		u.mu.Lock()
-		done := u.inflight[key] // nil when the claim is held elsewhere: poll
-		u.mu.Unlock()
-		t := time.NewTimer(pollEvery)
-		select {
-		case <-done:
-		case <-t.C:
-		case <-ctx.Done():
-			t.Stop()
-			return outInFlight
-		}
-		t.Stop()
+	o, err := u.once.Do(ctx, storeKey(user, req.IdempotencyKey), func() (Outcome, bool) {
+		o := u.call(user, connID, req)
+		return *o, !o.Retryable
+	})
+	switch {
+	case errors.Is(err, idem.ErrStore):
+		return nack(CodeUnavailable, "the idempotency store is unavailable", true)
+	case err != nil:
+		return outInFlight
 	}
-}
-
-// callOnce calls the backend for a claimed key and settles the claim:
-// a final outcome is stored, a retryable one released.
-func (u *Upstream) callOnce(key, user, connID string, req request) *Outcome {
-	done := make(chan struct{})
-	u.mu.Lock()
-	u.inflight[key] = done
-	u.mu.Unlock()
-	defer func() {
-		u.mu.Lock()
-		delete(u.inflight, key)
-		u.mu.Unlock()
-		close(done)
-	}()
-	o := u.call(user, connID, req)
-	ctx, cancel := context.WithTimeout(context.Background(), claimSlack)
-	defer cancel()
-	var err error
-	if o.Retryable {
-		err = u.store.Release(ctx, key)
-	} else {
-		err = u.store.Put(ctx, key, *o, IdempotencyTTL)
-	}
-	if err != nil {
-		u.log.Warn("upstream idempotency store failed", "op", "settle", "err", err)
-	}
-	return o
+	return &o
 }
 
 // backendBody is what the backend receives.
