@@ -108,17 +108,17 @@ type Options struct {
 // Upstream sends operations to the backend. It owns one goroutine per
 // WebSocket operation in flight; Close waits for them.
 type Upstream struct {
-	o        Options
-	log      *slog.Logger
-	client   *http.Client
-	ownedTr  *http.Transport
-	once     *idem.Once[Outcome]
-	lim      *limiter
-	ctx      context.Context // cancelled by Close: ends waits for other calls
-	cancel   context.CancelFunc
-	wg       sync.WaitGroup
-	mu       sync.Mutex
-	closed   bool
+	o       Options
+	log     *slog.Logger
+	client  *http.Client
+	ownedTr *http.Transport
+	once    *idem.Once[Outcome]
+	lim     *limiter
+	ctx     context.Context // cancelled by Close: ends waits for other calls
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup
+	mu      sync.Mutex
+	closed  bool
 }
 
 // New returns an Upstream for o; it starts nothing until operations come.
