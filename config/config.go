@@ -44,80 +44,72 @@ import (
 )
 
 // Config is the hub's whole configuration. The comment of each field names
-// its environment variable and its default; [Keys] lists the same facts.
+// its environment variable; the key table in keys.go holds each key's
+// default, meaning and checks ([Keys] and [Usage] print them).
 type Config struct {
-	Addr                  string        // HUB_ADDR, default ":8080"
-	InternalAddr          string        // HUB_INTERNAL_ADDR, default "" (same listener as public)
-	NodeName              string        // HUB_NODE_NAME, default os.Hostname() (fallback "hub")
+	Addr                  string        // HUB_ADDR
+	InternalAddr          string        // HUB_INTERNAL_ADDR
+	NodeName              string        // HUB_NODE_NAME
 	JWTSecret             string        // HUB_JWT_SECRET
 	JWTPublicKeyFile      string        // HUB_JWT_PUBLIC_KEY_FILE
 	JWTJWKSURL            string        // HUB_JWT_JWKS_URL
-	JWTAlgorithms         []string      // HUB_JWT_ALGORITHMS, default ["HS256"] with a secret; nil means "the key's" for PEM/JWKS
+	JWTAlgorithms         []string      // HUB_JWT_ALGORITHMS
 	JWTIssuer             string        // HUB_JWT_ISSUER
 	JWTAudience           string        // HUB_JWT_AUDIENCE
-	JWTLeeway             time.Duration // HUB_JWT_LEEWAY, default 30s
-	TokenCookie           string        // HUB_TOKEN_COOKIE, default "hub_token"
+	JWTLeeway             time.Duration // HUB_JWT_LEEWAY
+	TokenCookie           string        // HUB_TOKEN_COOKIE
 	APIKeys               []string      // HUB_API_KEYS
-	AllowedOrigins        []string      // HUB_ALLOWED_ORIGINS, default nil = same host only
-	WSPath                string        // HUB_WS_PATH, default "/ws/realtime" (must start with "/")
-	SSEPath               string        // HUB_SSE_PATH, default "/sse/realtime"
-	HeartbeatInterval     time.Duration // HUB_HEARTBEAT_INTERVAL, default 25s (must be > 0)
-	PongTimeout           time.Duration // HUB_PONG_TIMEOUT, default 10s (> 0)
-	HistorySize           int           // HUB_HISTORY_SIZE, default 1000 (0 disables)
-	HistoryTTL            time.Duration // HUB_HISTORY_TTL, default 10m (0 disables)
-	SendQueue             int           // HUB_SEND_QUEUE, default 1024 (>= 1)
-	MaxConnectionsPerUser int           // HUB_MAX_CONNECTIONS_PER_USER, default 32 (0 = no limit)
-	MaxConnections        int           // HUB_MAX_CONNECTIONS, default 0 (no limit)
-	MaxPayload            int64         // HUB_MAX_PAYLOAD, default 64KiB = 65536 (> 0)
-	ShutdownTimeout       time.Duration // HUB_SHUTDOWN_TIMEOUT, default 5s
-	Broker                string        // HUB_BROKER, "memory" (default) or "redis"
-	RedisURL              string        // HUB_REDIS_URL, default "redis://127.0.0.1:6379/0" (scheme redis or rediss)
-	LogLevel              string        // HUB_LOG_LEVEL: debug|info|warn|error, default info
-	LogFormat             string        // HUB_LOG_FORMAT: text|json; default "" = text on a terminal, else json (the logger resolves it)
-	TLSCertFile           string        // HUB_TLS_CERT_FILE (both or neither with key)
+	AllowedOrigins        []string      // HUB_ALLOWED_ORIGINS
+	WSPath                string        // HUB_WS_PATH
+	SSEPath               string        // HUB_SSE_PATH
+	HeartbeatInterval     time.Duration // HUB_HEARTBEAT_INTERVAL
+	PongTimeout           time.Duration // HUB_PONG_TIMEOUT
+	HistorySize           int           // HUB_HISTORY_SIZE
+	HistoryTTL            time.Duration // HUB_HISTORY_TTL
+	SendQueue             int           // HUB_SEND_QUEUE
+	MaxConnectionsPerUser int           // HUB_MAX_CONNECTIONS_PER_USER
+	MaxConnections        int           // HUB_MAX_CONNECTIONS
+	MaxPayload            int64         // HUB_MAX_PAYLOAD
+	ShutdownTimeout       time.Duration // HUB_SHUTDOWN_TIMEOUT
+	Broker                string        // HUB_BROKER
+	RedisURL              string        // HUB_REDIS_URL
+	LogLevel              string        // HUB_LOG_LEVEL
+	LogFormat             string        // HUB_LOG_FORMAT
+	TLSCertFile           string        // HUB_TLS_CERT_FILE
 	TLSKeyFile            string        // HUB_TLS_KEY_FILE
-	ConnectRate           float64       // HUB_CONNECT_RATE, new connections per second node-wide, default 0 = unlimited
-	ConnectBurst          int           // HUB_CONNECT_BURST, default 0 = twice the rate
-	MaxConnectionsPerIP   int           // HUB_MAX_CONNECTIONS_PER_IP, default 0 = no limit
-	Pprof                 bool          // HUB_PPROF, default false (served on the internal listener only)
-	UpstreamURL           string        // HUB_UPSTREAM_URL (http/https URL when set)
+	ConnectRate           float64       // HUB_CONNECT_RATE
+	ConnectBurst          int           // HUB_CONNECT_BURST
+	MaxConnectionsPerIP   int           // HUB_MAX_CONNECTIONS_PER_IP
+	Pprof                 bool          // HUB_PPROF
+	UpstreamURL           string        // HUB_UPSTREAM_URL
 	UpstreamSecret        string        // HUB_UPSTREAM_SECRET
-	UpstreamTimeout       time.Duration // HUB_UPSTREAM_TIMEOUT, default 5s
-	SendRate              float64       // HUB_SEND_RATE, sends per second per connection, default 20 (> 0)
+	UpstreamTimeout       time.Duration // HUB_UPSTREAM_TIMEOUT
+	SendRate              float64       // HUB_SEND_RATE
 }
 
 // configEnv names the environment variable read for the YAML file when the
 // --config flag is absent.
 const configEnv = "HUB_CONFIG"
 
-// Default returns the defaults. NodeName is the host name, or "hub" when it
-// cannot be read.
+// Default returns the defaults: each key's default as written in the key
+// table (the one place a default is written; docs and --help read it too).
+// NodeName is the host name, or "hub" when it cannot be read.
 func Default() Config {
 	host, err := os.Hostname()
 	if err != nil || host == "" {
 		host = "hub"
 	}
-	return Config{
-		Addr:                  ":8080",
-		NodeName:              host,
-		JWTLeeway:             30 * time.Second,
-		TokenCookie:           "hub_token",
-		WSPath:                "/ws/realtime",
-		SSEPath:               "/sse/realtime",
-		HeartbeatInterval:     25 * time.Second,
-		PongTimeout:           10 * time.Second,
-		HistorySize:           1000,
-		HistoryTTL:            10 * time.Minute,
-		SendQueue:             1024,
-		MaxConnectionsPerUser: 32,
-		MaxPayload:            64 << 10,
-		ShutdownTimeout:       5 * time.Second,
-		Broker:                "memory",
-		RedisURL:              "redis://127.0.0.1:6379/0",
-		LogLevel:              "info",
-		UpstreamTimeout:       5 * time.Second,
-		SendRate:              20,
+	c := Config{NodeName: host}
+	for i := range table {
+		k := &table[i]
+		if k.prose || k.def == "" {
+			continue
+		}
+		if err := k.parse(&c, k.def); err != nil {
+			panic("config: the default of " + k.name + " does not parse: " + err.Error())
+		}
 	}
+	return c
 }
 
 // Load merges defaults < YAML file named by --config (in args) < environment
