@@ -16,7 +16,6 @@ import (
 	"github.com/lestrrat-go/jwx/v2/jwa"
 	"github.com/lestrrat-go/jwx/v2/jwt"
 	"go.uber.org/fx"
-	"go.uber.org/fx/fxevent"
 
 	"github.com/hubd/hub/config"
 	"github.com/hubd/hub/hub"
@@ -77,10 +76,9 @@ func startHub(t *testing.T, mod func(*config.Config)) *testHub {
 	}
 	th := &testHub{t: t, cfg: cfg, logs: &syncBuffer{}}
 	th.app = fx.New(
-		modules.App,
-		fx.Supply(cfg),
+		modules.App(cfg),
 		fx.Replace(modules.NewLogger(cfg, th.logs)),
-		fx.WithLogger(func() fxevent.Logger { return fxevent.NopLogger }),
+		fx.WithLogger(modules.FxLogger),
 		fx.Populate(&th.srv, &th.hub),
 	)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

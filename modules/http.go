@@ -18,7 +18,6 @@ import (
 	"go.uber.org/fx"
 
 	"github.com/hubd/hub/config"
-	"github.com/hubd/hub/hub"
 	"github.com/hubd/hub/internal/httpx"
 	"github.com/hubd/hub/transport/api"
 	"github.com/hubd/hub/transport/sse"
@@ -28,8 +27,8 @@ import (
 )
 
 // HTTPModule runs the public listener (and the internal one when
-// HUB_INTERNAL_ADDR is set). Its stop hook drains the hub first (close 1001,
-// hub.shutdown), then shuts the servers down.
+// HUB_INTERNAL_ADDR is set). Its stop hook runs after the hub has drained
+// (see drainOnStop) and shuts the servers down within serverShutdown.
 var HTTPModule = fx.Module("http",
 	fx.Provide(newServers),
 	fx.Invoke(func(*Servers) {}),
@@ -56,11 +55,15 @@ func (s *Servers) InternalAddr() string {
 	return s.Addr()
 }
 
+// serverShutdown bounds the servers' Shutdown after the drain: what is
+// still running then (an API call, a request on an idle keep-alive
+// connection) is cut.
+const serverShutdown = 300 * time.Millisecond
+
 type serverParams struct {
 	fx.In
 	LC  fx.Lifecycle
 	Cfg config.Config
-	Hub *hub.Hub
 	WS  *ws.Handler
 	SSE *sse.Handler
 	API *api.API
@@ -142,13 +145,7 @@ func newServers(p serverParams) *Servers {
 			return nil
 		},
 		OnStop: func(ctx context.Context) error {
-			p.Log.Info("draining", "timeout", p.Cfg.ShutdownTimeout.String())
-			drainCtx, cancel := context.WithTimeout(ctx, p.Cfg.ShutdownTimeout)
-			if err := p.Hub.Shutdown(drainCtx); err != nil {
-				p.Log.Warn("drain timeout: remaining connections cut", "err", err)
-			}
-			cancel()
-			sctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			sctx, cancel := context.WithTimeout(ctx, serverShutdown)
 			defer cancel()
 			var errs []error
 			for _, srv := range []*http.Server{s.public, s.internal} {
@@ -160,8 +157,6 @@ func newServers(p serverParams) *Servers {
 					srv.Close()
 				}
 			}
-			p.WS.Wait()
-			p.SSE.Wait()
 			if certs != nil {
 				certs.close()
 			}

@@ -13,19 +13,18 @@ import (
 	"github.com/hubd/hub/internal/metrics"
 )
 
-// HubModule provides the *hub.Hub and, with HUB_BROKER=redis, the Redis
+// hubModule provides the *hub.Hub and, with HUB_BROKER=redis, the Redis
 // backplane. The broker starts before the hub takes connections and closes
-// last; the hub's drain runs in the HTTP module's stop hook, before the
-// servers stop.
-var HubModule = fx.Module("hub",
-	fx.Provide(newBroker, newHub),
-)
-
-// newBroker returns the Redis broker, or nil for the in-memory default.
-func newBroker(cfg config.Config, log *slog.Logger) (*redisbroker.Broker, error) {
-	if cfg.Broker != "redis" {
-		return nil, nil
+// last; the hub drains before the HTTP servers stop (drainOnStop).
+func hubModule(cfg config.Config) fx.Option {
+	opts := []fx.Option{fx.Provide(newHub), fx.Invoke(drainOnStop)}
+	if cfg.Broker == "redis" {
+		opts = append(opts, fx.Provide(newBroker))
 	}
+	return fx.Module("hub", opts...)
+}
+
+func newBroker(cfg config.Config, log *slog.Logger) (*redisbroker.Broker, error) {
 	b, err := redisbroker.New(redisbroker.Options{
 		URL:         cfg.RedisURL,
 		Node:        cfg.NodeName,
@@ -39,25 +38,34 @@ func newBroker(cfg config.Config, log *slog.Logger) (*redisbroker.Broker, error)
 	return b, nil
 }
 
-func newHub(lc fx.Lifecycle, cfg config.Config, log *slog.Logger, m *metrics.Metrics, b *redisbroker.Broker) *hub.Hub {
+type hubParams struct {
+	fx.In
+	LC      fx.Lifecycle
+	Cfg     config.Config
+	Log     *slog.Logger
+	Metrics *metrics.Metrics
+	Broker  *redisbroker.Broker `optional:"true"` // HUB_BROKER=redis only
+}
+
+func newHub(p hubParams) *hub.Hub {
 	o := hub.Options{
-		Node:            cfg.NodeName,
-		SendQueue:       cfg.SendQueue,
-		HistorySize:     cfg.HistorySize,
-		HistoryTTL:      cfg.HistoryTTL,
-		MaxConnsPerUser: cfg.MaxConnectionsPerUser,
-		MaxConns:        cfg.MaxConnections,
-		Heartbeat:       cfg.HeartbeatInterval,
-		Logger:          log,
-		Observer:        m,
+		Node:            p.Cfg.NodeName,
+		SendQueue:       p.Cfg.SendQueue,
+		HistorySize:     p.Cfg.HistorySize,
+		HistoryTTL:      p.Cfg.HistoryTTL,
+		MaxConnsPerUser: p.Cfg.MaxConnectionsPerUser,
+		MaxConns:        p.Cfg.MaxConnections,
+		Heartbeat:       p.Cfg.HeartbeatInterval,
+		Logger:          p.Log,
+		Observer:        p.Metrics,
 	}
-	if b != nil {
+	if b := p.Broker; b != nil {
 		o.Broker = b
 	}
 	h := hub.New(o)
-	m.SetHub(h)
-	if b != nil {
-		lc.Append(fx.Hook{
+	p.Metrics.SetHub(h)
+	if b := p.Broker; b != nil {
+		p.LC.Append(fx.Hook{
 			OnStart: func(ctx context.Context) error {
 				if err := b.Start(ctx, h); err != nil {
 					return fmt.Errorf("HUB_REDIS_URL: %w", err)
@@ -67,6 +75,24 @@ func newHub(lc fx.Lifecycle, cfg config.Config, log *slog.Logger, m *metrics.Met
 			OnStop: func(context.Context) error { return b.Close() },
 		})
 	}
-	lc.Append(fx.StartStopHook(h.Start, h.Stop))
+	p.LC.Append(fx.StartStopHook(h.Start, h.Stop))
 	return h
+}
+
+// drainOnStop drains the hub when the app stops, within
+// HUB_SHUTDOWN_TIMEOUT: every WebSocket gets close 1001 and every SSE
+// stream hub.shutdown after its queue is flushed, and what is left at the
+// timeout is cut. It takes *Servers only so that fx appends its hook after
+// the servers' and so runs it before them: the listeners keep answering
+// (readiness 503, new handshakes 503) while the hub drains, and the
+// servers' Shutdown does not wait on streams that the drain ends.
+func drainOnStop(lc fx.Lifecycle, cfg config.Config, h *hub.Hub, log *slog.Logger, _ *Servers) {
+	lc.Append(fx.StopHook(func(ctx context.Context) {
+		log.Info("draining", "timeout", cfg.ShutdownTimeout.String())
+		drainCtx, cancel := context.WithTimeout(ctx, cfg.ShutdownTimeout)
+		defer cancel()
+		if err := h.Shutdown(drainCtx); err != nil {
+			log.Warn("drain timeout: remaining connections cut", "err", err)
+		}
+	}))
 }

@@ -15,73 +15,77 @@ import (
 	"github.com/hubd/hub/transport/upstream"
 )
 
-// OpsModule provides metrics (a private Prometheus registry), admission
-// control for new connections, the upstream (hub.send) client and, with
-// HUB_BROKER=redis, the idempotency stores shared by the cluster.
-var OpsModule = fx.Module("ops",
-	fx.Provide(
-		func() *metrics.Metrics { return metrics.New(nil) },
-		func(cfg config.Config, m *metrics.Metrics) *admit.Controller {
-			if cfg.ConnectRate <= 0 && cfg.MaxConnectionsPerIP <= 0 {
-				return nil // nothing to limit: a nil controller admits all
-			}
-			return admit.New(admit.Options{
-				Rate:    cfg.ConnectRate,
-				Burst:   cfg.ConnectBurst,
-				PerIP:   cfg.MaxConnectionsPerIP,
-				Observe: m.Admission,
-			})
-		},
-		newIdemStores,
-		newUpstream,
-	),
-)
+// opsModule provides metrics (a private Prometheus registry), the upstream
+// (hub.send) client and, when configured, admission control for new
+// connections (HUB_CONNECT_RATE, HUB_MAX_CONNECTIONS_PER_IP) and the
+// idempotency stores shared by a cluster (HUB_BROKER=redis). Without them,
+// every connection is admitted and each node remembers its idempotency
+// keys in memory.
+func opsModule(cfg config.Config) fx.Option {
+	opts := []fx.Option{fx.Provide(func() *metrics.Metrics { return metrics.New(nil) }, newUpstream)}
+	if cfg.ConnectRate > 0 || cfg.MaxConnectionsPerIP > 0 {
+		opts = append(opts, fx.Provide(newAdmission))
+	}
+	if cfg.Broker == "redis" {
+		opts = append(opts, fx.Provide(newIdemRedis, newUpstreamIdem, newAPIIdem))
+	}
+	return fx.Module("ops", opts...)
+}
+
+func newAdmission(cfg config.Config, m *metrics.Metrics) *admit.Controller {
+	return admit.New(admit.Options{
+		Rate:    cfg.ConnectRate,
+		Burst:   cfg.ConnectBurst,
+		PerIP:   cfg.MaxConnectionsPerIP,
+		Observe: m.Admission,
+	})
+}
 
 // idemPrefix prefixes the idempotency keys kept in Redis.
 const idemPrefix = "hub:"
 
-// idemStores are the idempotency stores of hub.send / POST /api/send and of
-// the broadcast API. A nil *idemStores (memory broker) means each node
-// remembers its keys in memory.
-type idemStores struct {
-	upstream upstream.IdempotencyStore
-	api      api.IdempotencyStore
-}
+// idemRedis is the Redis client of the idempotency stores.
+type idemRedis struct{ redis.UniversalClient }
 
-// newIdemStores returns, with HUB_BROKER=redis, stores on one Redis client
-// of their own, closed by a stop hook. The hook is appended when the stores
-// are built, before the HTTP servers (which depend on them) are, so it runs
-// after the servers have stopped.
-func newIdemStores(lc fx.Lifecycle, cfg config.Config) (*idemStores, error) {
-	if cfg.Broker != "redis" {
-		return nil, nil
-	}
+// newIdemRedis opens the idempotency stores' own client, closed by a stop
+// hook. The hook is appended before the HTTP servers (which depend on the
+// stores) are built, so it runs after the servers have stopped.
+func newIdemRedis(lc fx.Lifecycle, cfg config.Config) (idemRedis, error) {
 	o, err := redis.ParseURL(cfg.RedisURL)
 	if err != nil {
-		return nil, fmt.Errorf("HUB_REDIS_URL: %w", err)
+		return idemRedis{}, fmt.Errorf("HUB_REDIS_URL: %w", err)
 	}
 	c := redis.NewClient(o)
 	lc.Append(fx.StopHook(c.Close))
-	return &idemStores{
-		upstream: upstream.NewRedisStore(c, idemPrefix),
-		api:      api.NewRedisIdempotency(c, idemPrefix),
-	}, nil
+	return idemRedis{c}, nil
 }
 
-func newUpstream(lc fx.Lifecycle, cfg config.Config, v *auth.Verifier, log *slog.Logger, idem *idemStores) *upstream.Upstream {
-	o := upstream.Options{
-		URL:        cfg.UpstreamURL,
-		Secret:     cfg.UpstreamSecret,
-		Timeout:    cfg.UpstreamTimeout,
-		Rate:       cfg.SendRate,
-		MaxPayload: cfg.MaxPayload,
-		Auth:       v,
-		Logger:     log,
-	}
-	if idem != nil {
-		o.Store = idem.upstream
-	}
-	u := upstream.New(o)
-	lc.Append(fx.StopHook(u.Close))
+func newUpstreamIdem(c idemRedis) upstream.IdempotencyStore {
+	return upstream.NewRedisStore(c, idemPrefix)
+}
+
+func newAPIIdem(c idemRedis) api.IdempotencyStore { return api.NewRedisIdempotency(c, idemPrefix) }
+
+type upstreamParams struct {
+	fx.In
+	LC    fx.Lifecycle
+	Cfg   config.Config
+	Auth  *auth.Verifier
+	Log   *slog.Logger
+	Store upstream.IdempotencyStore `optional:"true"` // shared by a cluster
+}
+
+func newUpstream(p upstreamParams) *upstream.Upstream {
+	u := upstream.New(upstream.Options{
+		URL:        p.Cfg.UpstreamURL,
+		Secret:     p.Cfg.UpstreamSecret,
+		Timeout:    p.Cfg.UpstreamTimeout,
+		Rate:       p.Cfg.SendRate,
+		MaxPayload: p.Cfg.MaxPayload,
+		Auth:       p.Auth,
+		Logger:     p.Log,
+		Store:      p.Store,
+	})
+	p.LC.Append(fx.StopHook(u.Close))
 	return u
 }

@@ -1,10 +1,10 @@
 package modules
 
 import (
+	"context"
+	"log/slog"
 	"net/http"
 	"time"
-
-	"log/slog"
 
 	"go.uber.org/fx"
 
@@ -22,19 +22,47 @@ import (
 )
 
 // TransportModule provides the WebSocket and SSE endpoints and the API.
+// The endpoints' goroutines (readers, writer pools, streams being flushed)
+// are waited for when the app stops, after the hub has drained and the
+// servers have stopped, for at most transportWait: a client that never
+// reads cannot hold the process past HUB_SHUTDOWN_TIMEOUT by much.
 var TransportModule = fx.Module("transport",
 	fx.Provide(newWS, newSSE, newAPI),
 )
 
+// transportWait bounds the wait for the endpoints' goroutines at stop.
+const transportWait = 500 * time.Millisecond
+
 type transportParams struct {
 	fx.In
+	LC       fx.Lifecycle
 	Cfg      config.Config
 	Hub      *hub.Hub
 	Auth     *auth.Verifier
 	Log      *slog.Logger
 	Metrics  *metrics.Metrics
-	Admit    *admit.Controller
+	Admit    *admit.Controller `optional:"true"` // nil admits every connection
 	Upstream *upstream.Upstream
+}
+
+// waitOnStop appends a stop hook that waits for wait, at most
+// transportWait (or the stop context's end).
+func waitOnStop(p transportParams, name string, wait func()) {
+	p.LC.Append(fx.StopHook(func(ctx context.Context) {
+		done := make(chan struct{})
+		go func() {
+			wait()
+			close(done)
+		}()
+		t := time.NewTimer(transportWait)
+		defer t.Stop()
+		select {
+		case <-done:
+		case <-t.C:
+			p.Log.Warn("stop: endpoint goroutines still running", "endpoint", name)
+		case <-ctx.Done():
+		}
+	}))
 }
 
 func newWS(p transportParams) *ws.Handler {
@@ -57,7 +85,9 @@ func newWS(p transportParams) *ws.Handler {
 		o.OnMessage = p.Upstream.HandleWS
 		o.MaxSendFrame = p.Cfg.MaxPayload
 	}
-	return ws.New(o)
+	h := ws.New(o)
+	waitOnStop(p, "websocket", h.Wait)
+	return h
 }
 
 func newSSE(p transportParams) *sse.Handler {
@@ -75,7 +105,9 @@ func newSSE(p transportParams) *sse.Handler {
 			return ctrl.Acquire(httpx.ClientIP(r), resuming)
 		}
 	}
-	return sse.New(o)
+	h := sse.New(o)
+	waitOnStop(p, "sse", h.Wait)
+	return h
 }
 
 type apiParams struct {
@@ -86,8 +118,8 @@ type apiParams struct {
 	Dev     *DevTokens `optional:"true"`
 	Log     *slog.Logger
 	Metrics *metrics.Metrics
-	Broker  *redisbroker.Broker
-	Idem    *idemStores
+	Broker  *redisbroker.Broker  `optional:"true"` // HUB_BROKER=redis only
+	Idem    api.IdempotencyStore `optional:"true"` // shared by a cluster
 }
 
 func newAPI(p apiParams) *api.API {
@@ -102,9 +134,7 @@ func newAPI(p apiParams) *api.API {
 		o.Ready = p.Broker.Ready
 		o.Cluster = p.Broker.ClusterStats
 	}
-	if p.Idem != nil {
-		o.Idempotency = p.Idem.api
-	}
+	o.Idempotency = p.Idem
 	if p.Dev != nil {
 		dev := *p.Dev
 		o.DevTokens = func() any { return dev }

@@ -35,7 +35,6 @@ import (
 
 	"github.com/chromedp/chromedp"
 	"go.uber.org/fx"
-	"go.uber.org/fx/fxevent"
 
 	"github.com/hubd/hub/config"
 	"github.com/hubd/hub/hub"
@@ -717,10 +716,9 @@ func startHub(t *testing.T, mod func(*config.Config)) *testHub {
 	}
 	h := &testHub{cfg: cfg, logs: &syncBuffer{}, client: &http.Client{Transport: &http.Transport{}, Timeout: 10 * time.Second}}
 	h.app = fx.New(
-		modules.App,
-		fx.Supply(cfg),
+		modules.App(cfg),
 		fx.Replace(modules.NewLogger(cfg, h.logs)),
-		fx.WithLogger(func() fxevent.Logger { return fxevent.NopLogger }),
+		fx.WithLogger(modules.FxLogger),
 		fx.Populate(&h.srv, &h.hub),
 	)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

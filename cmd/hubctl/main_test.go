@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"go.uber.org/fx"
-	"go.uber.org/fx/fxevent"
 	"go.uber.org/goleak"
 
 	"github.com/hubd/hub/config"
@@ -50,10 +49,9 @@ func startHub(t *testing.T) *testHub {
 	var srv *modules.Servers
 	th := &testHub{t: t}
 	th.app = fx.New(
-		modules.App,
-		fx.Supply(cfg),
+		modules.App(cfg),
 		fx.Replace(modules.NewLogger(cfg, &syncBuffer{})),
-		fx.WithLogger(func() fxevent.Logger { return fxevent.NopLogger }),
+		fx.WithLogger(modules.FxLogger),
 		fx.Populate(&srv),
 	)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

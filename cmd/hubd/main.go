@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"go.uber.org/fx"
-	"go.uber.org/fx/fxevent"
 
 	"github.com/hubd/hub/config"
 	"github.com/hubd/hub/modules"
@@ -36,9 +35,8 @@ func run(args []string) error {
 		return err
 	}
 	app := fx.New(
-		modules.App,
-		fx.Supply(cfg),
-		fx.WithLogger(func() fxevent.Logger { return fxevent.NopLogger }),
+		modules.App(cfg),
+		fx.WithLogger(modules.FxLogger),
 		fx.StartTimeout(30*time.Second),
 		fx.StopTimeout(cfg.ShutdownTimeout+10*time.Second),
 	)
