@@ -65,6 +65,18 @@ func waitOnStop(p transportParams, name string, wait func()) {
 	}))
 }
 
+// acquire is the endpoints' admission step: a slot of the client's address,
+// held until the connection ends; nil (admit all) without a controller.
+func (p transportParams) acquire() func(r *http.Request, resuming bool) (func(), bool, int, string, time.Duration) {
+	ctrl := p.Admit
+	if ctrl == nil {
+		return nil
+	}
+	return func(r *http.Request, resuming bool) (func(), bool, int, string, time.Duration) {
+		return ctrl.Acquire(httpx.ClientIP(r), resuming)
+	}
+}
+
 func newWS(p transportParams) *ws.Handler {
 	o := ws.Options{
 		Hub:            p.Hub,
@@ -74,13 +86,7 @@ func newWS(p transportParams) *ws.Handler {
 		Logger:         p.Log,
 		Metrics:        p.Metrics,
 	}
-	if ctrl := p.Admit; ctrl != nil {
-		// the WebSocket reader outlives the handler, so its per-IP slot is
-		// released when the connection ends, not with the request
-		o.Acquire = func(r *http.Request, resuming bool) (func(), bool, int, string, time.Duration) {
-			return ctrl.Acquire(httpx.ClientIP(r), resuming)
-		}
-	}
+	o.Acquire = p.acquire() // released when the connection ends, not with the request
 	if p.Upstream.Enabled() {
 		o.OnMessage = p.Upstream.HandleWS
 		o.MaxSendFrame = p.Cfg.MaxPayload
@@ -98,13 +104,7 @@ func newSSE(p transportParams) *sse.Handler {
 		Logger:         p.Log,
 		Metrics:        p.Metrics,
 	}
-	if ctrl := p.Admit; ctrl != nil {
-		// HTTP/1.1 streams outlive their handler: the slot is released when
-		// the stream ends
-		o.Acquire = func(r *http.Request, resuming bool) (func(), bool, int, string, time.Duration) {
-			return ctrl.Acquire(httpx.ClientIP(r), resuming)
-		}
-	}
+	o.Acquire = p.acquire() // HTTP/1.1 streams outlive their handler: released when the stream ends
 	h := sse.New(o)
 	waitOnStop(p, "sse", h.Wait)
 	return h

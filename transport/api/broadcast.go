@@ -289,20 +289,28 @@ func (a *API) authenticate(w http.ResponseWriter, r *http.Request) (*auth.Identi
 	return id, true
 }
 
-// broadcast serves POST /api/broadcast.
-func (a *API) broadcast(w http.ResponseWriter, r *http.Request) {
+// request authenticates a service call and decodes its body, a JSON
+// object with the given fields; on failure it has answered and ok is false.
+func (a *API) request(w http.ResponseWriter, r *http.Request, fields []string) (caller string, f map[string]json.RawMessage, ok bool) {
 	id, ok := a.authenticate(w, r)
 	if !ok {
-		return
+		return "", nil, false
 	}
 	body, e := a.readBody(w, r)
-	if e != nil {
-		e.write(w)
-		return
+	if e == nil {
+		f, e = decodeObject(body, "", fields)
 	}
-	f, e := decodeObject(body, "", broadcastFields)
 	if e != nil {
 		e.write(w)
+		return "", nil, false
+	}
+	return id.UserID, f, true
+}
+
+// broadcast serves POST /api/broadcast.
+func (a *API) broadcast(w http.ResponseWriter, r *http.Request) {
+	caller, f, ok := a.request(w, r, broadcastFields)
+	if !ok {
 		return
 	}
 	m, e := parseMessage(f, "")
@@ -310,7 +318,7 @@ func (a *API) broadcast(w http.ResponseWriter, r *http.Request) {
 		e.write(w)
 		return
 	}
-	answer, e := a.publish(r, id.UserID, m)
+	answer, e := a.publish(r, caller, m)
 	if e != nil {
 		e.write(w)
 		return
@@ -336,18 +344,8 @@ func (b batchResult) MarshalJSON() ([]byte, error) {
 
 // batch serves POST /api/broadcast/batch.
 func (a *API) batch(w http.ResponseWriter, r *http.Request) {
-	id, ok := a.authenticate(w, r)
+	caller, f, ok := a.request(w, r, []string{"messages"})
 	if !ok {
-		return
-	}
-	body, e := a.readBody(w, r)
-	if e != nil {
-		e.write(w)
-		return
-	}
-	f, e := decodeObject(body, "", []string{"messages"})
-	if e != nil {
-		e.write(w)
 		return
 	}
 	raw := f["messages"]
@@ -375,7 +373,7 @@ func (a *API) batch(w http.ResponseWriter, r *http.Request) {
 		if e == nil {
 			var m *message
 			if m, e = parseMessage(fields, prefix); e == nil {
-				results[i].answer, e = a.publish(r, id.UserID, m)
+				results[i].answer, e = a.publish(r, caller, m)
 			}
 		}
 		results[i].err = e
