@@ -142,7 +142,14 @@ func (h *Hub) registerCluster(c *Conn, info ConnInfo) (*Conn, error) {
 	if at != "" && !unreg {
 		us.cluster(c).pos = at
 	}
-	c.enqueue(h.connected(c, info, recovered, len(missed)))
+	position := ""
+	if h.historyOn() {
+		position = at
+		if recovered {
+			position = info.LastEventID
+		}
+	}
+	c.enqueue(h.connected(c, info, recovered, missed, position))
 	for _, m := range missed {
 		c.enqueue(m)
 	}

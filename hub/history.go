@@ -1,6 +1,9 @@
 package hub
 
-import "time"
+import (
+	"strings"
+	"time"
+)
 
 // stream is a bounded, ordered history of events (ascending seq): one per
 // user for personal events and one for broadcasts to everyone. Its floor is
@@ -55,12 +58,6 @@ func (s *stream) trim(cutoff time.Time) {
 	}
 }
 
-// contains reports whether the event with seq is held.
-func (s *stream) contains(seq uint64) bool {
-	i := s.search(seq)
-	return i < s.n && s.at(i).seq == seq
-}
-
 // search returns the index of the first event with seq >= given.
 func (s *stream) search(seq uint64) int {
 	lo, hi := 0, s.n
@@ -106,4 +103,13 @@ func mergeSeq(a, b []*Message) []*Message {
 	}
 	out = append(out, a...)
 	return append(out, b...)
+}
+
+// parsePosition is ParseID that also accepts sequence 0: the position a
+// node hands out before its first event.
+func parsePosition(id string) (epoch string, seq uint64, ok bool) {
+	if e, ok := strings.CutSuffix(id, "-0"); ok && e != "" {
+		return e, 0, true
+	}
+	return ParseID(id)
 }
