@@ -348,7 +348,7 @@ func (h *Hub) Register(info ConnInfo, sink Sink) (*Conn, error) {
 	// and hub.connected.
 	pos := ""
 	if h.historyOn() {
-		pos = formatID(h.opts.Epoch, h.seq.Load())
+		pos = FormatPosition(formatID(h.opts.Epoch, h.seq.Load()))
 	}
 	c.enqueue(h.connected(c, info, recovered, missed, pos))
 	for _, m := range missed {
@@ -415,16 +415,26 @@ func (h *Hub) recover(us *userState, lastID string) ([]*Message, bool) {
 	if h.opts.HistorySize == 0 {
 		return nil, false
 	}
-	epoch, seq, ok := parsePosition(lastID)
-	if !ok || epoch != h.opts.Epoch || seq > h.seq.Load() {
+	epoch, seq, isPos := parsePosition(lastID)
+	if !isPos {
+		var ok bool
+		if epoch, seq, ok = ParseID(lastID); !ok {
+			return nil, false
+		}
+	}
+	if epoch != h.opts.Epoch || seq > h.seq.Load() {
 		return nil, false
 	}
-	// The id may be an event's or a position (which names no event): what
-	// proves the list complete is that nothing after it was dropped, from
-	// this user's history, from the broadcasts, or with a history of this
-	// user that was forgotten (newUser).
 	h.allMu.Lock()
 	defer h.allMu.Unlock()
+	// An event id must be one this user was sent (its own or a
+	// broadcast); a position names no event. Either way, what proves the
+	// list complete is that nothing after it was dropped: from this
+	// user's history, from the broadcasts, or with a history of this user
+	// that was forgotten (newUser).
+	if !isPos && !us.hist.contains(seq) && !h.all.contains(seq) {
+		return nil, false
+	}
 	if us.hist.floor > seq || h.all.floor > seq {
 		return nil, false
 	}

@@ -48,7 +48,7 @@ func TestConnectedPayload(t *testing.T) {
 			name: "fresh start with history",
 			opts: hub.Options{HistorySize: 10, HistoryTTL: time.Minute, Epoch: "E9"},
 			info: hub.ConnInfo{UserID: "u4", Transport: hub.TransportWebSocket},
-			want: connectedPayload{UserID: "u4", Transport: "websocket", HeartbeatSeconds: 25, Position: ptr("E9-0")},
+			want: connectedPayload{UserID: "u4", Transport: "websocket", HeartbeatSeconds: 25, Position: ptr("E9-0p")},
 		},
 	}
 	for _, tt := range tests {

@@ -131,14 +131,18 @@ func TestResumeNotRecovered(t *testing.T) {
 		{name: "more missed than HistorySize", hub: h, user: "over", last: over[0]},
 		{name: "older than the history", hub: h, user: "old", last: old[0]},
 		{name: "broadcasts dropped after the id", hub: dropped, user: "u1", last: floor[0]},
-		// ids are positions in one sequence: another user's id is a
-		// position like any other, and what came after it for u1 (the two
+		{name: "another user's id", hub: h, user: "u1", last: u2[0]},
+		// a position names no event: what came after it for u1 (the two
 		// broadcasts) is all there
-		{name: "another user's id is a position", hub: h, user: "u1", last: u2[0], wantRecovered: true, wantMissed: 2},
+		{name: "another user's id as a position", hub: h, user: "u1", last: u2[0] + "p", wantRecovered: true, wantMissed: 2},
 		{name: "future seq", hub: h, user: "u1", last: "E1-999999"},
 		{name: "malformed", hub: h, user: "u1", last: "garbage"},
+		{name: "seq zero", hub: h, user: "u1", last: "E1-0"},
 		// the position before the first event: everything of u1 is still held
-		{name: "seq zero is a position", hub: h, user: "u1", last: "E1-0", wantRecovered: true, wantMissed: 4},
+		{name: "the position before the first event", hub: h, user: "u1", last: "E1-0p", wantRecovered: true, wantMissed: 4},
+		{name: "a position from the future", hub: h, user: "u1", last: "E1-999999p"},
+		{name: "a position of another epoch", hub: h, user: "u1", last: "XX-1p"},
+		{name: "a bare suffix", hub: h, user: "u1", last: "p"},
 		{name: "no epoch", hub: h, user: "u1", last: "-1"},
 		{name: "other epoch", hub: h, user: "u1", last: "XX-1"},
 		{name: "restart (new epoch)", hub: restarted, user: "u1", last: u1[0]},
@@ -259,15 +263,15 @@ func TestResumeAfterTTLTrimNotRecovered(t *testing.T) {
 	if n := h.BroadcastHistoryLen(); n != 0 {
 		t.Errorf("broadcast history holds %d events after the TTL", n)
 	}
-	for _, last := range []string{first[0], first[2]} {
+	for _, last := range []string{first[0], first[2], b} {
 		if p, got := reconnect(t, h, "u1", last); p.Recovered || len(got) != 0 {
 			t.Errorf("from %s after trimming: recovered %v, %d events", last, p.Recovered, len(got))
 		}
 	}
-	// from the last event, nothing was dropped: the forgotten history's
-	// floor is below it
-	if p, got := reconnect(t, h, "u1", b); !p.Recovered || len(got) != 0 {
-		t.Errorf("from the last event %s after trimming: recovered %v, %d events", b, p.Recovered, len(got))
+	// the position after the last event: nothing after it was dropped
+	// (the forgotten history's floor is not above it)
+	if p, got := reconnect(t, h, "u1", b+"p"); !p.Recovered || len(got) != 0 {
+		t.Errorf("from the position after %s: recovered %v, %d events", b, p.Recovered, len(got))
 	}
 	next := publishN(t, h, "u1", 2)
 	if p, got := reconnect(t, h, "u1", next[0]); !p.Recovered || !slices.Equal(got, next[1:]) {
@@ -402,11 +406,11 @@ func TestPositionBeforeAnyEvent(t *testing.T) {
 	msgs, _ := drain(c)
 	p := connected(t, msgs)
 	h.Unregister(c)
-	if p.Position == nil || *p.Position != "E1-0" {
-		t.Fatalf("position %v, want E1-0", p.Position)
+	if p.Position == nil || *p.Position != "E1-0p" {
+		t.Fatalf("position %v, want E1-0p", p.Position)
 	}
 	away := publishN(t, h, "u1", 2)
 	if p, got := reconnect(t, h, "u1", *p.Position); !p.Recovered || !slices.Equal(got, away) {
-		t.Fatalf("from E1-0: recovered %v, %v; want %v", p.Recovered, got, away)
+		t.Fatalf("from E1-0p: recovered %v, %v; want %v", p.Recovered, got, away)
 	}
 }
