@@ -58,6 +58,7 @@ func TestBrowser(t *testing.T) {
 	t.Run("server disconnect over websocket ends the client", func(t *testing.T) { testDisconnect(t, b, "websocket") })
 	t.Run("server disconnect over sse ends the client", func(t *testing.T) { testDisconnect(t, b, "sse") })
 	t.Run("console page", func(t *testing.T) { testConsole(t, b) })
+	t.Run("plain EventSource resumes from the position", func(t *testing.T) { testEventSourcePosition(t, b) })
 }
 
 // ---- scenarios ----------------------------------------------------------------
