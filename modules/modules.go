@@ -1,7 +1,7 @@
 // Package modules wires the hub together with go.uber.org/fx: one module per
 // area (logging, auth, hub, transports, HTTP servers) and App, which
-// bundles them. It is the only package that knows fx; logic lives in the
-// packages it wires.
+// bundles them. With cmd/hubd's main, which runs App, it is the only
+// package that knows fx; logic lives in the packages it wires.
 package modules
 
 import (
