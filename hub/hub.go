@@ -126,8 +126,8 @@ type shard struct {
 	mu    sync.Mutex
 	users map[string]*userState
 	// all is every connection of the shard, for a broadcast to walk one
-	// flat slice instead of the users map and each user's slice (at
-	// 10,000 connections the map walk was a third of a fan-out's cost).
+	// flat slice: walking the users map and then each user's slice was a
+	// large share of a fan-out's cost (docs/BENCHMARKS.md, history).
 	all []*Conn
 }
 

@@ -2,7 +2,8 @@
 // token, limits; the upgrade itself by github.com/coder/websocket), then
 // the connection's life on the hub's own reader and writer, so that an idle
 // connection holds no goroutine and no buffer: its socket waits in an epoll
-// instance (internal/netpoll) until the client sends something, and a pool
+// instance (internal/netpoll; Linux only, elsewhere and over TLS a reader
+// goroutine per connection) until the client sends something, and a pool
 // writer frames and writes events only while its queue has some
 // (netpoll.Pool, cork.go). Ping frames and hub.ping heartbeats, token refresh and expiry,
 // the closing handshake and the contract's close codes are here.
