@@ -103,9 +103,10 @@ func newServers(p serverParams) *Servers {
 	}
 
 	s := &Servers{}
-	s.public = newServer(jsonErrors(public), p.Log)
+	clientIP := httpx.NewClientIP(p.Cfg.TrustedProxies)
+	s.public = newServer(jsonErrors(public), p.Log, clientIP)
 	if p.Cfg.InternalAddr != "" {
-		s.internal = newServer(jsonErrors(internal), p.Log)
+		s.internal = newServer(jsonErrors(internal), p.Log, clientIP)
 	}
 	var certs *certReloader
 	p.LC.Append(fx.Hook{
@@ -190,9 +191,9 @@ func registerPprof(mux *http.ServeMux) {
 	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 }
 
-func newServer(h http.Handler, log *slog.Logger) *http.Server {
+func newServer(h http.Handler, log *slog.Logger, clientIP func(*http.Request) string) *http.Server {
 	return &http.Server{
-		Handler:           accessLog(h, log),
+		Handler:           accessLog(h, log, clientIP),
 		ReadHeaderTimeout: 10 * time.Second,
 		MaxHeaderBytes:    32 << 10,
 		IdleTimeout:       120 * time.Second,
@@ -240,9 +241,9 @@ func (p *statusProbe) WriteHeader(s int)           { p.status = s }
 
 var reqSeq atomic.Uint64
 
-// accessLog logs each request with a request id, never the query string
-// (it may hold a token) nor any header.
-func accessLog(next http.Handler, log *slog.Logger) http.Handler {
+// accessLog logs each request with a request id and the client address
+// (clientIP), never the query string (it may hold a token) nor any header.
+func accessLog(next http.Handler, log *slog.Logger, clientIP func(*http.Request) string) http.Handler {
 	var prefix [4]byte
 	_, _ = rand.Read(prefix[:])
 	p := hex.EncodeToString(prefix[:])
@@ -256,7 +257,7 @@ func accessLog(next http.Handler, log *slog.Logger) http.Handler {
 		rw := &statusWriter{ResponseWriter: w}
 		next.ServeHTTP(rw, r)
 		log.Debug("request", "id", id, "method", r.Method, "path", r.URL.Path,
-			"status", rw.status, "duration", time.Since(start).String(), "remote", httpx.ClientIP(r))
+			"status", rw.status, "duration", time.Since(start).String(), "remote", clientIP(r))
 	})
 }
 
