@@ -450,6 +450,7 @@ func TestValidateNamesKey(t *testing.T) {
 		want []string // substrings; nil means valid
 	}{
 		{name: "development mode", give: func(*Config) {}},
+		{name: "internal and public on ports the system picks", give: func(c *Config) { c.Addr, c.InternalAddr = "127.0.0.1:0", "127.0.0.1:0" }},
 		{name: "secret", give: func(c *Config) { c.Dev = false; c.JWTSecret = testSecret }},
 		{name: "secret in development mode", give: func(c *Config) { c.JWTSecret = testSecret }},
 		{name: "secret with HS512", give: func(c *Config) { c.JWTSecret = testSecret; c.JWTAlgorithms = []string{"HS512"} }},

@@ -23,7 +23,7 @@ func (c Config) Validate() error {
 	}
 	errs = append(errs, c.checkJWT()...)
 	errs = append(errs, c.checkOriginsWithCookie()...)
-	if c.InternalAddr != "" && c.InternalAddr == c.Addr {
+	if c.InternalAddr != "" && c.InternalAddr == c.Addr && !strings.HasSuffix(c.Addr, ":0") { // port 0: two ports the system picks
 		k := byName["internal_addr"]
 		errs = append(errs, k.invalid(c.InternalAddr, errors.New("must differ from HUB_ADDR (leave it empty to share the public listener)")))
 	}

@@ -183,9 +183,14 @@ func serveTLS(srv *http.Server, ln net.Listener, log *slog.Logger) {
 	}
 }
 
+// registerPprof serves the profiles on mux, all but /debug/pprof/cmdline:
+// the command line may hold --jwt-secret or --api-keys (and the index
+// would otherwise serve it as a profile name too).
 func registerPprof(mux *http.ServeMux) {
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
-	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/cmdline", func(w http.ResponseWriter, r *http.Request) {
+		httpx.WriteError(w, http.StatusNotFound, "not_found", "no such endpoint: "+r.URL.Path)
+	})
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
