@@ -231,7 +231,7 @@ func TestClusterThreeNodes(t *testing.T) {
 		for i, d := range []device{wa, sb, wb, sc} {
 			expectIDs(t, d, []string{id}, fmt.Sprintf("device %d", i))
 		}
-		status, body := c.post("/api/users/"+user+"/disconnect", nil, map[string]string{"X-API-Key": "test-api-key"})
+		status, body := c.post("/api/users/"+user+"/disconnect", nil, map[string]string{"X-API-Key": testAPIKey})
 		if status != http.StatusOK || body["closed"] != float64(1) {
 			t.Fatalf("disconnect on node 3: %d %v, want 200 {\"closed\":1}", status, body)
 		}

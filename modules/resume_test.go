@@ -52,7 +52,7 @@ func hangUp(d device) {
 func (th *testHub) publishAll(typ string, payload any) string {
 	th.t.Helper()
 	status, body := th.post("/api/broadcast", map[string]any{"all": true, "type": typ, "payload": payload},
-		map[string]string{"X-API-Key": "test-api-key"})
+		map[string]string{"X-API-Key": testAPIKey})
 	id, _ := body["id"].(string)
 	if status != http.StatusAccepted || id == "" {
 		th.t.Fatalf("broadcast all: %d %v", status, body)
@@ -332,7 +332,7 @@ func TestResumeWhilePublishing(t *testing.T) {
 func (th *testHub) postNoFatal(path string, body any) (int, map[string]any) {
 	req, _ := http.NewRequest(http.MethodPost, th.API+path, strings.NewReader(mustJSON(body)))
 	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("X-API-Key", "test-api-key")
+	req.Header.Set("X-API-Key", testAPIKey)
 	return doNoFatal(req)
 }
 

@@ -299,7 +299,7 @@ func testConsole(t *testing.T, b context.Context) {
 	prev := modules.DevOutput
 	modules.DevOutput = io.Discard
 	t.Cleanup(func() { modules.DevOutput = prev })
-	h := startHub(t, func(c *config.Config) { c.JWTSecret = "" }) // development mode
+	h := startHub(t, func(c *config.Config) { c.JWTSecret, c.Dev = "", true }) // development mode
 
 	p := openPage(t, b, h.URL)
 	run(t, p, chromedp.EmulateViewport(1200, 800))
