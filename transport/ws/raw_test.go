@@ -17,14 +17,13 @@ import (
 
 	"github.com/hubd/hub/hub"
 	"github.com/hubd/hub/internal/auth"
+	"github.com/hubd/hub/internal/hubtest"
 )
 
 // These tests speak WebSocket frame by frame over a real socket, to check
 // the endpoint's own reader: early data, frames split across reads,
 // fragmentation with a ping in the middle, the closing handshake, protocol
 // errors and the pong timeout.
-
-const rawSecret = "raw-secret-raw-secret-raw-secret-raw!"
 
 type rawEnv struct {
 	hub *hub.Hub
@@ -37,7 +36,7 @@ func newRawEnv(t *testing.T, heartbeat, pongTimeout time.Duration) *rawEnv {
 	e := &rawEnv{}
 	e.hub = hub.New(hub.Options{Node: "n", Heartbeat: heartbeat, HistorySize: 10, HistoryTTL: time.Hour, Logger: slog.New(slog.DiscardHandler)})
 	e.hub.Start()
-	v, err := auth.New(context.Background(), auth.Options{Secret: rawSecret})
+	v, err := auth.New(context.Background(), auth.Options{Secret: hubtest.Secret})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -64,10 +63,7 @@ type rawClient struct {
 // the upgrade request, in the same write.
 func (e *rawEnv) dial(t *testing.T, user string, extra []byte) *rawClient {
 	t.Helper()
-	tok, err := auth.Mint(rawSecret, "HS256", user, nil, time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
+	tok := hubtest.Token(t, user, time.Hour)
 	c, err := net.Dial("tcp", strings.TrimPrefix(e.srv.URL, "http://"))
 	if err != nil {
 		t.Fatal(err)
