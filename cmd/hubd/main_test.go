@@ -15,6 +15,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/hubd/hub/internal/hubtest"
 )
 
 // buildHubd compiles the server once per test binary.
@@ -26,16 +28,6 @@ func buildHubd(t *testing.T) string {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}
 	return bin
-}
-
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
 }
 
 // cleanEnv is the environment without any HUB_ variable of the caller.
@@ -51,7 +43,7 @@ func cleanEnv(extra ...string) []string {
 
 func TestDevModeRunsPrintsTokensAndExitsZeroOnSIGTERM(t *testing.T) {
 	bin := buildHubd(t)
-	addr := freeAddr(t)
+	addr := hubtest.FreeAddr(t)
 	cmd := exec.Command(bin)
 	cmd.Env = cleanEnv("HUB_ADDR="+addr, "HUB_SHUTDOWN_TIMEOUT=2s")
 	stdout, _ := cmd.StdoutPipe()
