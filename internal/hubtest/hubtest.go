@@ -1,8 +1,9 @@
 // Package hubtest is the test harness shared by every package's tests:
 // wait for a condition with a deadline (Eventually), mint tokens (Token,
 // ExpiredToken), reach the test Redis (RedisURL, RedisDB, RedisPrefix,
-// StartRedisServer), a free loopback address and a TCP proxy the test can
-// cut. It is test support only: no production code imports it.
+// StartRedisServer), and the network bits tests need: a free loopback
+// address, a loopback TCP pair and a TCP proxy the test can cut. It is
+// test support only: no production code imports it.
 //
 // It imports nothing of ours but internal/auth (for minting), so that the
 // tests of hub, hub/redisbroker, the transports and internal packages can
@@ -69,4 +70,35 @@ func FreeAddr(t testing.TB) string {
 	}
 	defer ln.Close()
 	return ln.Addr().String()
+}
+
+// TCPPair returns both ends of a real loopback TCP connection (two
+// *net.TCPConn), closed when the test ends.
+func TCPPair(t testing.TB) (server, client net.Conn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("tcp pair: %v", err)
+	}
+	defer ln.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			close(accepted)
+			return
+		}
+		accepted <- c
+	}()
+	client, err = net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatalf("tcp pair: %v", err)
+	}
+	server = <-accepted
+	if server == nil {
+		client.Close()
+		t.Fatal("tcp pair: accept failed")
+	}
+	t.Cleanup(func() { server.Close(); client.Close() })
+	return server, client
 }

@@ -236,3 +236,18 @@ func TestRedisServer(t *testing.T) {
 		t.Errorf("database 3 holds %d keys after RedisDB, want 0", n)
 	}
 }
+
+func TestTCPPair(t *testing.T) {
+	server, client := hubtest.TCPPair(t)
+	if _, ok := server.(*net.TCPConn); !ok {
+		t.Fatalf("server end is a %T, want *net.TCPConn", server)
+	}
+	if _, err := client.Write([]byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	b := make([]byte, 1)
+	_ = server.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.ReadFull(server, b); err != nil || b[0] != 'x' {
+		t.Fatalf("read %q, %v", b, err)
+	}
+}
