@@ -29,11 +29,22 @@ type node struct {
 // ends.
 func startNode(t testing.TB, url, pfx, name string, size int, ttl time.Duration) node {
 	t.Helper()
-	b, err := redisbroker.New(redisbroker.Options{URL: url, Prefix: pfx, Node: name, HistorySize: size, HistoryTTL: ttl, Logger: quiet})
+	return startWith(t,
+		redisbroker.Options{URL: url, Prefix: pfx, Node: name, HistorySize: size, HistoryTTL: ttl},
+		hub.Options{HistorySize: size, HistoryTTL: ttl, Node: name})
+}
+
+// startWith starts a hub of ho with a broker of bo (both logging nowhere);
+// both stop when t ends.
+func startWith(t testing.TB, bo redisbroker.Options, ho hub.Options) node {
+	t.Helper()
+	bo.Logger, ho.Logger = quiet, quiet
+	b, err := redisbroker.New(bo)
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
-	h := hub.New(hub.Options{Broker: b, HistorySize: size, HistoryTTL: ttl, Node: name, Logger: quiet})
+	ho.Broker = b
+	h := hub.New(ho)
 	h.Start()
 	t.Cleanup(h.Stop)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)

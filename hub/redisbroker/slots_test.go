@@ -1,7 +1,6 @@
 package redisbroker_test
 
 import (
-	"context"
 	"encoding/json"
 	"errors"
 	"strconv"
@@ -17,24 +16,9 @@ import (
 // connection limit and the broker's slot lifetime.
 func startLimited(t testing.TB, url, pfx, name string, perUser int, slotTTL time.Duration) node {
 	t.Helper()
-	b, err := redisbroker.New(redisbroker.Options{URL: url, Prefix: pfx, Node: name, HistorySize: 100, HistoryTTL: time.Minute, SlotTTL: slotTTL, Logger: quiet})
-	if err != nil {
-		t.Fatalf("New: %v", err)
-	}
-	h := hub.New(hub.Options{Broker: b, HistorySize: 100, HistoryTTL: time.Minute, MaxConnsPerUser: perUser, BrokerTimeout: 2 * time.Second, Node: name, Logger: quiet})
-	h.Start()
-	t.Cleanup(h.Stop)
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if err := b.Start(ctx, h); err != nil {
-		t.Fatalf("Start: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := b.Close(); err != nil {
-			t.Errorf("Close: %v", err)
-		}
-	})
-	return node{hub: h, broker: b}
+	return startWith(t,
+		redisbroker.Options{URL: url, Prefix: pfx, Node: name, HistorySize: 100, HistoryTTL: time.Minute, SlotTTL: slotTTL},
+		hub.Options{HistorySize: 100, HistoryTTL: time.Minute, MaxConnsPerUser: perUser, BrokerTimeout: 2 * time.Second, Node: name})
 }
 
 // register registers a connection of user; the test unregisters it when it
