@@ -47,6 +47,8 @@ var rules = []rule{
 		why: "only modules (and cmd/hubd and the test harness hubtest/app, which run modules.App) know fx"},
 	{from: "**", deny: []string{"@/internal/hubtest", "@/internal/hubtest/**"}, skip: []string{"@/internal/hubtest/**"},
 		why: "internal/hubtest is test support: only tests import it"},
+	{from: "@/internal/hubtest", deny: []string{"@/**"}, allow: []string{"@/internal/auth"},
+		why: "hubtest stays light (internal/auth only) so that the tests of hub, the transports and internal packages import it without a cycle; starting modules.App is hubtest/app's"},
 }
 
 func short(p string) string {
@@ -163,6 +165,7 @@ func TestRulesCatch(t *testing.T) {
 		{"hubctl imports modules", map[string][2][]string{"@/cmd/hubctl": {{"@/modules"}, nil}}},
 		{"hubd imports a transport", map[string][2][]string{"@/cmd/hubd": {{"@/transport/ws"}, nil}}},
 		{"production code imports the test harness", map[string][2][]string{"@/modules": {{"@/internal/hubtest"}, nil}}},
+		{"hubtest imports modules", map[string][2][]string{"@/internal/hubtest": {{"@/modules"}, nil}}},
 	} {
 		if len(violations(tc.pkgs)) == 0 {
 			t.Errorf("%s: not reported", tc.name)
