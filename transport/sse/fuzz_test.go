@@ -141,13 +141,9 @@ func FuzzLastEventID(f *testing.F) {
 // unregistered it.
 func waitGone(t *testing.T, h *hub.Hub) {
 	h.DisconnectUser("u1")
-	deadline := time.Now().Add(5 * time.Second)
-	for h.UserConnections("u1") != 0 {
-		if time.Now().After(deadline) {
-			t.Fatal("stream still registered after its end")
-		}
-		time.Sleep(time.Millisecond) // polling interval, not synchronisation
-	}
+	hubtest.Eventually(t, 5*time.Second, "the stream to be unregistered after its end", func() bool {
+		return h.UserConnections("u1") == 0
+	})
 }
 
 // trimOWS drops the blanks HTTP strips around a header value.

@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -362,12 +363,8 @@ func TestRawChurnOneConnection(t *testing.T) {
 			r.write(maskedFrame(true, opClose, p2(closeNormal)))
 		}
 		_ = r.c.Close()
-		deadline := time.Now().Add(10 * time.Second)
-		for e.hub.Stats().TotalConnections != 0 {
-			if time.Now().After(deadline) {
-				t.Fatalf("iteration %d: the connection was never torn down", i)
-			}
-			time.Sleep(time.Millisecond) // polling interval
-		}
+		hubtest.Eventually(t, 10*time.Second, fmt.Sprintf("iteration %d: the connection to be torn down", i), func() bool {
+			return e.hub.Stats().TotalConnections == 0
+		})
 	}
 }
