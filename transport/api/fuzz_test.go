@@ -13,6 +13,7 @@ import (
 
 	"github.com/hubd/hub/hub"
 	"github.com/hubd/hub/internal/auth"
+	"github.com/hubd/hub/internal/hubtest"
 	"github.com/hubd/hub/transport/api"
 )
 
@@ -26,7 +27,7 @@ const fuzzMaxPayload = 2048
 func fuzzHandler(f *testing.F) func() http.Handler {
 	h := hub.New(hub.Options{Node: "hub-1", Logger: slog.New(slog.DiscardHandler)})
 	h.Start()
-	v, err := auth.New(context.Background(), auth.Options{Secret: secret, APIKeys: []string{apiKey}})
+	v, err := auth.New(context.Background(), auth.Options{Secret: hubtest.Secret, APIKeys: []string{apiKey}})
 	if err != nil {
 		f.Fatalf("auth.New: %v", err)
 	}
