@@ -70,6 +70,7 @@ type Config struct {
 	MaxConnections        int           // HUB_MAX_CONNECTIONS, default 0 (no limit)
 	MaxPayload            int64         // HUB_MAX_PAYLOAD, default 64KiB = 65536 (> 0)
 	ShutdownTimeout       time.Duration // HUB_SHUTDOWN_TIMEOUT, default 5s
+	PublishTimeout        time.Duration // HUB_PUBLISH_TIMEOUT, default 1s (100ms to 1m): longest a publish waits on the broker
 	Broker                string        // HUB_BROKER, "memory" (default) or "redis"
 	RedisURL              string        // HUB_REDIS_URL, default "redis://127.0.0.1:6379/0" (scheme redis or rediss)
 	LogLevel              string        // HUB_LOG_LEVEL: debug|info|warn|error, default info
@@ -112,6 +113,7 @@ func Default() Config {
 		MaxConnectionsPerUser: 32,
 		MaxPayload:            64 << 10,
 		ShutdownTimeout:       5 * time.Second,
+		PublishTimeout:        time.Second,
 		Broker:                "memory",
 		RedisURL:              "redis://127.0.0.1:6379/0",
 		LogLevel:              "info",
