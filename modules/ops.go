@@ -60,6 +60,10 @@ func newIdemStores(lc fx.Lifecycle, cfg config.Config) (*idemStores, error) {
 	if err != nil {
 		return nil, fmt.Errorf("HUB_REDIS_URL: %w", err)
 	}
+	// The stores' calls are bounded by the publish's context (the socket
+	// reads too), and a claim is not idempotent: no retries.
+	o.ContextTimeoutEnabled = true
+	o.MaxRetries = -1
 	c := redis.NewClient(o)
 	lc.Append(fx.StopHook(c.Close))
 	return &idemStores{

@@ -61,6 +61,8 @@ const (
 	MaxIdempotencyKeyLen = 256
 	// IdempotencyTTL is how long an idempotency key is remembered.
 	IdempotencyTTL = 10 * time.Minute
+	// DefaultPublishTimeout is Options.PublishTimeout's default.
+	DefaultPublishTimeout = time.Second
 	// MaxIdempotencyKeys bounds the idempotency cache; beyond it the oldest
 	// keys are forgotten first.
 	MaxIdempotencyKeys = 100000
@@ -92,6 +94,10 @@ type Options struct {
 	// Logger receives the API's logs (default slog.Default()). Tokens and
 	// API keys are never logged.
 	Logger *slog.Logger
+	// PublishTimeout bounds a publish call (default DefaultPublishTimeout):
+	// it is answered within it even when the broker hangs. In a batch,
+	// each message has its own.
+	PublishTimeout time.Duration
 	// Idempotency remembers the broadcast API's idempotency keys; nil means
 	// an in-memory cache of MaxIdempotencyKeys keys (per process: give
 	// every node the same shared store, such as NewRedisIdempotency, for a
@@ -111,6 +117,7 @@ type API struct {
 	devTokens  func() any
 	log        *slog.Logger
 	idem       idempotency
+	timeout    time.Duration
 }
 
 // New builds an API from o.
@@ -121,9 +128,12 @@ func New(o Options) *API {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
+	if o.PublishTimeout <= 0 {
+		o.PublishTimeout = DefaultPublishTimeout
+	}
 	var idem idempotency = newIdemCache(MaxIdempotencyKeys, IdempotencyTTL, time.Now)
 	if o.Idempotency != nil {
-		idem = newSharedIdem(o.Idempotency, o.Logger)
+		idem = newSharedIdem(o.Idempotency, o.Logger, o.PublishTimeout)
 	}
 	return &API{
 		hub:        o.Hub,
@@ -135,6 +145,7 @@ func New(o Options) *API {
 		devTokens:  o.DevTokens,
 		log:        o.Logger,
 		idem:       idem,
+		timeout:    o.PublishTimeout,
 	}
 }
 

@@ -3,6 +3,7 @@ package api
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"log/slog"
 	"net/http"
 	"sync"
@@ -161,19 +162,27 @@ type IdempotencyStore interface {
 	Release(ctx context.Context, key string) error
 }
 
-// Timing of a shared IdempotencyStore.
+// Timing of a shared IdempotencyStore. Every call to the store is bounded
+// by the publish's context (the publish timeout), so a hung store delays
+// an answer no longer than a hung broker does.
 const (
-	// idemClaimTTL bounds how long a claim outlives a node that died while
-	// publishing.
-	idemClaimTTL = 30 * time.Second
+	// idemClaimTTLFactor times the publish timeout is a claim's lifetime:
+	// longer than the claimant holds it (the claim, the publish and the
+	// Put all end within one publish timeout), and short, so that a claim
+	// whose Release was lost with a hung Redis blocks a retry briefly.
+	// The claim only saves duplicate work: that a key publishes once rests
+	// on the broker's marker of the key (hub.WithIdempotencyKey).
+	idemClaimTTLFactor = 3
 	// idemPollEvery is how often a request whose key is in flight on
 	// another node looks for the answer.
 	idemPollEvery = 50 * time.Millisecond
-	// idemMaxWait bounds that wait; then the answer is 409 in_flight.
+	// idemMaxWait bounds that wait (and so does the publish's context);
+	// then the answer is 409 in_flight.
 	idemMaxWait = 10 * time.Second
-	// idemSettleTimeout bounds the Put or Release after a publish.
-	idemSettleTimeout = 2 * time.Second
-	codeInFlight      = "in_flight"
+	// idemSettleMin is the least time given to the Put or Release after a
+	// publish that used up its context.
+	idemSettleMin = 50 * time.Millisecond
+	codeInFlight  = "in_flight"
 )
 
 // idempotency runs publish at most once per key (see idemCache.do).
@@ -193,6 +202,7 @@ type sharedIdem struct {
 	store IdempotencyStore
 	log   *slog.Logger
 	ttl   time.Duration
+	claim time.Duration
 	poll  time.Duration
 	wait  time.Duration
 
@@ -200,14 +210,14 @@ type sharedIdem struct {
 	inflight map[string]chan struct{} // key -> closed when settled here
 }
 
-func newSharedIdem(s IdempotencyStore, log *slog.Logger) *sharedIdem {
-	return &sharedIdem{store: s, log: log, ttl: IdempotencyTTL, poll: idemPollEvery, wait: idemMaxWait,
-		inflight: make(map[string]chan struct{})}
+func newSharedIdem(s IdempotencyStore, log *slog.Logger, publishTimeout time.Duration) *sharedIdem {
+	return &sharedIdem{store: s, log: log, ttl: IdempotencyTTL, claim: idemClaimTTLFactor * publishTimeout,
+		poll: idemPollEvery, wait: idemMaxWait, inflight: make(map[string]chan struct{})}
 }
 
 var (
 	errIdemStore = &apiError{Status: http.StatusServiceUnavailable, Code: "unavailable",
-		Message: "the idempotency store is unreachable; the event was not accepted"}
+		Message: "the idempotency store is unreachable; the event was not accepted", broker: true}
 	errInFlight = &apiError{Status: http.StatusConflict, Code: codeInFlight,
 		Message: "a request with this idempotencyKey is still in flight; retry in a moment"}
 	errGaveUp = &apiError{Status: http.StatusInternalServerError, Code: codeInternal,
@@ -217,9 +227,12 @@ var (
 // do returns the stored answer of key, or claims key, runs publish and
 // stores its answer when it succeeds. A failed publish is not remembered.
 // A request whose key stays in flight elsewhere longer than the wait bound
-// is answered 409 in_flight.
+// or its context's deadline is answered 409 in_flight.
 func (s *sharedIdem) do(ctx context.Context, key string, publish func() (json.RawMessage, *apiError)) (json.RawMessage, *apiError) {
 	deadline := time.Now().Add(s.wait)
+	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+		deadline = d
+	}
 	for {
 		answer, ok, err := s.store.Get(ctx, key)
 		if err != nil {
@@ -229,13 +242,13 @@ func (s *sharedIdem) do(ctx context.Context, key string, publish func() (json.Ra
 		if ok {
 			return answer, nil
 		}
-		claimed, err := s.store.Claim(ctx, key, idemClaimTTL)
+		claimed, err := s.store.Claim(ctx, key, s.claim)
 		if err != nil {
 			s.log.Error("idempotency store failed", "op", "claim", "err", err)
 			return nil, errIdemStore
 		}
 		if claimed {
-			return s.run(key, publish)
+			return s.run(ctx, key, publish)
 		}
 		if !time.Now().Before(deadline) {
 			return nil, errInFlight
@@ -243,20 +256,24 @@ func (s *sharedIdem) do(ctx context.Context, key string, publish func() (json.Ra
 		s.mu.Lock()
 		done := s.inflight[key] // nil when claimed on another node: poll
 		s.mu.Unlock()
-		t := time.NewTimer(s.poll)
+		t := time.NewTimer(min(s.poll, time.Until(deadline)))
 		select {
 		case <-done:
 		case <-t.C:
 		case <-ctx.Done():
 			t.Stop()
+			if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+				return nil, errInFlight
+			}
 			return nil, errGaveUp
 		}
 		t.Stop()
 	}
 }
 
-// run publishes for the claimed key and settles the claim.
-func (s *sharedIdem) run(key string, publish func() (json.RawMessage, *apiError)) (json.RawMessage, *apiError) {
+// run publishes for the claimed key and settles the claim, within ctx's
+// deadline (with at least idemSettleMin for the settling).
+func (s *sharedIdem) run(ctx context.Context, key string, publish func() (json.RawMessage, *apiError)) (json.RawMessage, *apiError) {
 	done := make(chan struct{})
 	s.mu.Lock()
 	s.inflight[key] = done
@@ -268,9 +285,15 @@ func (s *sharedIdem) run(key string, publish func() (json.RawMessage, *apiError)
 		close(done)
 	}()
 	answer, e := publish()
-	ctx, cancel := context.WithTimeout(context.Background(), idemSettleTimeout)
+	settleBy := time.Now().Add(idemSettleMin)
+	if d, ok := ctx.Deadline(); ok && d.After(settleBy) {
+		settleBy = d
+	}
+	ctx, cancel := context.WithDeadline(context.WithoutCancel(ctx), settleBy)
 	defer cancel()
 	if e != nil || answer == nil {
+		// Nothing is remembered: not a 503 (nothing was published), nor
+		// an unknown outcome (a retry then finds the broker's marker).
 		if err := s.store.Release(ctx, key); err != nil {
 			s.log.Warn("idempotency store failed", "op", "release", "err", err)
 		}

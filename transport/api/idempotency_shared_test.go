@@ -147,7 +147,7 @@ func TestSharedIdem(t *testing.T) {
 	c, prefix := RedisForTest(t)
 	quiet := slog.New(slog.DiscardHandler)
 	store := NewRedisIdempotency(c, prefix)
-	node1, node2 := newSharedIdem(store, quiet), newSharedIdem(store, quiet)
+	node1, node2 := newSharedIdem(store, quiet, time.Second), newSharedIdem(store, quiet, time.Second)
 
 	t.Run("repeat on another node gets the first answer", func(t *testing.T) {
 		p := &safeCounter{}
@@ -203,7 +203,7 @@ func TestSharedIdem(t *testing.T) {
 	})
 
 	t.Run("a key in flight on another node", func(t *testing.T) {
-		waiting := newSharedIdem(store, quiet)
+		waiting := newSharedIdem(store, quiet, time.Second)
 		waiting.wait = 300 * time.Millisecond
 		if ok, err := store.Claim(ctx, "held", time.Minute); !ok || err != nil {
 			t.Fatalf("Claim: %v %v", ok, err)
@@ -233,7 +233,7 @@ func TestSharedIdem(t *testing.T) {
 	t.Run("store unreachable", func(t *testing.T) {
 		dead := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1", MaxRetries: -1, DialTimeout: time.Second})
 		defer dead.Close()
-		s := newSharedIdem(NewRedisIdempotency(dead, "x:"), quiet)
+		s := newSharedIdem(NewRedisIdempotency(dead, "x:"), quiet, time.Second)
 		p := &safeCounter{}
 		if _, e := s.do(ctx, "k", p.publish); e == nil || e.Status != http.StatusServiceUnavailable || e.Code != "unavailable" {
 			t.Fatalf("answer = %v, want 503 unavailable", e)
