@@ -51,9 +51,6 @@ const (
 	// age beyond which a report no longer counts.
 	statsInterval = 2 * time.Second
 	statsTTL      = 10 * time.Second
-	// receiveTimeout bounds one wait of the receive loop; on expiry it
-	// pings the Pub/Sub connection.
-	receiveTimeout = 5 * time.Second
 	// resyncTimeout bounds the hub's Resync after a reconnection.
 	resyncTimeout = 30 * time.Second
 	// DefaultPublishTimeout is Options.PublishTimeout's default.

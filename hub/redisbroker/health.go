@@ -27,8 +27,9 @@ import (
 type clock struct {
 	base time.Time // local reference; only its monotonic reading is used
 
-	mu  sync.Mutex
-	off int64 // Redis microseconds minus local microseconds since base
+	mu   sync.Mutex
+	off  int64 // Redis microseconds minus local microseconds since base
+	skew int64 // added to off by tests (export_test.go)
 }
 
 func (c *clock) micros(t time.Time) int64 { return t.Sub(c.base).Microseconds() }
@@ -44,7 +45,7 @@ func (c *clock) set(redisTime, received time.Time) {
 func (c *clock) toRedis(t time.Time) int64 {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.micros(t) + c.off
+	return c.micros(t) + c.off + c.skew
 }
 
 // sampleClock asks Redis for its time through client and records a sample.
