@@ -1,13 +1,17 @@
 package modules
 
 import (
+	"context"
+	"encoding/json"
 	"fmt"
 	"log/slog"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/fx"
 
 	"github.com/hubd/hub/config"
+	"github.com/hubd/hub/hub/redisbroker"
 	"github.com/hubd/hub/transport/admit"
 	"github.com/hubd/hub/transport/api"
 	"github.com/hubd/hub/transport/auth"
@@ -52,7 +56,7 @@ type idemStores struct {
 // of their own, closed by a stop hook. The hook is appended when the stores
 // are built, before the HTTP servers (which depend on them) are, so it runs
 // after the servers have stopped.
-func newIdemStores(lc fx.Lifecycle, cfg config.Config) (*idemStores, error) {
+func newIdemStores(lc fx.Lifecycle, cfg config.Config, b *redisbroker.Broker) (*idemStores, error) {
 	if cfg.Broker != "redis" {
 		return nil, nil
 	}
@@ -68,8 +72,31 @@ func newIdemStores(lc fx.Lifecycle, cfg config.Config) (*idemStores, error) {
 	lc.Append(fx.StopHook(c.Close))
 	return &idemStores{
 		upstream: upstream.NewRedisStore(c, idemPrefix),
-		api:      api.NewRedisIdempotency(c, idemPrefix),
+		api:      healthGate{api.NewRedisIdempotency(c, idemPrefix), b},
 	}, nil
+}
+
+// healthGate fails the idempotency store's Get and Claim at once, without
+// waiting on Redis, while the broker's health loop finds Redis unresponsive
+// (a publish would fail then anyway), so that a publish with a key fails
+// as fast as one without.
+type healthGate struct {
+	api.IdempotencyStore
+	b *redisbroker.Broker
+}
+
+func (g healthGate) Get(ctx context.Context, key string) (json.RawMessage, bool, error) {
+	if err := g.b.Healthy(); err != nil {
+		return nil, false, err
+	}
+	return g.IdempotencyStore.Get(ctx, key)
+}
+
+func (g healthGate) Claim(ctx context.Context, key string, ttl time.Duration) (bool, error) {
+	if err := g.b.Healthy(); err != nil {
+		return false, err
+	}
+	return g.IdempotencyStore.Claim(ctx, key, ttl)
 }
 
 func newUpstream(lc fx.Lifecycle, cfg config.Config, v *auth.Verifier, log *slog.Logger, idem *idemStores) *upstream.Upstream {
