@@ -341,8 +341,9 @@ func seqOf(id string) uint64 {
 // TestPublishUnanswered sends a publish into a Redis that has just stopped
 // (before the node noticed): the node cannot tell whether it was applied,
 // so it leaves the call without an answer (a 503 would say it was not),
-// within the publish timeout; Redis, continued, refuses the late script,
-// so the device never gets that event.
+// within the publish timeout; a batch is answered within it too; Redis,
+// continued, refuses the late scripts, so the device never gets those
+// events.
 func TestPublishUnanswered(t *testing.T) {
 	rs := startStallRedis(t)
 	const timeout = time.Second
@@ -371,6 +372,43 @@ func TestPublishUnanswered(t *testing.T) {
 	if took > timeout+300*time.Millisecond {
 		t.Fatalf("publish given up after %v, want at most %v", took, timeout)
 	}
+	// A batch sent now, while the node may not have noticed the stall yet,
+	// costs one publish timeout, not one per message, and every message
+	// is refused (or the whole call left unanswered).
+	msgs := make([]map[string]any, 50)
+	for i := range msgs {
+		msgs[i] = map[string]any{"userIds": []string{user}, "type": "LOST", "payload": i}
+	}
+	body, _ = json.Marshal(map[string]any{"messages": msgs})
+	req, _ = http.NewRequest(http.MethodPost, th.API+"/api/broadcast/batch", bytes.NewReader(body))
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("X-API-Key", "test-api-key")
+	start = time.Now()
+	resp, err = (&http.Client{Timeout: 10 * time.Second}).Do(req)
+	took = time.Since(start)
+	if took > timeout+300*time.Millisecond {
+		t.Fatalf("batch answered after %v, want at most %v", took, timeout)
+	}
+	if err == nil {
+		var answer struct {
+			Results []struct {
+				Error *struct {
+					Code string `json:"code"`
+				} `json:"error"`
+			} `json:"results"`
+		}
+		err := json.NewDecoder(resp.Body).Decode(&answer)
+		resp.Body.Close()
+		if err != nil || resp.StatusCode != http.StatusAccepted || len(answer.Results) != len(msgs) {
+			t.Fatalf("batch: %d %v %v", resp.StatusCode, answer, err)
+		}
+		for i, r := range answer.Results {
+			if r.Error == nil || r.Error.Code != "unavailable" {
+				t.Fatalf("batch message %d: %+v, want unavailable", i, r)
+			}
+		}
+	}
+
 	rs.signal(t, syscall.SIGCONT)
 	eventually(t, 10*time.Second, "ready again", func() bool {
 		st, _ := getStatus(th.URL+"/readyz", "")
