@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"slices"
 	"strconv"
 	"sync"
 	"syscall"
@@ -292,11 +293,20 @@ func TestClusterRedisStall(t *testing.T) {
 			t.Errorf("call %d answered %d", k, c.status)
 		}
 	}
+	var refusedTook []time.Duration
+	for _, c := range pub.calls {
+		if c.status == http.StatusServiceUnavailable {
+			refusedTook = append(refusedTook, c.took)
+		}
+	}
+	slices.Sort(refusedTook)
 	t.Logf("stall of 10 s: /readyz 503 after %v, 200 again %v after SIGCONT (slowest /readyz %v / %v); "+
-		"%d calls: %d accepted, %d refused (503), %d without an answer; slowest answer %v",
+		"%d calls: %d accepted, %d refused (503: median %v, p99 %v), %d without an answer; slowest answer %v",
 		notReady.Round(time.Millisecond), ready.Round(time.Millisecond),
 		probes[0].slowest.Round(time.Millisecond), probes[1].slowest.Round(time.Millisecond),
-		len(pub.calls), len(pub.calls)-refusedTotal-cut, refusedTotal, cut, slowest.Round(time.Millisecond))
+		len(pub.calls), len(pub.calls)-refusedTotal-cut, refusedTotal,
+		refusedTook[len(refusedTook)/2].Round(100*time.Microsecond), refusedTook[len(refusedTook)*99/100].Round(time.Millisecond),
+		cut, slowest.Round(time.Millisecond))
 
 	t.Cleanup(func() {
 		if t.Failed() {

@@ -147,6 +147,7 @@ type Broker struct {
 
 	live      atomic.Bool           // the Pub/Sub connection is subscribed and in sync
 	health    atomic.Pointer[error] // last probe's error; nil pointer or nil error: healthy
+	probeNow  chan struct{}         // kick: probe at once
 	closeOnce sync.Once
 }
 
@@ -220,6 +221,7 @@ func New(o Options) (*Broker, error) {
 		opSignal:  make(chan struct{}, 1),
 		held:      make(map[string]map[string]struct{}),
 		relSignal: make(chan struct{}, 1),
+		probeNow:  make(chan struct{}, 1),
 	}, nil
 }
 

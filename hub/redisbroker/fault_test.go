@@ -113,18 +113,24 @@ func TestNetworkCut(t *testing.T) {
 	waitFor(t, "events before the cut", func() bool { return countAcked() > 20 })
 
 	px.setCut(true)
+	cut := time.Now()
 	waitFor(t, "Ready to fail", func() bool { return a.broker.Ready() != nil })
+	t.Logf("not ready %v after the cut", time.Since(cut).Round(time.Millisecond))
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	start := time.Now()
 	_, err = a.hub.Publish(ctx, []string{"u1"}, "E", json.RawMessage(`1`))
 	cancel()
 	if err == nil {
 		t.Fatal("Publish through the cut node succeeded")
 	}
+	t.Logf("publish through the cut node failed in %v: %v", time.Since(start).Round(100*time.Microsecond), err)
 	during := countAcked()
 	waitFor(t, "events acknowledged during the cut", func() bool { return countAcked() > during+20 })
 
 	px.setCut(false)
+	restored := time.Now()
 	waitFor(t, "Ready again", func() bool { return a.broker.Ready() == nil })
+	t.Logf("ready %v after the network is back", time.Since(restored).Round(time.Millisecond))
 	after := countAcked()
 	waitFor(t, "events after the cut", func() bool { return countAcked() > after+20 })
 	close(stopPub)
@@ -208,16 +214,22 @@ func TestRedisRestart(t *testing.T) {
 	cl.waitEvents(1)
 
 	stop()
+	killed := time.Now()
 	waitFor(t, "Ready to fail", func() bool { return a.broker.Ready() != nil })
+	t.Logf("not ready %v after the kill", time.Since(killed).Round(time.Millisecond))
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	start := time.Now()
 	_, err = a.hub.Publish(ctx, []string{"u1"}, "E", json.RawMessage(`1`))
 	cancel()
 	if err == nil {
 		t.Fatal("Publish with Redis down succeeded")
 	}
+	t.Logf("publish with Redis down failed in %v: %v", time.Since(start).Round(100*time.Microsecond), err)
 
 	restartRedis(t, addr)
+	restarted := time.Now()
 	waitFor(t, "Ready again", func() bool { return a.broker.Ready() == nil })
+	t.Logf("ready %v after the restart", time.Since(restarted).Round(time.Millisecond))
 	after, err := a.hub.Publish(bg(t), []string{"u1"}, "E", json.RawMessage(`2`))
 	if err != nil {
 		t.Fatal(err)

@@ -61,9 +61,10 @@ func (b *Broker) sampleClock(ctx context.Context, client *redis.Client) error {
 }
 
 // healthLoop probes Redis every HealthInterval with TIME (bounded by
-// PublishTimeout) and keeps the outcome for Ready and for the publishes,
-// which fail at once, sending nothing, while Redis does not answer. Each
-// answer is also a clock sample.
+// PublishTimeout), and at once when a connection to Redis failed (kick),
+// and keeps the outcome for Ready and for the publishes, which fail at
+// once, sending nothing, while Redis does not answer. Each answer is also a
+// clock sample.
 func (b *Broker) healthLoop() {
 	defer b.wg.Done()
 	t := time.NewTicker(b.opts.HealthInterval)
@@ -73,12 +74,21 @@ func (b *Broker) healthLoop() {
 		case <-b.ctx.Done():
 			return
 		case <-t.C:
+		case <-b.probeNow:
 		}
 		err := b.sampleClock(b.ctx, b.probe)
 		if b.ctx.Err() != nil {
 			return
 		}
 		b.setHealth(err)
+	}
+}
+
+// kick asks the health loop for a probe now (a connection failed).
+func (b *Broker) kick() {
+	select {
+	case b.probeNow <- struct{}{}:
+	default:
 	}
 }
 

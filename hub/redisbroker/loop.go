@@ -103,6 +103,7 @@ func (b *Broker) dropPubSubConn() {
 // is wanted).
 func (b *Broker) lost() {
 	b.live.Store(false)
+	b.kick()
 	b.mu.Lock()
 	clear(b.unsubPend)
 	b.mu.Unlock()

@@ -104,6 +104,10 @@ func (b *Broker) publish(ctx context.Context, streams, chans []string, typ strin
 	if err == nil {
 		return scriptIDs(res, n)
 	}
+	var rerr redis.Error
+	if !errors.As(err, &rerr) {
+		b.kick() // a connection failed: is Redis still there?
+	}
 	if unsent(err) {
 		return nil, err
 	}
