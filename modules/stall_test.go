@@ -6,12 +6,15 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -74,6 +77,7 @@ func (r *stallRedis) signal(t *testing.T, s syscall.Signal) {
 type readyProbe struct {
 	mu      sync.Mutex
 	status  int           // last status (0: no answer)
+	n503    int           // 503 answers
 	slowest time.Duration // slowest answer
 	slow    []string      // answers over readyBound
 	wg      sync.WaitGroup
@@ -101,6 +105,9 @@ func probeReady(u string, stop <-chan struct{}) *readyProbe {
 			took := time.Since(start)
 			p.mu.Lock()
 			p.status = status
+			if status == http.StatusServiceUnavailable {
+				p.n503++
+			}
 			p.slowest = max(p.slowest, took)
 			if took > readyBound || status == 0 {
 				p.slow = append(p.slow, fmt.Sprintf("%d after %v at %s", status, took, start.Format("15:04:05.000")))
@@ -113,6 +120,8 @@ func probeReady(u string, stop <-chan struct{}) *readyProbe {
 }
 
 func (p *readyProbe) last() int { p.mu.Lock(); defer p.mu.Unlock(); return p.status }
+
+func (p *readyProbe) count503() int { p.mu.Lock(); defer p.mu.Unlock(); return p.n503 }
 
 // apiCall is the outcome of one POST /api/broadcast.
 type apiCall struct {
@@ -426,4 +435,172 @@ func TestPublishUnanswered(t *testing.T) {
 	})
 	id := th.publish("AFTER", nil, user)[user]
 	expectIDs(t, w, []string{id}, "the event after the stall, and not the unanswered one")
+}
+
+// freezeProxy is a TCP proxy whose open connections can be frozen: they
+// stop forwarding in both directions without closing (a dead NAT entry, a
+// hung peer); connections made later forward normally.
+type freezeProxy struct {
+	target string
+	ln     net.Listener
+	closed chan struct{}
+	wg     sync.WaitGroup
+
+	mu    sync.Mutex
+	conns []net.Conn
+	gates []*atomic.Pointer[chan struct{}]
+}
+
+func newFreezeProxy(t *testing.T, target string) *freezeProxy {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &freezeProxy{target: target, ln: ln, closed: make(chan struct{})}
+	p.wg.Add(1)
+	go p.accept()
+	t.Cleanup(p.close)
+	return p
+}
+
+func (p *freezeProxy) addr() string { return p.ln.Addr().String() }
+
+func (p *freezeProxy) accept() {
+	defer p.wg.Done()
+	for {
+		c, err := p.ln.Accept()
+		if err != nil {
+			return
+		}
+		up, err := net.Dial("tcp", p.target)
+		if err != nil {
+			c.Close()
+			continue
+		}
+		gate := &atomic.Pointer[chan struct{}]{}
+		p.mu.Lock()
+		p.conns = append(p.conns, c, up)
+		p.gates = append(p.gates, gate)
+		p.mu.Unlock()
+		p.wg.Add(2)
+		go p.pipe(gate, up, c)
+		go p.pipe(gate, c, up)
+	}
+}
+
+func (p *freezeProxy) pipe(gate *atomic.Pointer[chan struct{}], dst, src net.Conn) {
+	defer p.wg.Done()
+	defer dst.Close()
+	defer src.Close()
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		if n > 0 {
+			if g := gate.Load(); g != nil {
+				select {
+				case <-*g:
+				case <-p.closed:
+					return
+				}
+			}
+			if _, err := dst.Write(buf[:n]); err != nil {
+				return
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+// freeze stops every connection open now (until the proxy closes).
+func (p *freezeProxy) freeze() {
+	g := make(chan struct{})
+	p.mu.Lock()
+	for _, gate := range p.gates {
+		gate.Store(&g)
+	}
+	p.mu.Unlock()
+}
+
+func (p *freezeProxy) close() {
+	p.ln.Close()
+	close(p.closed)
+	p.mu.Lock()
+	for _, c := range p.conns {
+		c.Close()
+	}
+	p.mu.Unlock()
+	p.wg.Wait()
+}
+
+// TestClusterSilentBackplane freezes every connection between node 1 and
+// Redis (they stop answering without closing) while services publish
+// through node 2: node 1 finds its Pub/Sub connection silent, redials
+// Redis by itself and resyncs, its /readyz answers within 100 ms
+// throughout and is 200 after the redial, and its device gets every event
+// published meanwhile, once, in order.
+func TestClusterSilentBackplane(t *testing.T) {
+	rs := startStallRedis(t)
+	px := newFreezeProxy(t, "127.0.0.1:"+strconv.Itoa(rs.port))
+	n1 := startNode(t, "redis://"+px.addr()+"/0", "silent-1", func(c *config.Config) { c.LogLevel = "info" })
+	n2 := startNode(t, rs.url(), "silent-2", nil)
+	for _, n := range []*testHub{n1, n2} {
+		eventually(t, 10*time.Second, n.cfg.NodeName+" ready", func() bool {
+			st, _ := getStatus(n.URL+"/readyz", "")
+			return st == http.StatusOK
+		})
+	}
+	const user = "silent-user"
+	w := n1.mustWS(n1.token(user, time.Hour), "")
+	expectConnected(t, w, false, 0)
+
+	stop := make(chan struct{})
+	probe := probeReady(n1.URL+"/readyz", stop)
+	pub := &apiPublisher{calls: map[int]*apiCall{}}
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go pub.run(n2, user, 1, 1, stop, &wg)
+	stopAll := sync.OnceFunc(func() { close(stop); wg.Wait(); probe.wg.Wait() })
+	t.Cleanup(stopAll)
+	eventually(t, 10*time.Second, "publishes before the freeze", func() bool { return pub.count(http.StatusAccepted) > 20 })
+
+	px.freeze()
+	frozen := time.Now()
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("last /readyz %d; node 1 logs:\n%s", probe.last(), n1.logs.String())
+		}
+	})
+	// The node is not ready only from the moment it finds the connection
+	// silent until the redial (a new connection works at once): too short
+	// a time for a poller to be sure to see; its logs tell.
+	eventually(t, 10*time.Second, "node 1 to find its Pub/Sub connection silent", func() bool {
+		return strings.Contains(n1.logs.String(), "redis pubsub connection silent; redialling")
+	})
+	silent := time.Since(frozen)
+	eventually(t, 10*time.Second, "node 1 to redial and resync", func() bool {
+		return strings.Contains(n1.logs.String(), "redis pubsub reconnected; resyncing")
+	})
+	eventually(t, 10*time.Second, "node 1 /readyz 200 after the redial", func() bool { return probe.last() == http.StatusOK })
+	ready := time.Since(frozen)
+	n := pub.count(http.StatusAccepted)
+	eventually(t, 10*time.Second, "publishes after the redial", func() bool { return pub.count(http.StatusAccepted) > n+20 })
+	stopAll()
+	t.Logf("frozen backplane: found silent after %v, redialled and ready after %v (%d /readyz 503 seen; slowest /readyz %v)",
+		silent.Round(time.Millisecond), ready.Round(time.Millisecond), probe.count503(), probe.slowest.Round(time.Millisecond))
+	if len(probe.slow) > 0 {
+		t.Errorf("/readyz answers over %v: %v", readyBound, probe.slow)
+	}
+
+	var ids []string
+	for k := 1; k <= len(pub.calls); k++ {
+		c := pub.calls[k]
+		if c.status != http.StatusAccepted {
+			t.Fatalf("call %d through node 2: %d", k, c.status)
+		}
+		ids = append(ids, c.id)
+	}
+	expectIDs(t, w, ids, "events published while node 1's backplane was frozen")
 }
