@@ -79,6 +79,7 @@ type Config struct {
 	MaxConnections        int           // HUB_MAX_CONNECTIONS
 	MaxPayload            int64         // HUB_MAX_PAYLOAD
 	ShutdownTimeout       time.Duration // HUB_SHUTDOWN_TIMEOUT
+	PublishTimeout        time.Duration // HUB_PUBLISH_TIMEOUT
 	Broker                string        // HUB_BROKER
 	RedisURL              string        // HUB_REDIS_URL
 	LogLevel              string        // HUB_LOG_LEVEL

@@ -130,6 +130,8 @@ var table = []key{
 		func(c *Config) *int64 { return &c.MaxPayload }),
 	durationKey("shutdown_timeout", "5s", "drain time on SIGTERM",
 		func(c *Config) *time.Duration { return &c.ShutdownTimeout }, true),
+	durationKey("publish_timeout", "1s", "longest a publish waits on the broker before 503 (100ms to 1m)",
+		func(c *Config) *time.Duration { return &c.PublishTimeout }, true).within(100*time.Millisecond, time.Minute),
 	stringKey("broker", "memory", "cluster backplane: memory or redis",
 		func(c *Config) *string { return &c.Broker }, strings.ToLower, oneOf("memory", "redis")),
 	stringKey("redis_url", "redis://127.0.0.1:6379/0", "Redis URL (redis:// or rediss://) used by the redis broker",
@@ -174,8 +176,37 @@ var byName = func() map[string]*key {
 }()
 
 func (k key) withSecret() key { k.secret = true; return k }
-func (k key) withURL() key    { k.isURL = true; return k }
-func (k key) withProse() key  { k.prose = true; return k }
+
+// within bounds a duration key to [lo, hi] on top of its own checks.
+func (k key) within(lo, hi time.Duration) key {
+	reason := fmt.Errorf("must be a duration from %v to %v", lo, hi)
+	get, parse, check := k.get, k.parse, k.check
+	bad := func(c *Config) bool {
+		d, err := time.ParseDuration(get(c))
+		return err != nil || d < lo || d > hi
+	}
+	k.parse = func(c *Config, s string) error {
+		if err := parse(c, s); err != nil {
+			return err
+		}
+		if bad(c) {
+			return reason
+		}
+		return nil
+	}
+	k.check = func(c *Config) error {
+		if err := check(c); err != nil {
+			return err
+		}
+		if bad(c) {
+			return reason
+		}
+		return nil
+	}
+	return k
+}
+func (k key) withURL() key   { k.isURL = true; return k }
+func (k key) withProse() key { k.prose = true; return k }
 
 func (k key) withEmptyEnv() key { k.emptyEnv = true; return k }
 

@@ -17,6 +17,11 @@ import (
 type Broker interface {
 	// PublishUsers appends one event per user (in order) to their
 	// histories and publishes them, atomically; it returns each user's id.
+	// An error means that nothing was published, unless it wraps
+	// ErrOutcomeUnknown (the answer was lost: it may have been). With an
+	// idempotency key in ctx (WithIdempotencyKey), a repeated call returns
+	// the ids of the first one that published and publishes nothing. The
+	// same holds for PublishAll.
 	PublishUsers(ctx context.Context, users []string, typ string, payload []byte, ts time.Time) ([]string, error)
 	// PublishAll appends one event to the broadcast history and publishes
 	// it to every node; it returns its id.

@@ -9,7 +9,45 @@ import (
 
 // ErrUnavailable: the broker cannot be reached, so the hub cannot promise
 // delivery or durability (the transports answer 503).
+// With a broker, an error wrapping ErrUnavailable from Publish or
+// Broadcast means that nothing was published.
 var ErrUnavailable = errors.New("hub: broker unavailable")
+
+// ErrOutcomeUnknown: the broker's answer to a publish was lost and could not
+// be checked in time, so the event may or may not have been published. A
+// caller must not report it as refused; a retry with the same idempotency
+// key (WithIdempotencyKey) publishes at most once.
+var ErrOutcomeUnknown = errors.New("hub: publish outcome unknown")
+
+// brokerError wraps an error of the broker's publish in ErrOutcomeUnknown
+// or ErrUnavailable.
+func brokerError(err error) error {
+	if errors.Is(err, ErrOutcomeUnknown) {
+		return fmt.Errorf("%w: %v", ErrOutcomeUnknown, err)
+	}
+	return fmt.Errorf("%w: %v", ErrUnavailable, err)
+}
+
+type idemKeyCtx struct{}
+
+type idemKey struct {
+	key string
+	ttl time.Duration
+}
+
+// WithIdempotencyKey returns a context that carries the idempotency key of
+// a publish (already scoped by caller) and how long it is remembered. A
+// broker that sees it publishes at most once per key within ttl, even when
+// the call is repeated after an answer was lost.
+func WithIdempotencyKey(ctx context.Context, key string, ttl time.Duration) context.Context {
+	return context.WithValue(ctx, idemKeyCtx{}, idemKey{key, ttl})
+}
+
+// IdempotencyKey returns the key and lifetime set by WithIdempotencyKey.
+func IdempotencyKey(ctx context.Context) (key string, ttl time.Duration, ok bool) {
+	k, ok := ctx.Value(idemKeyCtx{}).(idemKey)
+	return k.key, k.ttl, ok
+}
 
 // clusterConn is what a node keeps about one of its connections in cluster
 // mode (guarded by the shard lock).

@@ -600,7 +600,7 @@ func (h *Hub) Publish(ctx context.Context, userIDs []string, typ string, payload
 		}
 		ids, err := h.opts.Broker.PublishUsers(ctx, users, typ, p, h.now())
 		if err != nil {
-			return nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
+			return nil, brokerError(err)
 		}
 		for i, u := range users {
 			out = append(out, UserEvent{UserID: u, ID: ids[i]})
@@ -659,7 +659,7 @@ func (h *Hub) Broadcast(ctx context.Context, typ string, payload json.RawMessage
 	if h.opts.Broker != nil {
 		id, err := h.opts.Broker.PublishAll(ctx, typ, p, h.now())
 		if err != nil {
-			return "", fmt.Errorf("%w: %v", ErrUnavailable, err)
+			return "", brokerError(err)
 		}
 		if h.opts.Observer != nil {
 			h.opts.Observer.Published(1)

@@ -31,6 +31,8 @@ func newBroker(cfg config.Config, log *slog.Logger) (*redisbroker.Broker, error)
 		HistorySize: cfg.HistorySize,
 		HistoryTTL:  cfg.HistoryTTL,
 		Logger:      log,
+		// every Redis call of a publish and of /readyz within it
+		PublishTimeout: cfg.PublishTimeout,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("HUB_REDIS_URL: %w", err)

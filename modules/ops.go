@@ -1,13 +1,17 @@
 package modules
 
 import (
+	"context"
+	"encoding/json"
 	"fmt"
 	"log/slog"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/fx"
 
 	"github.com/hubd/hub/config"
+	"github.com/hubd/hub/hub/redisbroker"
 	"github.com/hubd/hub/internal/admit"
 	"github.com/hubd/hub/internal/auth"
 	"github.com/hubd/hub/internal/metrics"
@@ -55,6 +59,10 @@ func newIdemRedis(lc fx.Lifecycle, cfg config.Config) (idemRedis, error) {
 	if err != nil {
 		return idemRedis{}, fmt.Errorf("HUB_REDIS_URL: %w", err)
 	}
+	// every call bounded by its context; no retries: a claim is not
+	// idempotent
+	o.ContextTimeoutEnabled = true
+	o.MaxRetries = -1
 	c := redis.NewClient(o)
 	lc.Append(fx.StopHook(c.Close))
 	return idemRedis{c}, nil
@@ -64,7 +72,32 @@ func newUpstreamIdem(c idemRedis) upstream.IdempotencyStore {
 	return upstream.NewRedisStore(c, idemPrefix)
 }
 
-func newAPIIdem(c idemRedis) api.IdempotencyStore { return api.NewRedisIdempotency(c, idemPrefix) }
+func newAPIIdem(c idemRedis, b *redisbroker.Broker) api.IdempotencyStore {
+	return healthGate{api.NewRedisIdempotency(c, idemPrefix), b}
+}
+
+// healthGate fails the idempotency store's Get and Claim at once, without
+// waiting on Redis, while the broker's health loop finds Redis unresponsive
+// (a publish would fail then anyway), so that a publish with a key fails
+// as fast as one without.
+type healthGate struct {
+	api.IdempotencyStore
+	b *redisbroker.Broker
+}
+
+func (g healthGate) Get(ctx context.Context, key string) (json.RawMessage, bool, error) {
+	if err := g.b.Healthy(); err != nil {
+		return nil, false, err
+	}
+	return g.IdempotencyStore.Get(ctx, key)
+}
+
+func (g healthGate) Claim(ctx context.Context, key string, ttl time.Duration) (bool, error) {
+	if err := g.b.Healthy(); err != nil {
+		return false, err
+	}
+	return g.IdempotencyStore.Claim(ctx, key, ttl)
+}
 
 type upstreamParams struct {
 	fx.In

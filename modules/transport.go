@@ -127,11 +127,12 @@ type apiParams struct {
 
 func newAPI(p apiParams) *api.API {
 	o := api.Options{
-		Hub:        p.Hub,
-		Auth:       p.Auth,
-		MaxPayload: p.Cfg.MaxPayload,
-		Logger:     p.Log,
-		Metrics:    p.Metrics.Handler(),
+		Hub:            p.Hub,
+		Auth:           p.Auth,
+		MaxPayload:     p.Cfg.MaxPayload,
+		PublishTimeout: p.Cfg.PublishTimeout,
+		Logger:         p.Log,
+		Metrics:        p.Metrics.Handler(),
 	}
 	if p.Broker != nil {
 		o.Ready = p.Broker.Ready

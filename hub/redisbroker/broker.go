@@ -14,6 +14,14 @@
 // back, the broker asks the hub to Resync, which reads what its
 // connections missed from the streams. If Redis itself lost its data, a new
 // epoch is made and older ids are no longer recognised (recovered:false).
+// A Pub/Sub connection that stops answering without closing is found by
+// pinging it and is redialled (loop.go).
+//
+// Every Redis call on the publish and readiness paths is bounded:
+// publishes by Options.PublishTimeout (publish.go, which also explains how
+// a publish whose answer is lost is told apart from one that was not
+// applied), readiness by a health loop that probes Redis in the background
+// (health.go), so Ready answers from state.
 package redisbroker
 
 import (
@@ -43,13 +51,14 @@ const (
 	// age beyond which a report no longer counts.
 	statsInterval = 2 * time.Second
 	statsTTL      = 10 * time.Second
-	// receiveTimeout bounds one wait of the receive loop; on expiry it
-	// pings the Pub/Sub connection.
-	receiveTimeout = 5 * time.Second
 	// resyncTimeout bounds the hub's Resync after a reconnection.
 	resyncTimeout = 30 * time.Second
-	// readyCache is how long a Ready answer is reused.
-	readyCache = time.Second
+	// DefaultPublishTimeout is Options.PublishTimeout's default.
+	DefaultPublishTimeout = time.Second
+	// DefaultHealthInterval is Options.HealthInterval's default.
+	DefaultHealthInterval = 500 * time.Millisecond
+	// DefaultPingInterval is Options.PingInterval's default.
+	DefaultPingInterval = time.Second
 )
 
 // Options configure a Broker.
@@ -72,6 +81,17 @@ type Options struct {
 	// being renewed, so how long the slots of a crashed node keep counting
 	// (default DefaultSlotTTL; renewed three times per SlotTTL).
 	SlotTTL time.Duration
+	// PublishTimeout bounds a publish when its context has no earlier
+	// deadline, and one health probe (default DefaultPublishTimeout).
+	PublishTimeout time.Duration
+	// HealthInterval is how often the health loop probes Redis (default
+	// DefaultHealthInterval).
+	HealthInterval time.Duration
+	// PingInterval is how long the Pub/Sub connection may stay quiet
+	// before it is pinged; a ping unanswered within PublishTimeout counts
+	// as a lost connection, which is redialled (default
+	// DefaultPingInterval).
+	PingInterval time.Duration
 }
 
 // Receiver is what the broker delivers to; *hub.Hub implements it.
@@ -93,12 +113,20 @@ type ClusterTotals struct {
 // Broker is a hub.Broker on Redis. Create it with New, start it with Start
 // and stop it with Close.
 type Broker struct {
-	opts   Options
-	ropts  *redis.Options
-	log    *slog.Logger
+	opts  Options
+	ropts *redis.Options
+	log   *slog.Logger
+	// client serves the idempotent calls (reads, slots, stats) and the
+	// Pub/Sub connection, with go-redis's retries; pub serves the publish
+	// script, which must never be sent twice, so it has none; probe
+	// serves the health loop and the check of a publish whose answer was
+	// lost, on connections of its own (none of them retries either).
 	client *redis.Client
+	pub    *redis.Client
+	probe  *redis.Client
 	ps     *redis.PubSub
 	recv   Receiver
+	clock  clock
 
 	metaKey, nodesKey, allCh, ctlCh string
 
@@ -117,10 +145,9 @@ type Broker struct {
 	releases  []slotRef                      // slots given back, not yet removed
 	relSignal chan struct{}
 
-	live      atomic.Bool // the Pub/Sub connection is subscribed and in sync
-	readyMu   sync.Mutex
-	readyAt   time.Time
-	readyErr  error
+	live      atomic.Bool           // the Pub/Sub connection is subscribed and in sync
+	health    atomic.Pointer[error] // last probe's error; nil pointer or nil error: healthy
+	probeNow  chan struct{}         // kick: probe at once
 	closeOnce sync.Once
 }
 
@@ -163,6 +190,18 @@ func New(o Options) (*Broker, error) {
 	if o.SlotTTL == 0 {
 		o.SlotTTL = DefaultSlotTTL
 	}
+	if o.PublishTimeout < 0 || o.HealthInterval < 0 || o.PingInterval < 0 {
+		return nil, errors.New("timeouts and intervals must not be negative")
+	}
+	if o.PublishTimeout == 0 {
+		o.PublishTimeout = DefaultPublishTimeout
+	}
+	if o.HealthInterval == 0 {
+		o.HealthInterval = DefaultHealthInterval
+	}
+	if o.PingInterval == 0 {
+		o.PingInterval = DefaultPingInterval
+	}
 	if o.Node == "" {
 		o.Node = randomName()
 	}
@@ -182,6 +221,7 @@ func New(o Options) (*Broker, error) {
 		opSignal:  make(chan struct{}, 1),
 		held:      make(map[string]map[string]struct{}),
 		relSignal: make(chan struct{}, 1),
+		probeNow:  make(chan struct{}, 1),
 	}, nil
 }
 
@@ -205,29 +245,44 @@ func (b *Broker) Start(ctx context.Context, r Receiver) error {
 		return errors.New("redisbroker: already started")
 	}
 	b.recv = r
-	client := redis.NewClient(b.ropts)
-	if err := client.Ping(ctx).Err(); err != nil {
+	// Context deadlines bound every socket read and write (go-redis
+	// otherwise waits its own ReadTimeout whatever the context says).
+	base := *b.ropts
+	base.ContextTimeoutEnabled = true
+	noRetry := base
+	noRetry.MaxRetries = -1
+	probeOpts := noRetry
+	probeOpts.PoolSize = 4
+	client, pub, probe := redis.NewClient(&base), redis.NewClient(&noRetry), redis.NewClient(&probeOpts)
+	closeAll := func() {
 		_ = client.Close()
+		_ = pub.Close()
+		_ = probe.Close()
+	}
+	b.clock.base = time.Now()
+	if err := b.sampleClock(ctx, probe); err != nil {
+		closeAll()
 		return fmt.Errorf("connect redis: %w", err)
 	}
-	if err := publishScript.Load(ctx, client).Err(); err != nil {
-		_ = client.Close()
+	if err := publishScript.Load(ctx, pub).Err(); err != nil {
+		closeAll()
 		return fmt.Errorf("load script: %w", err)
 	}
 	ps := client.Subscribe(ctx)
 	if err := subscribeBase(ctx, ps, b.allCh, b.ctlCh); err != nil {
 		_ = ps.Close()
-		_ = client.Close()
+		closeAll()
 		return err
 	}
-	b.client, b.ps = client, ps
+	b.client, b.pub, b.probe, b.ps = client, pub, probe, ps
 	b.ctx, b.cancel = context.WithCancel(context.Background())
 	b.live.Store(true)
-	b.wg.Add(4)
+	b.wg.Add(5)
 	go b.receiveLoop()
 	go b.opLoop()
 	go b.statsLoop()
 	go b.slotLoop()
+	go b.healthLoop()
 	return nil
 }
 
@@ -277,6 +332,8 @@ func (b *Broker) Close() error {
 		if cerr := b.client.Close(); err == nil {
 			err = cerr
 		}
+		_ = b.pub.Close()
+		_ = b.probe.Close()
 		if errors.Is(err, redis.ErrClosed) {
 			err = nil
 		}
@@ -293,8 +350,9 @@ func isClosed(c chan struct{}) bool {
 	}
 }
 
-// Ready reports nil when Redis answers and the Pub/Sub subscription is live
-// (answers are cached for about a second).
+// Ready reports nil when the health loop's last probe of Redis was
+// answered in time and the Pub/Sub subscription is live. It answers from
+// that state at once: it never waits on Redis.
 func (b *Broker) Ready() error {
 	if b.client == nil {
 		return errors.New("redisbroker: not started")
@@ -305,19 +363,17 @@ func (b *Broker) Ready() error {
 	if !b.live.Load() {
 		return errors.New("redisbroker: subscription down")
 	}
-	b.readyMu.Lock()
-	defer b.readyMu.Unlock()
-	if time.Since(b.readyAt) < readyCache {
-		return b.readyErr
+	return b.healthErr()
+}
+
+// Healthy reports the health loop's last probe of Redis: nil when it was
+// answered in time. It never waits on Redis. Stores on the same Redis use
+// it to fail at once while Redis does not answer, as publishes do.
+func (b *Broker) Healthy() error {
+	if b.client == nil {
+		return errors.New("redisbroker: not started")
 	}
-	ctx, cancel := context.WithTimeout(b.ctx, 500*time.Millisecond)
-	defer cancel()
-	b.readyErr = b.client.Ping(ctx).Err()
-	if b.readyErr != nil {
-		b.readyErr = fmt.Errorf("ping redis: %w", b.readyErr)
-	}
-	b.readyAt = time.Now()
-	return b.readyErr
+	return b.healthErr()
 }
 
 // PublishUsers appends one event per user to their streams and publishes
@@ -346,36 +402,6 @@ func (b *Broker) PublishAll(ctx context.Context, typ string, payload []byte, ts 
 		return "", fmt.Errorf("broadcast: %w", err)
 	}
 	return ids[0], nil
-}
-
-func (b *Broker) publish(ctx context.Context, streams, chans []string, typ string, payload []byte, ts time.Time) ([]string, error) {
-	if b.client == nil {
-		return nil, errors.New("not started")
-	}
-	if err := hub.ValidateType(typ); err != nil {
-		return nil, fmt.Errorf("type: %w", err)
-	}
-	if len(payload) == 0 {
-		payload = []byte("null")
-	}
-	n := len(streams)
-	args := make([]any, 0, 8+2*n)
-	args = append(args, randomName(), b.opts.HistorySize, b.opts.HistoryTTL.Milliseconds(),
-		typ, string(payload), ts.UTC().Format(hub.TimeFormat), ts.UnixMilli(), n)
-	for _, s := range streams {
-		args = append(args, s)
-	}
-	for _, c := range chans {
-		args = append(args, c)
-	}
-	res, err := publishScript.Run(ctx, b.client, []string{b.metaKey}, args...).StringSlice()
-	if err != nil {
-		return nil, err
-	}
-	if len(res) != n {
-		return nil, fmt.Errorf("script returned %d ids for %d events", len(res), n)
-	}
-	return res, nil
 }
 
 // History returns user's events after lastID (its own and the broadcasts,

@@ -78,18 +78,24 @@ func TestNetworkCut(t *testing.T) {
 	hubtest.Eventually(t, 15*time.Second, "events before the cut", func() bool { return countAcked() > 20 })
 
 	px.Cut()
+	cut := time.Now()
 	hubtest.Eventually(t, 15*time.Second, "Ready to fail", func() bool { return a.broker.Ready() != nil })
+	t.Logf("not ready %v after the cut", time.Since(cut).Round(time.Millisecond))
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	start := time.Now()
 	_, err = a.hub.Publish(ctx, []string{"u1"}, "E", json.RawMessage(`1`))
 	cancel()
 	if err == nil {
 		t.Fatal("Publish through the cut node succeeded")
 	}
+	t.Logf("publish through the cut node failed in %v: %v", time.Since(start).Round(100*time.Microsecond), err)
 	during := countAcked()
 	hubtest.Eventually(t, 15*time.Second, "events acknowledged during the cut", func() bool { return countAcked() > during+20 })
 
 	px.Restore()
+	restored := time.Now()
 	hubtest.Eventually(t, 15*time.Second, "Ready again", func() bool { return a.broker.Ready() == nil })
+	t.Logf("ready %v after the network is back", time.Since(restored).Round(time.Millisecond))
 	after := countAcked()
 	hubtest.Eventually(t, 15*time.Second, "events after the cut", func() bool { return countAcked() > after+20 })
 	close(stopPub)
@@ -173,16 +179,22 @@ func TestRedisRestart(t *testing.T) {
 	cl.waitEvents(1)
 
 	rs.Kill()
+	killed := time.Now()
 	hubtest.Eventually(t, 15*time.Second, "Ready to fail", func() bool { return a.broker.Ready() != nil })
+	t.Logf("not ready %v after the kill", time.Since(killed).Round(time.Millisecond))
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	start := time.Now()
 	_, err = a.hub.Publish(ctx, []string{"u1"}, "E", json.RawMessage(`1`))
 	cancel()
 	if err == nil {
 		t.Fatal("Publish with Redis down succeeded")
 	}
+	t.Logf("publish with Redis down failed in %v: %v", time.Since(start).Round(100*time.Microsecond), err)
 
 	rs.Start() // without its data
+	restarted := time.Now()
 	hubtest.Eventually(t, 15*time.Second, "Ready again", func() bool { return a.broker.Ready() == nil })
+	t.Logf("ready %v after the restart", time.Since(restarted).Round(time.Millisecond))
 	after, err := a.hub.Publish(bg(t), []string{"u1"}, "E", json.RawMessage(`2`))
 	if err != nil {
 		t.Fatal(err)

@@ -19,29 +19,42 @@ import (
 // subscribed again, and the loop then runs the hub's Resync before it
 // delivers anything else, so that the events published during the outage
 // are queued before the live ones that follow.
+//
+// A connection that stops answering without closing raises no error: when
+// nothing came for PingInterval the loop sends a PING, and when nothing
+// (pong or message) came PublishTimeout after it, the connection counts as
+// lost and is dropped (dropPubSubConn), which makes go-redis dial a new
+// one on the next read.
 func (b *Broker) receiveLoop() {
 	defer b.wg.Done()
-	broken := false  // an error was seen: not subscribed until confirmed again
-	stalled := false // a ping went unanswered for a whole interval
-	pinged := false
+	broken := false // an error was seen: not subscribed until confirmed again
+	var pinged time.Time
 	failures := 0
 	for {
-		msg, err := b.ps.ReceiveTimeout(b.ctx, receiveTimeout)
+		wait := b.opts.PingInterval
+		if !pinged.IsZero() {
+			wait = max(time.Until(pinged.Add(b.opts.PublishTimeout)), time.Millisecond)
+		}
+		msg, err := b.ps.ReceiveTimeout(b.ctx, wait)
 		if b.ctx.Err() != nil {
 			return
 		}
 		if err != nil {
 			var ne interface{ Timeout() bool }
 			if errors.As(err, &ne) && ne.Timeout() {
-				if pinged && !stalled {
-					// No answer to the last ping for a whole interval: not
-					// ready until the connection proves alive.
-					b.log.Warn("redis pubsub connection stalled")
-					b.live.Store(false)
-					stalled = true
+				switch {
+				case pinged.IsZero():
+					pinged = time.Now()
+					ctx, cancel := context.WithTimeout(b.ctx, b.opts.PublishTimeout)
+					_ = b.ps.Ping(ctx) // a failed write makes go-redis reconnect
+					cancel()
+				case time.Since(pinged) >= b.opts.PublishTimeout:
+					b.log.Warn("redis pubsub connection silent; redialling", "silent_for", time.Since(pinged)+b.opts.PingInterval)
+					pinged = time.Time{}
+					b.lost()
+					broken = true
+					b.dropPubSubConn()
 				}
-				pinged = true
-				_ = b.ps.Ping(b.ctx)
 				continue
 			}
 			if !broken {
@@ -49,17 +62,14 @@ func (b *Broker) receiveLoop() {
 			}
 			b.lost()
 			broken = true
+			pinged = time.Time{}
 			failures++
 			if !b.sleep(backoff(failures)) {
 				return
 			}
 			continue
 		}
-		failures, pinged = 0, false
-		if stalled {
-			stalled = false
-			b.live.Store(!broken)
-		}
+		failures, pinged = 0, time.Time{}
 		switch m := msg.(type) {
 		case *redis.Subscription:
 			if broken && m.Kind == "subscribe" {
@@ -77,11 +87,23 @@ func (b *Broker) receiveLoop() {
 	}
 }
 
+// dropPubSubConn closes the Pub/Sub connection so that go-redis dials a
+// new one, and subscribes it again to every channel, on the next read.
+// go-redis has no call for this: a write that fails counts as a broken
+// connection, and a write under a context whose deadline has passed always
+// fails (TestSilentPubSub checks that the redial happens).
+func (b *Broker) dropPubSubConn() {
+	ctx, cancel := context.WithDeadline(b.ctx, time.Now().Add(-time.Second))
+	defer cancel()
+	_ = b.ps.Ping(ctx)
+}
+
 // lost records that the Pub/Sub connection broke: pending UNSUBSCRIBE
 // confirmations will not come (the new connection subscribes only to what
 // is wanted).
 func (b *Broker) lost() {
 	b.live.Store(false)
+	b.kick()
 	b.mu.Lock()
 	clear(b.unsubPend)
 	b.mu.Unlock()

@@ -6,7 +6,16 @@ import "github.com/redis/go-redis/v9"
 // it, atomically. Keys are derived inside the script because the streams of
 // an epoch are named after it, and the epoch is read (or made) here.
 //
+// It publishes nothing when the marker (KEYS[2]) exists: a call with the
+// same idempotency key published already, and its ids are returned. It
+// publishes nothing either when Redis's clock is past the deadline: the
+// node that sent it has given up waiting, and may have answered that
+// nothing was published (see publish.go). Otherwise it publishes and sets
+// the marker to the ids, so that the node can find out what happened when
+// the answer is lost.
+//
 //	KEYS[1]  meta hash (fields epoch, seq)
+//	KEYS[2]  marker
 //	ARGV[1]  candidate epoch (used when the meta hash is missing)
 //	ARGV[2]  MAXLEN (0: no history, publish only)
 //	ARGV[3]  stream TTL in milliseconds (0: none)
@@ -14,12 +23,25 @@ import "github.com/redis/go-redis/v9"
 //	ARGV[5]  payload (compact JSON)
 //	ARGV[6]  timestamp as the envelope writes it
 //	ARGV[7]  timestamp in Unix milliseconds
-//	ARGV[8]  number of targets n
-//	ARGV[9..8+n]      stream key prefixes (the epoch is appended)
-//	ARGV[9+n..8+2n]   channels
+//	ARGV[8]  deadline, Redis's clock in Unix microseconds
+//	ARGV[9]  marker TTL in milliseconds
+//	ARGV[10] number of targets n
+//	ARGV[11..10+n]     stream key prefixes (the epoch is appended)
+//	ARGV[11+n..10+2n]  channels
 //
-// It returns the ids, one per target.
+// It returns {"ok", ids} (published), {"dup", ids} (published before under
+// the same marker) or {"late"} (nothing published), ids being the ids of
+// the targets in order, joined by commas.
 var publishScript = redis.NewScript(`
+if redis.replicate_commands then redis.replicate_commands() end
+local done = redis.call('GET', KEYS[2])
+if done then
+  return {'dup', done}
+end
+local t = redis.call('TIME')
+if tonumber(t[1]) * 1000000 + tonumber(t[2]) > tonumber(ARGV[8]) then
+  return {'late'}
+end
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
 if not epoch then
   redis.call('HSET', KEYS[1], 'epoch', ARGV[1], 'seq', 0)
@@ -27,23 +49,25 @@ if not epoch then
 end
 local maxlen = tonumber(ARGV[2])
 local ttl = tonumber(ARGV[3])
-local n = tonumber(ARGV[8])
+local n = tonumber(ARGV[10])
 local ids = {}
 for i = 1, n do
   local seq = string.format('%d', redis.call('HINCRBY', KEYS[1], 'seq', 1))
   local id = epoch .. '-' .. seq
   local frame = '{"id":"' .. id .. '","type":"' .. ARGV[4] .. '","payload":' .. ARGV[5] .. ',"timestamp":"' .. ARGV[6] .. '"}'
   if maxlen > 0 then
-    local key = ARGV[8 + i] .. epoch
+    local key = ARGV[10 + i] .. epoch
     redis.call('XADD', key, 'MAXLEN', maxlen, seq .. '-0', 'f', frame, 't', ARGV[7])
     if ttl > 0 then
       redis.call('PEXPIRE', key, ttl)
     end
   end
-  redis.call('PUBLISH', ARGV[8 + n + i], id .. '\n' .. ARGV[4] .. '\n' .. ARGV[7] .. '\n' .. frame)
+  redis.call('PUBLISH', ARGV[10 + n + i], id .. '\n' .. ARGV[4] .. '\n' .. ARGV[7] .. '\n' .. frame)
   ids[i] = id
 end
-return ids
+local joined = table.concat(ids, ',')
+redis.call('SET', KEYS[2], joined, 'PX', ARGV[9])
+return {'ok', joined}
 `)
 
 // historyScript reads, atomically, what History needs from the user's

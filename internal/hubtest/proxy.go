@@ -1,24 +1,33 @@
 package hubtest
 
 import (
-	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"testing"
 )
 
 // Proxy is a TCP forwarder on a loopback port to a target address, for a
-// network the test can cut: Cut closes every connection and refuses new
-// ones (accepting and closing them) until Restore. It stops, with every
-// goroutine it started, when the test ends.
+// network the test can break: Cut closes every connection and refuses new
+// ones (accepting and closing them) until Restore; Freeze makes the
+// connections open now stop forwarding in both directions without closing
+// (a dead NAT entry, a hung peer), while later ones forward normally. It
+// stops, with every goroutine it started, when the test ends.
 type Proxy struct {
 	ln     net.Listener
 	target string
+	closed chan struct{}
 
 	mu    sync.Mutex
 	down  bool
-	conns map[net.Conn]struct{}
+	conns map[net.Conn]*link
 	wg    sync.WaitGroup
+}
+
+// link is one proxied connection pair; gate, when set, holds its bytes
+// (a frozen link).
+type link struct {
+	gate atomic.Pointer[chan struct{}]
 }
 
 // StartProxy starts a Proxy to target (host:port).
@@ -28,7 +37,7 @@ func StartProxy(t testing.TB, target string) *Proxy {
 	if err != nil {
 		t.Fatalf("proxy: %v", err)
 	}
-	p := &Proxy{ln: ln, target: target, conns: map[net.Conn]struct{}{}}
+	p := &Proxy{ln: ln, target: target, closed: make(chan struct{}), conns: map[net.Conn]*link{}}
 	p.wg.Add(1)
 	go p.accept()
 	t.Cleanup(p.close)
@@ -46,6 +55,17 @@ func (p *Proxy) Cut() {
 	p.down = true
 	for c := range p.conns {
 		c.Close()
+	}
+}
+
+// Freeze stops every connection open now from forwarding, without closing
+// it; connections made later are not frozen.
+func (p *Proxy) Freeze() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	gate := make(chan struct{}) // never closed: frozen for good
+	for _, l := range p.conns {
+		l.gate.Store(&gate)
 	}
 }
 
@@ -82,19 +102,39 @@ func (p *Proxy) accept() {
 			up.Close()
 			continue
 		}
-		p.conns[c] = struct{}{}
-		p.conns[up] = struct{}{}
+		l := &link{}
+		p.conns[c] = l
+		p.conns[up] = l
 		p.wg.Add(2)
 		p.mu.Unlock()
-		go p.pipe(c, up)
-		go p.pipe(up, c)
+		go p.pipe(l, c, up)
+		go p.pipe(l, up, c)
 	}
 }
 
-// pipe copies src to dst; when either side ends, both are closed.
-func (p *Proxy) pipe(dst, src net.Conn) {
+// pipe copies src to dst, holding what it read while l is frozen; when
+// either side ends, both are closed.
+func (p *Proxy) pipe(l *link, dst, src net.Conn) {
 	defer p.wg.Done()
-	_, _ = io.Copy(dst, src)
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		if n > 0 {
+			if g := l.gate.Load(); g != nil {
+				select {
+				case <-*g:
+				case <-p.closed:
+				}
+				break
+			}
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				break
+			}
+		}
+		if err != nil {
+			break
+		}
+	}
 	dst.Close()
 	src.Close()
 	p.mu.Lock()
@@ -105,6 +145,7 @@ func (p *Proxy) pipe(dst, src net.Conn) {
 
 func (p *Proxy) close() {
 	p.ln.Close()
+	close(p.closed)
 	p.Cut()
 	p.wg.Wait()
 }

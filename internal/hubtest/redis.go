@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"strconv"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -199,14 +200,30 @@ func (r *RedisServer) Start() {
 	})
 }
 
+// Signal sends sig to the server: SIGSTOP stalls it (it keeps its
+// connections and answers nothing), SIGCONT lets it go on.
+func (r *RedisServer) Signal(sig os.Signal) {
+	r.t.Helper()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.cmd == nil {
+		r.t.Fatalf("signal %v: redis-server is not running", sig)
+	}
+	if err := r.cmd.Process.Signal(sig); err != nil {
+		r.t.Fatalf("signal %v: %v", sig, err)
+	}
+}
+
 // Kill kills the server (SIGKILL: what it had not persisted is lost) and
-// waits for it. Killing a killed server does nothing.
+// waits for it; a stopped server is killed too. Killing a killed server
+// does nothing.
 func (r *RedisServer) Kill() {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.cmd == nil {
 		return
 	}
+	_ = r.cmd.Process.Signal(syscall.SIGCONT)
 	_ = r.cmd.Process.Kill()
 	_ = r.cmd.Wait()
 	r.cmd = nil

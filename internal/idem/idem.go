@@ -56,9 +56,11 @@ type Once[V any] struct {
 	ClaimTTL time.Duration
 	// Poll is how often a key claimed elsewhere is looked at again.
 	Poll time.Duration
-	// Wait bounds how long a call waits for a key in flight (ErrInFlight).
+	// Wait bounds how long a call waits for a key in flight (ErrInFlight);
+	// so does the context's deadline.
 	Wait time.Duration
-	// Settle bounds the Put or Release after the operation.
+	// Settle is the least time given to the Put or Release after the
+	// operation (the context's deadline, when later, bounds it).
 	Settle time.Duration
 	// Log receives store failures (with the scope attribute Scope).
 	Log   *slog.Logger
@@ -71,12 +73,16 @@ type Once[V any] struct {
 // Do returns the value stored for key, or claims key and runs op. op
 // reports whether its value is to be remembered (keep); a value that is
 // not kept is returned to this caller only and the next call with key runs
-// op again. The error is ErrStore (nothing ran), ErrInFlight, or the
-// context's error while waiting; op's own failures are its value's
-// business.
+// op again. The error is ErrStore (nothing ran), ErrInFlight (also when
+// ctx's deadline passes while waiting), or ctx's error when it is
+// cancelled while waiting; op's own failures are its value's business.
+// Every store call is bounded by ctx.
 func (o *Once[V]) Do(ctx context.Context, key string, op func() (v V, keep bool)) (V, error) {
 	var zero V
 	deadline := time.Now().Add(o.Wait)
+	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+		deadline = d
+	}
 	for {
 		v, ok, err := o.Store.Get(ctx, key)
 		if err != nil {
@@ -92,7 +98,7 @@ func (o *Once[V]) Do(ctx context.Context, key string, op func() (v V, keep bool)
 			return zero, fmt.Errorf("%w: %w", ErrStore, err)
 		}
 		if claimed {
-			return o.run(key, op), nil
+			return o.run(ctx, key, op), nil
 		}
 		if !time.Now().Before(deadline) {
 			return zero, ErrInFlight
@@ -100,20 +106,25 @@ func (o *Once[V]) Do(ctx context.Context, key string, op func() (v V, keep bool)
 		o.mu.Lock()
 		done := o.inflight[key] // nil when claimed elsewhere: poll
 		o.mu.Unlock()
-		t := time.NewTimer(o.Poll)
+		t := time.NewTimer(min(o.Poll, time.Until(deadline)))
 		select {
 		case <-done:
 		case <-t.C:
 		case <-ctx.Done():
 			t.Stop()
+			if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+				return zero, ErrInFlight
+			}
 			return zero, ctx.Err()
 		}
 		t.Stop()
 	}
 }
 
-// run runs op for the claimed key and settles the claim.
-func (o *Once[V]) run(key string, op func() (V, bool)) V {
+// run runs op for the claimed key and settles the claim, within ctx's
+// deadline but with at least Settle for the settling, and whether or not
+// ctx is cancelled meanwhile.
+func (o *Once[V]) run(ctx context.Context, key string, op func() (V, bool)) V {
 	done := make(chan struct{})
 	o.mu.Lock()
 	if o.inflight == nil {
@@ -128,7 +139,11 @@ func (o *Once[V]) run(key string, op func() (V, bool)) V {
 		close(done)
 	}()
 	v, keep := op()
-	ctx, cancel := context.WithTimeout(context.Background(), o.Settle)
+	settleBy := time.Now().Add(o.Settle)
+	if d, ok := ctx.Deadline(); ok && d.After(settleBy) {
+		settleBy = d
+	}
+	ctx, cancel := context.WithDeadline(context.WithoutCancel(ctx), settleBy)
 	defer cancel()
 	if !keep {
 		if err := o.Store.Release(ctx, key); err != nil {

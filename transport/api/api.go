@@ -63,6 +63,8 @@ const (
 	MaxIdempotencyKeyLen = 256
 	// IdempotencyTTL is how long an idempotency key is remembered.
 	IdempotencyTTL = 10 * time.Minute
+	// DefaultPublishTimeout is Options.PublishTimeout's default.
+	DefaultPublishTimeout = time.Second
 	// MaxIdempotencyKeys bounds the idempotency cache; beyond it the oldest
 	// keys are forgotten first.
 	MaxIdempotencyKeys = 100000
@@ -94,6 +96,10 @@ type Options struct {
 	// Logger receives the API's logs (default slog.Default()). Tokens and
 	// API keys are never logged.
 	Logger *slog.Logger
+	// PublishTimeout bounds a publish call (default DefaultPublishTimeout):
+	// it is answered within it even when the broker hangs. In a batch,
+	// each message has its own.
+	PublishTimeout time.Duration
 	// Idempotency remembers the broadcast API's idempotency keys; nil means
 	// an in-memory cache of MaxIdempotencyKeys keys (per process: give
 	// every node the same shared store, such as NewRedisIdempotency, for a
@@ -113,6 +119,7 @@ type API struct {
 	devTokens  func() any
 	log        *slog.Logger
 	idem       *idem.Once[json.RawMessage]
+	timeout    time.Duration
 }
 
 // New builds an API from o.
@@ -123,6 +130,9 @@ func New(o Options) *API {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
+	if o.PublishTimeout <= 0 {
+		o.PublishTimeout = DefaultPublishTimeout
+	}
 	return &API{
 		hub:        o.Hub,
 		auth:       o.Auth,
@@ -132,7 +142,8 @@ func New(o Options) *API {
 		cluster:    o.Cluster,
 		devTokens:  o.DevTokens,
 		log:        o.Logger,
-		idem:       newOnce(o.Idempotency, o.Logger),
+		idem:       newOnce(o.Idempotency, o.Logger, o.PublishTimeout),
+		timeout:    o.PublishTimeout,
 	}
 }
 

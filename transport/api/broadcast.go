@@ -2,6 +2,7 @@ package api
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -29,6 +30,12 @@ type apiError struct {
 	Status  int    `json:"-"`
 	Code    string `json:"code"`
 	Message string `json:"message"`
+	// unknown: the broker may have published (its answer was lost and
+	// could not be checked); the call is left without an answer rather
+	// than answered 503, which would say it was not published.
+	unknown bool
+	// broker: the broker failed (nothing was published).
+	broker bool
 }
 
 func (e *apiError) write(w http.ResponseWriter) {
@@ -231,35 +238,50 @@ type allAnswer struct {
 	ID string `json:"id"`
 }
 
+// publishContext is the context of one publish: within the publish
+// timeout, and not cancelled when the caller hangs up (a publish given up
+// half way would leave its outcome unknown; finished, its answer is
+// remembered under its idempotency key).
+func (a *API) publishContext(r *http.Request) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(r.Context()), a.timeout)
+}
+
 // publish applies m (through the idempotency cache when it has a key) and
-// returns the 202 body as JSON.
-func (a *API) publish(r *http.Request, caller string, m *message) (json.RawMessage, *apiError) {
+// returns the 202 body as JSON. ctx bounds it (publishContext).
+func (a *API) publish(ctx context.Context, caller string, m *message) (json.RawMessage, *apiError) {
 	if m.key == "" {
-		return a.publishNow(r, m)
+		return a.publishNow(ctx, m)
 	}
-	return a.once(r.Context(), caller+"\x00"+m.key, func() (json.RawMessage, *apiError) {
-		return a.publishNow(r, m)
+	key := caller + "\x00" + m.key
+	return a.once(ctx, key, func() (json.RawMessage, *apiError) {
+		// the broker remembers the key too, so that a retry after an
+		// answer that never came publishes at most once
+		return a.publishNow(hub.WithIdempotencyKey(ctx, key, IdempotencyTTL), m)
 	})
 }
 
-func (a *API) publishNow(r *http.Request, m *message) (json.RawMessage, *apiError) {
+func (a *API) publishNow(ctx context.Context, m *message) (json.RawMessage, *apiError) {
 	var (
 		v   any
 		err error
 	)
 	if m.all {
 		var id string
-		id, err = a.hub.Broadcast(r.Context(), m.typ, m.payload)
+		id, err = a.hub.Broadcast(ctx, m.typ, m.payload)
 		v = allAnswer{ID: id}
 	} else {
 		var evs []hub.UserEvent
-		evs, err = a.hub.Publish(r.Context(), m.userIDs, m.typ, m.payload)
+		evs, err = a.hub.Publish(ctx, m.userIDs, m.typ, m.payload)
 		v = usersAnswer{Events: evs}
 	}
 	if err != nil {
+		if errors.Is(err, hub.ErrOutcomeUnknown) {
+			a.log.Error("publish outcome unknown: the broker's answer was lost; the call is left unanswered", "err", err)
+			return nil, errOutcomeUnknown
+		}
 		if errors.Is(err, hub.ErrUnavailable) {
 			a.log.Error("publish failed: broker unavailable", "err", err)
-			return nil, &apiError{Status: http.StatusServiceUnavailable, Code: "unavailable", Message: "the broker is unreachable; the event was not accepted"}
+			return nil, errUnavailable
 		}
 		if a.hub.Draining() {
 			return nil, &apiError{Status: http.StatusServiceUnavailable, Code: codeShuttingDown, Message: "the node is draining"}
@@ -277,6 +299,23 @@ func (a *API) publishNow(r *http.Request, m *message) (json.RawMessage, *apiErro
 		return nil, &apiError{Status: http.StatusInternalServerError, Code: codeInternal, Message: "could not encode the answer"}
 	}
 	return body, nil
+}
+
+var (
+	errUnavailable = &apiError{Status: http.StatusServiceUnavailable, Code: "unavailable",
+		Message: "the broker is unreachable; the event was not accepted", broker: true}
+	errOutcomeUnknown = &apiError{Status: http.StatusServiceUnavailable, Code: "unavailable",
+		Message: "the broker's answer was lost", broker: true, unknown: true}
+	errBatchStopped = &apiError{Status: http.StatusServiceUnavailable, Code: "unavailable",
+		Message: "the broker failed on an earlier message; this one was not accepted", broker: true}
+)
+
+// abortUnanswered ends the request without an answer (the connection is
+// closed, or the HTTP/2 stream reset): the outcome of the publish is
+// unknown, and any answer would claim to know it. The caller retries with
+// the same idempotencyKey, which is safe.
+func abortUnanswered() {
+	panic(http.ErrAbortHandler)
 }
 
 // authenticate authenticates a service caller, writing the error answer.
@@ -318,8 +357,13 @@ func (a *API) broadcast(w http.ResponseWriter, r *http.Request) {
 		e.write(w)
 		return
 	}
-	answer, e := a.publish(r, caller, m)
+	ctx, cancel := a.publishContext(r)
+	defer cancel()
+	answer, e := a.publish(ctx, caller, m)
 	if e != nil {
+		if e.unknown {
+			abortUnanswered()
+		}
 		e.write(w)
 		return
 	}
@@ -366,17 +410,35 @@ func (a *API) batch(w http.ResponseWriter, r *http.Request) {
 		invalidRequest("messages: must hold 1 to %d messages (got %d)", MaxBatch, len(msgs)).write(w)
 		return
 	}
+	// Each message has the publish timeout; after the broker failed on
+	// one, the next ones are not tried (so a hung broker costs one
+	// timeout, not one per message), and after an unknown outcome the
+	// batch is left unanswered like a single call.
 	results := make([]batchResult, len(msgs))
+	var brokerFailed, unknown bool
 	for i, raw := range msgs {
 		prefix := "messages[" + strconv.Itoa(i) + "]"
 		fields, e := objectFields(raw, prefix, broadcastFields)
 		if e == nil {
 			var m *message
 			if m, e = parseMessage(fields, prefix); e == nil {
-				results[i].answer, e = a.publish(r, caller, m)
+				if brokerFailed {
+					e = errBatchStopped
+				} else {
+					ctx, cancel := a.publishContext(r)
+					results[i].answer, e = a.publish(ctx, caller, m)
+					cancel()
+				}
 			}
 		}
+		if e != nil && e.broker {
+			brokerFailed = true
+			unknown = unknown || e.unknown
+		}
 		results[i].err = e
+	}
+	if unknown {
+		abortUnanswered()
 	}
 	out, err := joinResults(results)
 	if err != nil { // our own types: cannot happen
