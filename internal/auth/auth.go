@@ -1,7 +1,9 @@
 // Package auth authenticates the hub's clients and services.
 //
 // It owns token extraction from a request (Authorization header, then the
-// token query parameter, then a cookie), JWT verification with jwtauth and
+// token query parameter, then a cookie, each endpoint taking only the
+// sources of the contract's table: [Sources]), the Origin check of
+// cookie-authenticated requests, JWT verification with jwtauth and
 // jwx (an HMAC secret, a PEM public key or a JWKS URL), API keys for the
 // broadcast API, the [Identity] carried in a request context and role checks.
 // Every failure is an [*Error] whose status and code are the ones of the
@@ -38,9 +40,14 @@ const (
 
 // Identity is the authenticated caller.
 type Identity struct {
-	// UserID is the token's sub; for an API key "api-key:<first 4 chars>…"
-	// (never the whole key).
+	// UserID is the token's sub; for an API key a label for logs,
+	// "api-key:" and the first 8 hex digits of the key's SHA-256 (nothing
+	// of the key itself).
 	UserID string
+	// Caller scopes what the caller stores (the broadcast API's
+	// idempotency keys) by the whole credential: "jwt:" and the sub for a
+	// token, "api-key:" and the key's full SHA-256 in hex for an API key.
+	Caller string
 	// Roles come from the roles claim (array of strings) or the role claim
 	// (string); an API key has ["service"].
 	Roles []string
@@ -48,6 +55,9 @@ type Identity struct {
 	ExpiresAt time.Time
 	// APIKey is true when the caller used X-API-Key.
 	APIKey bool
+	// Cookie is true when the token came from the cookie (see
+	// CheckCookieOrigin).
+	Cookie bool
 }
 
 // HasRole reports whether the identity has any of roles.
