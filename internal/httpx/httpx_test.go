@@ -86,3 +86,32 @@ func TestClientIP(t *testing.T) {
 		})
 	}
 }
+
+func TestIsJSON(t *testing.T) {
+	tests := []struct {
+		give string
+		want bool
+	}{
+		{"application/json", true},
+		{"application/json; charset=utf-8", true},
+		{"Application/JSON;charset=UTF-8", true},
+		{"", false},
+		{"text/plain", false},
+		{"text/plain; application/json", false},
+		{"application/x-www-form-urlencoded", false},
+		{"multipart/form-data; boundary=x", false},
+		{"application/jsonp", false},
+		{"application/json-seq", false},
+		{"application/merge-patch+json", false},
+		{"application/json; charset", false}, // a broken parameter
+	}
+	for _, tt := range tests {
+		h := http.Header{}
+		if tt.give != "" {
+			h.Set("Content-Type", tt.give)
+		}
+		if got := IsJSON(h); got != tt.want {
+			t.Errorf("IsJSON(%q) = %v, want %v", tt.give, got, tt.want)
+		}
+	}
+}
