@@ -26,6 +26,12 @@ const fuzzMaxPayload = 2048
 // iterations). Each iteration builds its own API, so that an idempotency key
 // remembered by one iteration does not answer for another.
 func fuzzHandler(f *testing.F) func() http.Handler {
+	h, v := fuzzHub(f)
+	return func() http.Handler { return fuzzAPI(h, v) }
+}
+
+// fuzzHub starts the hub (history off) and the verifier of a fuzz target.
+func fuzzHub(f *testing.F) (*hub.Hub, *auth.Verifier) {
 	h := hub.New(hub.Options{Node: "hub-1", Logger: slog.New(slog.DiscardHandler)})
 	h.Start()
 	v, err := auth.New(context.Background(), auth.Options{Secret: secret, APIKeys: []string{apiKey}})
@@ -36,11 +42,14 @@ func fuzzHandler(f *testing.F) func() http.Handler {
 		h.Stop()
 		v.Close()
 	})
-	return func() http.Handler {
-		mux := http.NewServeMux()
-		api.New(api.Options{Hub: h, Auth: v, MaxPayload: fuzzMaxPayload, Logger: slog.New(slog.DiscardHandler)}).RegisterInternal(mux)
-		return mux
-	}
+	return h, v
+}
+
+// fuzzAPI is a fresh API over h and v.
+func fuzzAPI(h *hub.Hub, v *auth.Verifier) http.Handler {
+	mux := http.NewServeMux()
+	api.New(api.Options{Hub: h, Auth: v, MaxPayload: fuzzMaxPayload, Logger: slog.New(slog.DiscardHandler)}).RegisterInternal(mux)
+	return mux
 }
 
 // postFuzz posts body with the API key and checks the parts of the answer
@@ -224,18 +233,8 @@ func FuzzBroadcastUTF8(f *testing.F) {
 	} {
 		f.Add([]byte(s.payload), s.user, s.all)
 	}
-	h := hub.New(hub.Options{Node: "hub-1", Logger: slog.New(slog.DiscardHandler)})
-	h.Start()
-	v, err := auth.New(context.Background(), auth.Options{Secret: secret, APIKeys: []string{apiKey}})
-	if err != nil {
-		f.Fatalf("auth.New: %v", err)
-	}
-	f.Cleanup(func() {
-		h.Stop()
-		v.Close()
-	})
-	mux := http.NewServeMux()
-	api.New(api.Options{Hub: h, Auth: v, MaxPayload: fuzzMaxPayload, Logger: slog.New(slog.DiscardHandler)}).RegisterInternal(mux)
+	h, v := fuzzHub(f)
+	mux := fuzzAPI(h, v)
 	s := &sink{wake: make(chan struct{}, 1)}
 	conn, err := h.Register(hub.ConnInfo{UserID: "u1", Transport: hub.TransportWebSocket}, s)
 	if err != nil {

@@ -134,16 +134,12 @@ func TestContentType(t *testing.T) {
 			giveChunks bool
 			wantStatus int
 		}{
+			// the media types themselves: internal/httpx's TestIsJSON
 			{"text/plain", "text/plain", false, 415},
-			{"text/plain, chunked", "text/plain", true, 415},
-			{"form", "application/x-www-form-urlencoded", false, 415},
-			{"multipart", "multipart/form-data; boundary=x", false, 415},
+			{"form, chunked", "application/x-www-form-urlencoded", true, 415},
 			{"none", "", false, 415},
-			{"none, chunked", "", true, 415},
-			{"JSON-like", "application/jsonp", false, 415},
 			{"JSON with charset", "application/json; charset=utf-8", false, 202},
-			{"JSON upper case", "APPLICATION/JSON", false, 202},
-			{"JSON, chunked", "application/json", true, 202},
+			{"JSON upper case, chunked", "APPLICATION/JSON", true, 202},
 		}
 		for _, tt := range tests {
 			t.Run(ep.path+"/"+tt.name, func(t *testing.T) {
@@ -167,8 +163,8 @@ func TestContentType(t *testing.T) {
 			})
 		}
 	}
-	if got := len(e.sentinel(t, u1)); got != 6 {
-		t.Errorf("u1 got %d events, want 6 (the accepted requests')", got)
+	if got := len(e.sentinel(t, u1)); got != 4 {
+		t.Errorf("u1 got %d events, want 4 (the accepted requests')", got)
 	}
 
 	// a disconnect with a body needs the type too; one without none
