@@ -10,7 +10,8 @@
 //     prefix, e.g. jwt_secret; an unknown key is an error, a key with no value
 //     (null) keeps the value it had;
 //  3. environment variables HUB_<KEY>, e.g. HUB_JWT_SECRET; an empty variable
-//     counts as unset;
+//     counts as unset, except HUB_TOKEN_COOKIE, which an empty variable turns
+//     off; a HUB_ variable that is no key is reported by [Load] as a warning;
 //  4. command-line flags --<key> in kebab-case, e.g. --jwt-secret; the last
 //     occurrence of a repeated flag wins.
 //
@@ -31,6 +32,12 @@
 //
 // Secret values (JWT secret, API keys, upstream secret) never appear in an
 // error, and passwords in URLs are redacted.
+//
+// Start-up is safe by default: without a JWT key (HUB_JWT_SECRET,
+// HUB_JWT_PUBLIC_KEY_FILE or HUB_JWT_JWKS_URL) the configuration is refused
+// unless development mode is asked for (--dev or HUB_DEV=true); an HMAC
+// secret needs 32 bytes or more (RFC 7518 §3.2) and an API key 16 characters
+// or more; HUB_ALLOWED_ORIGINS=* is refused while the token cookie is on.
 package config
 
 import (
@@ -38,6 +45,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/netip"
 	"os"
 	"strings"
 	"time"
@@ -85,11 +93,18 @@ type Config struct {
 	UpstreamSecret        string        // HUB_UPSTREAM_SECRET
 	UpstreamTimeout       time.Duration // HUB_UPSTREAM_TIMEOUT
 	SendRate              float64       // HUB_SEND_RATE
+	Dev                   bool          // HUB_DEV
+
+	TrustedProxies []netip.Prefix // HUB_TRUSTED_PROXIES
 }
 
 // configEnv names the environment variable read for the YAML file when the
 // --config flag is absent.
 const configEnv = "HUB_CONFIG"
+
+// DevAddr is the public listener in development mode when no source gives
+// an address: loopback only.
+const DevAddr = "127.0.0.1:8080"
 
 // Default returns the defaults: each key's default as written in the key
 // table (the one place a default is written; docs and --help read it too).
@@ -113,27 +128,31 @@ func Default() Config {
 }
 
 // Load merges defaults < YAML file named by --config (in args) < environment
-// (getenv) < flags (args), then validates. args are the command-line
-// arguments without the program name; getenv is os.Getenv in production (nil
-// reads no environment). -h or --help returns [flag.ErrHelp] itself; print
-// [Usage] then.
-func Load(args []string, getenv func(string) string) (Config, error) {
-	c, err := merge(args, getenv)
+// < flags (args), then validates. args are the command-line arguments
+// without the program name; environ is the environment in the form of
+// os.Environ ("KEY=value"; nil reads none). -h or --help returns
+// [flag.ErrHelp] itself; print [Usage] then.
+//
+// warnings name each HUB_ variable of environ that is no configuration key
+// (a misspelt key would otherwise be ignored in silence), with the nearest
+// key; they come with an error too, since a misspelling often causes it.
+// The caller prints or logs them.
+func Load(args []string, environ []string) (c Config, warnings []string, err error) {
+	env := parseEnviron(environ)
+	warnings = env.unknownVariables()
+	c, err = merge(args, env)
 	if err != nil {
-		return Config{}, err
+		return Config{}, warnings, err
 	}
 	if err := c.Validate(); err != nil {
-		return Config{}, err
+		return Config{}, warnings, err
 	}
-	return c, nil
+	return c, warnings, nil
 }
 
 // merge applies the sources in order and resolves the dependent defaults,
 // without validating the result as a whole.
-func merge(args []string, getenv func(string) string) (Config, error) {
-	if getenv == nil {
-		getenv = func(string) string { return "" }
-	}
+func merge(args []string, env environment) (Config, error) {
 	fs, fl := newFlagSet(io.Discard)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -146,9 +165,13 @@ func merge(args []string, getenv func(string) string) (Config, error) {
 	}
 
 	c := Default()
+	// No source can set an empty address (it does not parse), so an empty
+	// one after the sources means none gave one: see resolve.
+	c.Addr = ""
 	path, from := fl.configFile, "--config"
 	if !fl.configSet {
-		path, from = strings.TrimSpace(getenv(configEnv)), configEnv
+		v, _ := env.lookup(configEnv)
+		path, from = strings.TrimSpace(v), configEnv
 	}
 	if path != "" {
 		data, err := os.ReadFile(path)
@@ -161,10 +184,12 @@ func merge(args []string, getenv func(string) string) (Config, error) {
 	}
 	for i := range table {
 		k := &table[i]
-		if v := getenv(k.env()); v != "" {
-			if err := k.apply(&c, v); err != nil {
-				return Config{}, err
-			}
+		v, ok := env.lookup(k.env())
+		if !ok || (v == "" && !k.emptyEnv) {
+			continue // an empty variable counts as unset
+		}
+		if err := k.apply(&c, v); err != nil {
+			return Config{}, err
 		}
 	}
 	for i := range table {
@@ -181,15 +206,22 @@ func merge(args []string, getenv func(string) string) (Config, error) {
 
 // resolve fills the defaults that depend on other keys.
 func (c *Config) resolve() {
+	if c.Addr == "" {
+		c.Addr = byName["addr"].def
+		if c.Dev {
+			c.Addr = DevAddr
+		}
+	}
 	if c.JWTAlgorithms == nil && c.JWTSecret != "" {
 		c.JWTAlgorithms = []string{"HS256"}
 	}
 }
 
-// DevMode reports whether no JWT key is configured (no secret, public key
-// file nor JWKS URL).
-func (c Config) DevMode() bool {
-	return c.JWTSecret == "" && c.JWTPublicKeyFile == "" && c.JWTJWKSURL == ""
+// HasJWTKey reports whether a JWT key is configured: a secret, a public key
+// file or a JWKS URL. Without one the hub starts only in development mode
+// ([Config.Dev]), which makes a random secret.
+func (c Config) HasJWTKey() bool {
+	return c.JWTSecret != "" || c.JWTPublicKeyFile != "" || c.JWTJWKSURL != ""
 }
 
 // Key describes one configuration key, for docs and tests.

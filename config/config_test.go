@@ -4,6 +4,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -12,9 +13,31 @@ import (
 	"time"
 )
 
-// envOf returns a getenv backed by m.
-func envOf(m map[string]string) func(string) string {
-	return func(k string) string { return m[k] }
+// Test credentials long enough for the minimums.
+const (
+	testSecret = "test-secret-0123456789abcdef-0123456789"
+	testAPIKey = "test-api-key-0123456789"
+)
+
+// envOf returns an environment in the form of os.Environ holding m.
+func envOf(m map[string]string) []string {
+	env := make([]string, 0, len(m))
+	for k, v := range m {
+		env = append(env, k+"="+v)
+	}
+	return env
+}
+
+// envWithKey is envOf(m) plus HUB_JWT_SECRET=testSecret when m sets no JWT
+// key and no HUB_DEV: a configuration that start-up accepts.
+func envWithKey(m map[string]string) []string {
+	env := envOf(m)
+	for _, k := range []string{"HUB_JWT_SECRET", "HUB_JWT_PUBLIC_KEY_FILE", "HUB_JWT_JWKS_URL", "HUB_DEV"} {
+		if _, ok := m[k]; ok {
+			return env
+		}
+	}
+	return append(env, "HUB_JWT_SECRET="+testSecret)
 }
 
 // writeFile writes content to name in a fresh temporary directory.
@@ -56,18 +79,26 @@ func TestDefault(t *testing.T) {
 	if got := Default(); !reflect.DeepEqual(got, want) {
 		t.Errorf("Default() = %+v\nwant %+v", got, want)
 	}
-	if err := Default().Validate(); err != nil {
-		t.Errorf("Default().Validate() = %v", err)
+	// The defaults have no JWT key: start-up refuses them (development
+	// mode only on request), naming the keys.
+	if err := Default().Validate(); err == nil || !errors.Is(err, errNoJWTKey) {
+		t.Errorf("Default().Validate() = %v, want the missing-key error alone", err)
+	} else if err.Error() != errNoJWTKey.Error() {
+		t.Errorf("Default().Validate() = %v, want only %v", err, errNoJWTKey)
 	}
-	if !Default().DevMode() {
-		t.Error("Default().DevMode() = false, want true")
+	if Default().HasJWTKey() || Default().Dev {
+		t.Error("Default() has a JWT key or development mode")
 	}
-	got, err := Load(nil, nil)
-	if err != nil {
-		t.Fatalf("Load(nil, nil) = %v", err)
+	if _, _, err := Load(nil, nil); !errors.Is(err, errNoJWTKey) {
+		t.Errorf("Load(nil, nil) = %v, want the missing-key error", err)
 	}
+	got, warnings, err := Load(nil, envOf(map[string]string{"HUB_JWT_SECRET": testSecret}))
+	if err != nil || len(warnings) > 0 {
+		t.Fatalf("Load with a secret = %v, warnings %q", err, warnings)
+	}
+	want.JWTSecret, want.JWTAlgorithms = testSecret, []string{"HS256"}
 	if !reflect.DeepEqual(got, want) {
-		t.Errorf("Load(nil, nil) = %+v\nwant %+v", got, want)
+		t.Errorf("Load with a secret = %+v\nwant %+v", got, want)
 	}
 }
 
@@ -113,7 +144,7 @@ var everyKey = map[string]string{
 	"addr":                     "127.0.0.1:9000",
 	"internal_addr":            "127.0.0.1:9001",
 	"node_name":                "node-7",
-	"jwt_secret":               "s3cret-value",
+	"jwt_secret":               "s3cret-value-0123456789abcdef-0123",
 	"jwt_public_key_file":      "/keys/pub.pem",
 	"jwt_jwks_url":             "https://id.example/jwks.json",
 	"jwt_algorithms":           "hs384, HS512",
@@ -121,7 +152,7 @@ var everyKey = map[string]string{
 	"jwt_audience":             "hub",
 	"jwt_leeway":               "1m30s",
 	"token_cookie":             "tok",
-	"api_keys":                 "k1,k2",
+	"api_keys":                 "key-one-0123456789,key-two-0123456789",
 	"allowed_origins":          "https://app.example,*.example.com",
 	"ws_path":                  "/ws",
 	"sse_path":                 "/sse",
@@ -148,6 +179,8 @@ var everyKey = map[string]string{
 	"upstream_secret":          "up-secret",
 	"upstream_timeout":         "2s",
 	"send_rate":                "5",
+	"dev":                      "true",
+	"trusted_proxies":          "10.0.0.0/8, 192.0.2.1,2001:db8::/32",
 }
 
 // everyKeyWant is the Config that everyKey describes.
@@ -155,7 +188,7 @@ var everyKeyWant = Config{
 	Addr:                  "127.0.0.1:9000",
 	InternalAddr:          "127.0.0.1:9001",
 	NodeName:              "node-7",
-	JWTSecret:             "s3cret-value",
+	JWTSecret:             "s3cret-value-0123456789abcdef-0123",
 	JWTPublicKeyFile:      "/keys/pub.pem",
 	JWTJWKSURL:            "https://id.example/jwks.json",
 	JWTAlgorithms:         []string{"HS384", "HS512"},
@@ -163,7 +196,7 @@ var everyKeyWant = Config{
 	JWTAudience:           "hub",
 	JWTLeeway:             90 * time.Second,
 	TokenCookie:           "tok",
-	APIKeys:               []string{"k1", "k2"},
+	APIKeys:               []string{"key-one-0123456789", "key-two-0123456789"},
 	AllowedOrigins:        []string{"https://app.example", "*.example.com"},
 	WSPath:                "/ws",
 	SSEPath:               "/sse",
@@ -190,6 +223,8 @@ var everyKeyWant = Config{
 	UpstreamSecret:        "up-secret",
 	UpstreamTimeout:       2 * time.Second,
 	SendRate:              5,
+	Dev:                   true,
+	TrustedProxies:        []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("192.0.2.1/32"), netip.MustParsePrefix("2001:db8::/32")},
 }
 
 // TestEveryKeyFromEverySource sets every key through each source and checks
@@ -232,7 +267,7 @@ func TestEveryKeyFromEverySource(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, err := merge(tt.args, envOf(tt.env))
+			got, err := merge(tt.args, parseEnviron(envOf(tt.env)))
 			if err != nil {
 				t.Fatalf("merge: %v", err)
 			}
@@ -286,7 +321,7 @@ func TestPrecedence(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			c, err := Load(tt.args, envOf(tt.env))
+			c, _, err := Load(tt.args, envWithKey(tt.env))
 			if err != nil {
 				t.Fatalf("Load: %v", err)
 			}
@@ -312,7 +347,7 @@ func TestBadValueMessage(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := Load(tt.args, envOf(tt.env))
+			_, _, err := Load(tt.args, envWithKey(tt.env))
 			if err == nil || err.Error() != want {
 				t.Errorf("Load error = %v\nwant %s", err, want)
 			}
@@ -368,10 +403,21 @@ func TestParseErrorsNameKey(t *testing.T) {
 		{"HUB_ALLOWED_ORIGINS", "https://a.example/path", "scheme://host"},
 		{"HUB_ALLOWED_ORIGINS", "a.example,", "without empty items"},
 		{"HUB_ALLOWED_ORIGINS", "a.example/x", "must be a host"},
+		{"HUB_JWT_SECRET", "secret", "must be at least 32 bytes"},
+		{"HUB_JWT_SECRET", strings.Repeat("s", 31), "must be at least 32 bytes"},
+		{"HUB_API_KEYS", "q7", "at least 16 characters"},
+		{"HUB_API_KEYS", testAPIKey + ",short-key", "at least 16 characters"},
+		{"HUB_TRUSTED_PROXIES", "10.0.0.0/33", "not a CIDR"},
+		{"HUB_TRUSTED_PROXIES", "proxy.example", "not a CIDR"},
+		{"HUB_TRUSTED_PROXIES", "10.0.0.1/8", "did you mean 10.0.0.0/8?"},
+		{"HUB_TRUSTED_PROXIES", "::ffff:10.0.0.0/104", "dotted form"},
+		{"HUB_TRUSTED_PROXIES", "fe80::1%eth0", "not a CIDR"},
+		{"HUB_TRUSTED_PROXIES", "10.0.0.0/8,,192.0.2.0/24", "without empty items"},
+		{"HUB_DEV", "yes", "must be true or false"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.env+"="+tt.give, func(t *testing.T) {
-			_, err := Load(nil, envOf(map[string]string{tt.env: tt.give}))
+			_, _, err := Load(nil, envWithKey(map[string]string{tt.env: tt.give}))
 			if err == nil {
 				t.Fatal("Load succeeded, want an error")
 			}
@@ -403,20 +449,69 @@ func TestValidateNamesKey(t *testing.T) {
 		give func(c *Config)
 		want []string // substrings; nil means valid
 	}{
-		{name: "defaults", give: func(*Config) {}},
-		{name: "secret", give: func(c *Config) { c.JWTSecret = "x" }},
-		{name: "secret with HS512", give: func(c *Config) { c.JWTSecret = "x"; c.JWTAlgorithms = []string{"HS512"} }},
+		{name: "development mode", give: func(*Config) {}},
+		{name: "internal and public on ports the system picks", give: func(c *Config) { c.Addr, c.InternalAddr = "127.0.0.1:0", "127.0.0.1:0" }},
+		{name: "secret", give: func(c *Config) { c.Dev = false; c.JWTSecret = testSecret }},
+		{name: "secret in development mode", give: func(c *Config) { c.JWTSecret = testSecret }},
+		{name: "secret with HS512", give: func(c *Config) { c.JWTSecret = testSecret; c.JWTAlgorithms = []string{"HS512"} }},
+		{name: "secret of 32 bytes", give: func(c *Config) { c.Dev = false; c.JWTSecret = strings.Repeat("s", 32) }},
+		{name: "api key of 16 characters", give: func(c *Config) { c.APIKeys = []string{strings.Repeat("k", 16)} }},
+		{name: "api key of 16 non-ASCII characters", give: func(c *Config) { c.APIKeys = []string{strings.Repeat("é", 16)} }},
+		{name: "all origins without the cookie", give: func(c *Config) { c.AllowedOrigins = []string{"*"}; c.TokenCookie = "" }},
+		{name: "cookie off", give: func(c *Config) { c.TokenCookie = "" }},
+		{name: "trusted proxies", give: func(c *Config) {
+			c.TrustedProxies = []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("2001:db8::/32")}
+		}},
 		{name: "pem with RS256 and EdDSA", give: func(c *Config) { c.JWTPublicKeyFile = pem; c.JWTAlgorithms = []string{"RS256", "EdDSA"} }},
 		{name: "jwks without algorithms", give: func(c *Config) { c.JWTJWKSURL = "https://id.example/jwks" }},
 		{name: "dev mode with HS256", give: func(c *Config) { c.JWTAlgorithms = []string{"HS256"} }},
-		{name: "all origins", give: func(c *Config) { c.AllowedOrigins = []string{"*"} }},
 		{name: "tls pair", give: func(c *Config) { c.TLSCertFile, c.TLSKeyFile = pem, pem }},
 		{name: "zero limits", give: func(c *Config) {
 			c.HistorySize, c.HistoryTTL, c.MaxConnections, c.MaxConnectionsPerUser, c.JWTLeeway = 0, 0, 0, 0, 0
 		}},
 		{
+			name: "no key outside development mode",
+			give: func(c *Config) { c.Dev = false },
+			want: []string{"HUB_JWT_SECRET, HUB_JWT_PUBLIC_KEY_FILE or HUB_JWT_JWKS_URL", "no JWT key", "--dev", "HUB_DEV=true"},
+		},
+		{
+			name: "api keys only outside development mode",
+			give: func(c *Config) { c.Dev = false; c.APIKeys = []string{testAPIKey} },
+			want: []string{"HUB_JWT_SECRET, HUB_JWT_PUBLIC_KEY_FILE or HUB_JWT_JWKS_URL", "--dev"},
+		},
+		{
+			name: "short secret",
+			give: func(c *Config) { c.JWTSecret = "secret" },
+			want: []string{`config: HUB_JWT_SECRET (jwt_secret): invalid value "[redacted]": must be at least 32 bytes (RFC 7518 §3.2)`},
+		},
+		{
+			name: "short api key",
+			give: func(c *Config) { c.APIKeys = []string{testAPIKey, "q7"} },
+			want: []string{`config: HUB_API_KEYS (api_keys): invalid value "[redacted]": each key must be at least 16 characters`},
+		},
+		{
+			name: "all origins with the cookie",
+			give: func(c *Config) { c.AllowedOrigins = []string{"https://a.example", "*"} },
+			want: []string{`config: HUB_ALLOWED_ORIGINS (allowed_origins): invalid value "https://a.example,*"`, "HUB_TOKEN_COOKIE=hub_token", "set HUB_TOKEN_COOKIE= (empty)"},
+		},
+		{
+			name: "all origins with another cookie",
+			give: func(c *Config) { c.AllowedOrigins = []string{"*"}; c.TokenCookie = "session" },
+			want: []string{"HUB_ALLOWED_ORIGINS (allowed_origins)", "HUB_TOKEN_COOKIE=session"},
+		},
+		{
+			name: "trusted proxy with host bits",
+			give: func(c *Config) { c.TrustedProxies = []netip.Prefix{netip.MustParsePrefix("10.0.0.1/8")} },
+			want: []string{"HUB_TRUSTED_PROXIES (trusted_proxies)", "not a valid CIDR"},
+		},
+		{
+			name: "zero trusted proxy",
+			give: func(c *Config) { c.TrustedProxies = []netip.Prefix{{}} },
+			want: []string{"HUB_TRUSTED_PROXIES (trusted_proxies)", "not a valid CIDR"},
+		},
+		{
 			name: "secret with RS256",
-			give: func(c *Config) { c.JWTSecret = "x"; c.JWTAlgorithms = []string{"HS256", "RS256"} },
+			give: func(c *Config) { c.JWTSecret = testSecret; c.JWTAlgorithms = []string{"HS256", "RS256"} },
 			want: []string{`config: HUB_JWT_ALGORITHMS (jwt_algorithms): invalid value "HS256,RS256": RS256 cannot be used with HUB_JWT_SECRET`},
 		},
 		{
@@ -431,22 +526,26 @@ func TestValidateNamesKey(t *testing.T) {
 		},
 		{
 			name: "none",
-			give: func(c *Config) { c.JWTSecret = "x"; c.JWTAlgorithms = []string{"none"} },
+			give: func(c *Config) { c.JWTSecret = testSecret; c.JWTAlgorithms = []string{"none"} },
 			want: []string{"HUB_JWT_ALGORITHMS (jwt_algorithms)", `"none" is never allowed`},
 		},
 		{
 			name: "lower-case algorithm in code",
-			give: func(c *Config) { c.JWTSecret = "x"; c.JWTAlgorithms = []string{"hs256"} },
+			give: func(c *Config) { c.JWTSecret = testSecret; c.JWTAlgorithms = []string{"hs256"} },
 			want: []string{"HUB_JWT_ALGORITHMS (jwt_algorithms)", "must be among"},
 		},
 		{
 			name: "two key sources",
-			give: func(c *Config) { c.JWTSecret = "x"; c.JWTJWKSURL = "https://id.example/jwks" },
+			give: func(c *Config) { c.JWTSecret = testSecret; c.JWTJWKSURL = "https://id.example/jwks" },
 			want: []string{"config: HUB_JWT_SECRET (jwt_secret), HUB_JWT_JWKS_URL (jwt_jwks_url): only one JWT key source may be set"},
 		},
 		{
 			name: "three key sources",
-			give: func(c *Config) { c.JWTSecret = "x"; c.JWTPublicKeyFile = pem; c.JWTJWKSURL = "https://id.example/jwks" },
+			give: func(c *Config) {
+				c.JWTSecret = testSecret
+				c.JWTPublicKeyFile = pem
+				c.JWTJWKSURL = "https://id.example/jwks"
+			},
 			want: []string{"HUB_JWT_SECRET (jwt_secret), HUB_JWT_PUBLIC_KEY_FILE (jwt_public_key_file), HUB_JWT_JWKS_URL (jwt_jwks_url)"},
 		},
 		{
@@ -485,7 +584,7 @@ func TestValidateNamesKey(t *testing.T) {
 		{name: "empty api key", give: func(c *Config) { c.APIKeys = []string{""} }, want: []string{"HUB_API_KEYS (api_keys)"}},
 		{name: "empty node name", give: func(c *Config) { c.NodeName = "" }, want: []string{"HUB_NODE_NAME (node_name)", "must not be empty"}},
 		{name: "empty addr", give: func(c *Config) { c.Addr = "" }, want: []string{"HUB_ADDR (addr)"}},
-		{name: "empty cookie", give: func(c *Config) { c.TokenCookie = "" }, want: []string{"HUB_TOKEN_COOKIE (token_cookie)"}},
+		{name: "bad cookie in code", give: func(c *Config) { c.TokenCookie = "a;b" }, want: []string{"HUB_TOKEN_COOKIE (token_cookie)"}},
 		{name: "zero heartbeat", give: func(c *Config) { c.HeartbeatInterval = 0 }, want: []string{`HUB_HEARTBEAT_INTERVAL (heartbeat_interval): invalid value "0s"`}},
 		{name: "zero pong", give: func(c *Config) { c.PongTimeout = 0 }, want: []string{"HUB_PONG_TIMEOUT (pong_timeout)"}},
 		{name: "negative leeway", give: func(c *Config) { c.JWTLeeway = -time.Second }, want: []string{"HUB_JWT_LEEWAY (jwt_leeway)"}},
@@ -506,7 +605,10 @@ func TestValidateNamesKey(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
+			// Development mode, so that a case without a key is valid; the
+			// cases about the key turn it off.
 			c := Default()
+			c.Dev = true
 			tt.give(&c)
 			err := c.Validate()
 			if tt.want == nil {
@@ -540,13 +642,16 @@ func TestSecretsNeverShown(t *testing.T) {
 	}{
 		{name: "api key with a space", env: map[string]string{"HUB_API_KEYS": "topsecret key"}, secret: "topsecret"},
 		{name: "api keys with an empty item", env: map[string]string{"HUB_API_KEYS": "topsecret,"}, secret: "topsecret"},
-		{name: "jwt secret with RS256", env: map[string]string{"HUB_JWT_SECRET": "topsecret", "HUB_JWT_ALGORITHMS": "RS256"}, secret: "topsecret"},
+		{name: "jwt secret with RS256", env: map[string]string{"HUB_JWT_SECRET": "topsecret-0123456789abcdef-0123456789", "HUB_JWT_ALGORITHMS": "RS256"}, secret: "topsecret"},
+		{name: "short jwt secret", env: map[string]string{"HUB_JWT_SECRET": "topsecret"}, secret: "topsecret"},
+		{name: "short api key", env: map[string]string{"HUB_API_KEYS": "topsecret"}, secret: "topsecret"},
+		{name: "short upper-case api key", env: map[string]string{"HUB_API_KEYS": "TOPSECRET"}, secret: "TOPSECRET"},
 		{name: "redis password", env: map[string]string{"HUB_REDIS_URL": "redis://u:topsecret@/0"}, secret: "topsecret"},
 		{name: "upstream password", env: map[string]string{"HUB_UPSTREAM_URL": "ftp://u:topsecret@x"}, secret: "topsecret"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := Load(nil, envOf(tt.env))
+			_, _, err := Load(nil, envWithKey(tt.env))
 			if err == nil {
 				t.Fatal("Load succeeded, want an error")
 			}
@@ -621,7 +726,7 @@ func TestLists(t *testing.T) {
 		want []string
 	}{
 		{name: "default", want: nil},
-		{name: "env", env: "https://a.example, b.example ,*", want: []string{"https://a.example", "b.example", "*"}},
+		{name: "env", env: "https://a.example, b.example ,c.example", want: []string{"https://a.example", "b.example", "c.example"}},
 		{name: "flag", args: []string{"--allowed-origins", "a.example,b.example"}, want: []string{"a.example", "b.example"}},
 		{name: "empty flag clears", env: "a.example", args: []string{"--allowed-origins="}, want: nil},
 		{name: "yaml list", yaml: "allowed_origins:\n  - https://a.example\n  - b.example\n", want: []string{"https://a.example", "b.example"}},
@@ -637,7 +742,7 @@ func TestLists(t *testing.T) {
 			if tt.yaml != "" {
 				args = append([]string{"--config", writeFile(t, "hub.yaml", tt.yaml)}, args...)
 			}
-			c, err := Load(args, envOf(map[string]string{"HUB_ALLOWED_ORIGINS": tt.env}))
+			c, _, err := Load(args, envWithKey(map[string]string{"HUB_ALLOWED_ORIGINS": tt.env}))
 			if err != nil {
 				t.Fatalf("Load: %v", err)
 			}
@@ -654,48 +759,250 @@ func TestJWTAlgorithmsDefault(t *testing.T) {
 		env  map[string]string
 		want []string
 	}{
-		{name: "dev mode", want: nil},
-		{name: "secret", env: map[string]string{"HUB_JWT_SECRET": "s"}, want: []string{"HS256"}},
-		{name: "secret with list", env: map[string]string{"HUB_JWT_SECRET": "s", "HUB_JWT_ALGORITHMS": "hs512,HS384"}, want: []string{"HS512", "HS384"}},
+		{name: "dev mode", env: map[string]string{"HUB_DEV": "true"}, want: nil},
+		{name: "secret", env: map[string]string{"HUB_JWT_SECRET": testSecret}, want: []string{"HS256"}},
+		{name: "secret with list", env: map[string]string{"HUB_JWT_SECRET": testSecret, "HUB_JWT_ALGORITHMS": "hs512,HS384"}, want: []string{"HS512", "HS384"}},
 		{name: "jwks", env: map[string]string{"HUB_JWT_JWKS_URL": "https://id.example/jwks"}, want: nil},
 		{name: "jwks with list", env: map[string]string{"HUB_JWT_JWKS_URL": "https://id.example/jwks", "HUB_JWT_ALGORITHMS": "es256,eddsa,ps256"}, want: []string{"ES256", "EdDSA", "PS256"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			c, err := Load(nil, envOf(tt.env))
+			c, _, err := Load(nil, envOf(tt.env))
 			if err != nil {
 				t.Fatalf("Load: %v", err)
 			}
 			if !reflect.DeepEqual(c.JWTAlgorithms, tt.want) {
 				t.Errorf("JWTAlgorithms = %#v, want %#v", c.JWTAlgorithms, tt.want)
 			}
-			if got, want := c.DevMode(), len(tt.env) == 0; got != want {
-				t.Errorf("DevMode() = %v, want %v", got, want)
+			if got, want := c.HasJWTKey(), !c.Dev; got != want {
+				t.Errorf("HasJWTKey() = %v, want %v", got, want)
 			}
 		})
 	}
 }
 
-func TestDevMode(t *testing.T) {
+func TestHasJWTKey(t *testing.T) {
 	tests := []struct {
 		name string
 		give func(c *Config)
 		want bool
 	}{
-		{name: "nothing", give: func(*Config) {}, want: true},
-		{name: "issuer only", give: func(c *Config) { c.JWTIssuer = "x"; c.JWTAlgorithms = []string{"HS256"} }, want: true},
-		{name: "secret", give: func(c *Config) { c.JWTSecret = "x" }, want: false},
-		{name: "public key file", give: func(c *Config) { c.JWTPublicKeyFile = "k.pem" }, want: false},
-		{name: "jwks", give: func(c *Config) { c.JWTJWKSURL = "https://x/jwks" }, want: false},
+		{name: "nothing", give: func(*Config) {}, want: false},
+		{name: "issuer only", give: func(c *Config) { c.JWTIssuer = "x"; c.JWTAlgorithms = []string{"HS256"} }, want: false},
+		{name: "api keys only", give: func(c *Config) { c.APIKeys = []string{testAPIKey} }, want: false},
+		{name: "development mode", give: func(c *Config) { c.Dev = true }, want: false},
+		{name: "secret", give: func(c *Config) { c.JWTSecret = testSecret }, want: true},
+		{name: "public key file", give: func(c *Config) { c.JWTPublicKeyFile = "k.pem" }, want: true},
+		{name: "jwks", give: func(c *Config) { c.JWTJWKSURL = "https://x/jwks" }, want: true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			c := Default()
 			tt.give(&c)
-			if got := c.DevMode(); got != tt.want {
-				t.Errorf("DevMode() = %v, want %v", got, tt.want)
+			if got := c.HasJWTKey(); got != tt.want {
+				t.Errorf("HasJWTKey() = %v, want %v", got, tt.want)
 			}
 		})
+	}
+}
+
+// TestNoKeyNoDevRefused reproduces the finding of issue 15: a misspelt key
+// (or API keys alone) used to start development mode on every interface.
+// Development mode now comes only from --dev or HUB_DEV=true; without it
+// and without a key, start-up is refused with a message naming the keys.
+func TestNoKeyNoDevRefused(t *testing.T) {
+	const typoValue = "a-secret-that-was-misspelt-0123456789"
+	tests := []struct {
+		name string
+		args []string
+		env  map[string]string
+	}{
+		{name: "nothing"},
+		{name: "misspelt secret", env: map[string]string{"HUB_JWT_SECRETT": typoValue}},
+		{name: "api keys only", env: map[string]string{"HUB_API_KEYS": testAPIKey}},
+		{name: "HUB_DEV=false", env: map[string]string{"HUB_DEV": "false"}},
+		{name: "--dev=false", args: []string{"--dev=false"}},
+		{name: "empty HUB_DEV", env: map[string]string{"HUB_DEV": ""}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, _, err := Load(tt.args, envOf(tt.env))
+			if err == nil {
+				t.Fatalf("Load = %+v, want an error", c)
+			}
+			for _, want := range []string{"HUB_JWT_SECRET", "HUB_JWT_PUBLIC_KEY_FILE", "HUB_JWT_JWKS_URL", "--dev", "HUB_DEV=true"} {
+				if !strings.Contains(err.Error(), want) {
+					t.Errorf("error %q does not name %s", err, want)
+				}
+			}
+			if strings.Contains(err.Error(), typoValue) || strings.Contains(err.Error(), testAPIKey) {
+				t.Errorf("error %q shows a secret", err)
+			}
+		})
+	}
+}
+
+// TestDevMode: development mode only on request (--dev, HUB_DEV=true or
+// dev: true in the file); it listens on loopback unless an address is
+// given by any source, even the default one written out.
+func TestDevMode(t *testing.T) {
+	devFile := writeFile(t, "dev.yaml", "dev: true\n")
+	addrFile := writeFile(t, "addr.yaml", "addr: \":8080\"\n")
+	nullAddrFile := writeFile(t, "null.yaml", "addr:\ndev: true\n")
+	tests := []struct {
+		name     string
+		args     []string
+		env      map[string]string
+		wantDev  bool
+		wantAddr string
+	}{
+		{name: "--dev", args: []string{"--dev"}, wantDev: true, wantAddr: DevAddr},
+		{name: "-dev=true", args: []string{"-dev=true"}, wantDev: true, wantAddr: DevAddr},
+		{name: "HUB_DEV=true", env: map[string]string{"HUB_DEV": "true"}, wantDev: true, wantAddr: DevAddr},
+		{name: "HUB_DEV=1", env: map[string]string{"HUB_DEV": "1"}, wantDev: true, wantAddr: DevAddr},
+		{name: "yaml", args: []string{"--config", devFile}, wantDev: true, wantAddr: DevAddr},
+		{name: "yaml null addr", args: []string{"--config", nullAddrFile}, wantDev: true, wantAddr: DevAddr},
+		{name: "HUB_ADDR", args: []string{"--dev"}, env: map[string]string{"HUB_ADDR": ":9000"}, wantDev: true, wantAddr: ":9000"},
+		{name: "--addr", args: []string{"--dev", "--addr", "0.0.0.0:8080"}, wantDev: true, wantAddr: "0.0.0.0:8080"},
+		{name: "yaml addr", args: []string{"--dev", "--config", addrFile}, wantDev: true, wantAddr: ":8080"},
+		{name: "empty HUB_ADDR", args: []string{"--dev"}, env: map[string]string{"HUB_ADDR": ""}, wantDev: true, wantAddr: DevAddr},
+		{name: "with a secret", args: []string{"--dev"}, env: map[string]string{"HUB_JWT_SECRET": testSecret}, wantDev: true, wantAddr: DevAddr},
+		{name: "flag over env", args: []string{"--dev=false"}, env: map[string]string{"HUB_DEV": "true", "HUB_JWT_SECRET": testSecret}, wantDev: false, wantAddr: ":8080"},
+		{name: "not asked", env: map[string]string{"HUB_JWT_SECRET": testSecret}, wantDev: false, wantAddr: ":8080"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, _, err := Load(tt.args, envOf(tt.env))
+			if err != nil {
+				t.Fatalf("Load: %v", err)
+			}
+			if c.Dev != tt.wantDev || c.Addr != tt.wantAddr {
+				t.Errorf("Dev = %v, Addr = %q; want %v, %q", c.Dev, c.Addr, tt.wantDev, tt.wantAddr)
+			}
+		})
+	}
+}
+
+// TestTokenCookieOff: an empty HUB_TOKEN_COOKIE (unlike other keys, where
+// an empty variable counts as unset) turns the cookie off, and with it off
+// HUB_ALLOWED_ORIGINS=* is accepted; with it on, * is refused naming both
+// keys.
+func TestTokenCookieOff(t *testing.T) {
+	offFile := writeFile(t, "off.yaml", "token_cookie: \"\"\nallowed_origins: \"*\"\n")
+	tests := []struct {
+		name       string
+		args       []string
+		env        map[string]string
+		wantCookie string
+		wantErr    []string
+	}{
+		{name: "default", wantCookie: "hub_token"},
+		{name: "empty env turns it off", env: map[string]string{"HUB_TOKEN_COOKIE": ""}, wantCookie: ""},
+		{name: "empty flag turns it off", args: []string{"--token-cookie="}, wantCookie: ""},
+		{name: "star with the cookie off", env: map[string]string{"HUB_TOKEN_COOKIE": "", "HUB_ALLOWED_ORIGINS": "*"}, wantCookie: ""},
+		{name: "star with the cookie off in yaml", args: []string{"--config", offFile}, wantCookie: ""},
+		{name: "env over yaml turns it on", args: []string{"--config", offFile}, env: map[string]string{"HUB_TOKEN_COOKIE": "tok"},
+			wantErr: []string{"HUB_ALLOWED_ORIGINS (allowed_origins)", "HUB_TOKEN_COOKIE=tok"}},
+		{name: "star with the cookie", env: map[string]string{"HUB_ALLOWED_ORIGINS": "*"},
+			wantErr: []string{`config: HUB_ALLOWED_ORIGINS (allowed_origins): invalid value "*"`, "HUB_TOKEN_COOKIE=hub_token", "set HUB_TOKEN_COOKIE= (empty) to turn the cookie off"}},
+		{name: "star among others with the cookie", args: []string{"--allowed-origins", "a.example,*"},
+			wantErr: []string{"HUB_ALLOWED_ORIGINS (allowed_origins)", "HUB_TOKEN_COOKIE"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, _, err := Load(tt.args, envWithKey(tt.env))
+			if tt.wantErr != nil {
+				if err == nil {
+					t.Fatalf("Load = %+v, want an error", c)
+				}
+				for _, w := range tt.wantErr {
+					if !strings.Contains(err.Error(), w) {
+						t.Errorf("error %q\nwant it to contain %q", err, w)
+					}
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("Load: %v", err)
+			}
+			if c.TokenCookie != tt.wantCookie {
+				t.Errorf("TokenCookie = %q, want %q", c.TokenCookie, tt.wantCookie)
+			}
+		})
+	}
+}
+
+// TestUnknownVariables: a HUB_ variable that is no key is reported with
+// the nearest key (never its value), also when Load fails; the variables
+// that hubctl and the tests read are not.
+func TestUnknownVariables(t *testing.T) {
+	const value = "value-that-must-not-show-0123456789"
+	tests := []struct {
+		name string
+		env  map[string]string
+		want []string // a part of each warning, in order
+	}{
+		{name: "none", env: map[string]string{"HUB_HISTORY_SIZE": "5", "PATH": "/bin", "hub_lower": "x", "HUBX": "x"}},
+		{name: "misspelt secret", env: map[string]string{"HUB_JWT_SECRETT": value},
+			want: []string{"config: HUB_JWT_SECRETT is not a configuration key and is ignored (did you mean HUB_JWT_SECRET?)"}},
+		{name: "two, sorted", env: map[string]string{"HUB_SEND_QUEU": value, "HUB_ALLOWED_ORIGIN": value},
+			want: []string{"HUB_ALLOWED_ORIGIN is not a configuration key and is ignored (did you mean HUB_ALLOWED_ORIGINS?)",
+				"HUB_SEND_QUEU is not a configuration key and is ignored (did you mean HUB_SEND_QUEUE?)"}},
+		{name: "config file", env: map[string]string{"HUB_CONFG": value}, want: []string{"HUB_CONFG is not a configuration key and is ignored (did you mean HUB_CONFIG?)"}},
+		{name: "far from everything", env: map[string]string{"HUB_X": value}, want: []string{"HUB_X is not a configuration key and is ignored (did you mean HUB_"}},
+		{name: "empty", env: map[string]string{"HUB_DEVV": ""}, want: []string{"HUB_DEVV is not a configuration key and is ignored (did you mean HUB_DEV?)"}},
+		{name: "read by others", env: map[string]string{
+			"HUB_URL": value, "HUB_TOKEN": value, "HUB_API_KEY": value, "HUB_CONFIG": "",
+			"HUB_REQUIRE_REDIS": "1", "HUB_REQUIRE_BROWSER": "1", "HUB_SCREENSHOTS": "1", "HUB_SOAK": "1m", "HUB_SEED": "7", "HUB_CHROMIUM": "/bin/chromium",
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, warnings, err := Load(nil, envWithKey(tt.env))
+			if err != nil {
+				t.Fatalf("Load: %v", err)
+			}
+			if len(warnings) != len(tt.want) {
+				t.Fatalf("warnings %q, want %d", warnings, len(tt.want))
+			}
+			for i, w := range tt.want {
+				if !strings.Contains(warnings[i], w) {
+					t.Errorf("warning %q\nwant %q", warnings[i], w)
+				}
+			}
+			if joined := strings.Join(warnings, "\n"); strings.Contains(joined, value) {
+				t.Errorf("warnings %q show a value", warnings)
+			}
+		})
+	}
+
+	// The warning comes with the error it explains.
+	_, warnings, err := Load(nil, envOf(map[string]string{"HUB_JWT_SECRETT": value}))
+	if err == nil || len(warnings) != 1 || !strings.Contains(warnings[0], "did you mean HUB_JWT_SECRET?") {
+		t.Errorf("Load with only HUB_JWT_SECRETT = %v, warnings %q; want the missing-key error and the warning", err, warnings)
+	}
+	// The first of two equal names counts, as with os.Getenv.
+	c, _, err := Load(nil, []string{"HUB_JWT_SECRET=" + testSecret, "HUB_HISTORY_SIZE=5", "HUB_HISTORY_SIZE=6", "NOEQUALS"})
+	if err != nil || c.HistorySize != 5 {
+		t.Errorf("duplicate variable: HistorySize = %d, %v; want 5", c.HistorySize, err)
+	}
+}
+
+func TestEditDistance(t *testing.T) {
+	tests := []struct {
+		a, b string
+		want int
+	}{
+		{"", "", 0}, {"a", "", 1}, {"", "ab", 2}, {"HUB_DEV", "HUB_DEV", 0},
+		{"HUB_JWT_SECRETT", "HUB_JWT_SECRET", 1}, {"kitten", "sitting", 3}, {"HUB_SEND_QUEU", "HUB_SEND_QUEUE", 1},
+	}
+	for _, tt := range tests {
+		if got := editDistance(tt.a, tt.b); got != tt.want {
+			t.Errorf("editDistance(%q, %q) = %d, want %d", tt.a, tt.b, got, tt.want)
+		}
+		if got := editDistance(tt.b, tt.a); got != tt.want {
+			t.Errorf("editDistance(%q, %q) = %d, want %d", tt.b, tt.a, got, tt.want)
+		}
 	}
 }
 
@@ -711,7 +1018,7 @@ func TestDurationsAndScalars(t *testing.T) {
 		"jwt_leeway: 500ms",
 		"",
 	}, "\n"))
-	c, err := Load([]string{"--config", file, "--pong-timeout", "1h"}, nil)
+	c, _, err := Load([]string{"--config", file, "--pong-timeout", "1h"}, envWithKey(nil))
 	if err != nil {
 		t.Fatalf("Load: %v", err)
 	}
@@ -735,7 +1042,7 @@ func TestBoolFlag(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
-			c, err := Load(tt.args, envOf(map[string]string{"HUB_PPROF": ""}))
+			c, _, err := Load(tt.args, envWithKey(map[string]string{"HUB_PPROF": ""}))
 			if err != nil {
 				t.Fatalf("Load: %v", err)
 			}
@@ -749,7 +1056,7 @@ func TestBoolFlag(t *testing.T) {
 func TestHelp(t *testing.T) {
 	for _, arg := range []string{"-h", "--help", "-help"} {
 		t.Run(arg, func(t *testing.T) {
-			_, err := Load([]string{"--addr", ":1", arg}, nil)
+			_, _, err := Load([]string{"--addr", ":1", arg}, nil)
 			if err != flag.ErrHelp { //nolint:errorlint // the contract is the sentinel itself
 				t.Errorf("Load(%s) = %v, want flag.ErrHelp", arg, err)
 			}
@@ -782,13 +1089,13 @@ func TestArgumentErrors(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := Load(tt.args, nil)
+			_, _, err := Load(tt.args, nil)
 			if err == nil || !strings.Contains(err.Error(), tt.want) || !strings.HasPrefix(err.Error(), "config: ") {
 				t.Errorf("Load error = %v, want it to contain %q", err, tt.want)
 			}
 		})
 	}
-	_, err := Load(nil, envOf(map[string]string{"HUB_CONFIG": "/does/not/exist.yaml"}))
+	_, _, err := Load(nil, envOf(map[string]string{"HUB_CONFIG": "/does/not/exist.yaml"}))
 	if err == nil || !strings.Contains(err.Error(), "config: HUB_CONFIG: open /does/not/exist.yaml") {
 		t.Errorf("Load with bad HUB_CONFIG = %v", err)
 	}
@@ -817,14 +1124,18 @@ func TestYAMLFile(t *testing.T) {
 		{name: "mapping value", give: "addr:\n  host: x\n", want: "HUB_ADDR (addr)"},
 		{name: "list for a scalar key", give: "addr: [\":1\"]\n", want: "must be a single value, not a list"},
 		{name: "nested list item", give: "api_keys: [[a]]\n", want: "HUB_API_KEYS (api_keys)"},
-		{name: "empty list item", give: "api_keys: [a, \"\"]\n", want: "without empty items"},
+		{name: "empty list item", give: "api_keys: [a-key-0123456789abc, \"\"]\n", want: "without empty items"},
+		{name: "trusted proxies list", give: "trusted_proxies: [10.0.0.0/8, \"::1\"]\n", wantCfg: func(c Config) bool {
+			return reflect.DeepEqual(c.TrustedProxies, []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("::1/128")})
+		}},
+		{name: "bad trusted proxy in a list", give: "trusted_proxies: [10.0.0.0/8, nope]\n", want: "HUB_TRUSTED_PROXIES (trusted_proxies)"},
 		{name: "bad value", give: "max_payload: lots\n", want: `config: HUB_MAX_PAYLOAD (max_payload): invalid value "lots"`},
 		{name: "validation after merge", give: "ws_path: /same\nsse_path: /same\n", want: "HUB_SSE_PATH (sse_path)"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			path := writeFile(t, "hub.yaml", tt.give)
-			c, err := Load([]string{"--config", path}, nil)
+			c, _, err := Load([]string{"--config", path}, envWithKey(nil))
 			if tt.want == "" {
 				if err != nil {
 					t.Fatalf("Load: %v", err)
@@ -846,7 +1157,7 @@ func TestYAMLFile(t *testing.T) {
 }
 
 func TestLoadReturnsValidationErrors(t *testing.T) {
-	_, err := Load([]string{"--jwt-secret", "s", "--jwt-algorithms", "RS256"}, nil)
+	_, _, err := Load([]string{"--jwt-secret", testSecret, "--jwt-algorithms", "RS256"}, nil)
 	if err == nil || !strings.Contains(err.Error(), "HUB_JWT_ALGORITHMS (jwt_algorithms)") {
 		t.Errorf("Load = %v, want an error naming HUB_JWT_ALGORITHMS", err)
 	}

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"net/netip"
 	"strconv"
 	"strings"
 	"time"
@@ -19,6 +20,9 @@ type key struct {
 	secret  bool   // never show the value in an error
 	isURL   bool   // show the value with its password redacted
 	boolean bool   // a flag that needs no value
+	// emptyEnv: an empty environment variable sets the empty value (it
+	// means "off") instead of counting as unset.
+	emptyEnv bool
 
 	// parse sets the field from text; its error is the reason only.
 	parse func(c *Config, s string) error
@@ -84,8 +88,8 @@ var table = []key{
 		func(c *Config) *string { return &c.InternalAddr }, nil, optional(checkAddr)),
 	stringKey("node_name", "host name", "node name shown in stats and hub.connected",
 		func(c *Config) *string { return &c.NodeName }, nil, checkNodeName).withProse(),
-	stringKey("jwt_secret", "", "HMAC secret for HS256/HS384/HS512 tokens",
-		func(c *Config) *string { return &c.JWTSecret }, nil, nil).withSecret(),
+	stringKey("jwt_secret", "", "HMAC secret for HS256/HS384/HS512 tokens, at least 32 bytes",
+		func(c *Config) *string { return &c.JWTSecret }, nil, optional(checkSecret)).withSecret(),
 	stringKey("jwt_public_key_file", "", "PEM file with the public key for RS, PS, ES or EdDSA tokens",
 		func(c *Config) *string { return &c.JWTPublicKeyFile }, nil, nil),
 	stringKey("jwt_jwks_url", "", "http or https URL of a JWKS with the public keys",
@@ -98,11 +102,11 @@ var table = []key{
 		func(c *Config) *string { return &c.JWTAudience }, nil, nil),
 	durationKey("jwt_leeway", "30s", "clock skew allowed when checking exp and nbf",
 		func(c *Config) *time.Duration { return &c.JWTLeeway }, false),
-	stringKey("token_cookie", "hub_token", "name of the cookie read for the token",
-		func(c *Config) *string { return &c.TokenCookie }, nil, checkCookieName),
-	listKey("api_keys", "", "service keys accepted in X-API-Key, comma-separated",
+	stringKey("token_cookie", "hub_token", "name of the cookie read for the token; empty (HUB_TOKEN_COOKIE=) turns the cookie off",
+		func(c *Config) *string { return &c.TokenCookie }, nil, optional(checkCookieName)).withEmptyEnv(),
+	listKey("api_keys", "", "service keys accepted in X-API-Key, comma-separated, each at least 16 characters",
 		func(c *Config) *[]string { return &c.APIKeys }, nil, checkAPIKey).withSecret(),
-	listKey("allowed_origins", "", "WebSocket and CORS origin patterns, comma-separated (https://app.example, app.example, *); empty allows the same host only",
+	listKey("allowed_origins", "", "WebSocket and CORS origin patterns, comma-separated (https://app.example, app.example, *); empty allows the same host only; * is refused while the token cookie is on",
 		func(c *Config) *[]string { return &c.AllowedOrigins }, nil, checkOrigin),
 	stringKey("ws_path", "/ws/realtime", "WebSocket endpoint path",
 		func(c *Config) *string { return &c.WSPath }, nil, checkPath),
@@ -154,6 +158,10 @@ var table = []key{
 		func(c *Config) *time.Duration { return &c.UpstreamTimeout }, true),
 	floatKey("send_rate", "20", "hub.send operations per second per connection (burst twice that)",
 		func(c *Config) *float64 { return &c.SendRate }, true),
+	boolKey("dev", "false", "development mode: a random secret unless a key is set, 127.0.0.1:8080 unless an address is set, tokens printed; never in production",
+		func(c *Config) *bool { return &c.Dev }),
+	prefixListKey("trusted_proxies", "", "CIDRs of reverse proxies whose X-Forwarded-For gives the client address, comma-separated; empty trusts none",
+		func(c *Config) *[]netip.Prefix { return &c.TrustedProxies }),
 }
 
 // byName indexes table by YAML name.
@@ -168,6 +176,8 @@ var byName = func() map[string]*key {
 func (k key) withSecret() key { k.secret = true; return k }
 func (k key) withURL() key    { k.isURL = true; return k }
 func (k key) withProse() key  { k.prose = true; return k }
+
+func (k key) withEmptyEnv() key { k.emptyEnv = true; return k }
 
 // stringKey describes a string field. norm (optional) normalises the text,
 // check (optional) validates it.
@@ -196,25 +206,60 @@ func stringKey(name, def, help string, p func(*Config) *string, norm func(string
 	}
 }
 
-// listKey describes a list field: comma-separated text or a YAML sequence.
-// An empty text means an empty (nil) list; an empty item is an error.
+// listKey describes a list of strings: comma-separated text or a YAML
+// sequence. An empty text means an empty (nil) list; an empty item is an
+// error. norm (optional) normalises each item, check (optional) validates it.
 func listKey(name, def, help string, p func(*Config) *[]string, norm func(string) string, check func(string) error) key {
+	checkItem := func(it string) error {
+		if check != nil {
+			return check(it)
+		}
+		return nil
+	}
+	parseItem := func(it string) (string, error) {
+		if norm != nil {
+			it = norm(it)
+		}
+		return it, checkItem(it)
+	}
+	return listOf(name, def, help, p, parseItem, func(s string) string { return s }, func(it string) error {
+		if it == "" {
+			return errNoEmptyItems
+		}
+		return checkItem(it)
+	})
+}
+
+// prefixListKey describes a list of IP prefixes (CIDRs; a single address
+// counts as a prefix of its full length).
+func prefixListKey(name, def, help string, p func(*Config) *[]netip.Prefix) key {
+	return listOf(name, def, help, p, parsePrefix, netip.Prefix.String, func(pr netip.Prefix) error {
+		if !pr.IsValid() || pr != pr.Masked() || pr.Addr().Is4In6() || pr.Addr().Zone() != "" {
+			return fmt.Errorf("%q is not a valid CIDR such as 10.0.0.0/8", pr)
+		}
+		return nil
+	})
+}
+
+var errNoEmptyItems = errors.New("must be a comma-separated list without empty items")
+
+// listOf describes a list field of items of type T: comma-separated text or
+// a YAML sequence. An empty text means an empty (nil) list; an empty item
+// is an error. parseItem reads one trimmed, non-empty item, format writes
+// one back, and checkItem validates an item set in code.
+func listOf[T any](name, def, help string, p func(*Config) *[]T, parseItem func(string) (T, error), format func(T) string, checkItem func(T) error) key {
 	set := func(c *Config, items []string) error {
-		var out []string
+		var out []T
 		for _, it := range items {
 			it = strings.TrimSpace(it)
 			if it == "" {
-				return errors.New("must be a comma-separated list without empty items")
+				return errNoEmptyItems
 			}
-			if norm != nil {
-				it = norm(it)
+			v, err := parseItem(it)
+			if err != nil {
+				return err
 			}
-			if check != nil {
-				if err := check(it); err != nil {
-					return err
-				}
-			}
-			out = append(out, it)
+			out = append(out, v)
 		}
 		*p(c) = out
 		return nil
@@ -229,16 +274,17 @@ func listKey(name, def, help string, p func(*Config) *[]string, norm func(string
 			return set(c, strings.Split(s, ","))
 		},
 		parseList: set,
-		get:       func(c *Config) string { return strings.Join(*p(c), ",") },
+		get: func(c *Config) string {
+			items := make([]string, len(*p(c)))
+			for i, it := range *p(c) {
+				items[i] = format(it)
+			}
+			return strings.Join(items, ",")
+		},
 		check: func(c *Config) error {
 			for _, it := range *p(c) {
-				if it == "" {
-					return errors.New("must be a comma-separated list without empty items")
-				}
-				if check != nil {
-					if err := check(it); err != nil {
-						return err
-					}
+				if err := checkItem(it); err != nil {
+					return err
 				}
 			}
 			return nil

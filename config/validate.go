@@ -22,7 +22,8 @@ func (c Config) Validate() error {
 		}
 	}
 	errs = append(errs, c.checkJWT()...)
-	if c.InternalAddr != "" && c.InternalAddr == c.Addr {
+	errs = append(errs, c.checkOriginsWithCookie()...)
+	if c.InternalAddr != "" && c.InternalAddr == c.Addr && !strings.HasSuffix(c.Addr, ":0") { // port 0: two ports the system picks
 		k := byName["internal_addr"]
 		errs = append(errs, k.invalid(c.InternalAddr, errors.New("must differ from HUB_ADDR (leave it empty to share the public listener)")))
 	}
@@ -47,6 +48,9 @@ func (c *Config) checkJWT() []error {
 	if len(sources) > 1 {
 		errs = append(errs, fmt.Errorf("config: %s: only one JWT key source may be set", strings.Join(sources, ", ")))
 	}
+	if len(sources) == 0 && !c.Dev {
+		errs = append(errs, errNoJWTKey)
+	}
 	if c.JWTPublicKeyFile != "" {
 		if err := checkReadable(c.JWTPublicKeyFile); err != nil {
 			errs = append(errs, byName["jwt_public_key_file"].invalid(c.JWTPublicKeyFile, err))
@@ -70,10 +74,34 @@ func (c *Config) checkJWT() []error {
 		errs = append(errs, algs.invalid(algs.get(c), fmt.Errorf("%s cannot be used with HUB_JWT_SECRET, which allows HS256, HS384 and HS512 only", strings.Join(public, ", "))))
 	case c.JWTSecret == "" && len(hmac) > 0 && (c.JWTPublicKeyFile != "" || c.JWTJWKSURL != ""):
 		errs = append(errs, algs.invalid(algs.get(c), fmt.Errorf("%s needs HUB_JWT_SECRET; a public key file or JWKS URL allows RS, PS, ES or EdDSA algorithms only", strings.Join(hmac, ", "))))
-	case c.DevMode() && len(public) > 0:
+	case !c.HasJWTKey() && len(public) > 0:
 		errs = append(errs, algs.invalid(algs.get(c), fmt.Errorf("%s needs HUB_JWT_PUBLIC_KEY_FILE or HUB_JWT_JWKS_URL", strings.Join(public, ", "))))
 	}
 	return errs
+}
+
+// errNoJWTKey refuses a configuration without a JWT key outside
+// development mode (a misspelt key must not start a hub that hands out
+// tokens).
+var errNoJWTKey = errors.New("config: HUB_JWT_SECRET, HUB_JWT_PUBLIC_KEY_FILE or HUB_JWT_JWKS_URL: no JWT key is configured; " +
+	"set one (a secret of at least 32 bytes, a PEM public key file or a JWKS URL), " +
+	"or start with --dev (HUB_DEV=true) for development mode with a random secret")
+
+// checkOriginsWithCookie refuses "*" in the allowed origins while the
+// token cookie is on: any site could then act with a user's cookie.
+func (c *Config) checkOriginsWithCookie() []error {
+	if c.TokenCookie == "" {
+		return nil
+	}
+	for _, o := range c.AllowedOrigins {
+		if o == "*" {
+			k := byName["allowed_origins"]
+			return []error{k.invalid(k.get(c), fmt.Errorf(
+				`"*" is refused while the token cookie is on (HUB_TOKEN_COOKIE=%s): any site could use a user's cookie; `+
+					"list the allowed origins, or set HUB_TOKEN_COOKIE= (empty) to turn the cookie off", c.TokenCookie))}
+		}
+	}
+	return nil
 }
 
 // checkTLS checks that the certificate and key come together and can be read.

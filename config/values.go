@@ -5,10 +5,12 @@ import (
 	"fmt"
 	"math"
 	"net"
+	"net/netip"
 	"net/url"
 	"strconv"
 	"strings"
 	"unicode"
+	"unicode/utf8"
 )
 
 // sizeUnits maps a lower-case unit to its multiplier: the IEC units (KiB,
@@ -184,12 +186,55 @@ func checkCookieName(s string) error {
 	return nil
 }
 
-// checkAPIKey accepts a key that can travel in an HTTP header.
+// MinSecretBytes is the shortest HMAC secret accepted: RFC 7518 §3.2 wants
+// a key at least as long as the hash output, 32 bytes for HS256.
+const MinSecretBytes = 32
+
+// MinAPIKeyChars is the shortest API key accepted.
+const MinAPIKeyChars = 16
+
+// checkSecret accepts an HMAC secret of MinSecretBytes or more. Its
+// message never shows the secret, nor its length.
+func checkSecret(s string) error {
+	if len(s) < MinSecretBytes {
+		return fmt.Errorf("must be at least %d bytes (RFC 7518 §3.2); make one with: openssl rand -hex 32", MinSecretBytes)
+	}
+	return nil
+}
+
+// checkAPIKey accepts a key of MinAPIKeyChars or more that can travel in an
+// HTTP header.
 func checkAPIKey(s string) error {
 	if strings.IndexFunc(s, func(r rune) bool { return r == ',' || unicode.IsSpace(r) || unicode.IsControl(r) }) >= 0 {
 		return errors.New("keys must not contain commas, spaces or control characters")
 	}
+	if utf8.RuneCountInString(s) < MinAPIKeyChars {
+		return fmt.Errorf("each key must be at least %d characters; make one with: openssl rand -hex 16", MinAPIKeyChars)
+	}
 	return nil
+}
+
+// parsePrefix reads a CIDR (10.0.0.0/8, 2001:db8::/32) or a single address
+// (a prefix of its full length). Host bits must be zero.
+func parsePrefix(s string) (netip.Prefix, error) {
+	if !strings.Contains(s, "/") {
+		a, err := netip.ParseAddr(s)
+		if err != nil || a.Zone() != "" {
+			return netip.Prefix{}, fmt.Errorf("%q is not a CIDR such as 10.0.0.0/8 or an IP address", s)
+		}
+		return netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen()), nil
+	}
+	p, err := netip.ParsePrefix(s)
+	if err != nil {
+		return netip.Prefix{}, fmt.Errorf("%q is not a CIDR such as 10.0.0.0/8 or an IP address", s)
+	}
+	if p.Addr().Is4In6() {
+		return netip.Prefix{}, fmt.Errorf("%q: write an IPv4 prefix in dotted form, such as 10.0.0.0/8", s)
+	}
+	if p != p.Masked() {
+		return netip.Prefix{}, fmt.Errorf("%q has bits set after the prefix length; did you mean %s?", s, p.Masked())
+	}
+	return p, nil
 }
 
 // checkOrigin accepts "*", a host pattern ("app.example", "*.example.com",

@@ -98,7 +98,11 @@ func (h *Hub) registerCluster(c *Conn, info ConnInfo) (*Conn, error) {
 	recovered := false
 	if info.LastEventID != "" && h.opts.HistorySize > 0 {
 		var err error
-		missed, recovered, err = h.opts.Broker.History(ctx, info.UserID, info.LastEventID, h.opts.HistorySize)
+		if at, ok := IsPosition(info.LastEventID); ok {
+			missed, recovered, err = h.opts.Broker.Since(ctx, info.UserID, at, h.opts.HistorySize)
+		} else {
+			missed, recovered, err = h.opts.Broker.History(ctx, info.UserID, info.LastEventID, h.opts.HistorySize)
+		}
 		if err != nil {
 			h.log.Warn("broker history failed", "err", err)
 			missed, recovered = nil, false
@@ -142,7 +146,14 @@ func (h *Hub) registerCluster(c *Conn, info ConnInfo) (*Conn, error) {
 	if at != "" && !unreg {
 		us.cluster(c).pos = at
 	}
-	c.enqueue(h.connected(c, info, recovered, len(missed)))
+	position := ""
+	if h.historyOn() {
+		position = FormatPosition(at)
+		if recovered {
+			position = info.LastEventID
+		}
+	}
+	c.enqueue(h.connected(c, info, recovered, missed, position))
 	for _, m := range missed {
 		c.enqueue(m)
 	}

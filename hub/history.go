@@ -1,6 +1,9 @@
 package hub
 
-import "time"
+import (
+	"strings"
+	"time"
+)
 
 // stream is a bounded, ordered history of events (ascending seq): one per
 // user for personal events and one for broadcasts to everyone. Its floor is
@@ -55,12 +58,6 @@ func (s *stream) trim(cutoff time.Time) {
 	}
 }
 
-// contains reports whether the event with seq is held.
-func (s *stream) contains(seq uint64) bool {
-	i := s.search(seq)
-	return i < s.n && s.at(i).seq == seq
-}
-
 // search returns the index of the first event with seq >= given.
 func (s *stream) search(seq uint64) int {
 	lo, hi := 0, s.n
@@ -106,4 +103,46 @@ func mergeSeq(a, b []*Message) []*Message {
 	}
 	out = append(out, a...)
 	return append(out, b...)
+}
+
+// contains reports whether the event with seq is held.
+func (s *stream) contains(seq uint64) bool {
+	i := s.search(seq)
+	return i < s.n && s.at(i).seq == seq
+}
+
+// A position (hub.connected's, when nothing is replayed) names a place in
+// the node's or cluster's sequence rather than an event: "<epoch>-<seq>p",
+// where seq is that of the last event published before it (0 before the
+// first). The suffix keeps it apart from event ids, which a resume must
+// find in the user's own history or the broadcasts; a position only needs
+// nothing after it to have been dropped.
+const positionSuffix = "p"
+
+// FormatPosition returns the position after the event id (or the cluster
+// position from Broker.Position) at, "" for "".
+func FormatPosition(at string) string {
+	if at == "" {
+		return ""
+	}
+	return at + positionSuffix
+}
+
+// IsPosition reports whether id has a position's form, and returns the id
+// part (for Broker.Since).
+func IsPosition(id string) (at string, ok bool) {
+	at, ok = strings.CutSuffix(id, positionSuffix)
+	return at, ok && at != ""
+}
+
+// parsePosition splits a position into its epoch and sequence (0 allowed).
+func parsePosition(id string) (epoch string, seq uint64, ok bool) {
+	at, ok := IsPosition(id)
+	if !ok {
+		return "", 0, false
+	}
+	if e, ok := strings.CutSuffix(at, "-0"); ok && e != "" {
+		return e, 0, true
+	}
+	return ParseID(at)
 }

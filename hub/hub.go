@@ -101,6 +101,10 @@ type Hub struct {
 
 	seq    atomic.Uint64
 	connID atomic.Uint64
+	// forgotten is the highest floor of a user history dropped by
+	// maintain: a user's new history starts with it as its floor, so that
+	// a resume from before what a dropped history held is never proven.
+	forgotten atomic.Uint64
 
 	allMu sync.Mutex // guards all (appends also hold every shard lock)
 	all   stream
@@ -122,8 +126,8 @@ type shard struct {
 	mu    sync.Mutex
 	users map[string]*userState
 	// all is every connection of the shard, for a broadcast to walk one
-	// flat slice instead of the users map and each user's slice (at
-	// 10,000 connections the map walk was a third of a fan-out's cost).
+	// flat slice: walking the users map and then each user's slice was a
+	// large share of a fan-out's cost (docs/BENCHMARKS.md, history).
 	all []*Conn
 }
 
@@ -251,9 +255,8 @@ type beat struct {
 func (h *Hub) maintain(now time.Time) {
 	nowN := now.UnixNano()
 	hb := int64(h.opts.Heartbeat)
-	// The broadcast stream is trimmed first: a user whose history empties
-	// below is forgotten with its floor, and a resume from a broadcast older
-	// than that history must not find the broadcast still held.
+	// The broadcast stream is trimmed first, so that its floor is never
+	// behind what a user history dropped below had seen.
 	if h.opts.HistoryTTL > 0 {
 		h.allMu.Lock()
 		h.all.trim(now.Add(-h.opts.HistoryTTL))
@@ -278,6 +281,7 @@ func (h *Hub) maintain(now time.Time) {
 				us.hist.trim(now.Add(-h.opts.HistoryTTL))
 			}
 			if len(us.conns) == 0 && us.hist.n == 0 {
+				h.forget(us.hist.floor)
 				delete(s.users, user)
 			}
 		}
@@ -339,7 +343,14 @@ func (h *Hub) Register(info ConnInfo, sink Sink) (*Conn, error) {
 	// a connection's first heartbeat is spread over one interval
 	c.nextBeat = time.Now().UnixNano() + int64(h.opts.Heartbeat)/2 + int64(c.num*7919%uint64(h.opts.Heartbeat/2+1))
 	c.limit += len(missed) + 1
-	c.enqueue(h.connected(c, info, recovered, len(missed)))
+	// The position is taken under the shard lock: no event of this user
+	// (nor a broadcast, which holds every shard lock) can come between it
+	// and hub.connected.
+	pos := ""
+	if h.historyOn() {
+		pos = FormatPosition(formatID(h.opts.Epoch, h.seq.Load()))
+	}
+	c.enqueue(h.connected(c, info, recovered, missed, pos))
 	for _, m := range missed {
 		c.enqueue(m)
 	}
@@ -348,21 +359,40 @@ func (h *Hub) Register(info ConnInfo, sink Sink) (*Conn, error) {
 	return c, nil
 }
 
-// connected builds the hub.connected control event of c.
-func (h *Hub) connected(c *Conn, info ConnInfo, recovered bool, missed int) *Message {
+// historyOn reports whether events are kept for resume (both settings
+// non-zero).
+func (h *Hub) historyOn() bool { return h.opts.HistorySize > 0 && h.opts.HistoryTTL > 0 }
+
+// connected builds the hub.connected control event of c. Its position is
+// the last replayed event's id, else pos (an id that precedes every event
+// published after hub.connected; "" when history is off). When nothing is
+// replayed, the SSE record is followed by a data-less "id: <position>"
+// record, so that a plain EventSource takes the position as its last
+// event id.
+func (h *Hub) connected(c *Conn, info ConnInfo, recovered bool, missed []*Message, pos string) *Message {
 	payload := connectedPayload{
 		ConnectionID:     c.id,
 		UserID:           info.UserID,
 		Transport:        info.Transport,
 		HeartbeatSeconds: int(h.opts.Heartbeat.Round(time.Second) / time.Second),
 		Recovered:        recovered,
-		Missed:           missed,
+		Missed:           len(missed),
 		Node:             h.opts.Node,
 	}
 	if !info.TokenExpiresAt.IsZero() {
 		payload.TokenExpiresAt = info.TokenExpiresAt.UTC().Format(TimeFormat)
 	}
-	return Control("hub.connected", payload)
+	if pos != "" {
+		payload.Position = pos
+		if len(missed) > 0 {
+			payload.Position = missed[len(missed)-1].ID
+		}
+	}
+	m := Control("hub.connected", payload)
+	if pos != "" && len(missed) == 0 {
+		m.SSE = append(m.SSE[:len(m.SSE):len(m.SSE)], "id: "+pos+"\n\n"...)
+	}
+	return m
 }
 
 type connectedPayload struct {
@@ -374,6 +404,7 @@ type connectedPayload struct {
 	Missed           int    `json:"missed"`
 	Node             string `json:"node"`
 	TokenExpiresAt   string `json:"tokenExpiresAt,omitempty"`
+	Position         string `json:"position,omitempty"`
 }
 
 // recover returns the events after lastID in us's history merged with the
@@ -384,13 +415,24 @@ func (h *Hub) recover(us *userState, lastID string) ([]*Message, bool) {
 	if h.opts.HistorySize == 0 {
 		return nil, false
 	}
-	epoch, seq, ok := ParseID(lastID)
-	if !ok || epoch != h.opts.Epoch || seq > h.seq.Load() {
+	epoch, seq, isPos := parsePosition(lastID)
+	if !isPos {
+		var ok bool
+		if epoch, seq, ok = ParseID(lastID); !ok {
+			return nil, false
+		}
+	}
+	if epoch != h.opts.Epoch || seq > h.seq.Load() {
 		return nil, false
 	}
 	h.allMu.Lock()
 	defer h.allMu.Unlock()
-	if !us.hist.contains(seq) && !h.all.contains(seq) {
+	// An event id must be one this user was sent (its own or a
+	// broadcast); a position names no event. Either way, what proves the
+	// list complete is that nothing after it was dropped: from this
+	// user's history, from the broadcasts, or with a history of this user
+	// that was forgotten (newUser).
+	if !isPos && !us.hist.contains(seq) && !h.all.contains(seq) {
 		return nil, false
 	}
 	if us.hist.floor > seq || h.all.floor > seq {
@@ -475,7 +517,7 @@ func (h *Hub) admitLocked(user string) (*shard, *userState, error) {
 		return nil, nil, &LimitError{Scope: "user", Limit: h.opts.MaxConnsPerUser}
 	}
 	if us == nil {
-		us = &userState{}
+		us = h.newUser()
 		s.users[user] = us
 	}
 	return s, us, nil
@@ -486,6 +528,25 @@ func (h *Hub) admitLocked(user string) (*shard, *userState, error) {
 func (h *Hub) release() {
 	if h.total.Add(-1) == 0 && h.draining.Load() {
 		h.once.Do(func() { close(h.drained) })
+	}
+}
+
+// newUser returns the state of a user the node holds nothing of. Its
+// history's floor is the highest floor of the histories dropped so far: the
+// user may have had one, and what it held is gone.
+func (h *Hub) newUser() *userState {
+	us := &userState{}
+	us.hist.floor = h.forgotten.Load()
+	return us
+}
+
+// forget raises the floor given to new user histories to floor.
+func (h *Hub) forget(floor uint64) {
+	for {
+		f := h.forgotten.Load()
+		if floor <= f || h.forgotten.CompareAndSwap(f, floor) {
+			return
+		}
 	}
 }
 
@@ -563,7 +624,7 @@ func (h *Hub) Publish(ctx context.Context, userIDs []string, typ string, payload
 		m := newEvent(formatID(h.opts.Epoch, seq), typ, p, ts, seq)
 		us := s.users[u]
 		if us == nil && h.opts.HistorySize > 0 {
-			us = &userState{}
+			us = h.newUser()
 			s.users[u] = us
 		}
 		if us != nil {

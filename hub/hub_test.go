@@ -46,9 +46,9 @@ func TestConnectedPayload(t *testing.T) {
 		},
 		{
 			name: "fresh start with history",
-			opts: hub.Options{HistorySize: 10, HistoryTTL: time.Minute},
+			opts: hub.Options{HistorySize: 10, HistoryTTL: time.Minute, Epoch: "E9"},
 			info: hub.ConnInfo{UserID: "u4", Transport: hub.TransportWebSocket},
-			want: connectedPayload{UserID: "u4", Transport: "websocket", HeartbeatSeconds: 25},
+			want: connectedPayload{UserID: "u4", Transport: "websocket", HeartbeatSeconds: 25, Position: ptr("E9-0p")},
 		},
 	}
 	for _, tt := range tests {
@@ -64,6 +64,10 @@ func TestConnectedPayload(t *testing.T) {
 				t.Errorf("connectionId %q, Conn.ID %q", got.ConnectionID, c.ID())
 			}
 			got.ConnectionID = ""
+			if (got.Position == nil) != (tt.want.Position == nil) || got.Position != nil && *got.Position != *tt.want.Position {
+				t.Errorf("position %v, want %v", got.Position, tt.want.Position)
+			}
+			got.Position, tt.want.Position = nil, nil
 			if got != tt.want {
 				t.Errorf("payload\n got %+v\nwant %+v", got, tt.want)
 			}
@@ -650,3 +654,5 @@ func TestStats(t *testing.T) {
 		}
 	}
 }
+
+func ptr[T any](v T) *T { return &v }

@@ -161,14 +161,15 @@ func decode(t testing.TB, m *hub.Message) envelope {
 }
 
 type connectedPayload struct {
-	ConnectionID     string `json:"connectionId"`
-	UserID           string `json:"userId"`
-	Transport        string `json:"transport"`
-	HeartbeatSeconds int    `json:"heartbeatSeconds"`
-	Recovered        bool   `json:"recovered"`
-	Missed           int    `json:"missed"`
-	Node             string `json:"node"`
-	TokenExpiresAt   string `json:"tokenExpiresAt"`
+	ConnectionID     string  `json:"connectionId"`
+	UserID           string  `json:"userId"`
+	Transport        string  `json:"transport"`
+	HeartbeatSeconds int     `json:"heartbeatSeconds"`
+	Recovered        bool    `json:"recovered"`
+	Missed           int     `json:"missed"`
+	Node             string  `json:"node"`
+	TokenExpiresAt   string  `json:"tokenExpiresAt"`
+	Position         *string `json:"position"`
 }
 
 // connected checks that msgs starts with hub.connected and decodes it.

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -131,9 +132,17 @@ func TestResumeNotRecovered(t *testing.T) {
 		{name: "older than the history", hub: h, user: "old", last: old[0]},
 		{name: "broadcasts dropped after the id", hub: dropped, user: "u1", last: floor[0]},
 		{name: "another user's id", hub: h, user: "u1", last: u2[0]},
+		// a position names no event: what came after it for u1 (the two
+		// broadcasts) is all there
+		{name: "another user's id as a position", hub: h, user: "u1", last: u2[0] + "p", wantRecovered: true, wantMissed: 2},
 		{name: "future seq", hub: h, user: "u1", last: "E1-999999"},
 		{name: "malformed", hub: h, user: "u1", last: "garbage"},
 		{name: "seq zero", hub: h, user: "u1", last: "E1-0"},
+		// the position before the first event: everything of u1 is still held
+		{name: "the position before the first event", hub: h, user: "u1", last: "E1-0p", wantRecovered: true, wantMissed: 4},
+		{name: "a position from the future", hub: h, user: "u1", last: "E1-999999p"},
+		{name: "a position of another epoch", hub: h, user: "u1", last: "XX-1p"},
+		{name: "a bare suffix", hub: h, user: "u1", last: "p"},
 		{name: "no epoch", hub: h, user: "u1", last: "-1"},
 		{name: "other epoch", hub: h, user: "u1", last: "XX-1"},
 		{name: "restart (new epoch)", hub: restarted, user: "u1", last: u1[0]},
@@ -259,6 +268,11 @@ func TestResumeAfterTTLTrimNotRecovered(t *testing.T) {
 			t.Errorf("from %s after trimming: recovered %v, %d events", last, p.Recovered, len(got))
 		}
 	}
+	// the position after the last event: nothing after it was dropped
+	// (the forgotten history's floor is not above it)
+	if p, got := reconnect(t, h, "u1", b+"p"); !p.Recovered || len(got) != 0 {
+		t.Errorf("from the position after %s: recovered %v, %d events", b, p.Recovered, len(got))
+	}
 	next := publishN(t, h, "u1", 2)
 	if p, got := reconnect(t, h, "u1", next[0]); !p.Recovered || !slices.Equal(got, next[1:]) {
 		t.Errorf("new events: recovered %v, %v", p.Recovered, got)
@@ -307,5 +321,96 @@ func TestIdleUserHistoriesDropped(t *testing.T) {
 	nh.Unregister(c)
 	if n := nh.UserStates(); n != 0 {
 		t.Fatalf("UserStates without history = %d, want 0", n)
+	}
+}
+
+// TestPosition: hub.connected carries a position from which a device cut
+// before its first event resumes without loss, even after the node forgot
+// the user in between; with events replayed it is the last of them; with
+// history off there is none.
+func TestPosition(t *testing.T) {
+	h := newHub(t, hub.Options{HistorySize: 100, HistoryTTL: time.Minute})
+	publishN(t, h, "other", 2)
+
+	c, _ := register(t, h, ws("u1"))
+	msgs, _ := drain(c)
+	p := connected(t, msgs)
+	if p.Position == nil || *p.Position == "" {
+		t.Fatalf("fresh start: no position in %s", msgs[0].Frame)
+	}
+	pos := *p.Position
+	if want := "\nid: " + pos + "\n\n"; !strings.HasSuffix(string(msgs[0].SSE), want) {
+		t.Errorf("SSE record %q does not end with the position record %q", msgs[0].SSE, want)
+	}
+	h.Unregister(c) // cut before its first event
+
+	// the node forgets the user (no connection, no history), then events
+	// come for the user and for all while the device is away
+	h.MaintainAt(time.Now())
+	if n := h.UserStates(); n != 1 {
+		t.Fatalf("%d user states after maintenance, want 1 (other's)", n)
+	}
+	away := publishN(t, h, "u1", 3)
+	b, err := h.Broadcast(ctx, "ALL", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	away = append(away, b)
+	publishN(t, h, "other", 1)
+
+	p, got := reconnect(t, h, "u1", pos)
+	if !p.Recovered || p.Missed != len(away) || !slices.Equal(got, away) {
+		t.Fatalf("from the position: recovered %v missed %d events %v; want true %d %v", p.Recovered, p.Missed, got, len(away), away)
+	}
+	if p.Position == nil || *p.Position != b {
+		t.Errorf("position after a replay = %v, want the last replayed id %s", p.Position, b)
+	}
+
+	// a cut during a replay: resuming from any replayed id loses nothing
+	p, got = reconnect(t, h, "u1", away[1])
+	if !p.Recovered || !slices.Equal(got, away[2:]) {
+		t.Errorf("from the middle of the replay: recovered %v, %v", p.Recovered, got)
+	}
+
+	// a resume that replays nothing gets a position too, and the SSE
+	// record; a resume from it later still finds what came after
+	c, _ = register(t, h, resumeFrom("u1", b))
+	msgs, _ = drain(c)
+	p = connected(t, msgs)
+	if !p.Recovered || p.Missed != 0 || p.Position == nil {
+		t.Fatalf("nothing to replay: recovered %v missed %d position %v", p.Recovered, p.Missed, p.Position)
+	}
+	h.Unregister(c)
+	later := publishN(t, h, "u1", 1)
+	if p, got := reconnect(t, h, "u1", *p.Position); !p.Recovered || !slices.Equal(got, later) {
+		t.Errorf("from the second position: recovered %v, %v; want %v", p.Recovered, got, later)
+	}
+
+	// history off: no position
+	off := newHub(t, hub.Options{})
+	c, _ = register(t, off, ws("u1"))
+	msgs, _ = drain(c)
+	if p := connected(t, msgs); p.Position != nil {
+		t.Errorf("history off: position %q", *p.Position)
+	}
+	if strings.Contains(string(msgs[0].SSE), "\nid:") {
+		t.Errorf("history off: SSE record %q has an id", msgs[0].SSE)
+	}
+}
+
+// TestPositionBeforeAnyEvent: the position of a node that has published
+// nothing yet (sequence 0) is resumable like any other.
+func TestPositionBeforeAnyEvent(t *testing.T) {
+	h := newHub(t, hub.Options{HistorySize: 100, HistoryTTL: time.Minute, Epoch: "E1"})
+	c, _ := register(t, h, ws("u1"))
+	msgs, _ := drain(c)
+	p := connected(t, msgs)
+	h.Unregister(c)
+	if p.Position == nil || *p.Position != "E1-0p" {
+		t.Fatalf("position %v, want E1-0p", p.Position)
+	}
+	away := publishN(t, h, "u1", 2)
+	if p, got := reconnect(t, h, "u1", *p.Position); !p.Recovered || !slices.Equal(got, away) {
+		t.Fatalf("from E1-0p: recovered %v, %v; want %v", p.Recovered, got, away)
 	}
 }

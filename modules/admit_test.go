@@ -2,6 +2,7 @@ package modules_test
 
 import (
 	"net/http"
+	"net/netip"
 	"sync"
 	"testing"
 	"time"
@@ -103,4 +104,50 @@ func TestAdmissionPerIPCountsLiveWebSockets(t *testing.T) {
 		w.connected()
 		return true
 	})
+}
+
+// TestAdmissionPerIPBehindTrustedProxy: with HUB_TRUSTED_PROXIES naming the
+// peer (127.0.0.1 plays the proxy), the per-IP limit counts the address the
+// proxy reports in X-Forwarded-For, and entries a client added on the left
+// do not change it; without it the header is ignored (issue 15: behind a
+// proxy every limit counted the proxy).
+func TestAdmissionPerIPBehindTrustedProxy(t *testing.T) {
+	xff := func(v string) http.Header { return http.Header{"X-Forwarded-For": {v}} }
+	refused := func(th *testHub, user, header string) bool {
+		t.Helper()
+		w, resp, err := th.dialWS(th.token(user, time.Hour), "", xff(header))
+		if err == nil {
+			w.connected()
+			return false
+		}
+		if resp == nil || resp.StatusCode != http.StatusTooManyRequests {
+			t.Fatalf("%s via %q: %v %v, want admitted or 429", user, header, err, resp)
+		}
+		return true
+	}
+
+	th := startHub(t, func(c *config.Config) {
+		c.MaxConnectionsPerIP = 1
+		c.TrustedProxies = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}
+	})
+	if refused(th, "alice", "203.0.113.1") {
+		t.Fatal("first client behind the proxy refused")
+	}
+	if refused(th, "bob", "203.0.113.2") {
+		t.Fatal("a second client behind the proxy counted as the first")
+	}
+	if !refused(th, "carol", "198.51.100.7, 203.0.113.1") {
+		t.Fatal("a spoofed leftmost entry got past the limit of 203.0.113.1")
+	}
+	if !refused(th, "dave", "203.0.113.2, 127.0.0.1") {
+		t.Fatal("a chain through a second trusted proxy did not count 203.0.113.2")
+	}
+
+	direct := startHub(t, func(c *config.Config) { c.MaxConnectionsPerIP = 1 })
+	if refused(direct, "alice", "203.0.113.1") {
+		t.Fatal("first client refused")
+	}
+	if !refused(direct, "bob", "203.0.113.2") {
+		t.Fatal("X-Forwarded-For believed without HUB_TRUSTED_PROXIES")
+	}
 }

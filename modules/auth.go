@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -23,11 +24,15 @@ const (
 	DevAdmin = "dev-admin"
 )
 
-// DevTokens are the tokens minted in development mode (no JWT key set).
+// DevTokens are the tokens minted in development mode (--dev).
 type DevTokens struct {
 	UserID     string `json:"userId"`
 	UserToken  string `json:"userToken"`
 	AdminToken string `json:"adminToken"`
+	// Secret is the secret made for this run, printed so that `hubctl
+	// token` can mint more; empty when the secret was configured. Never
+	// served by GET /api/dev/tokens.
+	Secret string `json:"-"`
 }
 
 // Security is what the auth module provides: the verifier and, in
@@ -38,8 +43,9 @@ type Security struct {
 	Dev      *DevTokens `optional:"true"`
 }
 
-// AuthModule provides the token verifier; with no key configured it starts
-// development mode: a random secret, a loud warning and printed tokens.
+// AuthModule provides the token verifier. In development mode (--dev or
+// HUB_DEV=true, never implied) it makes a random secret unless a key is
+// configured, logs a loud warning and prints the secret and tokens.
 var AuthModule = fx.Module("auth",
 	fx.Provide(newSecurity),
 )
@@ -57,28 +63,20 @@ func newSecurity(lc fx.Lifecycle, cfg config.Config, log *slog.Logger) (Security
 		Issuer:        cfg.JWTIssuer,
 		Audience:      cfg.JWTAudience,
 		Leeway:        cfg.JWTLeeway,
-		Cookie:        cfg.TokenCookie,
+		Cookie:        cookieName(cfg.TokenCookie),
 		APIKeys:       cfg.APIKeys,
 	}
 	var dev *DevTokens
-	if cfg.DevMode() {
-		var b [32]byte
-		if _, err := rand.Read(b[:]); err != nil {
-			return Security{}, fmt.Errorf("development secret: %w", err)
+	if cfg.Dev {
+		var err error
+		if dev, err = devTokens(&o); err != nil {
+			return Security{}, err
 		}
-		o.Secret = hex.EncodeToString(b[:])
-		o.Algorithms = []string{"HS256"}
-		user, err := auth.Mint(o.Secret, "HS256", DevUser, nil, 24*time.Hour)
-		if err != nil {
-			return Security{}, fmt.Errorf("development token: %w", err)
-		}
-		admin, err := auth.Mint(o.Secret, "HS256", DevAdmin, []string{"admin", "service"}, 24*time.Hour)
-		if err != nil {
-			return Security{}, fmt.Errorf("development token: %w", err)
-		}
-		dev = &DevTokens{UserID: DevUser, UserToken: user, AdminToken: admin}
-		log.Warn("DEVELOPMENT MODE: no JWT key configured (HUB_JWT_SECRET, HUB_JWT_PUBLIC_KEY_FILE or HUB_JWT_JWKS_URL); " +
-			"a random secret was generated and development tokens were printed. Do not use this in production.")
+		log.Warn("DEVELOPMENT MODE (--dev or HUB_DEV=true): do not use it in production. " + devModeSummary(dev))
+	} else if !cfg.HasJWTKey() {
+		// config.Validate refuses this; an App built from an unvalidated
+		// Config must not start without a key either
+		return Security{}, errors.New("auth: no JWT key configured (HUB_JWT_SECRET, HUB_JWT_PUBLIC_KEY_FILE or HUB_JWT_JWKS_URL) and no development mode (--dev)")
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	v, err := auth.New(ctx, o)
@@ -90,6 +88,66 @@ func newSecurity(lc fx.Lifecycle, cfg config.Config, log *slog.Logger) (Security
 	return Security{Verifier: v, Dev: dev}, nil
 }
 
+// cookieOff is given to the verifier as the cookie name when the cookie is
+// off (HUB_TOKEN_COOKIE empty): it is not a valid cookie name, so no
+// request can carry a cookie of that name.
+// TODO(sec-api): drop it once auth.Options takes an empty Cookie as "off"
+// (today it means the default, hub_token).
+const cookieOff = "hub token cookie off"
+
+// cookieName is the verifier's cookie name for the configured one.
+func cookieName(configured string) string {
+	if configured == "" {
+		return cookieOff
+	}
+	return configured
+}
+
+// devTokens sets up development mode on o: a random HS256 secret when no
+// key is configured, and a user and an admin token signed with the secret.
+// With a public key or JWKS URL configured the hub cannot sign: it returns
+// nil tokens.
+func devTokens(o *auth.Options) (*DevTokens, error) {
+	d := &DevTokens{UserID: DevUser}
+	if o.Secret == "" && o.PublicKeyFile == "" && o.JWKSURL == "" {
+		var b [32]byte
+		if _, err := rand.Read(b[:]); err != nil {
+			return nil, fmt.Errorf("development secret: %w", err)
+		}
+		o.Secret = hex.EncodeToString(b[:])
+		d.Secret = o.Secret
+	}
+	if o.Secret == "" {
+		return nil, nil
+	}
+	if len(o.Algorithms) == 0 {
+		o.Algorithms = []string{"HS256"}
+	}
+	alg := o.Algorithms[0] // an HMAC algorithm: config refuses others with a secret
+	var err error
+	if d.UserToken, err = auth.Mint(o.Secret, alg, DevUser, nil, 24*time.Hour); err != nil {
+		return nil, fmt.Errorf("development token: %w", err)
+	}
+	if d.AdminToken, err = auth.Mint(o.Secret, alg, DevAdmin, []string{"admin", "service"}, 24*time.Hour); err != nil {
+		return nil, fmt.Errorf("development token: %w", err)
+	}
+	return d, nil
+}
+
+// devModeSummary says in one line what development mode did (no secret,
+// no token: it goes to the log).
+func devModeSummary(d *DevTokens) string {
+	switch {
+	case d == nil:
+		return "A public key is configured, so no development tokens could be minted."
+	case d.Secret != "":
+		return "A random secret was made for this run; it and the development tokens were printed to standard output."
+	}
+	return "Development tokens signed with the configured HUB_JWT_SECRET were printed to standard output."
+}
+
+// printDevBanner prints the development tokens, the secret when it was
+// made for this run, and commands that use them.
 func printDevBanner(w io.Writer, cfg config.Config, d *DevTokens) {
 	host, port, err := net.SplitHostPort(cfg.Addr)
 	if err != nil {
@@ -111,23 +169,31 @@ func printDevBanner(w io.Writer, cfg config.Config, d *DevTokens) {
 			api = "http://" + net.JoinHostPort(h, p)
 		}
 	}
+	secretLine := "secret: the configured HUB_JWT_SECRET"
+	secretArg := `"$HUB_JWT_SECRET"`
+	if d.Secret != "" {
+		secretLine = "secret (made for this run; HUB_JWT_SECRET for hubctl):\n   " + d.Secret
+		secretArg = d.Secret
+	}
 	fmt.Fprintf(w, `
 ==================================================================
- hub is running in DEVELOPMENT MODE (no JWT key configured).
- A random secret was generated; these tokens last 24 hours.
+ hub is running in DEVELOPMENT MODE (--dev). Never use it in production.
+ These tokens last 24 hours.
 
+ %s
  user token  (sub=%s):
    %s
  admin token (sub=%s, roles=admin,service):
    %s
 
  console:     %s/
- listen:      websocat '%s%s?token=<user token>'   (or: go run ./cmd/hubctl tail --url %s --token <user token>)
+ listen:      go run ./cmd/hubctl tail --url %s --token %s
+ new token:   go run ./cmd/hubctl token --secret %s --sub alice --ttl 1h
  broadcast:
    curl -X POST %s/api/broadcast -H 'Authorization: Bearer %s' -H 'Content-Type: application/json' -d '{"userIds":["%s"],"type":"HELLO","payload":{"text":"hello"}}'
 ==================================================================
 
-`, d.UserID, d.UserToken, DevAdmin, d.AdminToken, base,
-		"ws"+base[len("http"):], cfg.WSPath, base,
+`, secretLine, d.UserID, d.UserToken, DevAdmin, d.AdminToken, base,
+		base, d.UserToken, secretArg,
 		api, d.AdminToken, d.UserID)
 }

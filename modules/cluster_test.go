@@ -184,6 +184,36 @@ func TestClusterThreeNodes(t *testing.T) {
 		}
 	})
 
+	t.Run("resume from a position on the same node and on another", func(t *testing.T) {
+		for _, tr := range [][3]string{{"websocket", "0", "1"}, {"sse", "0", "2"}, {"sse", "1", "1"}, {"websocket", "2", "2"}} {
+			user := "cl-pos-" + tr[0] + "-" + tr[1] + tr[2]
+			from, to := nodes[tr[1][0]-'0'].with(t), nodes[tr[2][0]-'0'].with(t)
+			tok := from.token(user, time.Hour)
+			d := from.connect(tr[0], tok, "")
+			p := d.connected()
+			pos, _ := p["position"].(string)
+			if pos == "" {
+				t.Fatalf("hub.connected on %s has no position: %v", from.cfg.NodeName, p)
+			}
+			if c, ok := d.(*sseClient); ok {
+				eventually(t, 5*time.Second, "the stream's last event id to be the position", func() bool { return c.lastEventID() == pos })
+			}
+			hangUp(d) // before its first event
+			var away []string
+			for i := range 4 {
+				if i == 1 {
+					away = append(away, nodes[2].with(t).publishAll("AWAY_ALL", i))
+				} else {
+					away = append(away, nodes[i%3].with(t).publish("AWAY", i, user)[user])
+				}
+			}
+			d = to.connect(tr[0], tok, pos)
+			expectConnected(t, d, true, len(away))
+			expectIDs(t, d, away, "replay from the position")
+			expectLive(t, from, d, user)
+		}
+	})
+
 	t.Run("disconnect through node 3", func(t *testing.T) {
 		user := "cl-disc"
 		a, b, c := nodes[0].with(t), nodes[1].with(t), nodes[2].with(t)
@@ -201,7 +231,7 @@ func TestClusterThreeNodes(t *testing.T) {
 		for i, d := range []device{wa, sb, wb, sc} {
 			expectIDs(t, d, []string{id}, fmt.Sprintf("device %d", i))
 		}
-		status, body := c.post("/api/users/"+user+"/disconnect", nil, map[string]string{"X-API-Key": "test-api-key"})
+		status, body := c.post("/api/users/"+user+"/disconnect", nil, map[string]string{"X-API-Key": testAPIKey})
 		if status != http.StatusOK || body["closed"] != float64(1) {
 			t.Fatalf("disconnect on node 3: %d %v, want 200 {\"closed\":1}", status, body)
 		}

@@ -23,7 +23,10 @@ import (
 	"github.com/hubd/hub/modules"
 )
 
-const testSecret = "test-secret-0123456789abcdef0123456789"
+const (
+	testSecret = "test-secret-0123456789abcdef0123456789"
+	testAPIKey = "test-api-key-0123456789" // 16 characters or more
+)
 
 // testHub is a running, fully assembled hub on 127.0.0.1.
 type testHub struct {
@@ -64,7 +67,7 @@ func startHub(t *testing.T, mod func(*config.Config)) *testHub {
 	cfg.NodeName = "hub-test"
 	cfg.JWTSecret = testSecret
 	cfg.JWTAlgorithms = []string{"HS256"}
-	cfg.APIKeys = []string{"test-api-key"}
+	cfg.APIKeys = []string{testAPIKey}
 	cfg.ShutdownTimeout = 3 * time.Second
 	cfg.LogLevel = "debug"
 	cfg.LogFormat = "json"
@@ -157,7 +160,7 @@ func do(t *testing.T, req *http.Request) (int, map[string]any) {
 func (th *testHub) publish(typ string, payload any, users ...string) map[string]string {
 	th.t.Helper()
 	status, body := th.post("/api/broadcast", map[string]any{"userIds": users, "type": typ, "payload": payload},
-		map[string]string{"X-API-Key": "test-api-key"})
+		map[string]string{"X-API-Key": testAPIKey})
 	if status != http.StatusAccepted {
 		th.t.Fatalf("broadcast: %d %v", status, body)
 	}

@@ -103,9 +103,10 @@ func newServers(p serverParams) *Servers {
 	}
 
 	s := &Servers{}
-	s.public = newServer(jsonErrors(public), p.Log)
+	clientIP := httpx.NewClientIP(p.Cfg.TrustedProxies)
+	s.public = newServer(jsonErrors(public), p.Log, clientIP)
 	if p.Cfg.InternalAddr != "" {
-		s.internal = newServer(jsonErrors(internal), p.Log)
+		s.internal = newServer(jsonErrors(internal), p.Log, clientIP)
 	}
 	var certs *certReloader
 	p.LC.Append(fx.Hook{
@@ -182,17 +183,22 @@ func serveTLS(srv *http.Server, ln net.Listener, log *slog.Logger) {
 	}
 }
 
+// registerPprof serves the profiles on mux, all but /debug/pprof/cmdline:
+// the command line may hold --jwt-secret or --api-keys (and the index
+// would otherwise serve it as a profile name too).
 func registerPprof(mux *http.ServeMux) {
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
-	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/cmdline", func(w http.ResponseWriter, r *http.Request) {
+		httpx.WriteError(w, http.StatusNotFound, "not_found", "no such endpoint: "+r.URL.Path)
+	})
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 }
 
-func newServer(h http.Handler, log *slog.Logger) *http.Server {
+func newServer(h http.Handler, log *slog.Logger, clientIP func(*http.Request) string) *http.Server {
 	return &http.Server{
-		Handler:           accessLog(h, log),
+		Handler:           accessLog(h, log, clientIP),
 		ReadHeaderTimeout: 10 * time.Second,
 		MaxHeaderBytes:    32 << 10,
 		IdleTimeout:       120 * time.Second,
@@ -240,9 +246,9 @@ func (p *statusProbe) WriteHeader(s int)           { p.status = s }
 
 var reqSeq atomic.Uint64
 
-// accessLog logs each request with a request id, never the query string
-// (it may hold a token) nor any header.
-func accessLog(next http.Handler, log *slog.Logger) http.Handler {
+// accessLog logs each request with a request id and the client address
+// (clientIP), never the query string (it may hold a token) nor any header.
+func accessLog(next http.Handler, log *slog.Logger, clientIP func(*http.Request) string) http.Handler {
 	var prefix [4]byte
 	_, _ = rand.Read(prefix[:])
 	p := hex.EncodeToString(prefix[:])
@@ -256,7 +262,7 @@ func accessLog(next http.Handler, log *slog.Logger) http.Handler {
 		rw := &statusWriter{ResponseWriter: w}
 		next.ServeHTTP(rw, r)
 		log.Debug("request", "id", id, "method", r.Method, "path", r.URL.Path,
-			"status", rw.status, "duration", time.Since(start).String(), "remote", httpx.ClientIP(r))
+			"status", rw.status, "duration", time.Since(start).String(), "remote", clientIP(r))
 	})
 }
 

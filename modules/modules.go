@@ -1,7 +1,8 @@
 // Package modules wires the hub together with go.uber.org/fx: one module per
 // area (logging, auth, operations, hub, transports, HTTP servers) and App,
-// which bundles them for a configuration. It is the only package that knows
-// fx; logic lives in the packages it wires.
+// which bundles them for a configuration. With cmd/hubd's main, which runs
+// App, it is the only package that knows fx; logic lives in the packages it
+// wires.
 //
 // Lifecycle: fx starts hooks in the order they are appended (the order in
 // which constructors run) and stops them in reverse. The resulting stop

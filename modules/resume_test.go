@@ -52,7 +52,7 @@ func hangUp(d device) {
 func (th *testHub) publishAll(typ string, payload any) string {
 	th.t.Helper()
 	status, body := th.post("/api/broadcast", map[string]any{"all": true, "type": typ, "payload": payload},
-		map[string]string{"X-API-Key": "test-api-key"})
+		map[string]string{"X-API-Key": testAPIKey})
 	id, _ := body["id"].(string)
 	if status != http.StatusAccepted || id == "" {
 		th.t.Fatalf("broadcast all: %d %v", status, body)
@@ -332,6 +332,55 @@ func TestResumeWhilePublishing(t *testing.T) {
 func (th *testHub) postNoFatal(path string, body any) (int, map[string]any) {
 	req, _ := http.NewRequest(http.MethodPost, th.API+path, strings.NewReader(mustJSON(body)))
 	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("X-API-Key", "test-api-key")
+	req.Header.Set("X-API-Key", testAPIKey)
 	return doNoFatal(req)
+}
+
+// TestResumeFromPosition: a device cut before its first event resumes from
+// hub.connected's position with recovered:true and every event published
+// while it was away; an SSE stream carries the position as its last event
+// id (a data-less id record), as an EventSource would resume from it; a
+// device cut during the replay resumes from the last event it got.
+func TestResumeFromPosition(t *testing.T) {
+	th := startHub(t, nil)
+	for _, tr := range transports {
+		t.Run(tr, func(t *testing.T) {
+			th := th.with(t)
+			user := "position-" + tr
+			tok := th.token(user, time.Hour)
+			d := th.connect(tr, tok, "")
+			p := d.connected()
+			pos, _ := p["position"].(string)
+			if pos == "" || p["recovered"] != false || p["missed"] != float64(0) {
+				t.Fatalf("fresh start: %v, want a position, recovered false, missed 0", p)
+			}
+			if c, ok := d.(*sseClient); ok {
+				eventually(t, 5*time.Second, "the SSE stream's last event id to be the position", func() bool {
+					return c.lastEventID() == pos
+				})
+			}
+			hangUp(d) // before its first event
+
+			var away []string
+			for i := range 5 {
+				if i == 2 {
+					away = append(away, th.publishAll("ANNOUNCEMENT", i))
+				} else {
+					away = append(away, th.publish("AWAY", i, user)[user])
+				}
+			}
+			d = th.connect(tr, tok, pos)
+			p = d.connected()
+			if p["recovered"] != true || p["missed"] != float64(len(away)) || p["position"] != away[len(away)-1] {
+				t.Fatalf("resume from the position: %v, want recovered true, missed %d, position %s", p, len(away), away[len(away)-1])
+			}
+			expectIDs(t, d, away[:2], "replay, before the cut")
+			hangUp(d) // during the replay
+
+			d = th.connect(tr, tok, away[1])
+			expectConnected(t, d, true, len(away)-2)
+			expectIDs(t, d, away[2:], "replay after a cut during the replay")
+			expectLive(t, th, d, user)
+		})
+	}
 }

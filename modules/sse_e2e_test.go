@@ -162,7 +162,7 @@ func TestSSEDisconnectAPI(t *testing.T) {
 	w.connected()
 	bob := th.mustSSE(th.token("bob", time.Hour), "")
 	bob.connected()
-	status, body := th.post("/api/users/alice/disconnect", "", map[string]string{"X-API-Key": "test-api-key"})
+	status, body := th.post("/api/users/alice/disconnect", "", map[string]string{"X-API-Key": testAPIKey})
 	if status != http.StatusOK || body["closed"] != 2.0 {
 		t.Fatalf("disconnect: %d %v", status, body)
 	}

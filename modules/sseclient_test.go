@@ -44,6 +44,15 @@ type sseClient struct {
 	retry    atomic.Int64 // last retry: value seen
 	firstRet atomic.Int64 // first retry: value seen
 	retries  atomic.Int64 // number of retry: fields seen
+	lastID   atomic.Value // string: the stream's last event ID, as EventSource keeps it
+}
+
+// lastEventID is the id an EventSource would send as Last-Event-ID on
+// reconnect: set by every id: field, taken at each record's end whether
+// or not the record has data.
+func (c *sseClient) lastEventID() string {
+	s, _ := c.lastID.Load().(string)
+	return s
 }
 
 // sseDial describes one SSE connection attempt.
@@ -184,7 +193,8 @@ func (c *sseClient) parser(bufSize int) *sseParser {
 			c.firstRet.CompareAndSwap(0, int64(n))
 			c.retries.Add(1)
 		},
-		onPing: func() { c.pings.Add(1) },
+		onPing:   func() { c.pings.Add(1) },
+		onLastID: func(id string) { c.lastID.Store(id) },
 	}
 }
 
@@ -194,6 +204,11 @@ type sseParser struct {
 	retry   int
 	onRetry func(int)
 	onPing  func()
+	// idBuf is the last event ID buffer of the EventSource processing
+	// model; onLastID gets it at the end of every record (blank line),
+	// data or not.
+	idBuf    string
+	onLastID func(string)
 }
 
 // next returns the next dispatched record (one with data), io.EOF at a
@@ -212,6 +227,9 @@ func (p *sseParser) next() (sseRecord, error) {
 		}
 		line = strings.TrimSuffix(strings.TrimSuffix(line, "\n"), "\r")
 		if line == "" {
+			if p.onLastID != nil {
+				p.onLastID(p.idBuf)
+			}
 			if hasData {
 				rec.Data = strings.Join(data, "\n")
 				rec.Retry = p.retry
@@ -231,6 +249,9 @@ func (p *sseParser) next() (sseRecord, error) {
 		switch field {
 		case "id":
 			rec.ID, rec.HasID = value, true
+			if !strings.ContainsRune(value, 0) {
+				p.idBuf = value
+			}
 		case "event":
 			rec.Event = value
 		case "data":

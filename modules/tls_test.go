@@ -184,7 +184,7 @@ func TestTLSHTTP2SSEAndWebSocket(t *testing.T) {
 func postTLS(t *testing.T, c *http.Client, url, body string) (int, map[string]any) {
 	t.Helper()
 	req, _ := http.NewRequest(http.MethodPost, url, strings.NewReader(body))
-	req.Header.Set("X-API-Key", "test-api-key")
+	req.Header.Set("X-API-Key", testAPIKey)
 	req.Header.Set("Content-Type", "application/json")
 	resp, err := c.Do(req)
 	if err != nil {

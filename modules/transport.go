@@ -65,15 +65,18 @@ func waitOnStop(p transportParams, name string, wait func()) {
 	}))
 }
 
-// acquire is the endpoints' admission step: a slot of the client's address,
-// held until the connection ends; nil (admit all) without a controller.
+// acquire is the endpoints' admission step: a slot of the client's address
+// (the TCP peer, or the X-Forwarded-For address a trusted proxy gives: see
+// httpx.NewClientIP), held until the connection ends; nil (admit all)
+// without a controller.
 func (p transportParams) acquire() func(r *http.Request, resuming bool) (func(), bool, int, string, time.Duration) {
 	ctrl := p.Admit
 	if ctrl == nil {
 		return nil
 	}
+	clientIP := httpx.NewClientIP(p.Cfg.TrustedProxies)
 	return func(r *http.Request, resuming bool) (func(), bool, int, string, time.Duration) {
-		return ctrl.Acquire(httpx.ClientIP(r), resuming)
+		return ctrl.Acquire(clientIP(r), resuming)
 	}
 }
 

@@ -54,7 +54,7 @@ func TestWSConnectedAndDelivery(t *testing.T) {
 	}
 	// bob got nothing of alice's; a broadcast to all reaches everyone with one id
 	status, body := th.post("/api/broadcast", map[string]any{"all": true, "type": "ANNOUNCEMENT", "payload": "maintenance"},
-		map[string]string{"X-API-Key": "test-api-key"})
+		map[string]string{"X-API-Key": testAPIKey})
 	if status != http.StatusAccepted {
 		t.Fatalf("broadcast all: %d %v", status, body)
 	}
@@ -242,7 +242,7 @@ func TestWSDisconnectAPI(t *testing.T) {
 	w1.connected()
 	w2.connected()
 	other.connected()
-	status, body := th.post("/api/users/alice/disconnect", "", map[string]string{"X-API-Key": "test-api-key"})
+	status, body := th.post("/api/users/alice/disconnect", "", map[string]string{"X-API-Key": testAPIKey})
 	if status != 200 || body["closed"] != 2.0 {
 		t.Fatalf("disconnect: %d %v", status, body)
 	}
@@ -358,7 +358,7 @@ func TestNoTokenInLogs(t *testing.T) {
 		t.Fatal("no logs captured")
 	}
 	sig := tok[strings.LastIndexByte(tok, '.')+1:]
-	if strings.Contains(logs, tok) || strings.Contains(logs, sig) || strings.Contains(logs, "test-api-key") {
+	if strings.Contains(logs, tok) || strings.Contains(logs, sig) || strings.Contains(logs, testAPIKey) {
 		t.Fatalf("a token leaked into the logs:\n%s", logs)
 	}
 }

@@ -58,6 +58,7 @@ func TestBrowser(t *testing.T) {
 	t.Run("server disconnect over websocket ends the client", func(t *testing.T) { testDisconnect(t, b, "websocket") })
 	t.Run("server disconnect over sse ends the client", func(t *testing.T) { testDisconnect(t, b, "sse") })
 	t.Run("console page", func(t *testing.T) { testConsole(t, b) })
+	t.Run("plain EventSource resumes from the position", func(t *testing.T) { testEventSourcePosition(t, b) })
 }
 
 // ---- scenarios ----------------------------------------------------------------
@@ -298,7 +299,7 @@ func testConsole(t *testing.T, b context.Context) {
 	prev := modules.DevOutput
 	modules.DevOutput = io.Discard
 	t.Cleanup(func() { modules.DevOutput = prev })
-	h := startHub(t, func(c *config.Config) { c.JWTSecret = "" }) // development mode
+	h := startHub(t, func(c *config.Config) { c.JWTSecret, c.Dev = "", true }) // development mode
 
 	p := openPage(t, b, h.URL)
 	run(t, p, chromedp.EmulateViewport(1200, 800))

@@ -153,7 +153,7 @@ export class Hub {
   constructor(options?: HubOptions);
   /** The current state. */
   readonly state: HubState;
-  /** Id of the last event passed to listeners, or null. */
+  /** Id of the last event passed to listeners, else the last position hub.connected gave (when it replayed nothing), or null. */
   readonly lastEventId: string | null;
   /** "websocket" | "sse" while connected, else null. */
   readonly transport: TransportName | null;

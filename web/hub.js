@@ -904,6 +904,12 @@ export class Hub {
 
     const recovered = p.recovered === true;
     const missed = Number(p.missed) || 0;
+    // With nothing to replay, the position is where a reconnect resumes
+    // from, so that a connection cut before its first event loses nothing.
+    // (With a replay, the replayed events move lastEventId as usual.)
+    if (missed === 0 && typeof p.position === "string" && p.position !== "") {
+      this._lastEventId = p.position;
+    }
     // A quiet (token refresh) reconnect that resumed cleanly is not news.
     const quiet = this._quiet && this._state === "connected" && recovered && previous === conn.kind;
     this._quiet = false;

@@ -310,8 +310,50 @@ func TestEnvironment(t *testing.T) {
 	}
 }
 
+// TestAPIKeyFromHubAPIKeys: with neither HUB_API_KEY nor HUB_TOKEN set,
+// hubctl takes the first key of HUB_API_KEYS, the hub's own list (issue
+// 15); HUB_API_KEY and HUB_TOKEN still come first.
+func TestAPIKeyFromHubAPIKeys(t *testing.T) {
+	th := startHub(t)
+	t.Setenv("HUB_URL", th.URL)
+	const wrongKey = "wrong-key-0123456789"
+	tests := []struct {
+		name     string
+		apiKey   string // HUB_API_KEY
+		token    string // HUB_TOKEN
+		apiKeys  string // HUB_API_KEYS
+		args     []string
+		wantCode int
+		wantErr  string
+	}{
+		{name: "first of HUB_API_KEYS", apiKeys: " " + testAPIKey + " , " + wrongKey, args: []string{"disconnect", "--user", "nobody"}, wantCode: exitOK},
+		{name: "only the first is tried", apiKeys: wrongKey + "," + testAPIKey, args: []string{"disconnect", "--user", "nobody"}, wantCode: exitError, wantErr: "invalid_token"},
+		{name: "HUB_API_KEY first", apiKey: testAPIKey, apiKeys: wrongKey, args: []string{"disconnect", "--user", "nobody"}, wantCode: exitOK},
+		{name: "HUB_TOKEN first", token: token(t, "ops", "admin"), apiKeys: wrongKey, args: []string{"stats"}, wantCode: exitOK},
+		{name: "flag first", apiKeys: wrongKey, args: []string{"disconnect", "--user", "nobody", "--api-key", testAPIKey}, wantCode: exitOK},
+		{name: "empty list", apiKeys: " , ", args: []string{"disconnect", "--user", "nobody"}, wantCode: exitError, wantErr: "missing_token"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Setenv("HUB_API_KEY", tt.apiKey)
+			t.Setenv("HUB_TOKEN", tt.token)
+			t.Setenv("HUB_API_KEYS", tt.apiKeys)
+			r := hubctl(t, "", tt.args...)
+			if r.code != tt.wantCode || !strings.Contains(r.stderr, tt.wantErr) {
+				t.Errorf("exit %d, stderr %q; want %d and %q", r.code, r.stderr, tt.wantCode, tt.wantErr)
+			}
+			if strings.Contains(r.stdout+r.stderr, testAPIKey) || strings.Contains(r.stdout+r.stderr, wrongKey) {
+				t.Error("an API key was printed")
+			}
+		})
+	}
+}
+
 func TestAPIErrors(t *testing.T) {
 	th := startHub(t)
+	for _, name := range []string{"HUB_API_KEY", "HUB_API_KEYS", "HUB_TOKEN"} {
+		t.Setenv(name, "") // "no credentials" means none from the environment either
+	}
 	bad := "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl"
 	tests := []struct {
 		name     string
@@ -379,6 +421,7 @@ func TestUsage(t *testing.T) {
 	t.Setenv("HUB_JWT_SECRET", "")
 	t.Setenv("HUB_TOKEN", "")
 	t.Setenv("HUB_API_KEY", "")
+	t.Setenv("HUB_API_KEYS", "")
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			r := hubctl(t, "", tt.give...)

@@ -7,7 +7,8 @@
 //	hubctl disconnect  close every connection of a user
 //	hubctl bench       measure a hub on loopback (hubbench: idle, fanout, unicast)
 //
-// Environment: HUB_URL (default http://localhost:8080), HUB_API_KEY,
+// Environment: HUB_URL (default http://localhost:8080), HUB_API_KEY (else,
+// when HUB_TOKEN is unset too, the first key of the hub's own HUB_API_KEYS),
 // HUB_TOKEN, and HUB_JWT_SECRET for `hubctl token`. Exit status: 0 on
 // success (and `--help`), 1 for a runtime or API error (the message on
 // stderr names the hub's error code), 2 for a usage error. hubctl never
@@ -140,7 +141,7 @@ func usage(w io.Writer) {
 		fmt.Fprintf(w, "  %-11s %s\n", n, commands[n].summary)
 	}
 	fmt.Fprint(w, "\nRun `hubctl <command> --help` for a command's flags.\n"+
-		"Environment: HUB_URL (default "+defaultURL+"), HUB_API_KEY, HUB_TOKEN, HUB_JWT_SECRET.\n")
+		"Environment: HUB_URL (default "+defaultURL+"), HUB_API_KEY (else the first of HUB_API_KEYS), HUB_TOKEN, HUB_JWT_SECRET.\n")
 }
 
 // newFlagSet returns the flag set of a subcommand; synopsis follows
@@ -203,12 +204,15 @@ type connFlags struct {
 func addConnFlags(fs *flag.FlagSet) *connFlags {
 	cf := &connFlags{}
 	fs.StringVar(&cf.url, "url", "", "the hub's base URL (default $HUB_URL or "+defaultURL+")")
-	fs.StringVar(&cf.apiKey, "api-key", "", "API key sent in X-API-Key (default $HUB_API_KEY)")
+	fs.StringVar(&cf.apiKey, "api-key", "", "API key sent in X-API-Key (default $HUB_API_KEY, else the first key of $HUB_API_KEYS)")
 	fs.StringVar(&cf.token, "token", "", "JWT sent as a bearer token (default $HUB_TOKEN)")
 	return cf
 }
 
-// resolve fills the empty fields from the environment.
+// resolve fills the empty fields from the environment. Without a
+// credential in the flags it takes HUB_API_KEY and HUB_TOKEN; when both are
+// unset, the first key of HUB_API_KEYS (the hub's own list, often set in the
+// same shell).
 func (cf *connFlags) resolve() {
 	if cf.url == "" {
 		cf.url = os.Getenv("HUB_URL")
@@ -220,6 +224,11 @@ func (cf *connFlags) resolve() {
 	if cf.apiKey == "" && cf.token == "" {
 		cf.apiKey = os.Getenv("HUB_API_KEY")
 		cf.token = os.Getenv("HUB_TOKEN")
+	}
+	if cf.apiKey == "" && cf.token == "" {
+		if keys := splitList(os.Getenv("HUB_API_KEYS")); len(keys) > 0 {
+			cf.apiKey = keys[0]
+		}
 	}
 }
 

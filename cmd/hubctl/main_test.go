@@ -22,7 +22,7 @@ func TestMain(m *testing.M) {
 
 const (
 	testSecret = "test-secret-0123456789abcdef0123456789"
-	testAPIKey = "test-api-key"
+	testAPIKey = "test-api-key-0123456789" // 16 characters or more
 )
 
 // testHub is the assembled app (modules.App) on 127.0.0.1.

@@ -1,5 +1,6 @@
 // Command hubd is the hub server. Configuration: defaults < --config FILE <
-// HUB_* environment < flags; see docs/OPERATIONS.md.
+// HUB_* environment < flags; see docs/OPERATIONS.md. Without a JWT key it
+// refuses to start unless --dev (or HUB_DEV=true) asks for development mode.
 package main
 
 import (
@@ -7,6 +8,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/signal"
 	"syscall"
@@ -30,12 +32,22 @@ func main() {
 }
 
 func run(args []string) error {
-	cfg, err := config.Load(args, os.Getenv)
+	cfg, warnings, err := config.Load(args, os.Environ())
 	if err != nil {
+		// no logger yet: the warnings (a misspelt key, often the cause of
+		// the error) go to stderr before it
+		for _, w := range warnings {
+			fmt.Fprintln(os.Stderr, "hubd: warning:", w)
+		}
 		return err
 	}
 	app := fx.New(
 		modules.App(cfg),
+		fx.Invoke(func(log *slog.Logger) {
+			for _, w := range warnings {
+				log.Warn(w)
+			}
+		}),
 		fx.WithLogger(modules.FxLogger),
 		fx.StartTimeout(30*time.Second),
 		fx.StopTimeout(cfg.ShutdownTimeout+10*time.Second),

@@ -121,13 +121,14 @@ func New(o Options) *Controller {
 	return c
 }
 
-// Admit is the transports' admission hook (ws.Options.Admit,
-// sse.Options.Admit). When it admits a connection under a per-IP limit, the
-// IP's slot is given back when r's context ends: for a server request, when
-// the handler returns (the WebSocket and SSE handlers return when their
-// connection ends) or the client goes away. The transports therefore call
-// nothing more. A request whose context never ends (context.Background)
-// would hold its slot forever: use Acquire for those.
+// Admit is an admission hook for endpoints whose handler lasts as long as
+// the connection (it fits sse.Options.Admit). When it admits a connection
+// under a per-IP limit, the IP's slot is given back when r's context ends:
+// for a server request, when the handler returns or the client goes away.
+// The hub's own endpoints take their connections over from net/http and
+// return from the handler at once (every WebSocket, every HTTP/1.1 SSE
+// stream), so they use Acquire and release the slot when the connection
+// ends; so must any request whose context never ends (context.Background).
 func (c *Controller) Admit(r *http.Request, resuming bool) (ok bool, status int, code string, retryAfter time.Duration) {
 	release, ok, status, code, retryAfter := c.Acquire(httpx.ClientIP(r), resuming)
 	if ok && c != nil && c.perIP > 0 {

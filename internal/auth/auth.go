@@ -5,8 +5,9 @@
 // sources of the contract's table: [Sources]), the Origin check of
 // cookie-authenticated requests, JWT verification with jwtauth and
 // jwx (an HMAC secret, a PEM public key or a JWKS URL), API keys for the
-// broadcast API, the [Identity] carried in a request context and role checks.
-// Every failure is an [*Error] whose status and code are the ones of the
+// broadcast API, the [Identity] a verified request yields and role checks,
+// the redaction of token-shaped strings for logs ([Redact]) and HMAC token
+// minting for development mode and hubctl ([Mint]). Every failure is an [*Error] whose status and code are the ones of the
 // protocol's "Authentication" section, with a human-readable message that
 // never contains the token.
 package auth

@@ -1,10 +1,10 @@
 // Package httpx holds tiny HTTP helpers shared by the hub's transports:
-// JSON responses, the contract's JSON error body and the client address.
+// JSON responses, the contract's JSON error body and the client address
+// (clientip.go).
 package httpx
 
 import (
 	"encoding/json"
-	"net"
 	"net/http"
 )
 
@@ -39,15 +39,4 @@ type errorDetail struct {
 // WriteError writes {"error":{"code":code,"message":msg}} with the status.
 func WriteError(w http.ResponseWriter, status int, code, msg string) {
 	WriteJSON(w, status, errorBody{Error: errorDetail{Code: code, Message: msg}})
-}
-
-// ClientIP returns the remote IP of r: the host part of RemoteAddr (or
-// RemoteAddr itself when it has no port). Forwarding headers such as
-// X-Forwarded-For are deliberately ignored: any client can set them.
-func ClientIP(r *http.Request) string {
-	host, _, err := net.SplitHostPort(r.RemoteAddr)
-	if err != nil {
-		return r.RemoteAddr
-	}
-	return host
 }

@@ -1,7 +1,9 @@
 // Package netpoll lets a transport hold idle connections without a
 // goroutine each: a Poller reports sockets that have something to read
-// (Linux epoll, itself polled by the Go runtime), and TryRead/TryWrite read
-// and write a socket without ever waiting.
+// (Linux epoll, itself polled by the Go runtime), TryRead/TryWrite read
+// and write a socket without ever waiting, and a Pool of writers drains
+// the connections the hub woke. The WebSocket and the SSE endpoints both
+// use it.
 package netpoll
 
 import "syscall"

@@ -65,7 +65,7 @@ func (p *Poller) startLocked() error {
 		_ = syscall.Close(epfd)
 		return os.NewSyscallError("setnonblock", err)
 	}
-	f := os.NewFile(uintptr(epfd), "websocket-epoll") // non-blocking: polled by the runtime
+	f := os.NewFile(uintptr(epfd), "netpoll-epoll") // non-blocking: polled by the runtime
 	rc, err := f.SyscallConn()
 	if err != nil {
 		_ = f.Close()

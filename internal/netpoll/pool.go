@@ -17,9 +17,9 @@ import (
 // scheduler polls the network: a publishing request that arrived meanwhile
 // runs before more writes. Without it a busy writer holds the processor
 // until the runtime's own network poll (up to 10 ms later), publishers
-// queue behind it, and each event is written to each connection alone
-// (fan-out to 10,000 connections: 405,000 deliveries/s without the pause,
-// 0.8 to 1.4 million with a 1 ms slice; see docs/BENCHMARKS.md).
+// queue behind it, and each event is written to each connection alone.
+// This is a heuristic about Go's scheduler, not a guarantee of any API:
+// docs/DECISIONS.md says why, docs/BENCHMARKS.md what it measured.
 type Pool struct {
 	mu       sync.Mutex
 	q        []Drainer

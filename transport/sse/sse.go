@@ -4,13 +4,24 @@
 // It owns the text/event-stream framing around the hub's pre-encoded records
 // ([hub.Message.SSE]), the opening retry field, resume from the Last-Event-ID
 // header (or the last_event_id query parameter), ": ping" heartbeat comments,
-// per-write deadlines, the end-of-stream control events (hub.shutdown,
+// the write timeout, the end-of-stream control events (hub.shutdown,
 // hub.expired, hub.closed) and CORS for allowed origins.
 //
-// The handler goroutine of each request is the stream's single writer: it
-// registers the connection with the hub, then sleeps until the hub wakes it,
-// drains the connection's queue with [hub.Conn.Next] and writes everything
-// it got with one flush. No other goroutine is started per stream.
+// Who writes a stream depends on its protocol. An HTTP/1.1 stream is taken
+// over from net/http once it is registered (hijack.go): the endpoint writes
+// the response head and a chunked body itself, and the handler returns. Its
+// queue is drained by the endpoint's pool writers ([netpoll.Pool]), one
+// chunk per batch with a non-blocking write; a socket that cannot take a
+// chunk at once, or a TLS one, is written by a goroutine of the stream's
+// own until the queue is empty. On Linux the socket waits in the
+// endpoint's epoll instance ([netpoll.Poller]) until the client sends
+// something or leaves, so an idle stream holds no goroutine; elsewhere, and
+// over TLS, a reader goroutine per stream notices the client leaving.
+//
+// Any other stream (HTTP/2, HTTP/1.0) stays on net/http, and its handler
+// goroutine is its single writer: it registers the connection with the
+// hub, then sleeps until the hub wakes it, drains the connection's queue
+// with [hub.Conn.Next] and writes everything it got with one flush.
 package sse
 
 import (
@@ -264,7 +275,8 @@ func (h *Handler) serveStream(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// run is the single writer loop of a stream. It returns the close reason
+// run is the single writer loop of a stream that is not taken over
+// (HTTP/2, HTTP/1.0). It returns the close reason
 // the hub asked for, or the write error that ended the stream; both nil when
 // the client went away or the stream was aborted.
 func (h *Handler) run(ctx context.Context, w http.ResponseWriter, s *stream, conn *hub.Conn) (*hub.Reason, error) {

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/coder/websocket"
 
@@ -189,6 +190,8 @@ func FuzzClientFrame(f *testing.F) {
 			wantClose = websocket.StatusMessageTooBig
 		case binary:
 			wantClose = websocket.StatusUnsupportedData
+		case !utf8.Valid(data):
+			wantClose = websocket.StatusInvalidFramePayloadData
 		case isJSON && cf.Type == "hub.refresh" && cf.Token != own:
 			wantClose = 4001
 		}
@@ -203,7 +206,7 @@ func FuzzClientFrame(f *testing.F) {
 				status := websocket.CloseStatus(err)
 				_ = e.conn.CloseNow()
 				e.conn = nil
-				if !slices.Contains([]websocket.StatusCode{1003, 1008, 1009, 4001}, status) {
+				if !slices.Contains([]websocket.StatusCode{1003, 1007, 1008, 1009, 4001}, status) {
 					t.Fatalf("frame %q (binary %v): connection ended with %v (status %d)", data, binary, err, status)
 				}
 				if status != wantClose {

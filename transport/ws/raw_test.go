@@ -276,27 +276,13 @@ func TestRawClosingHandshake(t *testing.T) {
 		{"one-byte close", maskedFrame(true, opClose, []byte{0x03}), closeProtocolError},
 		{"binary", maskedFrame(true, opBinary, []byte("x")), closeUnsupportedData},
 		{"frame over the limit", maskedFrame(true, opText, make([]byte, MaxFrame+1)), closeMessageTooBig},
+		{"text that is not UTF-8", maskedFrame(true, opText, []byte("{\"type\":\"\xff\xfe\"}")), closeInvalidPayload},
+		{"fragmented text that is not UTF-8", append(maskedFrame(false, opText, []byte{'"', 0xe2, 0x82}),
+			maskedFrame(true, opContinuation, []byte{'"'})...), closeInvalidPayload},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			r := e.dial(t, "u3", nil)
 			r.write(tt.frame)
-			if tt.want == closeUnsupportedData { // a close the client answers
-				for {
-					op, p, err := r.frame()
-					if err != nil {
-						t.Fatal(err)
-					}
-					if op == opClose {
-						if code := int(binary.BigEndian.Uint16(p)); code != tt.want {
-							t.Fatalf("close %d, want %d", code, tt.want)
-						}
-						break
-					}
-				}
-				r.write(maskedFrame(true, opClose, p2(tt.want)))
-				r.eof()
-				return
-			}
 			if code := r.closed(); code != tt.want {
 				t.Fatalf("close %d, want %d", code, tt.want)
 			}
@@ -373,5 +359,68 @@ func TestRawChurnOneConnection(t *testing.T) {
 			}
 			time.Sleep(time.Millisecond) // polling interval
 		}
+	}
+}
+
+// TestRawAnswersBeforeClose: the answers the hub gives at once to frames
+// that came before a close frame, or before a frame that fails the
+// connection, in the same read, go out before the hub's closing frame.
+func TestRawAnswersBeforeClose(t *testing.T) {
+	e := newRawEnv(t, time.Hour, 10*time.Second)
+	refresh, err := auth.Mint(rawSecret, "HS256", "u1", nil, 2*time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := func(s string) []byte { return maskedFrame(true, opText, []byte(s)) }
+	for _, tt := range []struct {
+		name  string
+		give  [][]byte
+		want  []string
+		close int
+	}{
+		{"hub.error, then the client's close", [][]byte{text(`{"type":"nope"}`), maskedFrame(true, opClose, p2(1000))},
+			[]string{"hub.error"}, 1000},
+		{"hub.refreshed and hub.nack, then the client's close",
+			[][]byte{text(`{"type":"hub.refresh","token":"` + refresh + `"}`), text(`{"type":"hub.send","ref":"r1"}`), maskedFrame(true, opClose, p2(4000))},
+			[]string{"hub.refreshed", "hub.nack"}, 4000},
+		{"hub.error, then a binary frame", [][]byte{text(`not json`), maskedFrame(true, opBinary, []byte("x"))},
+			[]string{"hub.error"}, closeUnsupportedData},
+		{"hub.error, then text that is not UTF-8", [][]byte{text(`[]`), text("\xc3\x28")},
+			[]string{"hub.error"}, closeInvalidPayload},
+		{"hub.error, then a protocol error", [][]byte{text(`{}`), {0x81, 0x02, 'h', 'i'}},
+			[]string{"hub.error"}, closeProtocolError},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			r := e.dial(t, "u1", nil)
+			var all []byte
+			for _, f := range tt.give {
+				all = append(all, f...)
+			}
+			r.write(all) // one write: the hub reads them together
+			var got []string
+			for {
+				op, p, err := r.frame()
+				if err != nil {
+					t.Fatalf("after %v: %v", got, err)
+				}
+				if op == opText {
+					var env struct{ Type string }
+					_ = json.Unmarshal(p, &env)
+					got = append(got, env.Type)
+					continue
+				}
+				if op != opClose {
+					continue
+				}
+				if code := int(binary.BigEndian.Uint16(p)); code != tt.close {
+					t.Fatalf("close %d, want %d (answers before it: %v)", code, tt.close, got)
+				}
+				break
+			}
+			if strings.Join(got, ",") != strings.Join(tt.want, ",") {
+				t.Fatalf("answers before the close frame: %v, want %v", got, tt.want)
+			}
+			r.eof()
+		})
 	}
 }

@@ -179,18 +179,32 @@ func (c *conn) onFrame(f frame) bool {
 
 // onMessage handles a whole client message. Once the connection is
 // closing, messages are ignored while it waits for the client's close. A
-// text message that is not UTF-8 is "not JSON" to the contract: it gets
-// hub.error and the connection stays open (RFC 6455 would close it with
-// 1007).
+// binary message fails the connection with 1003, a text message that is
+// not UTF-8 with 1007 (RFC 6455 §8.1).
 func (c *conn) onMessage(op byte, data []byte) bool {
 	switch {
-	case c.dead.Load():
+	case c.dead.Load() || c.quit.Load():
 	case op == opBinary:
-		c.close(hub.Reason{Code: closeUnsupportedData, Text: "binary frames are not supported"})
+		c.failAfterAnswers(closeUnsupportedData, "binary frames are not supported")
+		return false
+	case !utf8.Valid(data):
+		c.failAfterAnswers(closeInvalidPayload, "text frames must be UTF-8")
+		return false
 	default:
 		c.handle(data)
 	}
 	return true
+}
+
+// failAfterAnswers fails the connection from the reader: no more client
+// frames are read, the close frame with code goes out after the answers
+// already queued for the frames that came before (hub.error,
+// hub.refreshed, a rate-limit hub.nack), and the socket is closed right
+// after it.
+func (c *conn) failAfterAnswers(code int, text string) {
+	c.failing.Store(true)
+	c.quit.Store(true)
+	c.hc.Close(hub.Reason{Code: code, Text: text})
 }
 
 // onClose answers the client's close frame (echoing its code) unless the
@@ -212,16 +226,28 @@ func (c *conn) onClose(p []byte) bool {
 		}
 		reply = p[:2]
 	}
-	c.dead.Store(true)
-	c.closeThenTeardown(reply)
+	if c.dead.Load() {
+		// the hub's close frame is out (or going): this is the answer
+		c.closeThenTeardown(reply)
+		return false
+	}
+	// the client closes first: its close is echoed after the answers
+	// already queued, then the socket is closed
+	code := 0 // no status: an empty close frame answers it
+	if len(reply) == 2 {
+		code = int(binary.BigEndian.Uint16(reply))
+	}
+	c.failing.Store(true)
+	c.quit.Store(true)
+	c.hc.Close(hub.Reason{Code: code})
 	return false
 }
 
-// protocolFail fails the connection: a close frame with code, then the
-// socket is closed without waiting for the client.
+// protocolFail fails the connection: a close frame with code after the
+// answers already queued, then the socket is closed without waiting for
+// the client.
 func (c *conn) protocolFail(code int, text string) {
-	c.dead.Store(true)
-	c.closeThenTeardown(closePayload(code, text))
+	c.failAfterAnswers(code, text)
 }
 
 // closeThenTeardown writes a close frame and tears the connection down

@@ -2,7 +2,8 @@
 // token, limits; the upgrade itself by github.com/coder/websocket), then
 // the connection's life on the hub's own reader and writer, so that an idle
 // connection holds no goroutine and no buffer: its socket waits in an epoll
-// instance (internal/netpoll) until the client sends something, and a pool
+// instance (internal/netpoll; Linux only, elsewhere and over TLS a reader
+// goroutine per connection) until the client sends something, and a pool
 // writer frames and writes events only while its queue has some
 // (netpoll.Pool, cork.go). Ping frames and hub.ping heartbeats, token refresh and expiry,
 // the closing handshake and the contract's close codes are here.
@@ -212,6 +213,13 @@ type conn struct {
 	early   atomic.Pointer[hub.Reason] // an Abort that came before ready
 	dead    atomic.Bool                // closing or closed: no more events are written
 	torn    atomic.Bool                // torn down: socket closed, unregistered
+	// quit is set by the reader when it ends the connection (the client's
+	// close frame, a frame that fails it): no more client messages are
+	// handled, and the close frame goes out through the hub's queue, after
+	// the answers already queued. failing makes the writer tear the socket
+	// down right after that close frame instead of waiting for the client's.
+	quit    atomic.Bool
+	failing atomic.Bool
 
 	// read state, owned by whoever reads (one at a time)
 	in     []byte // the start of a frame not complete yet
@@ -285,7 +293,15 @@ func (c *conn) drain(own bool) {
 		*bp = msgs
 		if len(msgs) == 0 {
 			if reason != nil && c.dead.CompareAndSwap(false, true) {
-				c.close(*reason) // does not wait for the peer
+				if c.failing.Load() {
+					var p []byte // code 0: the client's close had no status
+					if reason.Code != 0 {
+						p = closePayload(reason.Code, reason.Text)
+					}
+					c.closeThenTeardown(p)
+				} else {
+					c.close(*reason) // does not wait for the peer
+				}
 			}
 			return
 		}
@@ -411,14 +427,14 @@ func (c *conn) handle(data []byte) bool {
 	var f clientFrame
 	if err := json.Unmarshal(data, &f); err != nil {
 		if len(data) > MaxFrame {
-			c.close(hub.Reason{Code: closeMessageTooBig, Text: "frame too large"})
+			c.failAfterAnswers(closeMessageTooBig, "frame too large")
 			return false
 		}
 		c.sendError("invalid_message", "frames must be JSON objects")
 		return true
 	}
 	if len(data) > MaxFrame && f.Type != "hub.send" {
-		c.close(hub.Reason{Code: closeMessageTooBig, Text: "frame too large"})
+		c.failAfterAnswers(closeMessageTooBig, "frame too large")
 		return false
 	}
 	switch f.Type {
