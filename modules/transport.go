@@ -132,6 +132,8 @@ func newAPI(p apiParams) *api.API {
 		MaxPayload: p.Cfg.MaxPayload,
 		Logger:     p.Log,
 		Metrics:    p.Metrics.Handler(),
+		// failed credentials count against the client's address, not a proxy's
+		ClientIP: httpx.NewClientIP(p.Cfg.TrustedProxies),
 	}
 	if p.Broker != nil {
 		o.Ready = p.Broker.Ready
