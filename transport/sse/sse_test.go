@@ -138,6 +138,17 @@ type stream struct {
 	notify chan struct{}
 	done   chan struct{}
 	pos    int
+	// positions are the data-less "id: <position>" records skipped by
+	// nextRec (the one after hub.connected when nothing is replayed).
+	positions []string
+}
+
+// positionRecord reports whether r holds only an id field, and its value.
+func positionRecord(r record) (string, bool) {
+	if len(r.fields) == 1 && r.fields[0].name == "id" {
+		return r.fields[0].value, true
+	}
+	return "", false
 }
 
 func (e *env) open(t *testing.T, req *http.Request) *stream {
@@ -187,6 +198,13 @@ func (s *stream) close() {
 // next returns the next record, skipping ": ping" comments unless pings.
 func (s *stream) nextRec(pings bool) record {
 	s.t.Helper()
+	return s.nextMatching(pings, true)
+}
+
+// nextMatching is nextRec that keeps position records when skipPositions
+// is false.
+func (s *stream) nextMatching(pings, skipPositions bool) record {
+	s.t.Helper()
 	deadline := time.NewTimer(waitFor)
 	defer deadline.Stop()
 	for {
@@ -195,6 +213,10 @@ func (s *stream) nextRec(pings bool) record {
 			r := s.recs[s.pos]
 			s.pos++
 			if !pings && len(r.fields) == 0 && len(r.comments) == 1 && r.comments[0] == " ping" {
+				continue
+			}
+			if id, ok := positionRecord(r); ok && skipPositions {
+				s.positions = append(s.positions, id)
 				continue
 			}
 			s.mu.Unlock()
@@ -269,6 +291,7 @@ type connected struct {
 	Missed           int    `json:"missed"`
 	Node             string `json:"node"`
 	TokenExpiresAt   string `json:"tokenExpiresAt"`
+	Position         string `json:"position"`
 }
 
 // control checks that rec is a control event of type typ (event and data
@@ -377,6 +400,12 @@ func TestStreamFraming(t *testing.T) {
 				c.Node != "hub-test" || !strings.HasPrefix(c.ConnectionID, "c-") || c.HeartbeatSeconds != 25 || c.TokenExpiresAt == "" {
 				t.Fatalf("hub.connected = %+v", c)
 			}
+			// nothing replayed: the position follows as a data-less id
+			// record, before any event
+			next := s.nextMatching(false, false)
+			if pos, ok := positionRecord(next); !ok || c.Position == "" || pos != c.Position || len(next.comments) != 0 {
+				t.Fatalf("record after hub.connected %v, want only \"id: %s\"", next, c.Position)
+			}
 
 			for i := range 3 {
 				payload := fmt.Sprintf(`{"n":%d}`, i)
@@ -439,6 +468,10 @@ func TestR3labsClient(t *testing.T) {
 	var env envelope
 	if err := json.Unmarshal(first.Data, &env); err != nil || env.Type != "hub.connected" || env.ID != nil {
 		t.Fatalf("hub.connected data %s (%v)", first.Data, err)
+	}
+	// the position record: an id and no data (a browser dispatches nothing)
+	if pos := recv(); len(pos.ID) == 0 || len(pos.Data) != 0 || len(pos.Event) != 0 {
+		t.Fatalf("after hub.connected: id %q event %q data %q, want the position alone", pos.ID, pos.Event, pos.Data)
 	}
 	for i := range 3 {
 		payload := fmt.Sprintf(`{"n":%d}`, i)
