@@ -18,6 +18,7 @@ import (
 	"github.com/hubd/hub/client"
 	"github.com/hubd/hub/hub"
 	"github.com/hubd/hub/internal/auth"
+	"github.com/hubd/hub/internal/hubtest"
 	"github.com/hubd/hub/transport/api"
 )
 
@@ -25,10 +26,7 @@ func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m)
 }
 
-const (
-	secret = "test-secret-0123456789abcdef0123456789"
-	apiKey = "key-abcdefghijklmnop"
-)
+const apiKey = "key-abcdefghijklmnop"
 
 // env is a real hub with its API on a loopback server.
 type env struct {
@@ -41,7 +39,7 @@ func newEnv(t *testing.T) *env {
 	t.Helper()
 	h := hub.New(hub.Options{Node: "hub-1", HistorySize: 100, HistoryTTL: time.Minute})
 	h.Start()
-	v, err := auth.New(context.Background(), auth.Options{Secret: secret, APIKeys: []string{apiKey}})
+	v, err := auth.New(context.Background(), auth.Options{Secret: hubtest.Secret, APIKeys: []string{apiKey}})
 	if err != nil {
 		t.Fatalf("auth.New: %v", err)
 	}
@@ -58,15 +56,6 @@ func newEnv(t *testing.T) *env {
 
 func (e *env) client(opts ...client.Option) *client.Client {
 	return client.New(e.srv.URL+"/", append([]client.Option{client.WithHTTPClient(e.srv.Client())}, opts...)...)
-}
-
-func (e *env) token(sub string, roles ...string) string {
-	e.t.Helper()
-	tok, err := auth.Mint(secret, "HS256", sub, roles, time.Hour)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	return tok
 }
 
 // device is a connection registered directly with the hub.
@@ -189,7 +178,7 @@ func TestPublish(t *testing.T) {
 func TestPublishAll(t *testing.T) {
 	e := newEnv(t)
 	u1, u2 := e.connect("u1"), e.connect("u2")
-	c := e.client(client.WithToken(e.token("svc", "service")))
+	c := e.client(client.WithToken(hubtest.Token(t, "svc", time.Hour, "service")))
 
 	id, err := c.PublishAll(context.Background(), "ANNOUNCEMENT", "maintenance at 22:00")
 	if err != nil {
@@ -295,7 +284,7 @@ func TestStats(t *testing.T) {
 	e.connect("u1")
 	e.connect("u1")
 	e.connect("u2")
-	c := e.client(client.WithToken(e.token("ops", "admin")))
+	c := e.client(client.WithToken(hubtest.Token(t, "ops", time.Hour, "admin")))
 
 	s, err := c.Stats(context.Background())
 	if err != nil {
@@ -337,7 +326,7 @@ func TestErrors(t *testing.T) {
 			wantStatus: 401, wantCode: "invalid_token",
 		},
 		{
-			name: "user token publishes", give: e.client(client.WithToken(e.token("u1"))),
+			name: "user token publishes", give: e.client(client.WithToken(hubtest.Token(t, "u1", time.Hour))),
 			call:       func(c *client.Client) error { _, err := c.Publish(ctx, []string{"u1"}, "A", nil); return err },
 			wantStatus: 403, wantCode: "forbidden",
 		},

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/hubd/hub/hub"
+	"github.com/hubd/hub/internal/hubtest"
 )
 
 func TestHeartbeats(t *testing.T) {
@@ -17,7 +18,7 @@ func TestHeartbeats(t *testing.T) {
 	busy, busySink := register(t, h, ws("busy"))
 	quiet, quietSink := register(t, h, ws("quiet"))
 	h.Start()
-	waitFor(t, "two heartbeats each", func() bool {
+	hubtest.Eventually(t, 10*time.Second, "two heartbeats each", func() bool {
 		return len(busySink.Beats()) >= 2 && len(quietSink.Beats()) >= 2
 	})
 	// hub.connected was queued in the first interval
@@ -29,7 +30,7 @@ func TestHeartbeats(t *testing.T) {
 		t.Fatal(err)
 	}
 	// the beat that follows the event says busy, the one after it idle
-	waitFor(t, "a busy beat and one more", func() bool {
+	hubtest.Eventually(t, 10*time.Second, "a busy beat and one more", func() bool {
 		b := busySink.Beats()[n:]
 		i := slices.Index(b, false)
 		return i >= 0 && len(b) > i+1
@@ -84,7 +85,7 @@ func TestTokenExpiryByMaintenanceLoop(t *testing.T) {
 	c, s := register(t, h, hub.ConnInfo{UserID: "u1", Transport: hub.TransportWebSocket, TokenExpiresAt: time.Now().Add(30 * time.Millisecond)})
 	h.Start()
 	var reason *hub.Reason
-	waitFor(t, "the token expiry close", func() bool {
+	hubtest.Eventually(t, 10*time.Second, "the token expiry close", func() bool {
 		_, reason = drain(c)
 		return reason != nil
 	})
@@ -118,7 +119,7 @@ func TestShutdownDrainsThenCloses(t *testing.T) {
 	defer cancel()
 	shutdown := make(chan error, 1)
 	go func() { shutdown <- h.Shutdown(sctx) }()
-	waitFor(t, "draining", h.Draining)
+	hubtest.Eventually(t, 10*time.Second, "draining", h.Draining)
 	if c, err := h.Register(ws("late"), newSink()); !errors.Is(err, hub.ErrShuttingDown) {
 		t.Fatalf("Register while draining = %v, %v; want ErrShuttingDown", c, err)
 	}

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/hubd/hub/hub"
+	"github.com/hubd/hub/internal/hubtest"
 )
 
 // reconnect registers a connection of user resuming from last and returns
@@ -217,7 +218,7 @@ func TestResumeWhilePublishing(t *testing.T) {
 	}
 	var conns []resumed
 	for i := 0; i < resumes; i++ {
-		waitFor(t, "an event", func() bool { return count() > i })
+		hubtest.Eventually(t, 10*time.Second, "an event", func() bool { return count() > i })
 		mu.Lock()
 		last, before := published[len(published)*(i%10)/10], len(published)
 		mu.Unlock()
@@ -225,7 +226,7 @@ func TestResumeWhilePublishing(t *testing.T) {
 		conns = append(conns, resumed{c, seqOf(t, last), before})
 	}
 	n0 := count()
-	waitFor(t, "live events", func() bool { return count() >= min(n0+100, publishers*maxEvents) })
+	hubtest.Eventually(t, 10*time.Second, "live events", func() bool { return count() >= min(n0+100, publishers*maxEvents) })
 	close(stop)
 	wg.Wait()
 
@@ -284,11 +285,11 @@ func TestTTLTrimByMaintenanceLoop(t *testing.T) {
 	h := newHub(t, hub.Options{HistorySize: 100, HistoryTTL: 20 * time.Millisecond, Heartbeat: 40 * time.Millisecond})
 	first := publishN(t, h, "u1", 2)
 	h.Start()
-	waitFor(t, "the id to become unrecoverable", func() bool {
+	hubtest.Eventually(t, 10*time.Second, "the id to become unrecoverable", func() bool {
 		p, _ := reconnect(t, h, "u1", first[0])
 		return !p.Recovered
 	})
-	waitFor(t, "idle users to be dropped", func() bool { return h.UserStates() == 0 })
+	hubtest.Eventually(t, 10*time.Second, "idle users to be dropped", func() bool { return h.UserStates() == 0 })
 }
 
 func TestIdleUserHistoriesDropped(t *testing.T) {

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/hubd/hub/config"
+	"github.com/hubd/hub/internal/hubtest"
 )
 
 // upgradeRequest builds a WebSocket handshake request for the raw HTTP client.
@@ -39,7 +40,7 @@ func TestAdmissionBurst(t *testing.T) {
 		go func(i int) {
 			defer wg.Done()
 			defer func() { <-sem }()
-			url := th.URL + th.cfg.SSEPath + "?token=" + tok
+			url := th.URL + th.Config.SSEPath + "?token=" + tok
 			if i%2 == 1 {
 				url = "http" + th.WSURL[len("ws"):] + "?token=" + tok
 			}
@@ -96,7 +97,7 @@ func TestAdmissionPerIPCountsLiveWebSockets(t *testing.T) {
 		t.Fatalf("third connection from one IP: %v %v", err, resp)
 	}
 	a.c.CloseNow()
-	eventually(t, 5*time.Second, "the slot to be released", func() bool {
+	hubtest.Eventually(t, 5*time.Second, "the slot to be released", func() bool {
 		w, _, err := th.dialWS(th.token("carol", time.Hour), "", nil)
 		if err != nil {
 			return false

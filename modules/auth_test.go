@@ -10,6 +10,7 @@ import (
 
 	"github.com/hubd/hub/config"
 	"github.com/hubd/hub/internal/auth"
+	"github.com/hubd/hub/internal/hubtest"
 	"github.com/hubd/hub/modules"
 )
 
@@ -110,7 +111,7 @@ func TestDevModeTokens(t *testing.T) {
 		if code := broadcast(th, mine); code != http.StatusAccepted {
 			t.Errorf("broadcast with a token minted with the printed secret: %d", code)
 		}
-		if logs := th.logs.String(); strings.Contains(logs, secret) || strings.Contains(logs, admin) || !strings.Contains(logs, "DEVELOPMENT MODE") {
+		if logs := th.Logs.String(); strings.Contains(logs, secret) || strings.Contains(logs, admin) || !strings.Contains(logs, "DEVELOPMENT MODE") {
 			t.Errorf("logs show the secret or a token, or no warning:\n%s", logs)
 		}
 	})
@@ -119,7 +120,7 @@ func TestDevModeTokens(t *testing.T) {
 		out.Reset()
 		th := startHub(t, func(c *config.Config) { c.Dev = true })
 		banner := out.String()
-		if strings.Contains(banner, testSecret) || !strings.Contains(banner, "the configured HUB_JWT_SECRET") || secretIn(banner) != "" {
+		if strings.Contains(banner, hubtest.Secret) || !strings.Contains(banner, "the configured HUB_JWT_SECRET") || secretIn(banner) != "" {
 			t.Errorf("banner with a configured secret:\n%s", banner)
 		}
 		_, body := devTokens(th)
@@ -138,7 +139,7 @@ func TestDevModeTokens(t *testing.T) {
 		if status, body := devTokens(th); status != http.StatusNotFound {
 			t.Errorf("GET /api/dev/tokens without development mode: %d %v", status, body)
 		}
-		if strings.Contains(th.logs.String(), "DEVELOPMENT MODE") {
+		if strings.Contains(th.Logs.String(), "DEVELOPMENT MODE") {
 			t.Error("development mode warning without development mode")
 		}
 	})

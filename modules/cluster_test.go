@@ -1,74 +1,40 @@
 package modules_test
 
 import (
-	"context"
 	"fmt"
-	"net"
 	"net/http"
-	"net/url"
-	"os"
-	"os/exec"
-	"strconv"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/coder/websocket"
-	"github.com/redis/go-redis/v9"
 
 	"github.com/hubd/hub/config"
+	"github.com/hubd/hub/internal/hubtest"
 )
 
 // clusterRedisDB is the Redis database of this package's cluster tests;
 // other packages use database 0 with their own prefixes, and the hub's
 // prefix is fixed, so the cluster tests keep to a database of their own.
-const clusterRedisDB = "7"
+const clusterRedisDB = 7
 
-// clusterRedisURL returns HUB_REDIS_URL (default redis://127.0.0.1:6379)
-// pointed at database 7, after flushing that database so that the shared
-// epoch and sequence start clean. It skips the test when Redis cannot be
-// reached, or fails it when HUB_REQUIRE_REDIS=1.
+// clusterRedisURL returns the test Redis (hubtest.RedisURL: skipped, or
+// failed with HUB_REQUIRE_REDIS=1, without it) pointed at database 7,
+// flushed so that the shared epoch and sequence start clean.
 func clusterRedisURL(t *testing.T) string {
 	t.Helper()
-	u := optionalRedisURL(t)
-	if u == "" {
-		t.Skip("redis unreachable (set HUB_REQUIRE_REDIS=1 to fail instead)")
-	}
-	return u
+	return hubtest.RedisDB(t, hubtest.RedisURL(t), clusterRedisDB)
 }
 
 // optionalRedisURL is clusterRedisURL that answers "" instead of skipping
 // when Redis cannot be reached (it still fails with HUB_REQUIRE_REDIS=1).
 func optionalRedisURL(t *testing.T) string {
 	t.Helper()
-	raw := os.Getenv("HUB_REDIS_URL")
-	if raw == "" {
-		raw = "redis://127.0.0.1:6379/" + clusterRedisDB
-	}
-	u, err := url.Parse(raw)
-	if err != nil {
-		t.Fatalf("HUB_REDIS_URL: %v", err)
-	}
-	u.Path = "/" + clusterRedisDB
-	o, err := redis.ParseURL(u.String())
-	if err != nil {
-		t.Fatalf("HUB_REDIS_URL: %v", err)
-	}
-	c := redis.NewClient(o)
-	defer c.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-	if err := c.Ping(ctx).Err(); err != nil {
-		if os.Getenv("HUB_REQUIRE_REDIS") == "1" {
-			t.Fatalf("redis at %s: %v", u.Host, err)
-		}
-		t.Logf("redis at %s unreachable: %v", u.Host, err)
+	u := hubtest.OptionalRedisURL(t)
+	if u == "" {
 		return ""
 	}
-	if err := c.FlushDB(ctx).Err(); err != nil {
-		t.Fatalf("flush redis db %s: %v", clusterRedisDB, err)
-	}
-	return u.String()
+	return hubtest.RedisDB(t, u, clusterRedisDB)
 }
 
 // startNode starts a hub node of a Redis cluster.
@@ -95,17 +61,6 @@ func getStatus(u, bearer string) (int, map[string]any) {
 	return doNoFatal(req)
 }
 
-// freePort returns a TCP port on 127.0.0.1 that was free a moment ago.
-func freePort(t *testing.T) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
-}
-
 // TestClusterThreeNodes runs three nodes on one Redis and checks, through
 // the assembled app, that publishing, broadcasting, resuming and
 // disconnecting work across nodes, and that stats and readiness report the
@@ -117,7 +72,7 @@ func TestClusterThreeNodes(t *testing.T) {
 		nodes[i] = startNode(t, ru, fmt.Sprintf("node-%d", i+1), nil)
 	}
 	for i, n := range nodes {
-		eventually(t, 10*time.Second, fmt.Sprintf("node %d ready", i+1), func() bool {
+		hubtest.Eventually(t, 10*time.Second, fmt.Sprintf("node %d ready", i+1), func() bool {
 			st, _ := getStatus(n.URL+"/readyz", "")
 			return st == http.StatusOK
 		})
@@ -131,8 +86,8 @@ func TestClusterThreeNodes(t *testing.T) {
 			n := nodes[i%3].with(t)
 			d := n.connect(tr, tok, "")
 			p := d.connected()
-			if p["node"] != n.cfg.NodeName || p["recovered"] != false {
-				t.Fatalf("hub.connected on %s: %v", n.cfg.NodeName, p)
+			if p["node"] != n.Config.NodeName || p["recovered"] != false {
+				t.Fatalf("hub.connected on %s: %v", n.Config.NodeName, p)
 			}
 			devs = append(devs, d)
 		}
@@ -193,10 +148,10 @@ func TestClusterThreeNodes(t *testing.T) {
 			p := d.connected()
 			pos, _ := p["position"].(string)
 			if pos == "" {
-				t.Fatalf("hub.connected on %s has no position: %v", from.cfg.NodeName, p)
+				t.Fatalf("hub.connected on %s has no position: %v", from.Config.NodeName, p)
 			}
 			if c, ok := d.(*sseClient); ok {
-				eventually(t, 5*time.Second, "the stream's last event id to be the position", func() bool { return c.lastEventID() == pos })
+				hubtest.Eventually(t, 5*time.Second, "the stream's last event id to be the position", func() bool { return c.lastEventID() == pos })
 			}
 			hangUp(d) // before its first event
 			var away []string
@@ -231,7 +186,7 @@ func TestClusterThreeNodes(t *testing.T) {
 		for i, d := range []device{wa, sb, wb, sc} {
 			expectIDs(t, d, []string{id}, fmt.Sprintf("device %d", i))
 		}
-		status, body := c.post("/api/users/"+user+"/disconnect", nil, map[string]string{"X-API-Key": testAPIKey})
+		status, body := c.post("/api/users/"+user+"/disconnect", nil, map[string]string{"X-API-Key": hubtest.APIKey})
 		if status != http.StatusOK || body["closed"] != float64(1) {
 			t.Fatalf("disconnect on node 3: %d %v, want 200 {\"closed\":1}", status, body)
 		}
@@ -287,10 +242,10 @@ func clusterStatsAgree(nodes []*testHub, admin string) (bool, string) {
 	for _, n := range nodes {
 		st, body := getStatus(n.API+"/api/websocket/stats", admin)
 		if st != http.StatusOK {
-			return false, fmt.Sprintf("%s stats: %d %v", n.cfg.NodeName, st, body)
+			return false, fmt.Sprintf("%s stats: %d %v", n.Config.NodeName, st, body)
 		}
-		if body["node"] != n.cfg.NodeName {
-			return false, fmt.Sprintf("%s stats name another node: %v", n.cfg.NodeName, body)
+		if body["node"] != n.Config.NodeName {
+			return false, fmt.Sprintf("%s stats name another node: %v", n.Config.NodeName, body)
 		}
 		conns, _ := body["connections"].(map[string]any)
 		total, _ := body["totalConnections"].(float64)
@@ -301,7 +256,7 @@ func clusterStatsAgree(nodes []*testHub, admin string) (bool, string) {
 		sumSSE += int(sse)
 		c, _ := body["cluster"].(map[string]any)
 		if c == nil {
-			return false, fmt.Sprintf("%s stats without cluster: %v", n.cfg.NodeName, body)
+			return false, fmt.Sprintf("%s stats without cluster: %v", n.Config.NodeName, body)
 		}
 		clusters = append(clusters, c)
 	}
@@ -316,79 +271,16 @@ func clusterStatsAgree(nodes []*testHub, admin string) (bool, string) {
 	return true, ""
 }
 
-// redisProc is a redis-server run by a test.
-type redisProc struct {
-	t    *testing.T
-	port int
-	dir  string
-	mu   sync.Mutex
-	cmd  *exec.Cmd
-}
-
-// startRedisServer runs /usr/bin/redis-server (or the one on PATH) on a
-// free port, with an append-only file synced on every write (so what Redis
-// acknowledged survives a kill, as with a production Redis that keeps the
-// hub's history); it is killed when t ends.
-func startRedisServer(t *testing.T) *redisProc {
-	t.Helper()
-	if _, err := exec.LookPath("redis-server"); err != nil {
-		if _, err2 := os.Stat("/usr/bin/redis-server"); err2 != nil {
-			if os.Getenv("HUB_REQUIRE_REDIS") == "1" {
-				t.Fatalf("redis-server: %v", err)
-			}
-			t.Skipf("redis-server not installed: %v", err)
-		}
-	}
-	r := &redisProc{t: t, port: freePort(t), dir: t.TempDir()}
-	r.start()
-	t.Cleanup(r.kill)
-	return r
-}
-
-func (r *redisProc) url() string { return "redis://127.0.0.1:" + strconv.Itoa(r.port) + "/0" }
-
-func (r *redisProc) start() {
-	r.t.Helper()
-	bin, err := exec.LookPath("redis-server")
-	if err != nil {
-		bin = "/usr/bin/redis-server"
-	}
-	cmd := exec.Command(bin, "--port", strconv.Itoa(r.port), "--bind", "127.0.0.1",
-		"--save", "", "--appendonly", "yes", "--appendfsync", "always", "--dir", r.dir, "--daemonize", "no")
-	if err := cmd.Start(); err != nil {
-		r.t.Fatalf("start redis-server: %v", err)
-	}
-	r.mu.Lock()
-	r.cmd = cmd
-	r.mu.Unlock()
-	o, _ := redis.ParseURL(r.url())
-	c := redis.NewClient(o)
-	defer c.Close()
-	eventually(r.t, 10*time.Second, "redis-server up", func() bool {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		defer cancel()
-		return c.Ping(ctx).Err() == nil
-	})
-}
-
-func (r *redisProc) kill() {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.cmd == nil {
-		return
-	}
-	_ = r.cmd.Process.Kill()
-	_ = r.cmd.Wait()
-	r.cmd = nil
-}
-
 // TestClusterRedisFault kills the node's Redis and brings it back: the node
 // reports not ready and refuses to acknowledge events while Redis is gone,
 // and recovers without losing an event it acknowledged.
 func TestClusterRedisFault(t *testing.T) {
-	rp := startRedisServer(t)
-	th := startNode(t, rp.url(), "fault-1", nil)
-	eventually(t, 10*time.Second, "ready", func() bool {
+	// An append-only file synced on every write: what Redis acknowledged
+	// survives the kill, as with a production Redis that keeps the hub's
+	// history.
+	rp := hubtest.StartRedisServer(t, "--appendonly", "yes", "--appendfsync", "always", "--dir", t.TempDir())
+	th := startNode(t, rp.URL(), "fault-1", nil)
+	hubtest.Eventually(t, 10*time.Second, "ready", func() bool {
 		st, _ := getStatus(th.URL+"/readyz", "")
 		return st == http.StatusOK
 	})
@@ -427,7 +319,7 @@ func TestClusterRedisFault(t *testing.T) {
 			}
 		}
 	}()
-	eventually(t, 10*time.Second, "events acknowledged before the kill", func() bool {
+	hubtest.Eventually(t, 10*time.Second, "events acknowledged before the kill", func() bool {
 		mu.Lock()
 		defer mu.Unlock()
 		return len(acked) >= 20
@@ -435,16 +327,16 @@ func TestClusterRedisFault(t *testing.T) {
 	mu.Lock()
 	before := append([]string(nil), acked...)
 	mu.Unlock()
-	rp.kill()
+	rp.Kill()
 	close(stop)
 	wg.Wait()
 
-	eventually(t, 15*time.Second, "/readyz 503 not_ready", func() bool {
+	hubtest.Eventually(t, 15*time.Second, "/readyz 503 not_ready", func() bool {
 		st, body := getStatus(th.URL+"/readyz", "")
 		e, _ := body["error"].(map[string]any)
 		return st == http.StatusServiceUnavailable && e["code"] == "not_ready"
 	})
-	eventually(t, 15*time.Second, "broadcast 503 unavailable", func() bool {
+	hubtest.Eventually(t, 15*time.Second, "broadcast 503 unavailable", func() bool {
 		st, body := th.postNoFatal("/api/broadcast", map[string]any{"all": true, "type": "DURING"})
 		e, _ := body["error"].(map[string]any)
 		if st == http.StatusAccepted {
@@ -453,12 +345,12 @@ func TestClusterRedisFault(t *testing.T) {
 		return st == http.StatusServiceUnavailable && e["code"] == "unavailable"
 	})
 
-	rp.start()
-	eventually(t, 20*time.Second, "/readyz 200 after Redis is back", func() bool {
+	rp.Start()
+	hubtest.Eventually(t, 20*time.Second, "/readyz 200 after Redis is back", func() bool {
 		st, _ := getStatus(th.URL+"/readyz", "")
 		return st == http.StatusOK
 	})
-	eventually(t, 20*time.Second, "publishing after Redis is back", func() bool {
+	hubtest.Eventually(t, 20*time.Second, "publishing after Redis is back", func() bool {
 		st, _ := th.postNoFatal("/api/broadcast", map[string]any{"userIds": []string{"fault-other"}, "type": "PROBE"})
 		return st == http.StatusAccepted
 	})

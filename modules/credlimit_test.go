@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/hubd/hub/config"
+	"github.com/hubd/hub/internal/hubtest"
 	"github.com/hubd/hub/transport/api"
 )
 
@@ -25,7 +26,7 @@ func TestFailedCredentialsBehindTrustedProxy(t *testing.T) {
 	}
 	good := func(th *testHub, xff string) int {
 		t.Helper()
-		st, _ := th.post("/api/broadcast", body, map[string]string{"X-API-Key": testAPIKey, "X-Forwarded-For": xff})
+		st, _ := th.post("/api/broadcast", body, map[string]string{"X-API-Key": hubtest.APIKey, "X-Forwarded-For": xff})
 		return st
 	}
 

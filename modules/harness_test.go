@@ -8,114 +8,33 @@ import (
 	"io"
 	"net/http"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/coder/websocket"
-	"github.com/lestrrat-go/jwx/v2/jwa"
-	"github.com/lestrrat-go/jwx/v2/jwt"
-	"go.uber.org/fx"
 
 	"github.com/hubd/hub/config"
-	"github.com/hubd/hub/hub"
-	"github.com/hubd/hub/internal/auth"
-	"github.com/hubd/hub/modules"
+	"github.com/hubd/hub/internal/hubtest"
+	"github.com/hubd/hub/internal/hubtest/app"
 )
 
-const (
-	testSecret = "test-secret-0123456789abcdef0123456789"
-	testAPIKey = "test-api-key-0123456789" // 16 characters or more
-)
-
-// testHub is a running, fully assembled hub on 127.0.0.1.
+// testHub is the assembled hub (hubtest/app) with the helpers of this
+// package's tests; they fail t (see with).
 type testHub struct {
-	t       *testing.T
-	app     *fx.App
-	cfg     config.Config
-	srv     *modules.Servers
-	hub     *hub.Hub
-	URL     string // public base URL
-	API     string // internal base URL
-	WSURL   string
-	logs    *syncBuffer
-	stopped bool
+	*app.App
+	t *testing.T
 }
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
-// startHub assembles modules.App with a test configuration changed by mod.
+// startHub starts the hub with the test configuration changed by mod.
 func startHub(t *testing.T, mod func(*config.Config)) *testHub {
 	t.Helper()
-	cfg := config.Default()
-	cfg.Addr = "127.0.0.1:0"
-	cfg.NodeName = "hub-test"
-	cfg.JWTSecret = testSecret
-	cfg.JWTAlgorithms = []string{"HS256"}
-	cfg.APIKeys = []string{testAPIKey}
-	cfg.ShutdownTimeout = 3 * time.Second
-	cfg.LogLevel = "debug"
-	cfg.LogFormat = "json"
-	if mod != nil {
-		mod(&cfg)
-	}
-	if err := cfg.Validate(); err != nil {
-		t.Fatalf("config: %v", err)
-	}
-	th := &testHub{t: t, cfg: cfg, logs: &syncBuffer{}}
-	th.app = fx.New(
-		modules.App(cfg),
-		fx.Replace(modules.NewLogger(cfg, th.logs)),
-		fx.WithLogger(modules.FxLogger),
-		fx.Populate(&th.srv, &th.hub),
-	)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := th.app.Start(ctx); err != nil {
-		t.Fatalf("start: %v", err)
-	}
-	th.URL = "http://" + th.srv.Addr()
-	th.API = "http://" + th.srv.InternalAddr()
-	th.WSURL = "ws://" + th.srv.Addr() + cfg.WSPath
-	t.Cleanup(th.stop)
-	return th
-}
-
-func (th *testHub) stop() {
-	if th.stopped {
-		return
-	}
-	th.stopped = true
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	if err := th.app.Stop(ctx); err != nil {
-		th.t.Errorf("stop: %v", err)
-	}
+	return &testHub{App: app.Start(t, mod), t: t}
 }
 
 // token mints a token for sub with roles valid for ttl.
 func (th *testHub) token(sub string, ttl time.Duration, roles ...string) string {
 	th.t.Helper()
-	tok, err := auth.Mint(testSecret, "HS256", sub, roles, ttl)
-	if err != nil {
-		th.t.Fatal(err)
-	}
-	return tok
+	return hubtest.Token(th.t, sub, ttl, roles...)
 }
 
 // post sends a JSON body with headers and returns status and decoded body.
@@ -160,7 +79,7 @@ func do(t *testing.T, req *http.Request) (int, map[string]any) {
 func (th *testHub) publish(typ string, payload any, users ...string) map[string]string {
 	th.t.Helper()
 	status, body := th.post("/api/broadcast", map[string]any{"userIds": users, "type": typ, "payload": payload},
-		map[string]string{"X-API-Key": testAPIKey})
+		map[string]string{"X-API-Key": hubtest.APIKey})
 	if status != http.StatusAccepted {
 		th.t.Fatalf("broadcast: %d %v", status, body)
 	}
@@ -290,36 +209,4 @@ func (w *wsClient) send(v any) {
 	if err := w.c.Write(context.Background(), websocket.MessageText, b); err != nil {
 		w.t.Fatal(err)
 	}
-}
-
-// eventually polls cond until it holds or the deadline passes.
-func eventually(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
-func mustMint(t *testing.T, secret, sub string) string {
-	t.Helper()
-	tok, err := auth.Mint(secret, "HS256", sub, nil, time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tok
-}
-
-// mintWith signs a token for sub whose exp is now+ttl (ttl may be negative).
-func mintWith(t *testing.T, sub string, ttl time.Duration) (string, error) {
-	t.Helper()
-	tok := jwt.New()
-	_ = tok.Set(jwt.SubjectKey, sub)
-	_ = tok.Set(jwt.IssuedAtKey, time.Now().Add(-2*time.Hour))
-	_ = tok.Set(jwt.ExpirationKey, time.Now().Add(ttl))
-	b, err := jwt.Sign(tok, jwt.WithKey(jwa.HS256, []byte(testSecret)))
-	return string(b), err
 }

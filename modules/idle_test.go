@@ -21,6 +21,7 @@ import (
 
 	"github.com/hubd/hub/config"
 	"github.com/hubd/hub/internal/auth"
+	"github.com/hubd/hub/internal/hubtest"
 )
 
 // idleConns is how many connections of each transport the idle test holds.
@@ -58,8 +59,8 @@ func TestIdleGoroutinesPerConnection(t *testing.T) {
 		t.Run(tt.give, func(t *testing.T) {
 			base := settledGoroutines(t, 2*time.Second)
 			conns := openIdle(t, th, tt.give, idleConns)
-			eventually(t, 10*time.Second, "every connection registered", func() bool {
-				return th.hub.Stats().Connections[tt.give] == idleConns
+			hubtest.Eventually(t, 10*time.Second, "every connection registered", func() bool {
+				return th.Hub.Stats().Connections[tt.give] == idleConns
 			})
 			limit := base + tt.want*idleConns + 50 // slack for the hub's own short-lived goroutines
 			var n int
@@ -80,8 +81,8 @@ func TestIdleGoroutinesPerConnection(t *testing.T) {
 			for _, c := range conns {
 				_ = c.Close()
 			}
-			eventually(t, 15*time.Second, "connections gone", func() bool {
-				return th.hub.Stats().TotalConnections == 0 && runtime.NumGoroutine() <= base+50
+			hubtest.Eventually(t, 15*time.Second, "connections gone", func() bool {
+				return th.Hub.Stats().TotalConnections == 0 && runtime.NumGoroutine() <= base+50
 			})
 		})
 	}
@@ -143,12 +144,12 @@ func openIdle(t *testing.T, th *testHub, transport string, n int) []net.Conn {
 		go func() {
 			defer wg.Done()
 			for i := w; i < n; i += dialers {
-				tok, err := auth.Mint(testSecret, "HS256", fmt.Sprintf("idle-%s-%d", transport, i), nil, time.Hour)
+				tok, err := auth.Mint(hubtest.Secret, "HS256", fmt.Sprintf("idle-%s-%d", transport, i), nil, time.Hour)
 				if err != nil {
 					errs[i] = err
 					continue
 				}
-				conns[i], errs[i] = dialIdle(u.Host, transport, th.cfg, tok)
+				conns[i], errs[i] = dialIdle(u.Host, transport, th.Config, tok)
 			}
 		}()
 	}

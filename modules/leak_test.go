@@ -19,6 +19,7 @@ import (
 
 	"github.com/hubd/hub/config"
 	"github.com/hubd/hub/internal/auth"
+	"github.com/hubd/hub/internal/hubtest"
 )
 
 // leakConnections is how many connections TestLeakConnections opens and
@@ -69,7 +70,7 @@ func leakRaiseNoFile(t *testing.T) {
 // for hub.connected and closes it from the client side, cleanly for half
 // of each transport and abruptly for the other half.
 func (l *leakDialer) one(i int) error {
-	tok, err := auth.Mint(testSecret, "HS256", fmt.Sprintf("leak-%d", i), nil, time.Hour)
+	tok, err := auth.Mint(hubtest.Secret, "HS256", fmt.Sprintf("leak-%d", i), nil, time.Hour)
 	if err != nil {
 		return fmt.Errorf("mint: %w", err)
 	}
@@ -90,7 +91,7 @@ func (l *leakDialer) one(i int) error {
 		}
 		return c.CloseNow()
 	}
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, l.th.sseURL(), nil)
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, l.th.SSEURL, nil)
 	req.Header.Set("Accept", "text/event-stream")
 	req.Header.Set("Authorization", "Bearer "+tok)
 	resp, err := l.hc.Do(req)
@@ -148,11 +149,11 @@ func (l *leakDialer) wave(from, to int) error {
 // goroutine count stops falling, and returns it.
 func leakBaseline(t *testing.T, th *testHub) int {
 	t.Helper()
-	eventually(t, 20*time.Second, "the hub to hold no connection", func() bool {
-		return th.hub.Stats().TotalConnections == 0
+	hubtest.Eventually(t, 20*time.Second, "the hub to hold no connection", func() bool {
+		return th.Hub.Stats().TotalConnections == 0
 	})
 	low, steady := runtime.NumGoroutine(), 0
-	eventually(t, 20*time.Second, "the goroutine count to settle", func() bool {
+	hubtest.Eventually(t, 20*time.Second, "the goroutine count to settle", func() bool {
 		time.Sleep(20 * time.Millisecond) // sampling interval
 		n := runtime.NumGoroutine()
 		if n < low {
@@ -209,8 +210,8 @@ func TestLeakConnections(t *testing.T) {
 	tr.CloseIdleConnections()
 	wtr.CloseIdleConnections()
 
-	eventually(t, 20*time.Second, "the hub to hold no connection", func() bool {
-		return th.hub.Stats().TotalConnections == 0
+	hubtest.Eventually(t, 20*time.Second, "the hub to hold no connection", func() bool {
+		return th.Hub.Stats().TotalConnections == 0
 	})
 	var g int
 	deadline := time.Now().Add(20 * time.Second)

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+
+	"github.com/hubd/hub/internal/hubtest"
 )
 
 const nginxBin = "/usr/sbin/nginx"
@@ -83,7 +85,7 @@ func startNginx(t *testing.T, upstream string) string {
 		t.Fatal(err)
 	}
 	cmd := exec.Command(nginxBin, "-p", dir, "-e", filepath.Join(dir, "error.log"), "-c", confPath)
-	out := &syncBuffer{}
+	out := &hubtest.Buffer{}
 	cmd.Stdout, cmd.Stderr = out, out
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start nginx: %v", err)
@@ -123,8 +125,8 @@ func startNginx(t *testing.T, upstream string) string {
 
 func TestBehindNginx(t *testing.T) {
 	th := startHub(t, nil)
-	proxy := startNginx(t, th.srv.Addr())
-	sseURL := "http://" + proxy + th.cfg.SSEPath
+	proxy := startNginx(t, th.Servers.Addr())
+	sseURL := "http://" + proxy + th.Config.SSEPath
 	tok := th.token("alice", time.Hour)
 
 	t.Run("sse streams each event as it is published", func(t *testing.T) {
@@ -159,7 +161,7 @@ func TestBehindNginx(t *testing.T) {
 	t.Run("websocket works through it", func(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		conn, _, err := websocket.Dial(ctx, "ws://"+proxy+th.cfg.WSPath+"?token="+tok, nil)
+		conn, _, err := websocket.Dial(ctx, "ws://"+proxy+th.Config.WSPath+"?token="+tok, nil)
 		if err != nil {
 			t.Fatalf("websocket through nginx: %v", err)
 		}

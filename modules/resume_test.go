@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/hubd/hub/config"
+	"github.com/hubd/hub/internal/hubtest"
 )
 
 // device is a connection of either transport, as the resume tests see it.
@@ -52,7 +53,7 @@ func hangUp(d device) {
 func (th *testHub) publishAll(typ string, payload any) string {
 	th.t.Helper()
 	status, body := th.post("/api/broadcast", map[string]any{"all": true, "type": typ, "payload": payload},
-		map[string]string{"X-API-Key": testAPIKey})
+		map[string]string{"X-API-Key": hubtest.APIKey})
 	id, _ := body["id"].(string)
 	if status != http.StatusAccepted || id == "" {
 		th.t.Fatalf("broadcast all: %d %v", status, body)
@@ -194,7 +195,7 @@ func TestResumeAfterRestart(t *testing.T) {
 	for i := range 5 {
 		ids = append(ids, a.publish("OLD", i, "alice")["alice"])
 	}
-	a.stop()
+	a.Stop()
 	b := startHub(t, nil)
 	// the new node has events of its own for alice, with sequence numbers
 	// that may overlap the old ones: the epoch must tell them apart
@@ -290,14 +291,14 @@ func TestResumeWhilePublishing(t *testing.T) {
 			}()
 			defer wg.Wait()
 			// read a while, drop, let some go by, resume while still publishing
-			eventually(t, 10*time.Second, "50 events published", func() bool { return published() >= 50 })
+			hubtest.Eventually(t, 10*time.Second, "50 events published", func() bool { return published() >= 50 })
 			var got []string
 			for len(got) < 20 {
 				got = append(got, d.next(5*time.Second).ID)
 			}
 			hangUp(d)
 			n := published()
-			eventually(t, 10*time.Second, "more events published", func() bool { return published() >= n+20 })
+			hubtest.Eventually(t, 10*time.Second, "more events published", func() bool { return published() >= n+20 })
 			d = th.connect(tr, tok, got[len(got)-1])
 			p := d.connected()
 			if p["recovered"] != true {
@@ -332,7 +333,7 @@ func TestResumeWhilePublishing(t *testing.T) {
 func (th *testHub) postNoFatal(path string, body any) (int, map[string]any) {
 	req, _ := http.NewRequest(http.MethodPost, th.API+path, strings.NewReader(mustJSON(body)))
 	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("X-API-Key", testAPIKey)
+	req.Header.Set("X-API-Key", hubtest.APIKey)
 	return doNoFatal(req)
 }
 
@@ -355,7 +356,7 @@ func TestResumeFromPosition(t *testing.T) {
 				t.Fatalf("fresh start: %v, want a position, recovered false, missed 0", p)
 			}
 			if c, ok := d.(*sseClient); ok {
-				eventually(t, 5*time.Second, "the SSE stream's last event id to be the position", func() bool {
+				hubtest.Eventually(t, 5*time.Second, "the SSE stream's last event id to be the position", func() bool {
 					return c.lastEventID() == pos
 				})
 			}

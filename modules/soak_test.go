@@ -2,39 +2,29 @@ package modules_test
 
 import (
 	"context"
-	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
-	"io"
 	"math/rand/v2"
-	"net"
 	"net/http"
-	"net/url"
 	"os"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
-	"github.com/coder/websocket"
-
 	"github.com/hubd/hub/config"
-	"github.com/hubd/hub/internal/auth"
+	"github.com/hubd/hub/internal/hubtest"
 )
 
 var soakFlag = flag.Duration("soak", 0, "run TestSoak for this long (default: HUB_SOAK, else a short run of a few seconds)")
 
 const (
-	soakShort      = 6 * time.Second // the CI run
-	soakUsers      = 50
-	soakDevices    = 4 // per user
-	soakTokenTTL   = 4 * time.Second
-	soakSendQueue  = 16
-	soakMaxErrsKep = 20
+	soakShort     = 6 * time.Second // the CI run
+	soakUsers     = 50
+	soakDevices   = 4 // per user
+	soakTokenTTL  = 4 * time.Second
+	soakSendQueue = 16
 )
 
 // soakDuration is -soak, else $HUB_SOAK, else the short CI run.
@@ -52,9 +42,8 @@ func soakDuration(t *testing.T) time.Duration {
 	return soakShort
 }
 
-// soakRun is the shared state of one TestSoak run.
+// soakRun is the nodes of one TestSoak run.
 type soakRun struct {
-	t     *testing.T
 	redis bool
 
 	// nodes are the running nodes; a node being restarted is marked down
@@ -62,27 +51,6 @@ type soakRun struct {
 	nodeMu sync.RWMutex
 	nodes  []*testHub
 	up     []bool
-
-	errMu sync.Mutex
-	errs  []string
-
-	end chan struct{} // closed once the sentinel is published
-
-	published, deliveries, resumes, drops, cuts, expiries, refreshes, restartsSeen atomic.Int64
-}
-
-func (r *soakRun) fail(format string, args ...any) {
-	r.errMu.Lock()
-	defer r.errMu.Unlock()
-	if len(r.errs) < soakMaxErrsKep {
-		r.errs = append(r.errs, fmt.Sprintf(format, args...))
-	}
-}
-
-func (r *soakRun) failures() string {
-	r.errMu.Lock()
-	defer r.errMu.Unlock()
-	return strings.Join(r.errs, "\n")
 }
 
 // pick returns a random node that is up, holding its read lock; call the
@@ -100,313 +68,6 @@ func (r *soakRun) pick(rng *rand.Rand) (*testHub, func()) {
 		return nil, func() {}
 	}
 	return r.nodes[ups[rng.IntN(len(ups))]], r.nodeMu.RUnlock
-}
-
-func (r *soakRun) ending() bool {
-	select {
-	case <-r.end:
-		return true
-	default:
-		return false
-	}
-}
-
-// soakConn is one connection of a soak device.
-type soakConn interface {
-	read(ctx context.Context) (envelope, error)
-	// refresh sends hub.refresh (WebSocket only).
-	refresh(ctx context.Context, token string) error
-	close()
-}
-
-type wsSoakConn struct{ c *websocket.Conn }
-
-func (w wsSoakConn) read(ctx context.Context) (envelope, error) {
-	_, b, err := w.c.Read(ctx)
-	if err != nil {
-		return envelope{}, err
-	}
-	return decodeEnvelope(b)
-}
-
-func (w wsSoakConn) refresh(ctx context.Context, token string) error {
-	b, _ := json.Marshal(map[string]string{"type": "hub.refresh", "token": token})
-	return w.c.Write(ctx, websocket.MessageText, b)
-}
-
-func (w wsSoakConn) close() { w.c.CloseNow() }
-
-type sseSoakConn struct {
-	c    *sseClient
-	p    *sseParser
-	stop func() bool
-}
-
-func (s sseSoakConn) read(context.Context) (envelope, error) {
-	rec, err := s.p.next()
-	if err != nil {
-		return envelope{}, err
-	}
-	e, err := decodeEnvelope([]byte(rec.Data))
-	if err == nil && (rec.ID != e.ID || rec.Event != e.Type) {
-		err = fmt.Errorf("sse fields id=%q event=%q disagree with %s", rec.ID, rec.Event, rec.Data)
-	}
-	return e, err
-}
-
-func (sseSoakConn) refresh(context.Context, string) error { return nil }
-
-func (s sseSoakConn) close() { s.stop(); s.c.close() }
-
-// soakDevice is one device; its goroutine connects, reads, drops, pauses,
-// refreshes its token and always resumes from its last id.
-type soakDevice struct {
-	r         *soakRun
-	name      string
-	user      string
-	transport string
-	slow      bool // pauses reading now and then, to be cut as a slow consumer
-	short     bool // short-lived tokens, refreshed (WebSocket) or renewed on hub.expired (SSE)
-	rng       *rand.Rand
-	lastID    string
-	seen      []string
-	tr        *http.Transport
-	ready     chan struct{}
-	readyOnce sync.Once
-	warm      chan struct{} // closed after its first event (or at the end)
-	warmOnce  sync.Once
-}
-
-func (d *soakDevice) markReady() { d.readyOnce.Do(func() { close(d.ready) }) }
-
-func (d *soakDevice) markWarm() { d.warmOnce.Do(func() { close(d.warm) }) }
-
-func (d *soakDevice) token() (string, error) {
-	ttl := time.Hour
-	if d.short {
-		ttl = soakTokenTTL
-	}
-	tok, err := auth.Mint(testSecret, "HS256", d.user, nil, ttl)
-	if err != nil {
-		return "", fmt.Errorf("mint: %w", err)
-	}
-	return tok, nil
-}
-
-func soakRcvBufDialer(small bool) *net.Dialer {
-	dl := &net.Dialer{Timeout: 5 * time.Second}
-	if small {
-		dl.Control = func(_, _ string, c syscall.RawConn) error {
-			var serr error
-			if err := c.Control(func(fd uintptr) {
-				serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096)
-			}); err != nil {
-				return err
-			}
-			return serr
-		}
-	}
-	return dl
-}
-
-// dial connects to a random node that is up, resuming from the last id;
-// refusals (a node restarting, a cut connection not yet unregistered) are
-// retried.
-func (d *soakDevice) dial(ctx context.Context) (soakConn, error) {
-	var lastErr error
-	for attempt := range 100 {
-		if attempt > 0 {
-			select {
-			case <-ctx.Done():
-				return nil, fmt.Errorf("dial: %w (last: %v)", ctx.Err(), lastErr)
-			case <-time.After(time.Duration(min(attempt, 10)) * 20 * time.Millisecond):
-			}
-		}
-		tok, err := d.token()
-		if err != nil {
-			return nil, err
-		}
-		th, release := d.r.pick(d.rng)
-		if th == nil {
-			release()
-			lastErr = errors.New("no node up")
-			continue
-		}
-		sseURL, wsURL := th.sseURL(), th.WSURL
-		release()
-		if d.transport == "sse" {
-			c, status, body, err := dialSSE(d.r.t, sseDial{URL: sseURL, Token: tok, LastID: d.lastID, Manual: true, SmallRcvBuf: d.slow})
-			if err == nil && c != nil {
-				size := 64 << 10
-				if d.slow {
-					size = 4096
-				}
-				return sseSoakConn{c: c, p: c.parser(size), stop: context.AfterFunc(ctx, c.cancel)}, nil
-			}
-			lastErr = fmt.Errorf("sse dial: %v %d %v", err, status, body)
-			continue
-		}
-		u := wsURL + "?token=" + tok
-		if d.lastID != "" {
-			u += "&last_event_id=" + url.QueryEscape(d.lastID)
-		}
-		dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		c, resp, err := websocket.Dial(dctx, u, &websocket.DialOptions{HTTPClient: &http.Client{Transport: d.tr}})
-		cancel()
-		if err == nil {
-			c.SetReadLimit(1 << 20)
-			return wsSoakConn{c}, nil
-		}
-		status := 0
-		if resp != nil {
-			status = resp.StatusCode
-		}
-		lastErr = fmt.Errorf("websocket dial: %v (status %d)", err, status)
-	}
-	return nil, lastErr
-}
-
-// run is the device's goroutine.
-func (d *soakDevice) run(ctx context.Context) {
-	defer d.tr.CloseIdleConnections()
-	defer d.markReady()
-	defer d.markWarm()
-	first := true
-	for ctx.Err() == nil {
-		c, err := d.dial(ctx)
-		if err != nil {
-			d.r.fail("%s: %v", d.name, err)
-			return
-		}
-		done, err := d.session(ctx, c, first)
-		c.close()
-		first = false
-		if err != nil {
-			d.r.fail("%s: %v", d.name, err)
-			return
-		}
-		if done {
-			return
-		}
-	}
-}
-
-// session reads one connection until it ends (false, nil: reconnect and
-// resume), the device has its user's sentinel (true, nil) or the contract
-// is broken (error).
-func (d *soakDevice) session(ctx context.Context, c soakConn, first bool) (bool, error) {
-	e, err := c.read(ctx)
-	if err != nil {
-		if first {
-			return false, fmt.Errorf("no hub.connected: %w", err)
-		}
-		return false, nil // cut before it was live (a node stopping): reconnect
-	}
-	var p struct {
-		Recovered bool `json:"recovered"`
-		Missed    int  `json:"missed"`
-	}
-	if e.Type != "hub.connected" || json.Unmarshal(e.Payload, &p) != nil {
-		return false, fmt.Errorf("first event %s, want hub.connected", e.raw)
-	}
-	switch {
-	case first:
-		d.markReady()
-	case d.lastID == "":
-		return false, errors.New("reconnected before any event: nothing to resume from")
-	case !p.Recovered:
-		return false, fmt.Errorf("resume from %s: recovered:false (missed %d)", d.lastID, p.Missed)
-	default:
-		d.r.resumes.Add(1)
-	}
-	if d.short && d.transport == "websocket" {
-		sctx, cancel := context.WithCancel(ctx)
-		defer cancel()
-		go d.refresher(sctx, c)
-	}
-	for {
-		if !d.r.ending() && d.lastID != "" {
-			switch n := d.rng.IntN(600); {
-			case n == 0:
-				d.r.drops.Add(1)
-				return false, nil
-			case n < 6 && d.slow:
-				// stop reading for a while; the hub cuts the connection
-				// when its queue fills, and the device resumes
-				select {
-				case <-time.After(time.Duration(300+d.rng.IntN(900)) * time.Millisecond):
-				case <-ctx.Done():
-					return false, ctx.Err()
-				}
-			}
-		}
-		e, err := c.read(ctx)
-		if err != nil {
-			if ctx.Err() != nil {
-				return false, fmt.Errorf("no sentinel in time (last %s, %d events)", d.lastID, len(d.seen))
-			}
-			var ce websocket.CloseError
-			switch {
-			case errors.As(err, &ce) && ce.Code == 4008:
-				d.r.cuts.Add(1)
-			case errors.As(err, &ce) && ce.Code == 4001:
-				d.r.expiries.Add(1) // the refresh came too late: renew and resume
-			case errors.As(err, &ce) && ce.Code == websocket.StatusGoingAway:
-				d.r.restartsSeen.Add(1)
-			case errors.As(err, &ce):
-				return false, fmt.Errorf("closed with %d %q", ce.Code, ce.Reason)
-			case d.transport == "sse" && (errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)):
-				d.r.cuts.Add(1) // a slow SSE consumer's stream is cut
-			}
-			return false, nil
-		}
-		switch {
-		case e.Type == "hub.expired":
-			d.r.expiries.Add(1)
-			return false, nil // reconnect with a fresh token and resume
-		case e.Type == "hub.shutdown":
-			d.r.restartsSeen.Add(1)
-			return false, nil
-		case e.Type == "hub.refreshed":
-			d.r.refreshes.Add(1)
-			continue
-		case strings.HasPrefix(e.Type, "hub."):
-			continue
-		}
-		if e.ID == "" {
-			return false, fmt.Errorf("event without id: %s", e.raw)
-		}
-		d.seen = append(d.seen, e.ID)
-		d.lastID = e.ID
-		d.markWarm()
-		d.r.deliveries.Add(1)
-		if e.Type == "END" {
-			return true, nil
-		}
-	}
-}
-
-// refresher sends hub.refresh with a new token at half of each token's
-// lifetime until the session ends.
-func (d *soakDevice) refresher(ctx context.Context, c soakConn) {
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(soakTokenTTL / 2):
-		}
-		tok, err := d.token()
-		if err != nil {
-			d.r.fail("%s: %v", d.name, err)
-			return
-		}
-		wctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		err = c.refresh(wctx, tok)
-		cancel()
-		if err != nil {
-			return // the connection is going away; the reader sees why
-		}
-	}
 }
 
 // soakExpected is what the publisher had acknowledged, per user, in order.
@@ -437,7 +98,28 @@ func TestSoak(t *testing.T) {
 	duration := soakDuration(t)
 	seed := time.Now().UnixNano()
 	master := rand.New(rand.NewPCG(uint64(seed), 0x5eed))
-	r := &soakRun{t: t, end: make(chan struct{})}
+	r := &soakRun{}
+	// Devices dial a random node that is up and retry refusals (a node
+	// restarting, a cut connection not yet unregistered) for up to about
+	// 20 s; they drop their connection once in 600 reads; with Redis, a
+	// node restarts mid-run.
+	fl := &fleet{
+		t: t, end: make(chan struct{}),
+		node: func(rng *rand.Rand) (string, string, bool) {
+			th, release := r.pick(rng)
+			defer release()
+			if th == nil {
+				return "", "", false
+			}
+			return th.SSEURL, th.WSURL, true
+		},
+		dialAttempts: 100,
+		dialBackoff:  func(attempt int) time.Duration { return time.Duration(min(attempt, 10)) * 20 * time.Millisecond },
+		oneIn:        600, pauseBelow: 6, pauseMax: 900 * time.Millisecond,
+		shortTTL:    soakTokenTTL,
+		restarts:    true,
+		strictClose: true,
+	}
 
 	base := func(c *config.Config) {
 		c.SendQueue = soakSendQueue
@@ -449,7 +131,7 @@ func TestSoak(t *testing.T) {
 	var ru, addrB string
 	if ru = optionalRedisURL(t); ru != "" {
 		r.redis = true
-		addrB = "127.0.0.1:" + strconv.Itoa(freePort(t))
+		addrB = hubtest.FreeAddr(t)
 		a := startNode(t, ru, "soak-a", base)
 		b := startNode(t, ru, "soak-b", func(c *config.Config) { base(c); c.Addr = addrB })
 		r.nodes, r.up = []*testHub{a, b}, []bool{true, true}
@@ -465,29 +147,15 @@ func TestSoak(t *testing.T) {
 		exp.set[users[i]] = map[string]bool{}
 	}
 	var slowUsers []string
-	var devices []*soakDevice
 	for _, u := range users {
 		for j := range soakDevices {
-			d := &soakDevice{
-				r: r, user: u,
-				transport: transports[master.IntN(2)],
-				slow:      master.IntN(10) == 0,
-				short:     master.IntN(8) == 0,
-				rng:       rand.New(rand.NewPCG(master.Uint64(), master.Uint64())),
-				ready:     make(chan struct{}),
-				warm:      make(chan struct{}),
-			}
-			d.name = fmt.Sprintf("%s/%d(%s", u, j, d.transport)
-			if d.slow {
-				d.name += ",slow"
+			transport := transports[master.IntN(2)]
+			slow := master.IntN(10) == 0
+			short := master.IntN(8) == 0
+			fl.add(u, j, transport, slow, short, rand.New(rand.NewPCG(master.Uint64(), master.Uint64())))
+			if slow {
 				slowUsers = append(slowUsers, u)
 			}
-			if d.short {
-				d.name += ",short"
-			}
-			d.name += ")"
-			d.tr = &http.Transport{DialContext: soakRcvBufDialer(d.slow).DialContext}
-			devices = append(devices, d)
 		}
 	}
 	if len(slowUsers) == 0 {
@@ -499,21 +167,12 @@ func TestSoak(t *testing.T) {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	defer cancel()
-	// Every first connection is live before anything is published: a fresh
-	// connect has nothing to resume from.
-	for _, d := range devices {
-		wg.Add(1)
-		go func() { defer wg.Done(); d.run(ctx) }()
-	}
-	for _, d := range devices {
-		<-d.ready
-	}
-	if f := r.failures(); f != "" {
+	fl.start(ctx, &wg)
+	if f := fl.failures(); f != "" {
 		t.Fatalf("seed %d: %s", seed, f)
 	}
 
-	// One event to every user, and every device has it before the chaos: a
-	// device cut before its first event would have no id to resume from.
+	// One event to every user, and every device has it before the chaos.
 	{
 		th, release := r.pick(master)
 		status, body := th.postNoFatal("/api/broadcast", map[string]any{"userIds": users, "type": "WARMUP"})
@@ -530,10 +189,8 @@ func TestSoak(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		for _, d := range devices {
-			<-d.warm
-		}
-		if f := r.failures(); f != "" {
+		fl.waitWarm()
+		if f := fl.failures(); f != "" {
 			t.Fatalf("seed %d: %s", seed, f)
 		}
 	}
@@ -541,6 +198,7 @@ func TestSoak(t *testing.T) {
 	// One publisher, so that the order of its acknowledgements is the
 	// order every device must see.
 	start := time.Now()
+	var published atomic.Int64
 	stopPub := make(chan struct{})
 	var pwg sync.WaitGroup
 	pwg.Add(1)
@@ -573,19 +231,19 @@ func TestSoak(t *testing.T) {
 				release()
 				results, _ := body["results"].([]any)
 				if status != http.StatusAccepted || len(results) != len(msgs) {
-					r.fail("batch through %s: %d %v", th.cfg.NodeName, status, body)
+					fl.fail("batch through %s: %d %v", th.Config.NodeName, status, body)
 					return
 				}
 				for _, res := range results {
 					m, _ := res.(map[string]any)
 					evs, _ := m["events"].([]any)
 					if len(evs) != 1 {
-						r.fail("batch result %v", m)
+						fl.fail("batch result %v", m)
 						return
 					}
 					id, _ := evs[0].(map[string]any)["id"].(string)
 					if err := exp.add(u, id); err != nil {
-						r.fail("batch: %v", err)
+						fl.fail("batch: %v", err)
 					}
 				}
 			case n < 5:
@@ -593,12 +251,12 @@ func TestSoak(t *testing.T) {
 				release()
 				id, _ := body["id"].(string)
 				if status != http.StatusAccepted || id == "" {
-					r.fail("broadcast all through %s: %d %v", th.cfg.NodeName, status, body)
+					fl.fail("broadcast all through %s: %d %v", th.Config.NodeName, status, body)
 					return
 				}
 				for _, u := range users {
 					if err := exp.add(u, id); err != nil {
-						r.fail("all: %v", err)
+						fl.fail("all: %v", err)
 					}
 				}
 			default:
@@ -610,7 +268,7 @@ func TestSoak(t *testing.T) {
 				release()
 				evs, _ := body["events"].([]any)
 				if status != http.StatusAccepted || len(evs) == 0 {
-					r.fail("broadcast through %s to %v: %d %v", th.cfg.NodeName, to, status, body)
+					fl.fail("broadcast through %s to %v: %d %v", th.Config.NodeName, to, status, body)
 					return
 				}
 				for _, ev := range evs {
@@ -618,11 +276,11 @@ func TestSoak(t *testing.T) {
 					u, _ := m["userId"].(string)
 					id, _ := m["id"].(string)
 					if err := exp.add(u, id); err != nil {
-						r.fail("user: %v", err)
+						fl.fail("user: %v", err)
 					}
 				}
 			}
-			r.published.Add(1)
+			published.Add(1)
 		}
 	}()
 	stopPublishing := sync.OnceFunc(func() { close(stopPub); pwg.Wait() })
@@ -640,7 +298,7 @@ func TestSoak(t *testing.T) {
 		r.up[1] = false
 		old := r.nodes[1]
 		r.nodeMu.Unlock()
-		old.stop()
+		old.Stop()
 		b := startNode(t, ru, "soak-b", func(c *config.Config) { base(c); c.Addr = addrB })
 		r.nodeMu.Lock()
 		r.nodes[1], r.up[1] = b, true
@@ -668,7 +326,7 @@ func TestSoak(t *testing.T) {
 			t.Fatalf("sentinel: %v", err)
 		}
 	}
-	close(r.end)
+	close(fl.end)
 	wg.Wait()
 	elapsed := time.Since(start)
 
@@ -677,28 +335,21 @@ func TestSoak(t *testing.T) {
 		mode = "redis, 2 nodes"
 	}
 	line := fmt.Sprintf("soak (%s, seed %d): %d clients, %d publish calls, %d deliveries, %d resumes, %d client drops, %d slow cuts, %d expiries, %d refreshes, %d node restarts (%d connections moved), %v",
-		mode, seed, len(devices), r.published.Load(), r.deliveries.Load(), r.resumes.Load(), r.drops.Load(),
-		r.cuts.Load(), r.expiries.Load(), r.refreshes.Load(), restarts, r.restartsSeen.Load(), elapsed.Round(time.Millisecond))
+		mode, seed, len(fl.devices), published.Load(), fl.deliveries.Load(), fl.resumes.Load(), fl.drops.Load(),
+		fl.cuts.Load(), fl.expiries.Load(), fl.refreshes.Load(), restarts, fl.restartsSeen.Load(), elapsed.Round(time.Millisecond))
 	t.Log(line)
 	if testing.Verbose() {
 		fmt.Println(line)
 	}
-	if f := r.failures(); f != "" {
+	if f := fl.failures(); f != "" {
 		t.Fatalf("seed %d: %s", seed, f)
 	}
 
 	// Every device has exactly its user's events in the publisher's order.
-	for _, d := range devices {
+	for _, d := range fl.devices {
 		want := exp.order[d.user]
-		seen := map[string]int{}
-		for i, id := range d.seen {
-			if j, dup := seen[id]; dup {
-				t.Fatalf("%s got %s twice (at %d and %d)", d.name, id, j, i)
-			}
-			seen[id] = i
-			if !exp.set[d.user][id] {
-				t.Fatalf("%s got %s, not an event of %s", d.name, id, d.user)
-			}
+		if _, err := d.check(exp.set[d.user]); err != nil {
+			t.Fatal(err)
 		}
 		for i := range min(len(want), len(d.seen)) {
 			if want[i] != d.seen[i] {

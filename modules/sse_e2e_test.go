@@ -11,6 +11,7 @@ import (
 	"github.com/coder/websocket"
 
 	"github.com/hubd/hub/config"
+	"github.com/hubd/hub/internal/hubtest"
 )
 
 func TestSSEMixedDevicesOneUser(t *testing.T) {
@@ -62,7 +63,7 @@ func TestSSEMixedDevicesOneUser(t *testing.T) {
 
 func TestSSEHandshakeFailuresAreJSON(t *testing.T) {
 	th := startHub(t, nil)
-	expired, _ := mintWith(t, "alice", -time.Hour)
+	expired := hubtest.ExpiredToken(t, "alice")
 	tests := []struct {
 		name   string
 		give   sseDial
@@ -72,12 +73,12 @@ func TestSSEHandshakeFailuresAreJSON(t *testing.T) {
 		{"missing", sseDial{}, 401, "missing_token"},
 		{"garbage header", sseDial{Token: "abc.def.ghi"}, 401, "invalid_token"},
 		{"garbage query", sseDial{Token: "abc.def.ghi", TokenQuery: true}, 401, "invalid_token"},
-		{"wrong key", sseDial{Token: mustMint(t, "other-secret-0123456789", "alice")}, 401, "invalid_token"},
+		{"wrong key", sseDial{Token: hubtest.TokenWith(t, "other-secret-0123456789", "alice", time.Hour)}, 401, "invalid_token"},
 		{"expired", sseDial{Token: expired, TokenQuery: true}, 401, "token_expired"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			c, status, body, err := dialSSE(t, sseDial{URL: th.sseURL(), Token: tt.give.Token, TokenQuery: tt.give.TokenQuery})
+			c, status, body, err := dialSSE(t, sseDial{URL: th.SSEURL, Token: tt.give.Token, TokenQuery: tt.give.TokenQuery})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -130,7 +131,7 @@ func TestSSEStats(t *testing.T) {
 		t.Fatalf("stats %v, want 3 connections (2 sse, 1 websocket) of 2 users", st)
 	}
 	hangUp(s1)
-	eventually(t, 5*time.Second, "sse count 1 after a hang-up", func() bool { return count("sse") == 1.0 })
+	hubtest.Eventually(t, 5*time.Second, "sse count 1 after a hang-up", func() bool { return count("sse") == 1.0 })
 	if st := th.stats(); st["totalConnections"] != 2.0 {
 		t.Fatalf("stats %v after a hang-up", st)
 	}
@@ -162,7 +163,7 @@ func TestSSEDisconnectAPI(t *testing.T) {
 	w.connected()
 	bob := th.mustSSE(th.token("bob", time.Hour), "")
 	bob.connected()
-	status, body := th.post("/api/users/alice/disconnect", "", map[string]string{"X-API-Key": testAPIKey})
+	status, body := th.post("/api/users/alice/disconnect", "", map[string]string{"X-API-Key": hubtest.APIKey})
 	if status != http.StatusOK || body["closed"] != 2.0 {
 		t.Fatalf("disconnect: %d %v", status, body)
 	}
@@ -202,7 +203,7 @@ func TestSSEGracefulShutdown(t *testing.T) {
 		}
 	}
 	stopped := make(chan struct{})
-	go func() { th.stop(); close(stopped) }()
+	go func() { th.Stop(); close(stopped) }()
 	for i, s := range streams {
 		u := fmt.Sprintf("u%d", i%3)
 		evs := s.waitEnd(10 * time.Second)
@@ -236,7 +237,7 @@ func TestSSETokenExpiryAndHeartbeat(t *testing.T) {
 	th := startHub(t, func(c *config.Config) { c.JWTLeeway = 0; c.HeartbeatInterval = 100 * time.Millisecond })
 	long := th.mustSSE(th.token("bob", time.Hour), "")
 	long.connected()
-	eventually(t, 5*time.Second, "a \": ping\" comment", func() bool { return long.pings.Load() > 0 })
+	hubtest.Eventually(t, 5*time.Second, "a \": ping\" comment", func() bool { return long.pings.Load() > 0 })
 	short := th.mustSSE(th.token("alice", 1500*time.Millisecond), "")
 	short.connected()
 	evs := short.waitEnd(10 * time.Second)

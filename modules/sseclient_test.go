@@ -71,14 +71,11 @@ type sseDial struct {
 	SmallRcvBuf bool
 }
 
-// sseURL is the hub's public SSE endpoint.
-func (th *testHub) sseURL() string { return th.URL + th.cfg.SSEPath }
-
 // dialSSE opens an SSE stream. A non-200 answer is returned as its status
 // and decoded JSON body with a nil client.
 func (th *testHub) dialSSE(d sseDial) (*sseClient, int, map[string]any, error) {
 	if d.URL == "" {
-		d.URL = th.sseURL()
+		d.URL = th.SSEURL
 	}
 	return dialSSE(th.t, d)
 }

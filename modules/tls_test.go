@@ -24,6 +24,7 @@ import (
 	"github.com/coder/websocket"
 
 	"github.com/hubd/hub/config"
+	"github.com/hubd/hub/internal/hubtest"
 )
 
 // writeCert writes a self-signed certificate for 127.0.0.1 with the given
@@ -64,7 +65,7 @@ func TestTLSHTTP2SSEAndWebSocket(t *testing.T) {
 		c.TLSCertFile = filepath.Join(dir, "cert.pem")
 		c.TLSKeyFile = filepath.Join(dir, "key.pem")
 	})
-	base := "https://" + th.srv.Addr()
+	base := "https://" + th.Servers.Addr()
 	insecure := &tls.Config{InsecureSkipVerify: true}
 
 	// SSE over HTTP/2
@@ -72,7 +73,7 @@ func TestTLSHTTP2SSEAndWebSocket(t *testing.T) {
 	defer h2.CloseIdleConnections()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, base+th.cfg.SSEPath, nil)
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, base+th.Config.SSEPath, nil)
 	req.Header.Set("Authorization", "Bearer "+th.token("alice", time.Hour))
 	req.Header.Set("Accept", "text/event-stream")
 	resp, err := h2.Do(req)
@@ -102,7 +103,7 @@ func TestTLSHTTP2SSEAndWebSocket(t *testing.T) {
 	defer wsCancel()
 	h1 := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
 	defer h1.CloseIdleConnections()
-	c, _, err := websocket.Dial(wsCtx, "wss://"+th.srv.Addr()+th.cfg.WSPath+"?token="+th.token("alice", time.Hour),
+	c, _, err := websocket.Dial(wsCtx, "wss://"+th.Servers.Addr()+th.Config.WSPath+"?token="+th.token("alice", time.Hour),
 		&websocket.DialOptions{HTTPClient: h1})
 	if err != nil {
 		t.Fatalf("wss dial: %v", err)
@@ -114,7 +115,7 @@ func TestTLSHTTP2SSEAndWebSocket(t *testing.T) {
 
 	// SSE over TLS with HTTP/1.1: the stream is taken over from net/http on
 	// a TLS connection (no raw socket: written and read on goroutines).
-	req1, _ := http.NewRequestWithContext(ctx, http.MethodGet, base+th.cfg.SSEPath, nil)
+	req1, _ := http.NewRequestWithContext(ctx, http.MethodGet, base+th.Config.SSEPath, nil)
 	req1.Header.Set("Authorization", "Bearer "+th.token("alice", time.Hour))
 	resp1, err := h1.Do(req1)
 	if err != nil {
@@ -158,8 +159,8 @@ func TestTLSHTTP2SSEAndWebSocket(t *testing.T) {
 	if err := syscall.Kill(os.Getpid(), syscall.SIGHUP); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 10*time.Second, "the new certificate to be served", func() bool {
-		conn, err := tls.Dial("tcp", th.srv.Addr(), insecure)
+	hubtest.Eventually(t, 10*time.Second, "the new certificate to be served", func() bool {
+		conn, err := tls.Dial("tcp", th.Servers.Addr(), insecure)
 		if err != nil {
 			return false
 		}
@@ -184,7 +185,7 @@ func TestTLSHTTP2SSEAndWebSocket(t *testing.T) {
 func postTLS(t *testing.T, c *http.Client, url, body string) (int, map[string]any) {
 	t.Helper()
 	req, _ := http.NewRequest(http.MethodPost, url, strings.NewReader(body))
-	req.Header.Set("X-API-Key", testAPIKey)
+	req.Header.Set("X-API-Key", hubtest.APIKey)
 	req.Header.Set("Content-Type", "application/json")
 	resp, err := c.Do(req)
 	if err != nil {

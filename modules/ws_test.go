@@ -14,6 +14,7 @@ import (
 	"github.com/coder/websocket"
 
 	"github.com/hubd/hub/config"
+	"github.com/hubd/hub/internal/hubtest"
 )
 
 func TestWSConnectedAndDelivery(t *testing.T) {
@@ -54,7 +55,7 @@ func TestWSConnectedAndDelivery(t *testing.T) {
 	}
 	// bob got nothing of alice's; a broadcast to all reaches everyone with one id
 	status, body := th.post("/api/broadcast", map[string]any{"all": true, "type": "ANNOUNCEMENT", "payload": "maintenance"},
-		map[string]string{"X-API-Key": testAPIKey})
+		map[string]string{"X-API-Key": hubtest.APIKey})
 	if status != http.StatusAccepted {
 		t.Fatalf("broadcast all: %d %v", status, body)
 	}
@@ -68,7 +69,7 @@ func TestWSConnectedAndDelivery(t *testing.T) {
 
 func TestWSHandshakeFailures(t *testing.T) {
 	th := startHub(t, func(c *config.Config) { c.AllowedOrigins = []string{"https://app.example"} })
-	expired, _ := mintWith(t, "alice", -time.Hour)
+	expired := hubtest.ExpiredToken(t, "alice")
 	tests := []struct {
 		name   string
 		url    string
@@ -78,7 +79,7 @@ func TestWSHandshakeFailures(t *testing.T) {
 	}{
 		{"missing", th.WSURL, nil, 401, "missing_token"},
 		{"garbage", th.WSURL + "?token=abc.def.ghi", nil, 401, "invalid_token"},
-		{"wrong key", th.WSURL + "?token=" + mustMint(t, "other-secret-0123456789", "alice"), nil, 401, "invalid_token"},
+		{"wrong key", th.WSURL + "?token=" + hubtest.TokenWith(t, "other-secret-0123456789", "alice", time.Hour), nil, 401, "invalid_token"},
 		{"expired", th.WSURL + "?token=" + expired, nil, 401, "token_expired"},
 		{"bad origin", th.WSURL + "?token=" + th.token("alice", time.Hour), http.Header{"Origin": {"https://evil.example"}}, 403, "origin_not_allowed"},
 		{"scheme mismatch", th.WSURL + "?token=" + th.token("alice", time.Hour), http.Header{"Origin": {"http://app.example"}}, 403, "origin_not_allowed"},
@@ -242,7 +243,7 @@ func TestWSDisconnectAPI(t *testing.T) {
 	w1.connected()
 	w2.connected()
 	other.connected()
-	status, body := th.post("/api/users/alice/disconnect", "", map[string]string{"X-API-Key": testAPIKey})
+	status, body := th.post("/api/users/alice/disconnect", "", map[string]string{"X-API-Key": hubtest.APIKey})
 	if status != 200 || body["closed"] != 2.0 {
 		t.Fatalf("disconnect: %d %v", status, body)
 	}
@@ -280,8 +281,8 @@ func TestWSSlowConsumer(t *testing.T) {
 	th := startHub(t, func(c *config.Config) { c.SendQueue = 16; c.MaxPayload = 1 << 20 })
 	good := th.mustWS(th.token("alice", time.Hour), "")
 	good.connected()
-	rawWS(t, th.srv.Addr(), th.cfg.WSPath, th.token("alice", time.Hour))
-	eventually(t, 5*time.Second, "two connections", func() bool { return th.hub.Stats().TotalConnections == 2 })
+	rawWS(t, th.Servers.Addr(), th.Config.WSPath, th.token("alice", time.Hour))
+	hubtest.Eventually(t, 5*time.Second, "two connections", func() bool { return th.Hub.Stats().TotalConnections == 2 })
 	big := strings.Repeat("x", 32<<10)
 	var ids []string
 	go func() {
@@ -295,7 +296,7 @@ func TestWSSlowConsumer(t *testing.T) {
 	}()
 	// Publish until the silent connection is cut; publishing must not block.
 	deadline := time.Now().Add(20 * time.Second)
-	for th.hub.Stats().TotalConnections == 2 {
+	for th.Hub.Stats().TotalConnections == 2 {
 		if time.Now().After(deadline) {
 			t.Fatal("slow consumer never closed")
 		}
@@ -322,7 +323,7 @@ func TestWSGracefulShutdown(t *testing.T) {
 		}
 	}
 	stopped := make(chan struct{})
-	go func() { th.stop(); close(stopped) }()
+	go func() { th.Stop(); close(stopped) }()
 	for i, w := range clients {
 		u := fmt.Sprintf("u%d", i%10)
 		for _, id := range want[u] {
@@ -352,13 +353,13 @@ func TestNoTokenInLogs(t *testing.T) {
 	req, _ := http.NewRequest(http.MethodGet, th.API+"/api/websocket/stats?token="+tok, nil)
 	req.Header.Set("Authorization", "Bearer "+tok)
 	do(t, req)
-	th.stop()
-	logs := th.logs.String()
+	th.Stop()
+	logs := th.Logs.String()
 	if logs == "" {
 		t.Fatal("no logs captured")
 	}
 	sig := tok[strings.LastIndexByte(tok, '.')+1:]
-	if strings.Contains(logs, tok) || strings.Contains(logs, sig) || strings.Contains(logs, testAPIKey) {
+	if strings.Contains(logs, tok) || strings.Contains(logs, sig) || strings.Contains(logs, hubtest.APIKey) {
 		t.Fatalf("a token leaked into the logs:\n%s", logs)
 	}
 }

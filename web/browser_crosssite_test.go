@@ -22,13 +22,14 @@ import (
 
 	"github.com/hubd/hub/config"
 	"github.com/hubd/hub/internal/auth"
+	"github.com/hubd/hub/internal/hubtest"
 )
 
 func TestCrossSiteCookieBrowser(t *testing.T) {
 	b := startBrowser(t)
 	be := startBackend(t)
 	friendly, evil := startOriginPage(t), startOriginPage(t)
-	addr := freeAddr(t)
+	addr := hubtest.FreeAddr(t)
 	h := startHub(t, func(c *config.Config) {
 		be.configure(c)
 		c.Addr = addr
@@ -37,10 +38,7 @@ func TestCrossSiteCookieBrowser(t *testing.T) {
 	})
 
 	// The victim is logged in: the cookie holds a token with every role.
-	tok, err := auth.Mint(browserSecret, "HS256", "victim", []string{"admin", "service"}, time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
+	tok := hubtest.Token(t, "victim", time.Hour, auth.RoleAdmin, auth.RoleService)
 	victim := openPage(t, b, h.URL)
 	evalT[bool](t, victim, fmt.Sprintf(`(document.cookie = "hub_token=%s; path=/; SameSite=Lax", true)`, tok))
 	victim.start(t, map[string]any{"token": tok})
@@ -237,7 +235,7 @@ type loggedRequest struct {
 func accessLog(t *testing.T, h *testHub) []loggedRequest {
 	t.Helper()
 	var out []loggedRequest
-	sc := bufio.NewScanner(strings.NewReader(h.logs.String()))
+	sc := bufio.NewScanner(strings.NewReader(h.Logs.String()))
 	sc.Buffer(make([]byte, 0, 64<<10), 1<<20)
 	for sc.Scan() {
 		var r loggedRequest

@@ -2,9 +2,9 @@ package web_test
 
 // End-to-end tests of hub.send's outbox in a real headless Chromium, through
 // the assembled hub with an upstream backend (an httptest server that checks
-// every call's signature and records it). They reuse the browser, hub, page
-// and forwarder helpers of browser_test.go, and skip or fail without a
-// Chromium in the same way.
+// every call's signature and records it). They reuse the browser, hub and
+// page helpers of browser_test.go (and hubtest's cuttable proxy), and skip
+// or fail without a Chromium in the same way.
 
 import (
 	"context"
@@ -24,6 +24,7 @@ import (
 	"github.com/chromedp/chromedp"
 
 	"github.com/hubd/hub/config"
+	"github.com/hubd/hub/internal/hubtest"
 )
 
 const upstreamSecret = "browser-test-upstream-secret-0123456789"
@@ -45,17 +46,17 @@ func TestOutboxBrowser(t *testing.T) {
 func testOutboxOffline(t *testing.T, b context.Context, transport string) {
 	be := startBackend(t)
 	h := startHub(t, be.configure)
-	px := startCutProxy(t, h.srv.Addr())
-	p := openPage(t, b, "http://"+px.addr())
+	px := hubtest.StartProxy(t, h.Servers.Addr())
+	p := openPage(t, b, "http://"+px.Addr())
 	p.start(t, map[string]any{
-		"token":      h.token(t, "u1", time.Hour),
+		"token":      hubtest.Token(t, "u1", time.Hour),
 		"transports": []string{transport},
 		"backoff":    map[string]int{"baseMs": 50, "maxMs": 200},
 	})
 	evalT[bool](t, p, outboxHarness)
 	p.waitFor(t, "connected", `__hub.state === "connected"`, 10*time.Second)
 
-	px.cut()
+	px.Cut()
 	p.waitFor(t, "connection lost", `__hub.state === "reconnecting"`, 10*time.Second)
 	const n = 5
 	pending := evalT[int](t, p, fmt.Sprintf(`(() => { for (let i = 1; i <= %d; i++) __send("ORDER_UPDATE", { n: i }); return __hub.pendingSends; })()`, n))
@@ -66,7 +67,7 @@ func testOutboxOffline(t *testing.T, b context.Context, transport string) {
 		t.Fatalf("backend called %d times while the page was offline", len(c))
 	}
 
-	px.restore()
+	px.Restore()
 	p.waitFor(t, "every send settled", `__t.sends.every((s) => s.state !== "pending")`, 15*time.Second)
 	if tr := evalT[string](t, p, "__hub.transport"); tr != transport {
 		t.Errorf("transport = %q, want %q", tr, transport)
@@ -95,11 +96,11 @@ func testOutboxReload(t *testing.T, b context.Context) {
 		be.configure(c)
 		c.AllowedOrigins = []string{"127.0.0.1"} // the page's origin is not the forwarder's
 	})
-	px := startCutProxy(t, h.srv.Addr())
-	hubURL := "http://" + px.addr()
+	px := hubtest.StartProxy(t, h.Servers.Addr())
+	hubURL := "http://" + px.Addr()
 	opts := map[string]any{
 		"url":        hubURL,
-		"token":      h.token(t, "u1", time.Hour),
+		"token":      hubtest.Token(t, "u1", time.Hour),
 		"transports": []string{"websocket"},
 		"outbox":     "local",
 		"backoff":    map[string]int{"baseMs": 50, "maxMs": 200},
@@ -112,7 +113,7 @@ func testOutboxReload(t *testing.T, b context.Context) {
 	evalT[bool](t, p, outboxHarness)
 	p.waitFor(t, "connected", `__hub.state === "connected"`, 10*time.Second)
 
-	px.cut()
+	px.Cut()
 	p.waitFor(t, "connection lost", `__hub.state === "reconnecting"`, 10*time.Second)
 	const n = 3
 	evalT[bool](t, p, fmt.Sprintf(`(() => { for (let i = 1; i <= %d; i++) __send("ORDER_UPDATE", { n: i }); return true; })()`, n))
@@ -132,7 +133,7 @@ func testOutboxReload(t *testing.T, b context.Context) {
 		t.Fatalf("backend called %d times while the page was offline", len(c))
 	}
 
-	px.restore()
+	px.Restore()
 	p.waitFor(t, "restored sends acknowledged", fmt.Sprintf(`__t.acks.length >= %d && __hub.pendingSends === 0`, n), 15*time.Second)
 	acks := evalT[[]sendAck](t, p, "__t.acks")
 	for i, a := range acks {
@@ -159,7 +160,7 @@ func testOutboxNack(t *testing.T, b context.Context, transport string) {
 	h := startHub(t, be.configure)
 	p := openPage(t, b, h.URL)
 	p.start(t, map[string]any{
-		"token":      h.token(t, "u1", time.Hour),
+		"token":      hubtest.Token(t, "u1", time.Hour),
 		"transports": []string{transport},
 		"backoff":    map[string]int{"baseMs": 50, "maxMs": 200},
 	})

@@ -18,7 +18,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
@@ -34,17 +33,11 @@ import (
 	"time"
 
 	"github.com/chromedp/chromedp"
-	"go.uber.org/fx"
 
 	"github.com/hubd/hub/config"
-	"github.com/hubd/hub/hub"
-	"github.com/hubd/hub/internal/auth"
+	"github.com/hubd/hub/internal/hubtest"
+	"github.com/hubd/hub/internal/hubtest/app"
 	"github.com/hubd/hub/modules"
-)
-
-const (
-	browserSecret = "browser-test-secret-0123456789abcdef"
-	browserAPIKey = "browser-test-api-key"
 )
 
 func TestBrowser(t *testing.T) {
@@ -66,7 +59,7 @@ func TestBrowser(t *testing.T) {
 func testWebSocket(t *testing.T, b context.Context) {
 	h := startHub(t, nil)
 	p := openPage(t, b, h.URL)
-	p.start(t, map[string]any{"token": h.token(t, "u1", time.Hour)})
+	p.start(t, map[string]any{"token": hubtest.Token(t, "u1", time.Hour)})
 	p.waitFor(t, "connected over websocket", `__hub.state === "connected" && __hub.transport === "websocket"`, 10*time.Second)
 
 	type sent struct {
@@ -110,7 +103,7 @@ func testSSEFallback(t *testing.T, b context.Context) {
 	h := startHub(t, nil)
 	px := startRefuseWSProxy(t, h)
 	p := openPage(t, b, px.URL)
-	p.start(t, map[string]any{"token": h.token(t, "u1", time.Hour), "backoff": map[string]int{"baseMs": 20, "maxMs": 100}})
+	p.start(t, map[string]any{"token": hubtest.Token(t, "u1", time.Hour), "backoff": map[string]int{"baseMs": 20, "maxMs": 100}})
 	p.waitFor(t, "connected over sse", `__hub.state === "connected"`, 10*time.Second)
 	if tr := evalT[string](t, p, "__hub.transport"); tr != "sse" {
 		t.Fatalf("transport = %q, want sse", tr)
@@ -131,12 +124,12 @@ func testSSEFallback(t *testing.T, b context.Context) {
 }
 
 func testRestart(t *testing.T, b context.Context) {
-	addr := freeAddr(t)
+	addr := hubtest.FreeAddr(t)
 	fixed := func(c *config.Config) { c.Addr = addr }
 	a := startHub(t, fixed)
 	p := openPage(t, b, a.URL)
 	p.start(t, map[string]any{
-		"token":            a.token(t, "u1", time.Hour),
+		"token":            hubtest.Token(t, "u1", time.Hour),
 		"backoff":          map[string]int{"baseMs": 50, "maxMs": 300},
 		"shutdownJitterMs": 200,
 	})
@@ -145,7 +138,7 @@ func testRestart(t *testing.T, b context.Context) {
 	pub := startPublisher(t, a.URL, "u1")
 	pub.waitCount(t, 5)
 	pub.phase.Store(phaseStopping)
-	a.stop(t)
+	a.stop()
 	p.waitFor(t, "reconnecting after the stop", `__t.states.some((s) => s.state === "reconnecting")`, 10*time.Second)
 
 	startHub(t, fixed) // same address, fresh in-memory history
@@ -186,9 +179,9 @@ func testRestart(t *testing.T, b context.Context) {
 
 func testNetworkDrop(t *testing.T, b context.Context) {
 	h := startHub(t, nil)
-	px := startCutProxy(t, h.srv.Addr())
-	p := openPage(t, b, "http://"+px.addr())
-	p.start(t, map[string]any{"token": h.token(t, "u1", time.Hour), "backoff": map[string]int{"baseMs": 50, "maxMs": 200}})
+	px := hubtest.StartProxy(t, h.Servers.Addr())
+	p := openPage(t, b, "http://"+px.Addr())
+	p.start(t, map[string]any{"token": hubtest.Token(t, "u1", time.Hour), "backoff": map[string]int{"baseMs": 50, "maxMs": 200}})
 	p.waitFor(t, "connected", `__hub.state === "connected"`, 10*time.Second)
 
 	var want []pageEvent
@@ -201,11 +194,11 @@ func testNetworkDrop(t *testing.T, b context.Context) {
 	pub("before", 3)
 	p.waitFor(t, "events before the cut", `__t.events.length >= 3`, 10*time.Second)
 
-	px.cut()
+	px.Cut()
 	p.waitFor(t, "connection lost", `__hub.state === "reconnecting"`, 10*time.Second)
 	const missed = 5
 	pub("while cut", missed)
-	px.restore()
+	px.Restore()
 	p.waitFor(t, "reconnected", `__t.connected.length >= 2 && __hub.state === "connected"`, 15*time.Second)
 	pub("after", 3)
 
@@ -227,8 +220,8 @@ func testTokenRefresh(t *testing.T, b context.Context, transport string) {
 
 	const ttl = 5 * time.Second
 	t0 := time.Now()
-	first := h.token(t, "u1", ttl) // refresh at 80 % (4 s), expiry at 5 s
-	second := h.token(t, "u1", time.Hour)
+	first := hubtest.Token(t, "u1", ttl) // refresh at 80 % (4 s), expiry at 5 s
+	second := hubtest.Token(t, "u1", time.Hour)
 	evalT[bool](t, p, fmt.Sprintf(`(window.__tokens = [%q, %q], true)`, first, second))
 	p.start(t, map[string]any{"useTokens": true, "transports": []string{transport}})
 	p.waitFor(t, "connected", `__hub.state === "connected"`, 10*time.Second)
@@ -279,7 +272,7 @@ func testTokenRefresh(t *testing.T, b context.Context, transport string) {
 func testDisconnect(t *testing.T, b context.Context, transport string) {
 	h := startHub(t, nil)
 	p := openPage(t, b, h.URL)
-	p.start(t, map[string]any{"token": h.token(t, "u1", time.Hour), "transports": []string{transport}})
+	p.start(t, map[string]any{"token": hubtest.Token(t, "u1", time.Hour), "transports": []string{transport}})
 	p.waitFor(t, "connected", `__hub.state === "connected"`, 10*time.Second)
 	if n := h.disconnect(t, "u1"); n != 1 {
 		t.Fatalf("disconnect closed %d connections, want 1", n)
@@ -668,100 +661,25 @@ func assertSubsequence(t *testing.T, got, want []string) {
 
 // ---- the hub ----------------------------------------------------------------------
 
-// testHub is a running, fully assembled hub.
+// testHub is the assembled hub (hubtest/app) with an HTTP client of its
+// own for the service API.
 type testHub struct {
-	app     *fx.App
-	srv     *modules.Servers
-	hub     *hub.Hub
-	cfg     config.Config
-	URL     string
-	API     string
-	logs    *syncBuffer
-	client  *http.Client
-	stopped bool
+	*app.App
+	client *http.Client
 }
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
+// startHub starts the hub with the test configuration changed by mod.
 func startHub(t *testing.T, mod func(*config.Config)) *testHub {
 	t.Helper()
-	cfg := config.Default()
-	cfg.Addr = "127.0.0.1:0"
-	cfg.NodeName = "hub-browser-test"
-	cfg.JWTSecret = browserSecret
-	cfg.JWTAlgorithms = []string{"HS256"}
-	cfg.APIKeys = []string{browserAPIKey}
-	cfg.ShutdownTimeout = 3 * time.Second
-	cfg.LogLevel = "debug"
-	cfg.LogFormat = "json"
-	if mod != nil {
-		mod(&cfg)
-	}
-	if err := cfg.Validate(); err != nil {
-		t.Fatalf("config: %v", err)
-	}
-	h := &testHub{cfg: cfg, logs: &syncBuffer{}, client: &http.Client{Transport: &http.Transport{}, Timeout: 10 * time.Second}}
-	h.app = fx.New(
-		modules.App(cfg),
-		fx.Replace(modules.NewLogger(cfg, h.logs)),
-		fx.WithLogger(modules.FxLogger),
-		fx.Populate(&h.srv, &h.hub),
-	)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := h.app.Start(ctx); err != nil {
-		t.Fatalf("start hub: %v", err)
-	}
-	h.URL = "http://" + h.srv.Addr()
-	h.API = "http://" + h.srv.InternalAddr()
-	t.Cleanup(func() {
-		h.stop(t)
-		if t.Failed() {
-			logs := h.logs.String()
-			if len(logs) > 8000 {
-				logs = logs[len(logs)-8000:]
-			}
-			t.Logf("hub logs (tail):\n%s", logs)
-		}
-	})
+	h := &testHub{App: app.Start(t, mod), client: &http.Client{Transport: &http.Transport{}, Timeout: 10 * time.Second}}
+	t.Cleanup(h.client.CloseIdleConnections)
 	return h
 }
 
-func (h *testHub) stop(t *testing.T) {
-	if h.stopped {
-		return
-	}
-	h.stopped = true
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	if err := h.app.Stop(ctx); err != nil {
-		t.Errorf("stop hub: %v", err)
-	}
+// stop stops the hub before the test ends.
+func (h *testHub) stop() {
+	h.Stop()
 	h.client.CloseIdleConnections()
-}
-
-func (h *testHub) token(t *testing.T, sub string, ttl time.Duration) string {
-	t.Helper()
-	tok, err := auth.Mint(browserSecret, "HS256", sub, nil, ttl)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tok
 }
 
 // publish broadcasts to users with the API key and returns the first user's event id.
@@ -781,7 +699,7 @@ func (h *testHub) disconnect(t *testing.T, user string) int {
 	if err != nil {
 		t.Fatal(err)
 	}
-	req.Header.Set("X-API-Key", browserAPIKey)
+	req.Header.Set("X-API-Key", hubtest.APIKey)
 	res, err := h.client.Do(req)
 	if err != nil {
 		t.Fatalf("disconnect: %v", err)
@@ -817,7 +735,7 @@ func postBroadcast(ctx context.Context, c *http.Client, api string, body any) ([
 		return nil, fmt.Errorf("request: %w", err)
 	}
 	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("X-API-Key", browserAPIKey)
+	req.Header.Set("X-API-Key", hubtest.APIKey)
 	res, err := c.Do(req)
 	if err != nil {
 		return nil, fmt.Errorf("post: %w", err)
@@ -850,17 +768,6 @@ func postBroadcast(ctx context.Context, c *http.Client, api string, body any) ([
 		return nil, fmt.Errorf("answer without ids: %s", raw)
 	}
 	return out, nil
-}
-
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	return addr
 }
 
 // ---- continuous publisher (restart test) ---------------------------------------------
@@ -975,7 +882,7 @@ func startRefuseWSProxy(t *testing.T, h *testHub) *refuseWSProxy {
 	rp.FlushInterval = -1 // stream SSE as it comes
 	px := &refuseWSProxy{}
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == h.cfg.WSPath {
+		if r.URL.Path == h.Config.WSPath {
 			px.wsAttempts.Add(1)
 			http.Error(w, "no WebSocket here", http.StatusNotFound)
 			return
@@ -989,99 +896,4 @@ func startRefuseWSProxy(t *testing.T, h *testHub) *refuseWSProxy {
 	})
 	px.URL = srv.URL
 	return px
-}
-
-// cutProxy is a TCP forwarder whose connections the test can cut: cut()
-// closes every connection and refuses new ones (accepting and closing them)
-// until restore().
-type cutProxy struct {
-	ln     net.Listener
-	target string
-	mu     sync.Mutex
-	down   bool
-	conns  map[net.Conn]struct{}
-	wg     sync.WaitGroup
-}
-
-func startCutProxy(t *testing.T, target string) *cutProxy {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &cutProxy{ln: ln, target: target, conns: map[net.Conn]struct{}{}}
-	p.wg.Add(1)
-	go p.accept()
-	t.Cleanup(p.close)
-	return p
-}
-
-func (p *cutProxy) addr() string { return p.ln.Addr().String() }
-
-func (p *cutProxy) accept() {
-	defer p.wg.Done()
-	for {
-		c, err := p.ln.Accept()
-		if err != nil {
-			return
-		}
-		p.mu.Lock()
-		down := p.down
-		p.mu.Unlock()
-		if down {
-			c.Close()
-			continue
-		}
-		up, err := net.Dial("tcp", p.target)
-		if err != nil {
-			c.Close()
-			continue
-		}
-		p.mu.Lock()
-		if p.down {
-			p.mu.Unlock()
-			c.Close()
-			up.Close()
-			continue
-		}
-		p.conns[c] = struct{}{}
-		p.conns[up] = struct{}{}
-		p.mu.Unlock()
-		p.wg.Add(2)
-		go p.pipe(c, up)
-		go p.pipe(up, c)
-	}
-}
-
-// pipe copies src to dst; when either side ends, both are closed.
-func (p *cutProxy) pipe(dst, src net.Conn) {
-	defer p.wg.Done()
-	_, _ = io.Copy(dst, src)
-	dst.Close()
-	src.Close()
-	p.mu.Lock()
-	delete(p.conns, dst)
-	delete(p.conns, src)
-	p.mu.Unlock()
-}
-
-func (p *cutProxy) cut() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.down = true
-	for c := range p.conns {
-		c.Close()
-	}
-}
-
-func (p *cutProxy) restore() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.down = false
-}
-
-func (p *cutProxy) close() {
-	p.ln.Close()
-	p.cut()
-	p.wg.Wait()
 }

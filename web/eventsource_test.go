@@ -7,6 +7,8 @@ import (
 	"slices"
 	"testing"
 	"time"
+
+	"github.com/hubd/hub/internal/hubtest"
 )
 
 // esHarness opens a plain EventSource (no hub.js) on url and records, for
@@ -35,23 +37,23 @@ type esMsg struct {
 // published while it was away, with their ids.
 func testEventSourcePosition(t *testing.T, b context.Context) {
 	h := startHub(t, nil)
-	px := startCutProxy(t, h.srv.Addr())
-	base := "http://" + px.addr()
+	px := hubtest.StartProxy(t, h.Servers.Addr())
+	base := "http://" + px.Addr()
 	p := openPage(t, b, base)
 	user := "es-position"
-	url := fmt.Sprintf("/sse/realtime?token=%s", h.token(t, user, time.Hour))
+	url := fmt.Sprintf("/sse/realtime?token=%s", hubtest.Token(t, user, time.Hour))
 	types, _ := json.Marshal([]string{"hub.connected", "AWAY", "ALL"})
 	evalT[bool](t, p, fmt.Sprintf("%s(%q, %s)", esHarness, url, types))
 	p.waitFor(t, "hub.connected", `window.__es.msgs.length >= 1`, 10*time.Second)
 
-	px.cut() // before its first event; new connections are refused until restore
+	px.Cut() // before its first event; new connections are refused until restore
 	p.waitFor(t, "the EventSource to notice the cut", `window.__es.errors >= 1`, 10*time.Second)
 	var away []string
 	for i := range 3 {
 		away = append(away, h.publish(t, "AWAY", i, user))
 	}
 	away = append(away, h.publishAll(t, "ALL", "x"))
-	px.restore()
+	px.Restore()
 
 	p.waitFor(t, "the second hub.connected and the replay", fmt.Sprintf(`window.__es.msgs.length >= %d`, 2+len(away)), 20*time.Second)
 	msgs := evalT[[]esMsg](t, p, "window.__es.msgs")

@@ -7,13 +7,16 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/hubd/hub/internal/hubtest"
+	"github.com/hubd/hub/internal/hubtest/app"
 )
 
 // TestBench runs each scenario of `hubctl bench` against a real hub, small,
 // and checks its one JSON line: every connection connected and every
 // delivery arrived once.
 func TestBench(t *testing.T) {
-	th := startHub(t)
+	th := app.Start(t, nil)
 	for _, tt := range []struct {
 		name string
 		args []string
@@ -27,7 +30,7 @@ func TestBench(t *testing.T) {
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			var out, errOut bytes.Buffer
-			args := append([]string{"bench", "--url", th.URL, "--secret", testSecret, "--api-key", testAPIKey, "--timeout", "1m"}, tt.args...)
+			args := append([]string{"bench", "--url", th.URL, "--secret", hubtest.Secret, "--api-key", hubtest.APIKey, "--timeout", "1m"}, tt.args...)
 			ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 			defer cancel()
 			if code := runContext(ctx, args, strings.NewReader(""), &out, &errOut); code != exitOK {

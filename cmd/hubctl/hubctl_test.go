@@ -10,11 +10,14 @@ import (
 
 	"github.com/lestrrat-go/jwx/v2/jwa"
 	"github.com/lestrrat-go/jwx/v2/jwt"
+
+	"github.com/hubd/hub/internal/hubtest"
+	"github.com/hubd/hub/internal/hubtest/app"
 )
 
 func TestToken(t *testing.T) {
-	out := mustRun(t, "", "token", "--secret", testSecret, "--alg", "HS384", "--sub", "ops", "--roles", "admin, service", "--ttl", "2h")
-	tok, err := jwt.Parse([]byte(strings.TrimSpace(out)), jwt.WithKey(jwa.HS384, []byte(testSecret)))
+	out := mustRun(t, "", "token", "--secret", hubtest.Secret, "--alg", "HS384", "--sub", "ops", "--roles", "admin, service", "--ttl", "2h")
+	tok, err := jwt.Parse([]byte(strings.TrimSpace(out)), jwt.WithKey(jwa.HS384, []byte(hubtest.Secret)))
 	if err != nil {
 		t.Fatalf("parse %q: %v", out, err)
 	}
@@ -26,9 +29,9 @@ func TestToken(t *testing.T) {
 		t.Errorf("exp in %s, want about 2h", ttl)
 	}
 
-	t.Setenv("HUB_JWT_SECRET", testSecret)
+	t.Setenv("HUB_JWT_SECRET", hubtest.Secret)
 	out = mustRun(t, "", "token", "--sub", "u1")
-	if _, err := jwt.Parse([]byte(strings.TrimSpace(out)), jwt.WithKey(jwa.HS256, []byte(testSecret))); err != nil {
+	if _, err := jwt.Parse([]byte(strings.TrimSpace(out)), jwt.WithKey(jwa.HS256, []byte(hubtest.Secret))); err != nil {
 		t.Errorf("token with the secret from HUB_JWT_SECRET: %v", err)
 	}
 }
@@ -36,22 +39,22 @@ func TestToken(t *testing.T) {
 // token mints a token through `hubctl token`.
 func token(t *testing.T, sub string, roles ...string) string {
 	t.Helper()
-	return strings.TrimSpace(mustRun(t, "", "token", "--secret", testSecret, "--sub", sub, "--roles", strings.Join(roles, ",")))
+	return strings.TrimSpace(mustRun(t, "", "token", "--secret", hubtest.Secret, "--sub", sub, "--roles", strings.Join(roles, ",")))
 }
 
 // tailRun is a `hubctl tail` running in a goroutine.
 type tailRun struct {
 	t      *testing.T
 	cancel context.CancelFunc
-	out    *syncBuffer
-	errOut *syncBuffer
+	out    *hubtest.Buffer
+	errOut *hubtest.Buffer
 	done   chan int
 }
 
 func startTail(t *testing.T, args ...string) *tailRun {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	tr := &tailRun{t: t, cancel: cancel, out: &syncBuffer{}, errOut: &syncBuffer{}, done: make(chan int, 1)}
+	tr := &tailRun{t: t, cancel: cancel, out: &hubtest.Buffer{}, errOut: &hubtest.Buffer{}, done: make(chan int, 1)}
 	go func() {
 		tr.done <- runContext(ctx, append([]string{"tail"}, args...), strings.NewReader(""), tr.out, tr.errOut)
 	}()
@@ -83,7 +86,7 @@ func (tr *tailRun) envelopes() []map[string]any {
 func (tr *tailRun) waitType(typ string) map[string]any {
 	tr.t.Helper()
 	var found map[string]any
-	eventually(tr.t, 5*time.Second, "a "+typ+" line from tail (stderr: "+tr.errOut.String()+")", func() bool {
+	hubtest.Eventually(tr.t, 5*time.Second, "a "+typ+" line from tail (stderr: "+tr.errOut.String()+")", func() bool {
 		for _, e := range tr.envelopes() {
 			if e["type"] == typ {
 				found = e
@@ -111,7 +114,7 @@ func (tr *tailRun) exit() int {
 func TestPublishAndTail(t *testing.T) {
 	for _, transport := range []string{"ws", "sse"} {
 		t.Run(transport, func(t *testing.T) {
-			th := startHub(t)
+			th := app.Start(t, nil)
 			u1 := token(t, "u1")
 			tr := startTail(t, "--url", th.URL, "--token", u1, "--transport", transport)
 			connected := tr.waitType("hub.connected")
@@ -119,7 +122,7 @@ func TestPublishAndTail(t *testing.T) {
 				t.Errorf("hub.connected %v, want userId u1", connected)
 			}
 
-			out := mustRun(t, "", "publish", "--url", th.URL, "--api-key", testAPIKey,
+			out := mustRun(t, "", "publish", "--url", th.URL, "--api-key", hubtest.APIKey,
 				"--user", "u1", "--user", "u2", "--type", "DRAFT_UPDATED", "--payload", `{"draftId":42}`)
 			var answer struct {
 				Events []struct{ UserID, ID string }
@@ -142,7 +145,7 @@ func TestPublishAndTail(t *testing.T) {
 			}
 
 			// the API disconnect ends tail with 4003: exit 1, the code on stderr
-			out = mustRun(t, "", "disconnect", "--url", th.URL, "--api-key", testAPIKey, "--user", "u1")
+			out = mustRun(t, "", "disconnect", "--url", th.URL, "--api-key", hubtest.APIKey, "--user", "u1")
 			if strings.TrimSpace(out) != `{"closed":1}` {
 				t.Errorf("disconnect printed %q, want {\"closed\":1}", out)
 			}
@@ -162,11 +165,11 @@ func TestPublishAndTail(t *testing.T) {
 func TestTailResumeInterruptAndShutdown(t *testing.T) {
 	for _, transport := range []string{"ws", "sse"} {
 		t.Run(transport, func(t *testing.T) {
-			th := startHub(t)
+			th := app.Start(t, nil)
 			u1 := token(t, "u1")
 			var first, second struct{ Events []struct{ ID string } }
-			decode(t, mustRun(t, "", "publish", "--url", th.URL, "--api-key", testAPIKey, "--users", "u1", "--type", "A"), &first)
-			decode(t, mustRun(t, "", "publish", "--url", th.URL, "--api-key", testAPIKey, "--users", "u1", "--type", "B"), &second)
+			decode(t, mustRun(t, "", "publish", "--url", th.URL, "--api-key", hubtest.APIKey, "--users", "u1", "--type", "A"), &first)
+			decode(t, mustRun(t, "", "publish", "--url", th.URL, "--api-key", hubtest.APIKey, "--users", "u1", "--type", "B"), &second)
 
 			tr := startTail(t, "--url", th.URL, "--token", u1, "--transport", transport, "--last-event-id", first.Events[0].ID)
 			connected := tr.waitType("hub.connected")
@@ -191,7 +194,7 @@ func TestTailResumeInterruptAndShutdown(t *testing.T) {
 			// a server shutdown (1001 / hub.shutdown) ends tail with 0
 			tr2 := startTail(t, "--url", th.URL, "--token", u1, "--transport", transport)
 			tr2.waitType("hub.connected")
-			th.stop()
+			th.Stop()
 			if code := tr2.exit(); code != exitOK {
 				t.Errorf("exit %d after a shutdown, want 0 (stderr %q)", code, tr2.errOut.String())
 			}
@@ -203,7 +206,7 @@ func TestTailResumeInterruptAndShutdown(t *testing.T) {
 }
 
 func TestPublishStdin(t *testing.T) {
-	th := startHub(t)
+	th := app.Start(t, nil)
 	tr := startTail(t, "--url", th.URL, "--token", token(t, "u7"))
 	tr.waitType("hub.connected")
 
@@ -219,7 +222,7 @@ func TestPublishStdin(t *testing.T) {
 			fmt.Fprintf(&in, `{"userIds":["u7"],"type":"N","payload":%d}`+"\n", i)
 		}
 	}
-	r := hubctl(t, in.String(), "publish", "--url", th.URL, "--api-key", testAPIKey, "--stdin")
+	r := hubctl(t, in.String(), "publish", "--url", th.URL, "--api-key", hubtest.APIKey, "--stdin")
 	if r.code != exitError {
 		t.Errorf("exit %d with a refused message, want 1", r.code)
 	}
@@ -244,7 +247,7 @@ func TestPublishStdin(t *testing.T) {
 	if last["id"] != answer.Results[1000].ID || answer.Results[1000].ID == "" {
 		t.Errorf("LAST %v, want id %q", last, answer.Results[1000].ID)
 	}
-	eventually(t, 5*time.Second, "999 N events", func() bool {
+	hubtest.Eventually(t, 5*time.Second, "999 N events", func() bool {
 		n := 0
 		for _, e := range tr.envelopes() {
 			if e["type"] == "N" {
@@ -264,14 +267,14 @@ func TestPublishStdin(t *testing.T) {
 	}
 
 	// a line that is not a broadcast body: nothing is sent
-	r = hubctl(t, "{\"all\":true,\"type\":\"X\"}\nnot json\n", "publish", "--url", th.URL, "--api-key", testAPIKey, "--stdin")
+	r = hubctl(t, "{\"all\":true,\"type\":\"X\"}\nnot json\n", "publish", "--url", th.URL, "--api-key", hubtest.APIKey, "--stdin")
 	if r.code != exitError || !strings.Contains(r.stderr, "line 2") || r.stdout != "" {
 		t.Errorf("bad line: %+v, want exit 1 naming line 2", r)
 	}
 }
 
 func TestStats(t *testing.T) {
-	th := startHub(t)
+	th := app.Start(t, nil)
 	tr := startTail(t, "--url", th.URL, "--token", token(t, "u1"), "--transport", "sse")
 	tr.waitType("hub.connected")
 	out := mustRun(t, "", "stats", "--url", th.URL, "--token", token(t, "ops", "admin"))
@@ -286,16 +289,16 @@ func TestStats(t *testing.T) {
 		t.Errorf("stats printed %s", out)
 	}
 
-	r := hubctl(t, "", "stats", "--url", th.URL, "--api-key", testAPIKey)
+	r := hubctl(t, "", "stats", "--url", th.URL, "--api-key", hubtest.APIKey)
 	if r.code != exitError || !strings.Contains(r.stderr, "403") || !strings.Contains(r.stderr, "forbidden") {
 		t.Errorf("stats with an API key: %+v, want exit 1 naming 403 forbidden", r)
 	}
 }
 
 func TestEnvironment(t *testing.T) {
-	th := startHub(t)
+	th := app.Start(t, nil)
 	t.Setenv("HUB_URL", th.URL)
-	t.Setenv("HUB_API_KEY", testAPIKey)
+	t.Setenv("HUB_API_KEY", hubtest.APIKey)
 	out := mustRun(t, "", "disconnect", "--user", "nobody")
 	if strings.TrimSpace(out) != `{"closed":0}` {
 		t.Errorf("disconnect printed %q", out)
@@ -314,7 +317,7 @@ func TestEnvironment(t *testing.T) {
 // hubctl takes the first key of HUB_API_KEYS, the hub's own list (issue
 // 15); HUB_API_KEY and HUB_TOKEN still come first.
 func TestAPIKeyFromHubAPIKeys(t *testing.T) {
-	th := startHub(t)
+	th := app.Start(t, nil)
 	t.Setenv("HUB_URL", th.URL)
 	const wrongKey = "wrong-key-0123456789"
 	tests := []struct {
@@ -326,11 +329,11 @@ func TestAPIKeyFromHubAPIKeys(t *testing.T) {
 		wantCode int
 		wantErr  string
 	}{
-		{name: "first of HUB_API_KEYS", apiKeys: " " + testAPIKey + " , " + wrongKey, args: []string{"disconnect", "--user", "nobody"}, wantCode: exitOK},
-		{name: "only the first is tried", apiKeys: wrongKey + "," + testAPIKey, args: []string{"disconnect", "--user", "nobody"}, wantCode: exitError, wantErr: "invalid_token"},
-		{name: "HUB_API_KEY first", apiKey: testAPIKey, apiKeys: wrongKey, args: []string{"disconnect", "--user", "nobody"}, wantCode: exitOK},
+		{name: "first of HUB_API_KEYS", apiKeys: " " + hubtest.APIKey + " , " + wrongKey, args: []string{"disconnect", "--user", "nobody"}, wantCode: exitOK},
+		{name: "only the first is tried", apiKeys: wrongKey + "," + hubtest.APIKey, args: []string{"disconnect", "--user", "nobody"}, wantCode: exitError, wantErr: "invalid_token"},
+		{name: "HUB_API_KEY first", apiKey: hubtest.APIKey, apiKeys: wrongKey, args: []string{"disconnect", "--user", "nobody"}, wantCode: exitOK},
 		{name: "HUB_TOKEN first", token: token(t, "ops", "admin"), apiKeys: wrongKey, args: []string{"stats"}, wantCode: exitOK},
-		{name: "flag first", apiKeys: wrongKey, args: []string{"disconnect", "--user", "nobody", "--api-key", testAPIKey}, wantCode: exitOK},
+		{name: "flag first", apiKeys: wrongKey, args: []string{"disconnect", "--user", "nobody", "--api-key", hubtest.APIKey}, wantCode: exitOK},
 		{name: "empty list", apiKeys: " , ", args: []string{"disconnect", "--user", "nobody"}, wantCode: exitError, wantErr: "missing_token"},
 	}
 	for _, tt := range tests {
@@ -342,7 +345,7 @@ func TestAPIKeyFromHubAPIKeys(t *testing.T) {
 			if r.code != tt.wantCode || !strings.Contains(r.stderr, tt.wantErr) {
 				t.Errorf("exit %d, stderr %q; want %d and %q", r.code, r.stderr, tt.wantCode, tt.wantErr)
 			}
-			if strings.Contains(r.stdout+r.stderr, testAPIKey) || strings.Contains(r.stdout+r.stderr, wrongKey) {
+			if strings.Contains(r.stdout+r.stderr, hubtest.APIKey) || strings.Contains(r.stdout+r.stderr, wrongKey) {
 				t.Error("an API key was printed")
 			}
 		})
@@ -350,7 +353,7 @@ func TestAPIKeyFromHubAPIKeys(t *testing.T) {
 }
 
 func TestAPIErrors(t *testing.T) {
-	th := startHub(t)
+	th := app.Start(t, nil)
 	for _, name := range []string{"HUB_API_KEY", "HUB_API_KEYS", "HUB_TOKEN"} {
 		t.Setenv(name, "") // "no credentials" means none from the environment either
 	}
@@ -363,7 +366,7 @@ func TestAPIErrors(t *testing.T) {
 		{"no credentials", []string{"publish", "--url", th.URL, "--users", "u1", "--type", "A"}, "missing_token"},
 		{"bad token", []string{"publish", "--url", th.URL, "--token", bad, "--all", "--type", "A"}, "invalid_token"},
 		{"user token", []string{"disconnect", "--url", th.URL, "--token", token(t, "u1"), "--user", "u1"}, "forbidden"},
-		{"reserved type", []string{"publish", "--url", th.URL, "--api-key", testAPIKey, "--all", "--type", "hub.x"}, "invalid_request"},
+		{"reserved type", []string{"publish", "--url", th.URL, "--api-key", hubtest.APIKey, "--all", "--type", "hub.x"}, "invalid_request"},
 		{"tail refused", []string{"tail", "--url", th.URL, "--token", bad}, "invalid_token"},
 		{"tail sse refused", []string{"tail", "--url", th.URL, "--token", bad, "--transport", "sse"}, "invalid_token"},
 		{"no hub", []string{"stats", "--url", "http://127.0.0.1:1", "--token", bad}, "connection refused"},
@@ -440,8 +443,8 @@ func TestUsage(t *testing.T) {
 }
 
 func TestRunWithSignals(t *testing.T) {
-	var out, errOut syncBuffer
-	if code := run([]string{"token", "--secret", testSecret, "--sub", "u1"}, strings.NewReader(""), &out, &errOut); code != exitOK {
+	var out, errOut hubtest.Buffer
+	if code := run([]string{"token", "--secret", hubtest.Secret, "--sub", "u1"}, strings.NewReader(""), &out, &errOut); code != exitOK {
 		t.Fatalf("run: exit %d, stderr %q", code, errOut.String())
 	}
 	if strings.Count(out.String(), ".") != 2 {

@@ -19,6 +19,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/hubd/hub/internal/hubtest"
 )
 
 // buildHubd compiles the server once per test binary.
@@ -30,16 +32,6 @@ func buildHubd(t *testing.T) string {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}
 	return bin
-}
-
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
 }
 
 // cleanEnv is the environment without any HUB_ variable of the caller.
@@ -55,7 +47,7 @@ func cleanEnv(extra ...string) []string {
 
 func TestDevModeRunsPrintsTokensAndExitsZeroOnSIGTERM(t *testing.T) {
 	bin := buildHubd(t)
-	addr := freeAddr(t)
+	addr := hubtest.FreeAddr(t)
 	const unknownValue = "value-of-a-misspelt-variable"
 	cmd := exec.Command(bin, "--dev")
 	cmd.Env = cleanEnv("HUB_ADDR="+addr, "HUB_SHUTDOWN_TIMEOUT=2s", "HUB_SEND_QUEU="+unknownValue)
@@ -168,7 +160,7 @@ func TestNoKeyNoDevExitsNamingTheKeys(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
 			cmd := exec.CommandContext(ctx, bin)
-			cmd.Env = cleanEnv(append(tt.env, "HUB_ADDR="+freeAddr(t))...)
+			cmd.Env = cleanEnv(append(tt.env, "HUB_ADDR="+hubtest.FreeAddr(t))...)
 			out, err := cmd.CombinedOutput()
 			var ee *exec.ExitError
 			if !errors.As(err, &ee) || ee.ExitCode() != 1 {

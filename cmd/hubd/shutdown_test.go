@@ -12,12 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hubd/hub/internal/auth"
-)
-
-const (
-	shutdownSecret = "shutdown-test-secret-0123456789abcdef"
-	shutdownKey    = "shutdown-test-api-key-0123"
+	"github.com/hubd/hub/internal/hubtest"
 )
 
 // stuckClient opens a connection that completes its handshake and then
@@ -42,10 +37,10 @@ func stuckClient(t *testing.T, addr, request string) net.Conn {
 // exit 0 at most one second after HUB_SHUTDOWN_TIMEOUT.
 func TestShutdownWithinTimeout(t *testing.T) {
 	bin := buildHubd(t)
-	addr := freeAddr(t)
+	addr := hubtest.FreeAddr(t)
 	const timeout = 2 * time.Second
 	cmd := exec.Command(bin)
-	cmd.Env = cleanEnv("HUB_ADDR="+addr, "HUB_JWT_SECRET="+shutdownSecret, "HUB_API_KEYS="+shutdownKey,
+	cmd.Env = cleanEnv("HUB_ADDR="+addr, "HUB_JWT_SECRET="+hubtest.Secret, "HUB_API_KEYS="+hubtest.APIKey,
 		"HUB_SHUTDOWN_TIMEOUT="+timeout.String(), "HUB_LOG_LEVEL=warn")
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
@@ -68,10 +63,7 @@ func TestShutdownWithinTimeout(t *testing.T) {
 		time.Sleep(20 * time.Millisecond) // polling a process we started, with a deadline
 	}
 
-	tok, err := auth.Mint(shutdownSecret, "HS256", "stuck", nil, time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
+	tok := hubtest.Token(t, "stuck", time.Hour)
 	key := base64.StdEncoding.EncodeToString([]byte("0123456789abcdef"))
 	stuckClient(t, addr, "GET /ws/realtime?token="+tok+" HTTP/1.1\r\nHost: "+addr+"\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"+
 		"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: "+key+"\r\n\r\n")
@@ -86,7 +78,7 @@ func TestShutdownWithinTimeout(t *testing.T) {
 		req, _ := http.NewRequest(http.MethodPost, "http://"+addr+"/api/broadcast",
 			strings.NewReader(`{"userIds":["stuck"],"type":"BIG","payload":`+payload+`}`))
 		req.Header.Set("Content-Type", "application/json")
-		req.Header.Set("X-API-Key", shutdownKey)
+		req.Header.Set("X-API-Key", hubtest.APIKey)
 		resp, err := http.DefaultClient.Do(req)
 		if err != nil {
 			t.Fatal(err)
@@ -124,10 +116,7 @@ func TestShutdownWithinTimeout(t *testing.T) {
 // disconnect-free way, by publishing nothing and polling stats.
 func waitConnections(t *testing.T, addr string, n int, deadline time.Time) {
 	t.Helper()
-	admin, err := auth.Mint(shutdownSecret, "HS256", "admin", []string{"admin"}, time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
+	admin := hubtest.Token(t, "admin", time.Hour, "admin")
 	for {
 		req, _ := http.NewRequest(http.MethodGet, "http://"+addr+"/api/websocket/stats", nil)
 		req.Header.Set("Authorization", "Bearer "+admin)

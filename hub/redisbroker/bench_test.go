@@ -8,14 +8,15 @@ import (
 	"time"
 
 	"github.com/hubd/hub/hub"
+	"github.com/hubd/hub/internal/hubtest"
 )
 
 // BenchmarkCrossNodeFanout: three nodes in one process share Redis, 1000
 // connections spread over them; each op is one broadcast published on one
 // node and delivered to every connection on every node.
 func BenchmarkCrossNodeFanout(b *testing.B) {
-	url := redisURL(b)
-	pfx := prefix(b, url)
+	url := hubtest.RedisURL(b)
+	pfx := hubtest.RedisPrefix(b, url)
 	nodes := []node{
 		startNode(b, url, pfx, "a", 1000, time.Minute),
 		startNode(b, url, pfx, "b", 1000, time.Minute),

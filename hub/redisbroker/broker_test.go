@@ -12,6 +12,7 @@ import (
 
 	"github.com/hubd/hub/hub"
 	"github.com/hubd/hub/hub/redisbroker"
+	"github.com/hubd/hub/internal/hubtest"
 )
 
 func bg(t testing.TB) context.Context {
@@ -56,8 +57,8 @@ func TestStartFailsWhenUnreachable(t *testing.T) {
 // The frame built by the Lua script is byte for byte the hub's envelope,
 // live and from the history.
 func TestFrameMatchesEncodeEnvelope(t *testing.T) {
-	url := redisURL(t)
-	pfx := prefix(t, url)
+	url := hubtest.RedisURL(t)
+	pfx := hubtest.RedisPrefix(t, url)
 	n := startNode(t, url, pfx, "a", 100, time.Minute)
 	cl := connect(t, n.hub, "u1", "")
 	tests := []struct {
@@ -112,8 +113,8 @@ func TestFrameMatchesEncodeEnvelope(t *testing.T) {
 }
 
 func TestThreeNodes(t *testing.T) {
-	url := redisURL(t)
-	pfx := prefix(t, url)
+	url := hubtest.RedisURL(t)
+	pfx := hubtest.RedisPrefix(t, url)
 	nodes := []node{
 		startNode(t, url, pfx, "a", 1000, time.Minute),
 		startNode(t, url, pfx, "b", 1000, time.Minute),
@@ -204,8 +205,8 @@ func TestThreeNodes(t *testing.T) {
 }
 
 func TestResumeOnAnotherNode(t *testing.T) {
-	url := redisURL(t)
-	pfx := prefix(t, url)
+	url := hubtest.RedisURL(t)
+	pfx := hubtest.RedisPrefix(t, url)
 	const size = 5
 	a := startNode(t, url, pfx, "a", size, time.Minute)
 	b := startNode(t, url, pfx, "b", size, time.Minute)
@@ -312,7 +313,7 @@ func TestResumeOnAnotherNode(t *testing.T) {
 
 // History's proof, case by case, on the broker itself.
 func TestHistory(t *testing.T) {
-	url := redisURL(t)
+	url := hubtest.RedisURL(t)
 	now := time.Now()
 	type pub struct {
 		all bool
@@ -339,7 +340,7 @@ func TestHistory(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			pfx := prefix(t, url)
+			pfx := hubtest.RedisPrefix(t, url)
 			n := startNode(t, url, pfx, "a", tt.size, time.Minute)
 			var ids []string
 			for _, p := range tt.pubs {
@@ -375,8 +376,8 @@ func TestHistory(t *testing.T) {
 
 // Without history the broker still publishes, and resume is never proven.
 func TestNoHistory(t *testing.T) {
-	url := redisURL(t)
-	pfx := prefix(t, url)
+	url := hubtest.RedisURL(t)
+	pfx := hubtest.RedisPrefix(t, url)
 	n := startNode(t, url, pfx, "a", 0, 0)
 	cl := connect(t, n.hub, "u1", "")
 	ids, err := n.broker.PublishUsers(bg(t), []string{"u1"}, "E", []byte(`1`), time.Now())
@@ -389,7 +390,7 @@ func TestNoHistory(t *testing.T) {
 	if _, ok, _ := n.broker.History(bg(t), "u1", ids[0], 10); ok {
 		t.Fatal("History proved a resume without history")
 	}
-	keys, err := rawClient(t, url).Keys(bg(t), pfx+"u:*").Result()
+	keys, err := hubtest.RedisClient(t, url).Keys(bg(t), pfx+"u:*").Result()
 	if err != nil || len(keys) != 0 {
 		t.Fatalf("streams %v (%v), want none", keys, err)
 	}
@@ -397,8 +398,8 @@ func TestNoHistory(t *testing.T) {
 
 // Streams expire when idle; the epoch does not.
 func TestStreamExpiry(t *testing.T) {
-	url := redisURL(t)
-	pfx := prefix(t, url)
+	url := hubtest.RedisURL(t)
+	pfx := hubtest.RedisPrefix(t, url)
 	n := startNode(t, url, pfx, "a", 10, 90*time.Second)
 	if _, err := n.broker.PublishUsers(bg(t), []string{"u1"}, "E", []byte(`1`), time.Now()); err != nil {
 		t.Fatal(err)
@@ -406,7 +407,7 @@ func TestStreamExpiry(t *testing.T) {
 	if _, err := n.broker.PublishAll(bg(t), "E", []byte(`1`), time.Now()); err != nil {
 		t.Fatal(err)
 	}
-	rc := rawClient(t, url)
+	rc := hubtest.RedisClient(t, url)
 	for _, pat := range []string{pfx + "u:u1:*", pfx + "a:*"} {
 		keys, err := rc.Keys(bg(t), pat).Result()
 		if err != nil || len(keys) != 1 {
@@ -424,8 +425,8 @@ func TestStreamExpiry(t *testing.T) {
 
 // When Redis lost its data, a new epoch is made: old ids are unknown.
 func TestLostDataMakesNewEpoch(t *testing.T) {
-	url := redisURL(t)
-	pfx := prefix(t, url)
+	url := hubtest.RedisURL(t)
+	pfx := hubtest.RedisPrefix(t, url)
 	n := startNode(t, url, pfx, "a", 10, time.Minute)
 	ids, err := n.broker.PublishUsers(bg(t), []string{"u1"}, "E", []byte(`1`), time.Now())
 	if err != nil {
@@ -434,7 +435,7 @@ func TestLostDataMakesNewEpoch(t *testing.T) {
 	if _, err := n.broker.PublishUsers(bg(t), []string{"u1"}, "E", []byte(`1`), time.Now()); err != nil {
 		t.Fatal(err)
 	}
-	rc := rawClient(t, url)
+	rc := hubtest.RedisClient(t, url)
 	keys, _ := rc.Keys(bg(t), pfx+"*").Result()
 	rc.Del(bg(t), keys...)
 	after, err := n.broker.PublishUsers(bg(t), []string{"u1"}, "E", []byte(`1`), time.Now())
@@ -452,8 +453,8 @@ func TestLostDataMakesNewEpoch(t *testing.T) {
 }
 
 func TestDisconnectAcrossNodes(t *testing.T) {
-	url := redisURL(t)
-	pfx := prefix(t, url)
+	url := hubtest.RedisURL(t)
+	pfx := hubtest.RedisPrefix(t, url)
 	a := startNode(t, url, pfx, "a", 10, time.Minute)
 	b := startNode(t, url, pfx, "b", 10, time.Minute)
 	c := startNode(t, url, pfx, "c", 10, time.Minute)
@@ -463,7 +464,7 @@ func TestDisconnectAcrossNodes(t *testing.T) {
 		t.Errorf("DisconnectUser on c closed %d local connections, want 0", n)
 	}
 	for name, cl := range map[string]*client{"a": ca, "b": cb} {
-		waitFor(t, "close on "+name, func() bool { cl.poll(); return cl.end != nil })
+		hubtest.Eventually(t, 15*time.Second, "close on "+name, func() bool { cl.poll(); return cl.end != nil })
 		if *cl.end != hub.ReasonDisconnected {
 			t.Errorf("conn on %s closed with %v, want %v", name, *cl.end, hub.ReasonDisconnected)
 		}
@@ -475,8 +476,8 @@ func TestDisconnectAcrossNodes(t *testing.T) {
 }
 
 func TestClusterStats(t *testing.T) {
-	url := redisURL(t)
-	pfx := prefix(t, url)
+	url := hubtest.RedisURL(t)
+	pfx := hubtest.RedisPrefix(t, url)
 	a := startNode(t, url, pfx, "a", 10, time.Minute)
 	b := startNode(t, url, pfx, "b", 10, time.Minute)
 	connect(t, a.hub, "u1", "")
@@ -489,7 +490,7 @@ func TestClusterStats(t *testing.T) {
 	want := redisbroker.ClusterTotals{Nodes: 2, TotalConnections: 4, ActiveUsers: 4,
 		Connections: map[string]int{hub.TransportWebSocket: 3, hub.TransportSSE: 1}}
 	var got redisbroker.ClusterTotals
-	waitFor(t, "cluster stats", func() bool {
+	hubtest.Eventually(t, 15*time.Second, "cluster stats", func() bool {
 		v, err := a.broker.ClusterStats(bg(t))
 		if err != nil {
 			t.Fatal(err)
@@ -517,8 +518,8 @@ func TestClusterStats(t *testing.T) {
 // Subscribe and Unsubscribe of the same user in quick succession leave the
 // subscription in the state the last call asked for.
 func TestSubscribeChurn(t *testing.T) {
-	url := redisURL(t)
-	pfx := prefix(t, url)
+	url := hubtest.RedisURL(t)
+	pfx := hubtest.RedisPrefix(t, url)
 	a := startNode(t, url, pfx, "a", 10, time.Minute)
 	pub := startNode(t, url, pfx, "p", 10, time.Minute)
 	for range 50 {

@@ -3,62 +3,27 @@ package redisbroker_test
 import (
 	"context"
 	"encoding/json"
-	"net"
-	"os"
-	"os/exec"
 	"slices"
 	"strconv"
 	"sync"
 	"testing"
 	"time"
-)
 
-// startRedis runs a redis-server of the test's own on a free port, without
-// persistence; it is killed when t ends.
-func startRedis(t *testing.T) (addr string, stop func()) {
-	t.Helper()
-	bin, err := exec.LookPath("redis-server")
-	if err != nil {
-		if os.Getenv("HUB_REQUIRE_REDIS") == "1" {
-			t.Fatalf("redis-server: %v", err)
-		}
-		t.Skipf("redis-server not installed: %v", err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := ln.Addr().(*net.TCPAddr).Port
-	ln.Close()
-	addr = "127.0.0.1:" + strconv.Itoa(port)
-	cmd := exec.Command(bin, "--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no")
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start redis-server: %v", err)
-	}
-	var once sync.Once
-	stop = func() {
-		once.Do(func() {
-			_ = cmd.Process.Kill()
-			_ = cmd.Wait()
-		})
-	}
-	t.Cleanup(stop)
-	waitFor(t, "redis-server up", func() bool { return pingURL("redis://"+addr+"/0") == nil })
-	return addr, stop
-}
+	"github.com/hubd/hub/internal/hubtest"
+)
 
 // A network cut between a node and Redis: publishes through the cut node
 // fail (and are not acknowledged), Ready reports it, and once the network
 // is back every event acknowledged meanwhile by another node reaches the
 // cut node's connection, in order, exactly once.
 func TestNetworkCut(t *testing.T) {
-	addr, _ := startRedis(t)
-	direct := "redis://" + addr + "/0"
-	px := newProxy(t, addr)
+	rs := hubtest.StartRedisServer(t)
+	direct := rs.URL()
+	px := hubtest.StartProxy(t, rs.Addr())
 	// The history must hold everything published while the node is cut
 	// off (two publishers flat out; on a slow machine more than 1000): a
 	// longer gap is rightly closed with 1001 and recovered:false.
-	a := startNode(t, "redis://"+px.addr+"/0", "hub:", "a", 100000, time.Minute)
+	a := startNode(t, "redis://"+px.Addr()+"/0", "hub:", "a", 100000, time.Minute)
 	p := startNode(t, direct, "hub:", "p", 100000, time.Minute)
 
 	cl := connect(t, a.hub, "u1", "")
@@ -110,10 +75,10 @@ func TestNetworkCut(t *testing.T) {
 		}()
 	}
 	countAcked := func() int { mu.Lock(); defer mu.Unlock(); return len(acked) }
-	waitFor(t, "events before the cut", func() bool { return countAcked() > 20 })
+	hubtest.Eventually(t, 15*time.Second, "events before the cut", func() bool { return countAcked() > 20 })
 
-	px.setCut(true)
-	waitFor(t, "Ready to fail", func() bool { return a.broker.Ready() != nil })
+	px.Cut()
+	hubtest.Eventually(t, 15*time.Second, "Ready to fail", func() bool { return a.broker.Ready() != nil })
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	_, err = a.hub.Publish(ctx, []string{"u1"}, "E", json.RawMessage(`1`))
 	cancel()
@@ -121,12 +86,12 @@ func TestNetworkCut(t *testing.T) {
 		t.Fatal("Publish through the cut node succeeded")
 	}
 	during := countAcked()
-	waitFor(t, "events acknowledged during the cut", func() bool { return countAcked() > during+20 })
+	hubtest.Eventually(t, 15*time.Second, "events acknowledged during the cut", func() bool { return countAcked() > during+20 })
 
-	px.setCut(false)
-	waitFor(t, "Ready again", func() bool { return a.broker.Ready() == nil })
+	px.Restore()
+	hubtest.Eventually(t, 15*time.Second, "Ready again", func() bool { return a.broker.Ready() == nil })
 	after := countAcked()
-	waitFor(t, "events after the cut", func() bool { return countAcked() > after+20 })
+	hubtest.Eventually(t, 15*time.Second, "events after the cut", func() bool { return countAcked() > after+20 })
 	close(stopPub)
 	wg.Wait()
 
@@ -138,7 +103,7 @@ func TestNetworkCut(t *testing.T) {
 	// (its answer was lost): the connection may hold more than what was
 	// acknowledged, but never less, and always in order, once.
 	var got []string
-	waitFor(t, "every acknowledged event", func() bool {
+	hubtest.Eventually(t, 15*time.Second, "every acknowledged event", func() bool {
 		cl.poll()
 		got = idsOf(cl.events())
 		return cl.end != nil || isSubsequence(want, got)
@@ -198,8 +163,8 @@ func lastDash(s string) int {
 // Redis itself stops: publishes fail, Ready reports it; restarted (without
 // its data) the node is ready again and ids come from a new epoch.
 func TestRedisRestart(t *testing.T) {
-	addr, stop := startRedis(t)
-	a := startNode(t, "redis://"+addr+"/0", "hub:", "a", 100, time.Minute)
+	rs := hubtest.StartRedisServer(t)
+	a := startNode(t, rs.URL(), "hub:", "a", 100, time.Minute)
 	cl := connect(t, a.hub, "u1", "")
 	before, err := a.hub.Publish(bg(t), []string{"u1"}, "E", json.RawMessage(`0`))
 	if err != nil {
@@ -207,8 +172,8 @@ func TestRedisRestart(t *testing.T) {
 	}
 	cl.waitEvents(1)
 
-	stop()
-	waitFor(t, "Ready to fail", func() bool { return a.broker.Ready() != nil })
+	rs.Kill()
+	hubtest.Eventually(t, 15*time.Second, "Ready to fail", func() bool { return a.broker.Ready() != nil })
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	_, err = a.hub.Publish(ctx, []string{"u1"}, "E", json.RawMessage(`1`))
 	cancel()
@@ -216,8 +181,8 @@ func TestRedisRestart(t *testing.T) {
 		t.Fatal("Publish with Redis down succeeded")
 	}
 
-	restartRedis(t, addr)
-	waitFor(t, "Ready again", func() bool { return a.broker.Ready() == nil })
+	rs.Start() // without its data
+	hubtest.Eventually(t, 15*time.Second, "Ready again", func() bool { return a.broker.Ready() == nil })
 	after, err := a.hub.Publish(bg(t), []string{"u1"}, "E", json.RawMessage(`2`))
 	if err != nil {
 		t.Fatal(err)
@@ -227,18 +192,5 @@ func TestRedisRestart(t *testing.T) {
 	}
 	// The connection could not be proven complete (its last id is of the
 	// lost epoch): it is closed so that it reconnects with recovered:false.
-	waitFor(t, "the connection to be closed", func() bool { cl.poll(); return cl.end != nil })
-}
-
-// restartRedis starts redis-server again on addr's port.
-func restartRedis(t *testing.T, addr string) {
-	t.Helper()
-	bin, _ := exec.LookPath("redis-server")
-	_, port, _ := net.SplitHostPort(addr)
-	cmd := exec.Command(bin, "--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no")
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("restart redis-server: %v", err)
-	}
-	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
-	waitFor(t, "redis-server up again", func() bool { return pingURL("redis://"+addr+"/0") == nil })
+	hubtest.Eventually(t, 15*time.Second, "the connection to be closed", func() bool { cl.poll(); return cl.end != nil })
 }

@@ -2,90 +2,21 @@ package redisbroker_test
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"io"
 	"log/slog"
-	"net"
-	"os"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/redis/go-redis/v9"
 	"go.uber.org/goleak"
 
 	"github.com/hubd/hub/hub"
 	"github.com/hubd/hub/hub/redisbroker"
+	"github.com/hubd/hub/internal/hubtest"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
-
-// redisURL returns the test Redis URL; it skips the test when Redis cannot
-// be reached, or fails it when HUB_REQUIRE_REDIS=1.
-func redisURL(t testing.TB) string {
-	t.Helper()
-	u := os.Getenv("HUB_REDIS_URL")
-	if u == "" {
-		u = "redis://127.0.0.1:6379/0"
-	}
-	if err := pingURL(u); err != nil {
-		if os.Getenv("HUB_REQUIRE_REDIS") == "1" {
-			t.Fatalf("redis at %s: %v", u, err)
-		}
-		t.Skipf("redis at %s unreachable: %v", u, err)
-	}
-	return u
-}
-
-func pingURL(u string) error {
-	o, err := redis.ParseURL(u)
-	if err != nil {
-		return err
-	}
-	c := redis.NewClient(o)
-	defer c.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-	defer cancel()
-	return c.Ping(ctx).Err()
-}
-
-// prefix returns a key prefix of its own for t and deletes its keys when t
-// ends.
-func prefix(t testing.TB, url string) string {
-	t.Helper()
-	var b [6]byte
-	_, _ = rand.Read(b[:])
-	p := "hubtest:" + hex.EncodeToString(b[:]) + ":"
-	t.Cleanup(func() {
-		o, err := redis.ParseURL(url)
-		if err != nil {
-			return
-		}
-		c := redis.NewClient(o)
-		defer c.Close()
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		iter := c.Scan(ctx, 0, p+"*", 1000).Iterator()
-		for iter.Next(ctx) {
-			c.Del(ctx, iter.Val())
-		}
-	})
-	return p
-}
-
-// rawClient is a plain client for inspecting keys.
-func rawClient(t testing.TB, url string) *redis.Client {
-	t.Helper()
-	o, err := redis.ParseURL(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := redis.NewClient(o)
-	t.Cleanup(func() { c.Close() })
-	return c
-}
 
 var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 
@@ -98,11 +29,22 @@ type node struct {
 // ends.
 func startNode(t testing.TB, url, pfx, name string, size int, ttl time.Duration) node {
 	t.Helper()
-	b, err := redisbroker.New(redisbroker.Options{URL: url, Prefix: pfx, Node: name, HistorySize: size, HistoryTTL: ttl, Logger: quiet})
+	return startWith(t,
+		redisbroker.Options{URL: url, Prefix: pfx, Node: name, HistorySize: size, HistoryTTL: ttl},
+		hub.Options{HistorySize: size, HistoryTTL: ttl, Node: name})
+}
+
+// startWith starts a hub of ho with a broker of bo (both logging nowhere);
+// both stop when t ends.
+func startWith(t testing.TB, bo redisbroker.Options, ho hub.Options) node {
+	t.Helper()
+	bo.Logger, ho.Logger = quiet, quiet
+	b, err := redisbroker.New(bo)
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
-	h := hub.New(hub.Options{Broker: b, HistorySize: size, HistoryTTL: ttl, Node: name, Logger: quiet})
+	ho.Broker = b
+	h := hub.New(ho)
 	h.Start()
 	t.Cleanup(h.Stop)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -177,14 +119,14 @@ func (cl *client) events() []*hub.Message {
 // waitEvents polls until the client holds n application events.
 func (cl *client) waitEvents(n int) []*hub.Message {
 	cl.t.Helper()
-	waitFor(cl.t, "events", func() bool { cl.poll(); return len(cl.events()) >= n })
+	hubtest.Eventually(cl.t, 15*time.Second, "events", func() bool { cl.poll(); return len(cl.events()) >= n })
 	return cl.events()
 }
 
 // connected decodes the hub.connected payload received first.
 func (cl *client) connected() (recovered bool, missed int) {
 	cl.t.Helper()
-	waitFor(cl.t, "hub.connected", func() bool { cl.poll(); return len(cl.msgs) > 0 })
+	hubtest.Eventually(cl.t, 15*time.Second, "hub.connected", func() bool { cl.poll(); return len(cl.msgs) > 0 })
 	if cl.msgs[0].Type != "hub.connected" {
 		cl.t.Fatalf("first message %q, want hub.connected", cl.msgs[0].Type)
 	}
@@ -200,104 +142,10 @@ func (cl *client) connected() (recovered bool, missed int) {
 	return env.Payload.Recovered, env.Payload.Missed
 }
 
-// waitFor polls cond until it holds, failing the test after a deadline.
-func waitFor(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(2 * time.Millisecond) // polling interval, not synchronisation
-	}
-}
-
 func idsOf(msgs []*hub.Message) []string {
 	out := make([]string, len(msgs))
 	for i, m := range msgs {
 		out[i] = m.ID
 	}
 	return out
-}
-
-// proxy is a TCP proxy the test can cut (closing every connection and
-// refusing new ones) and restore.
-type proxy struct {
-	target string
-	ln     net.Listener
-	addr   string
-
-	mu    sync.Mutex
-	cut   bool
-	conns map[net.Conn]struct{}
-	wg    sync.WaitGroup
-}
-
-func newProxy(t testing.TB, target string) *proxy {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &proxy{target: target, ln: ln, addr: ln.Addr().String(), conns: map[net.Conn]struct{}{}}
-	p.wg.Add(1)
-	go p.accept()
-	t.Cleanup(p.close)
-	return p
-}
-
-func (p *proxy) accept() {
-	defer p.wg.Done()
-	for {
-		c, err := p.ln.Accept()
-		if err != nil {
-			return
-		}
-		p.mu.Lock()
-		if p.cut {
-			p.mu.Unlock()
-			c.Close()
-			continue
-		}
-		up, err := net.Dial("tcp", p.target)
-		if err != nil {
-			p.mu.Unlock()
-			c.Close()
-			continue
-		}
-		p.conns[c], p.conns[up] = struct{}{}, struct{}{}
-		p.wg.Add(2)
-		p.mu.Unlock()
-		go p.pipe(c, up)
-		go p.pipe(up, c)
-	}
-}
-
-func (p *proxy) pipe(dst, src net.Conn) {
-	defer p.wg.Done()
-	_, _ = io.Copy(dst, src)
-	dst.Close()
-	src.Close()
-	p.mu.Lock()
-	delete(p.conns, dst)
-	delete(p.conns, src)
-	p.mu.Unlock()
-}
-
-// setCut cuts (true) or restores (false) the network.
-func (p *proxy) setCut(cut bool) {
-	p.mu.Lock()
-	p.cut = cut
-	if cut {
-		for c := range p.conns {
-			c.Close()
-		}
-	}
-	p.mu.Unlock()
-}
-
-func (p *proxy) close() {
-	p.ln.Close()
-	p.setCut(true)
-	p.wg.Wait()
 }

@@ -1,7 +1,6 @@
 package redisbroker_test
 
 import (
-	"context"
 	"encoding/json"
 	"errors"
 	"strconv"
@@ -10,30 +9,16 @@ import (
 
 	"github.com/hubd/hub/hub"
 	"github.com/hubd/hub/hub/redisbroker"
+	"github.com/hubd/hub/internal/hubtest"
 )
 
 // startLimited starts a hub with a broker like startNode, with a per-user
 // connection limit and the broker's slot lifetime.
 func startLimited(t testing.TB, url, pfx, name string, perUser int, slotTTL time.Duration) node {
 	t.Helper()
-	b, err := redisbroker.New(redisbroker.Options{URL: url, Prefix: pfx, Node: name, HistorySize: 100, HistoryTTL: time.Minute, SlotTTL: slotTTL, Logger: quiet})
-	if err != nil {
-		t.Fatalf("New: %v", err)
-	}
-	h := hub.New(hub.Options{Broker: b, HistorySize: 100, HistoryTTL: time.Minute, MaxConnsPerUser: perUser, BrokerTimeout: 2 * time.Second, Node: name, Logger: quiet})
-	h.Start()
-	t.Cleanup(h.Stop)
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if err := b.Start(ctx, h); err != nil {
-		t.Fatalf("Start: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := b.Close(); err != nil {
-			t.Errorf("Close: %v", err)
-		}
-	})
-	return node{hub: h, broker: b}
+	return startWith(t,
+		redisbroker.Options{URL: url, Prefix: pfx, Node: name, HistorySize: 100, HistoryTTL: time.Minute, SlotTTL: slotTTL},
+		hub.Options{HistorySize: 100, HistoryTTL: time.Minute, MaxConnsPerUser: perUser, BrokerTimeout: 2 * time.Second, Node: name})
 }
 
 // register registers a connection of user; the test unregisters it when it
@@ -56,11 +41,11 @@ func userLimit(err error) bool {
 // The per-user limit counts a user's connections on every node, WebSocket
 // and SSE together; a closed connection frees its slot for any node.
 func TestConnLimitAcrossNodes(t *testing.T) {
-	url := redisURL(t)
-	pfx := prefix(t, url)
+	url := hubtest.RedisURL(t)
+	pfx := hubtest.RedisPrefix(t, url)
 	a := startLimited(t, url, pfx, "a", 2, 0)
 	b := startLimited(t, url, pfx, "b", 2, 0)
-	rc := rawClient(t, url)
+	rc := hubtest.RedisClient(t, url)
 
 	a1, err := register(t, a.hub, "u1", hub.TransportWebSocket)
 	if err != nil {
@@ -86,7 +71,7 @@ func TestConnLimitAcrossNodes(t *testing.T) {
 
 	a.hub.Unregister(a1)
 	var b1 *hub.Conn
-	waitFor(t, "b to accept u1 once a connection closed", func() bool {
+	hubtest.Eventually(t, 15*time.Second, "b to accept u1 once a connection closed", func() bool {
 		c, err := register(t, b.hub, "u1", hub.TransportWebSocket)
 		if err != nil && !userLimit(err) {
 			t.Fatalf("register on b: %v", err)
@@ -98,18 +83,18 @@ func TestConnLimitAcrossNodes(t *testing.T) {
 		t.Fatalf("third connection back on a: err %v, want the user limit", err)
 	}
 	b.hub.Unregister(b1)
-	waitFor(t, "the slot to be given back", func() bool { return rc.ZCard(bg(t), pfx+"uc:u1").Val() == 1 })
+	hubtest.Eventually(t, 15*time.Second, "the slot to be given back", func() bool { return rc.ZCard(bg(t), pfx+"uc:u1").Val() == 1 })
 }
 
 // The slots of a node that stopped without giving them back (a crash)
 // expire; those of a live node are renewed and do not.
 func TestSlotsOfStoppedNodeExpire(t *testing.T) {
-	url := redisURL(t)
-	pfx := prefix(t, url)
+	url := hubtest.RedisURL(t)
+	pfx := hubtest.RedisPrefix(t, url)
 	const ttl = 900 * time.Millisecond
 	a := startLimited(t, url, pfx, "a", 2, ttl)
 	b := startLimited(t, url, pfx, "b", 2, ttl)
-	rc := rawClient(t, url)
+	rc := hubtest.RedisClient(t, url)
 	for range 2 {
 		if _, err := register(t, a.hub, "u1", hub.TransportWebSocket); err != nil {
 			t.Fatal(err)
@@ -127,7 +112,7 @@ func TestSlotsOfStoppedNodeExpire(t *testing.T) {
 		t.Fatalf("slots = %v, %v", first, err)
 	}
 	expiry := max(first[0].Score, first[1].Score)
-	waitFor(t, "the first expiry to pass", func() bool { return redisNow() > expiry+float64(ttl/time.Millisecond) })
+	hubtest.Eventually(t, 15*time.Second, "the first expiry to pass", func() bool { return redisNow() > expiry+float64(ttl/time.Millisecond) })
 	if _, err := register(t, b.hub, "u1", hub.TransportWebSocket); !userLimit(err) {
 		t.Fatalf("slots of a live node expired: err %v, want the user limit", err)
 	}
@@ -135,7 +120,7 @@ func TestSlotsOfStoppedNodeExpire(t *testing.T) {
 	if err := a.broker.Close(); err != nil { // a crash: nothing unregistered
 		t.Fatal(err)
 	}
-	waitFor(t, "the stopped node's slots to expire", func() bool {
+	hubtest.Eventually(t, 15*time.Second, "the stopped node's slots to expire", func() bool {
 		_, err := register(t, b.hub, "u1", hub.TransportWebSocket)
 		if err != nil && !userLimit(err) {
 			t.Fatalf("register on b: %v", err)
@@ -147,10 +132,9 @@ func TestSlotsOfStoppedNodeExpire(t *testing.T) {
 // A broker failure while taking a slot refuses the connection as
 // unavailable, not as over the limit.
 func TestAcquireUnavailable(t *testing.T) {
-	addr, _ := startRedis(t)
-	px := newProxy(t, addr)
-	a := startLimited(t, "redis://"+px.addr+"/0", "hub:", "a", 2, 0)
-	px.setCut(true)
+	px := hubtest.StartProxy(t, hubtest.StartRedisServer(t).Addr())
+	a := startLimited(t, "redis://"+px.Addr()+"/0", "hub:", "a", 2, 0)
+	px.Cut()
 	_, err := register(t, a.hub, "u1", hub.TransportWebSocket)
 	if !errors.Is(err, hub.ErrUnavailable) || errors.Is(err, hub.ErrTooManyConnections) {
 		t.Fatalf("register during a cut: err %v, want ErrUnavailable", err)
@@ -164,10 +148,10 @@ func TestAcquireUnavailable(t *testing.T) {
 // still gets, once the node is back, every event published meanwhile by
 // another node, in order, exactly once, then the live ones.
 func TestResyncFreshConnection(t *testing.T) {
-	addr, _ := startRedis(t)
-	px := newProxy(t, addr)
-	a := startNode(t, "redis://"+px.addr+"/0", "hub:", "a", 1000, time.Minute)
-	p := startNode(t, "redis://"+addr+"/0", "hub:", "p", 1000, time.Minute)
+	rs := hubtest.StartRedisServer(t)
+	px := hubtest.StartProxy(t, rs.Addr())
+	a := startNode(t, "redis://"+px.Addr()+"/0", "hub:", "a", 1000, time.Minute)
+	p := startNode(t, rs.URL(), "hub:", "p", 1000, time.Minute)
 	// an event before the connection: not for it
 	if _, err := p.hub.Publish(bg(t), []string{"u1"}, "E", json.RawMessage(`-1`)); err != nil {
 		t.Fatal(err)
@@ -177,8 +161,8 @@ func TestResyncFreshConnection(t *testing.T) {
 		t.Fatalf("hub.connected recovered=%v missed=%d", rec, missed)
 	}
 
-	px.setCut(true)
-	waitFor(t, "Ready to fail", func() bool { return a.broker.Ready() != nil })
+	px.Cut()
+	hubtest.Eventually(t, 15*time.Second, "Ready to fail", func() bool { return a.broker.Ready() != nil })
 	var want []string
 	for k := range 6 {
 		var id string
@@ -196,8 +180,8 @@ func TestResyncFreshConnection(t *testing.T) {
 		}
 		want = append(want, id)
 	}
-	px.setCut(false)
-	waitFor(t, "Ready again", func() bool { return a.broker.Ready() == nil })
+	px.Restore()
+	hubtest.Eventually(t, 15*time.Second, "Ready again", func() bool { return a.broker.Ready() == nil })
 	live, err := p.hub.Publish(bg(t), []string{"u1"}, "E", json.RawMessage(`6`))
 	if err != nil {
 		t.Fatal(err)
@@ -228,8 +212,8 @@ func equal(a, b []string) bool {
 // Position is the id of the last event published ("<epoch>-0" before any),
 // and Since reads what came after it.
 func TestPositionAndSince(t *testing.T) {
-	url := redisURL(t)
-	pfx := prefix(t, url)
+	url := hubtest.RedisURL(t)
+	pfx := hubtest.RedisPrefix(t, url)
 	n := startNode(t, url, pfx, "a", 100, time.Minute)
 	b := n.broker
 	p0, err := b.Position(bg(t))

@@ -11,6 +11,7 @@ import (
 
 	"github.com/hubd/hub/internal/admit"
 	"github.com/hubd/hub/internal/httpx"
+	"github.com/hubd/hub/internal/hubtest"
 )
 
 // newServer serves /healthz and /connect. /connect runs the admission hook
@@ -192,22 +193,11 @@ func TestPerIPOverHTTP(t *testing.T) {
 	}
 
 	open[0].Body.Close()
-	eventually(t, 5*time.Second, "slot released", func() bool { return c.Connections("127.0.0.1") == 1 })
+	hubtest.Eventually(t, 5*time.Second, "slot released", func() bool { return c.Connections("127.0.0.1") == 1 })
 	res, err = handshake(client, srv.URL+"/connect", false)
 	if err != nil || res.status != http.StatusOK {
 		t.Fatalf("after a close: %+v, %v", res, err)
 	}
 	open[1].Body.Close()
-	eventually(t, 5*time.Second, "all slots released", func() bool { return c.Connections("127.0.0.1") == 0 })
-}
-
-func eventually(t *testing.T, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	hubtest.Eventually(t, 5*time.Second, "all slots released", func() bool { return c.Connections("127.0.0.1") == 0 })
 }

@@ -2,18 +2,17 @@ package idem
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
 	"strconv"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/hubd/hub/internal/hubtest"
 )
 
 // value is what the tests store: a struct, so that the Redis store's JSON
@@ -21,57 +20,6 @@ import (
 type value struct {
 	N    int    `json:"n"`
 	Note string `json:"note,omitempty"`
-}
-
-// redisForTest returns a client on the test Redis (HUB_REDIS_URL, default
-// database 8 of 127.0.0.1:6379) and a key prefix of the test's own; the
-// keys are deleted when the test ends. It skips the test when Redis cannot
-// be reached, or fails it when HUB_REQUIRE_REDIS=1.
-func redisForTest(t *testing.T) (*redis.Client, string) {
-	t.Helper()
-	u := os.Getenv("HUB_REDIS_URL")
-	if u == "" {
-		u = "redis://127.0.0.1:6379/8"
-	}
-	o, err := redis.ParseURL(u)
-	if err != nil {
-		t.Fatalf("HUB_REDIS_URL: %v", err)
-	}
-	c := redis.NewClient(o)
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-	if err := c.Ping(ctx).Err(); err != nil {
-		_ = c.Close()
-		if os.Getenv("HUB_REQUIRE_REDIS") == "1" {
-			t.Fatalf("redis at %s: %v", o.Addr, err)
-		}
-		t.Skipf("redis at %s unreachable: %v", o.Addr, err)
-	}
-	var b [6]byte
-	_, _ = rand.Read(b[:])
-	prefix := "hubtest:" + hex.EncodeToString(b[:]) + ":"
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		iter := c.Scan(ctx, 0, prefix+"*", 1000).Iterator()
-		for iter.Next(ctx) {
-			c.Del(ctx, iter.Val())
-		}
-		_ = c.Close()
-	})
-	return c, prefix
-}
-
-// eventually polls cond until it holds, failing t after 5 s.
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
 }
 
 func mustClaim(t *testing.T, s Store[value], key string, ttl time.Duration, want bool) {
@@ -85,7 +33,8 @@ func mustClaim(t *testing.T, s Store[value], key string, ttl time.Duration, want
 // stores gives each test the two implementations; a second view of the
 // same store stands for another node (for Memory, the same object).
 func stores(t *testing.T) map[string][2]Store[value] {
-	c, prefix := redisForTest(t)
+	u := hubtest.RedisURL(t)
+	c, prefix := hubtest.RedisClient(t, u), hubtest.RedisPrefix(t, u)
 	m := NewMemory[value](10)
 	return map[string][2]Store[value]{
 		"memory": {m, m},
@@ -127,14 +76,14 @@ func TestStoreContract(t *testing.T) {
 
 			// a claim whose holder died lapses; a value is forgotten
 			mustClaim(t, s, "claim", 50*time.Millisecond, true)
-			eventually(t, "the claim to lapse", func() bool {
+			hubtest.Eventually(t, 5*time.Second, "the claim to lapse", func() bool {
 				ok, err := s.Claim(ctx, "claim", time.Minute)
 				return err == nil && ok
 			})
 			if err := s.Put(ctx, "short", value{N: 1}, 50*time.Millisecond); err != nil {
 				t.Fatalf("Put: %v", err)
 			}
-			eventually(t, "the value to expire", func() bool {
+			hubtest.Eventually(t, 5*time.Second, "the value to expire", func() bool {
 				_, ok, err := s.Get(ctx, "short")
 				return err == nil && !ok
 			})
@@ -145,7 +94,8 @@ func TestStoreContract(t *testing.T) {
 // TestRedisLayout: the keys and TTLs other tools may look at.
 func TestRedisLayout(t *testing.T) {
 	ctx := context.Background()
-	c, prefix := redisForTest(t)
+	u := hubtest.RedisURL(t)
+	c, prefix := hubtest.RedisClient(t, u), hubtest.RedisPrefix(t, u)
 	s := NewRedis[value](c, prefix, "api")
 	mustClaim(t, s, "k", time.Minute, true)
 	if c.Exists(ctx, prefix+"idem:api:c:k").Val() != 1 {
@@ -315,7 +265,7 @@ func TestOnce(t *testing.T) {
 						got[i] = v
 					})
 				}
-				eventually(t, "the first call", func() bool { return p.calls() == 1 })
+				hubtest.Eventually(t, 5*time.Second, "the first call", func() bool { return p.calls() == 1 })
 				close(p.gate)
 				wg.Wait()
 				for i, v := range got {

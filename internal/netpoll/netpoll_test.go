@@ -3,7 +3,6 @@ package netpoll_test
 import (
 	"errors"
 	"io"
-	"net"
 	"sync"
 	"syscall"
 	"testing"
@@ -11,37 +10,14 @@ import (
 
 	"go.uber.org/goleak"
 
+	"github.com/hubd/hub/internal/hubtest"
 	"github.com/hubd/hub/internal/netpoll"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
-func tcpPair(t *testing.T) (server, client net.Conn) {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	done := make(chan net.Conn, 1)
-	go func() {
-		c, _ := ln.Accept()
-		done <- c
-	}()
-	client, err = net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	server = <-done
-	if server == nil {
-		t.Fatal("accept failed")
-	}
-	t.Cleanup(func() { server.Close(); client.Close() })
-	return server, client
-}
-
 func TestTryReadTryWriteNeverWait(t *testing.T) {
-	server, client := tcpPair(t)
+	server, client := hubtest.TCPPair(t)
 	rc := netpoll.Raw(server)
 	if rc == nil {
 		t.Skip("no raw sockets on this system")
@@ -115,7 +91,7 @@ type watcher struct{ name string }
 // arming, even while its data stays unread; the loop ends when the last
 // socket is removed (goleak).
 func TestPollerReportsReadableOnce(t *testing.T) {
-	server, client := tcpPair(t)
+	server, client := hubtest.TCPPair(t)
 	rc := netpoll.Raw(server)
 	if rc == nil {
 		t.Skip("no raw sockets on this system")

@@ -16,11 +16,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/go-chi/jwtauth/v5"
 	"go.uber.org/goleak"
 
 	"github.com/hubd/hub/hub"
 	"github.com/hubd/hub/internal/auth"
+	"github.com/hubd/hub/internal/hubtest"
 	"github.com/hubd/hub/transport/api"
 )
 
@@ -29,7 +29,6 @@ func TestMain(m *testing.M) {
 }
 
 const (
-	secret = "test-secret-0123456789abcdef0123456789"
 	apiKey = "key-abcdefghijklmnop"
 	// samePrefixKey starts like apiKey: another service's key.
 	samePrefixKey = "key-zyxwvutsrqponmlk"
@@ -45,7 +44,7 @@ func newEnv(t testing.TB, mod func(*api.Options)) *env {
 	t.Helper()
 	h := hub.New(hub.Options{Node: "hub-1", HistorySize: 100, HistoryTTL: time.Minute, SendQueue: 1 << 16})
 	h.Start()
-	v, err := auth.New(context.Background(), auth.Options{Secret: secret, APIKeys: []string{apiKey, "other-key-0123456789", samePrefixKey}})
+	v, err := auth.New(context.Background(), auth.Options{Secret: hubtest.Secret, APIKeys: []string{apiKey, "other-key-0123456789", samePrefixKey}})
 	if err != nil {
 		t.Fatalf("auth.New: %v", err)
 	}
@@ -66,24 +65,10 @@ func newEnv(t testing.TB, mod func(*api.Options)) *env {
 	return &env{hub: h, srv: srv}
 }
 
+// mint is hubtest.Token for an hour: the tokens of the API's callers.
 func mint(t testing.TB, sub string, roles ...string) string {
 	t.Helper()
-	tok, err := auth.Mint(secret, "HS256", sub, roles, time.Hour)
-	if err != nil {
-		t.Fatalf("mint: %v", err)
-	}
-	return tok
-}
-
-func expiredToken(t testing.TB, roles ...string) string {
-	t.Helper()
-	_, tok, err := jwtauth.New("HS256", []byte(secret), nil).Encode(map[string]any{
-		"sub": "svc", "roles": roles, "exp": time.Now().Add(-time.Hour),
-	})
-	if err != nil {
-		t.Fatalf("encode: %v", err)
-	}
-	return tok
+	return hubtest.Token(t, sub, time.Hour, roles...)
 }
 
 // cred is how a request authenticates.
@@ -264,12 +249,7 @@ func TestServiceAuth(t *testing.T) {
 		{"/api/broadcast/batch", `{"messages":[{"all":true,"type":"T"}]}`, http.StatusAccepted},
 		{"/api/users/u1/disconnect", ``, http.StatusOK},
 	}
-	_, otherTok, err := jwtauth.New("HS256", []byte("another-secret-0123456789abcdef"), nil).Encode(map[string]any{
-		"sub": "svc", "roles": []string{"service"}, "exp": time.Now().Add(time.Hour),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	otherTok := hubtest.TokenWith(t, "another-secret-0123456789abcdef", "svc", time.Hour, "service")
 	tests := []struct {
 		name       string
 		give       cred
@@ -279,7 +259,7 @@ func TestServiceAuth(t *testing.T) {
 		{"no credentials", cred{}, 401, "missing_token"},
 		{"garbage token", bearer("not-a-jwt"), 401, "invalid_token"},
 		{"wrong signature", bearer(otherTok), 401, "invalid_token"},
-		{"expired", bearer(expiredToken(t, "service")), 401, "token_expired"},
+		{"expired", bearer(hubtest.ExpiredToken(t, "svc", "service")), 401, "token_expired"},
 		{"user JWT", bearer(mint(t, "u1")), 403, "forbidden"},
 		{"user JWT with other role", bearer(mint(t, "u1", "editor")), 403, "forbidden"},
 		{"wrong API key", cred{apiKey: "nope-nope-nope"}, 401, "invalid_token"},
@@ -318,7 +298,7 @@ func TestStatsAuth(t *testing.T) {
 	}{
 		{"no credentials", cred{}, 401, "missing_token"},
 		{"bad token", bearer("x.y.z"), 401, "invalid_token"},
-		{"expired admin", bearer(expiredToken(t, "admin")), 401, "token_expired"},
+		{"expired admin", bearer(hubtest.ExpiredToken(t, "svc", "admin")), 401, "token_expired"},
 		{"API key", keyCred, 403, "forbidden"},
 		{"user JWT", bearer(mint(t, "u1")), 403, "forbidden"},
 		{"service JWT", bearer(mint(t, "svc", "service")), 403, "forbidden"},

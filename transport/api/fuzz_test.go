@@ -15,6 +15,7 @@ import (
 
 	"github.com/hubd/hub/hub"
 	"github.com/hubd/hub/internal/auth"
+	"github.com/hubd/hub/internal/hubtest"
 	"github.com/hubd/hub/transport/api"
 )
 
@@ -34,7 +35,7 @@ func fuzzHandler(f *testing.F) func() http.Handler {
 func fuzzHub(f *testing.F) (*hub.Hub, *auth.Verifier) {
 	h := hub.New(hub.Options{Node: "hub-1", Logger: slog.New(slog.DiscardHandler)})
 	h.Start()
-	v, err := auth.New(context.Background(), auth.Options{Secret: secret, APIKeys: []string{apiKey}})
+	v, err := auth.New(context.Background(), auth.Options{Secret: hubtest.Secret, APIKeys: []string{apiKey}})
 	if err != nil {
 		f.Fatalf("auth.New: %v", err)
 	}

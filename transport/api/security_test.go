@@ -20,6 +20,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/hubd/hub/hub"
+	"github.com/hubd/hub/internal/hubtest"
 	"github.com/hubd/hub/transport/api"
 )
 
@@ -363,7 +364,7 @@ func TestIdempotencyScopedByWholeKey(t *testing.T) {
 func signRaw(header, payload string) string {
 	enc := base64.RawURLEncoding
 	in := enc.EncodeToString([]byte(header)) + "." + enc.EncodeToString([]byte(payload))
-	m := hmac.New(sha256.New, []byte(secret))
+	m := hmac.New(sha256.New, []byte(hubtest.Secret))
 	m.Write([]byte(in))
 	return in + "." + enc.EncodeToString(m.Sum(nil))
 }

@@ -15,6 +15,7 @@ import (
 
 	"github.com/hubd/hub/hub"
 	"github.com/hubd/hub/internal/auth"
+	"github.com/hubd/hub/internal/hubtest"
 	"github.com/hubd/hub/transport/sse"
 )
 
@@ -27,7 +28,7 @@ import (
 func FuzzLastEventID(f *testing.F) {
 	h := hub.New(hub.Options{Node: "hub-test", Epoch: "EP", HistorySize: 100, HistoryTTL: time.Hour, Logger: slog.New(slog.DiscardHandler)})
 	h.Start()
-	v, err := auth.New(context.Background(), auth.Options{Secret: secret})
+	v, err := auth.New(context.Background(), auth.Options{Secret: hubtest.Secret})
 	if err != nil {
 		f.Fatalf("auth.New: %v", err)
 	}
@@ -38,10 +39,7 @@ func FuzzLastEventID(f *testing.F) {
 		h.Stop()
 		v.Close()
 	})
-	tok, err := auth.Mint(secret, "HS256", "u1", nil, time.Hour)
-	if err != nil {
-		f.Fatal(err)
-	}
+	tok := hubtest.Token(f, "u1", time.Hour)
 	// u1's history: EP-1, EP-3, EP-4; EP-2 belongs to u2.
 	var own []string
 	for _, u := range []string{"u1", "u2", "u1", "u1"} {
@@ -143,13 +141,9 @@ func FuzzLastEventID(f *testing.F) {
 // unregistered it.
 func waitGone(t *testing.T, h *hub.Hub) {
 	h.DisconnectUser("u1")
-	deadline := time.Now().Add(5 * time.Second)
-	for h.UserConnections("u1") != 0 {
-		if time.Now().After(deadline) {
-			t.Fatal("stream still registered after its end")
-		}
-		time.Sleep(time.Millisecond) // polling interval, not synchronisation
-	}
+	hubtest.Eventually(t, 5*time.Second, "the stream to be unregistered after its end", func() bool {
+		return h.UserConnections("u1") == 0
+	})
 }
 
 // trimOWS drops the blanks HTTP strips around a header value.

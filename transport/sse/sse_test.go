@@ -18,12 +18,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/go-chi/jwtauth/v5"
 	r3sse "github.com/r3labs/sse/v2"
 	"go.uber.org/goleak"
 
 	"github.com/hubd/hub/hub"
 	"github.com/hubd/hub/internal/auth"
+	"github.com/hubd/hub/internal/hubtest"
 	"github.com/hubd/hub/transport/sse"
 )
 
@@ -31,10 +31,9 @@ func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m)
 }
 
-const (
-	secret  = "test-secret-test-secret-test-secret!"
-	waitFor = 10 * time.Second
-)
+// waitFor is how long a test waits for a record, the end of a stream or a
+// condition.
+const waitFor = 10 * time.Second
 
 // env is a started hub behind a real HTTP server running the SSE handler.
 type env struct {
@@ -59,7 +58,7 @@ func newEnv(t *testing.T, cfg envConfig) *env {
 	ho.Logger = slog.New(slog.DiscardHandler)
 	h := hub.New(ho)
 	h.Start()
-	v, err := auth.New(context.Background(), auth.Options{Secret: secret})
+	v, err := auth.New(context.Background(), auth.Options{Secret: hubtest.Secret})
 	if err != nil {
 		t.Fatalf("auth.New: %v", err)
 	}
@@ -84,15 +83,6 @@ func newEnv(t *testing.T, cfg envConfig) *env {
 		v.Close()
 	})
 	return &env{hub: h, srv: srv}
-}
-
-func token(t *testing.T, sub string) string {
-	t.Helper()
-	tok, err := auth.Mint(secret, "HS256", sub, nil, time.Hour)
-	if err != nil {
-		t.Fatalf("mint: %v", err)
-	}
-	return tok
 }
 
 func (e *env) publish(t *testing.T, user, typ string, payload string) string {
@@ -355,7 +345,7 @@ func TestStreamFraming(t *testing.T) {
 	for _, h2 := range []bool{false, true} {
 		t.Run(fmt.Sprintf("http2=%v", h2), func(t *testing.T) {
 			e := newEnv(t, envConfig{http2: h2})
-			s := e.open(t, e.request(t, token(t, "u1"), "", nil))
+			s := e.open(t, e.request(t, hubtest.Token(t, "u1", time.Hour), "", nil))
 
 			wantProto := 1
 			if h2 {
@@ -420,7 +410,7 @@ func TestRetryIsJitteredPerConnection(t *testing.T) {
 	e := newEnv(t, envConfig{})
 	seen := map[string]bool{}
 	for i := 0; i < 20 && len(seen) < 2; i++ {
-		s := e.open(t, e.request(t, token(t, "u1"), "", nil))
+		s := e.open(t, e.request(t, hubtest.Token(t, "u1", time.Hour), "", nil))
 		v, _ := s.next().value("retry")
 		seen[v] = true
 		s.close()
@@ -440,7 +430,7 @@ func TestR3labsClient(t *testing.T) {
 	e := newEnv(t, envConfig{})
 	c := r3sse.NewClient(e.srv.URL + "/sse/realtime")
 	c.Connection = e.srv.Client()
-	c.Headers["Authorization"] = "Bearer " + token(t, "u1")
+	c.Headers["Authorization"] = "Bearer " + hubtest.Token(t, "u1", time.Hour)
 	c.ReconnectStrategy = noRetry{}
 
 	events := make(chan *r3sse.Event, 100)
@@ -520,19 +510,8 @@ func expectJSONError(t *testing.T, resp *http.Response, status int, code string)
 
 func TestAuthFailures(t *testing.T) {
 	e := newEnv(t, envConfig{})
-	expired := func() string {
-		_, tok, err := jwtauth.New("HS256", []byte(secret), nil).Encode(map[string]any{
-			"sub": "u1", "exp": time.Now().Add(-time.Hour).Unix(),
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return tok
-	}()
-	otherKey, err := auth.Mint("another-secret-another-secret-!!", "HS256", "u1", nil, time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
+	expired := hubtest.ExpiredToken(t, "u1")
+	otherKey := hubtest.TokenWith(t, "another-secret-another-secret-!!", "u1", time.Hour)
 	tests := []struct {
 		name  string
 		give  func(*http.Request)
@@ -568,11 +547,13 @@ func TestTokenSources(t *testing.T) {
 		give func(*http.Request)
 		want string
 	}{
-		{name: "query", give: func(r *http.Request) { r.URL.RawQuery = "token=" + token(t, "q-user") }, want: "q-user"},
-		{name: "cookie", give: func(r *http.Request) { r.AddCookie(&http.Cookie{Name: "hub_token", Value: token(t, "c-user")}) }, want: "c-user"},
+		{name: "query", give: func(r *http.Request) { r.URL.RawQuery = "token=" + hubtest.Token(t, "q-user", time.Hour) }, want: "q-user"},
+		{name: "cookie", give: func(r *http.Request) {
+			r.AddCookie(&http.Cookie{Name: "hub_token", Value: hubtest.Token(t, "c-user", time.Hour)})
+		}, want: "c-user"},
 		{name: "header wins", give: func(r *http.Request) {
-			r.Header.Set("Authorization", "Bearer "+token(t, "h-user"))
-			r.URL.RawQuery = "token=" + token(t, "q-user")
+			r.Header.Set("Authorization", "Bearer "+hubtest.Token(t, "h-user", time.Hour))
+			r.URL.RawQuery = "token=" + hubtest.Token(t, "q-user", time.Hour)
 		}, want: "h-user"},
 	}
 	for _, tt := range tests {
@@ -597,9 +578,9 @@ func stripRetry(r record) record {
 
 func TestPerUserDelivery(t *testing.T) {
 	e := newEnv(t, envConfig{})
-	phone := e.open(t, e.request(t, token(t, "u1"), "", nil))
-	laptop := e.open(t, e.request(t, token(t, "u1"), "", nil))
-	other := e.open(t, e.request(t, token(t, "u2"), "", nil))
+	phone := e.open(t, e.request(t, hubtest.Token(t, "u1", time.Hour), "", nil))
+	laptop := e.open(t, e.request(t, hubtest.Token(t, "u1", time.Hour), "", nil))
+	other := e.open(t, e.request(t, hubtest.Token(t, "u2", time.Hour), "", nil))
 	for _, s := range []*stream{phone, laptop, other} {
 		expectConnected(t, stripRetry(s.next()))
 	}
@@ -665,7 +646,7 @@ func TestResume(t *testing.T) {
 			case tt.raw != "":
 				q = "last_event_id=" + url.QueryEscape(tt.raw)
 			}
-			s := e.open(t, e.request(t, token(t, user), q, hdr))
+			s := e.open(t, e.request(t, hubtest.Token(t, user, time.Hour), q, hdr))
 			c := expectConnected(t, stripRetry(s.next()))
 			wantMissed := len(ids) - tt.wantFrom
 			if c.Recovered != tt.wantRecovered || c.Missed != wantMissed {
@@ -682,7 +663,7 @@ func TestResume(t *testing.T) {
 
 func TestHeartbeatComment(t *testing.T) {
 	e := newEnv(t, envConfig{hub: hub.Options{Heartbeat: 50 * time.Millisecond}})
-	s := e.open(t, e.request(t, token(t, "u1"), "", nil))
+	s := e.open(t, e.request(t, hubtest.Token(t, "u1", time.Hour), "", nil))
 	expectConnected(t, stripRetry(s.next()))
 	for range 2 {
 		rec := s.nextRec(true)
@@ -708,7 +689,7 @@ func TestSlowReaderIsClosed(t *testing.T) {
 			}
 		},
 	})
-	tok := token(t, "u1")
+	tok := hubtest.Token(t, "u1", time.Hour)
 	normal := e.open(t, e.request(t, tok, "", nil))
 	expectConnected(t, stripRetry(normal.next()))
 
@@ -720,7 +701,7 @@ func TestSlowReaderIsClosed(t *testing.T) {
 	defer raw.Close()
 	_ = raw.(*net.TCPConn).SetReadBuffer(4096)
 	fmt.Fprintf(raw, "GET /sse/realtime HTTP/1.1\r\nHost: %s\r\nAuthorization: Bearer %s\r\nAccept: text/event-stream\r\n\r\n", e.srv.Listener.Addr(), tok)
-	waitUntil(t, "two connections", func() bool { return e.hub.UserConnections("u1") == 2 })
+	hubtest.Eventually(t, waitFor, "two connections", func() bool { return e.hub.UserConnections("u1") == 2 })
 
 	payload := `"` + strings.Repeat("x", 8192) + `"`
 	deadline := time.Now().Add(30 * time.Second)
@@ -732,9 +713,9 @@ func TestSlowReaderIsClosed(t *testing.T) {
 		ids = append(ids, e.publish(t, "u1", "BIG", payload))
 		// keep the reading client up to date so that only the other is slow
 		want := len(ids)
-		waitUntil(t, "normal client to keep up", func() bool { return normal.count() >= want })
+		hubtest.Eventually(t, waitFor, "normal client to keep up", func() bool { return normal.count() >= want })
 	}
-	waitUntil(t, "slow stream to end", func() bool { return e.hub.UserConnections("u1") == 1 })
+	hubtest.Eventually(t, waitFor, "slow stream to end", func() bool { return e.hub.UserConnections("u1") == 1 })
 	for _, id := range ids {
 		expectEvent(t, normal.next(), id, "BIG", payload)
 	}
@@ -742,21 +723,10 @@ func TestSlowReaderIsClosed(t *testing.T) {
 	expectEvent(t, normal.next(), after, "AFTER", "1")
 }
 
-func waitUntil(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(waitFor)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
-}
-
 func TestShutdown(t *testing.T) {
 	e := newEnv(t, envConfig{})
-	a := e.open(t, e.request(t, token(t, "u1"), "", nil))
-	b := e.open(t, e.request(t, token(t, "u2"), "", nil))
+	a := e.open(t, e.request(t, hubtest.Token(t, "u1", time.Hour), "", nil))
+	b := e.open(t, e.request(t, hubtest.Token(t, "u2", time.Hour), "", nil))
 	expectConnected(t, stripRetry(a.next()))
 	expectConnected(t, stripRetry(b.next()))
 
@@ -794,7 +764,7 @@ func TestShutdown(t *testing.T) {
 		t.Fatalf("shutdown: %v", err)
 	}
 
-	resp, err := e.srv.Client().Do(e.request(t, token(t, "u1"), "", nil))
+	resp, err := e.srv.Client().Do(e.request(t, hubtest.Token(t, "u1", time.Hour), "", nil))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -803,8 +773,8 @@ func TestShutdown(t *testing.T) {
 
 func TestDisconnectUser(t *testing.T) {
 	e := newEnv(t, envConfig{})
-	s := e.open(t, e.request(t, token(t, "u1"), "", nil))
-	other := e.open(t, e.request(t, token(t, "u2"), "", nil))
+	s := e.open(t, e.request(t, hubtest.Token(t, "u1", time.Hour), "", nil))
+	other := e.open(t, e.request(t, hubtest.Token(t, "u2", time.Hour), "", nil))
 	expectConnected(t, stripRetry(s.next()))
 	expectConnected(t, stripRetry(other.next()))
 
@@ -822,7 +792,7 @@ func TestDisconnectUser(t *testing.T) {
 		t.Fatalf("hub.closed payload %+v", p)
 	}
 	s.expectEOF()
-	waitUntil(t, "unregister", func() bool { return e.hub.UserConnections("u1") == 0 })
+	hubtest.Eventually(t, waitFor, "unregister", func() bool { return e.hub.UserConnections("u1") == 0 })
 
 	id := e.publish(t, "u2", "T", "1")
 	expectEvent(t, other.next(), id, "T", "1")
@@ -830,10 +800,7 @@ func TestDisconnectUser(t *testing.T) {
 
 func TestTokenExpiry(t *testing.T) {
 	e := newEnv(t, envConfig{hub: hub.Options{Heartbeat: 100 * time.Millisecond}})
-	tok, err := auth.Mint(secret, "HS256", "u1", nil, 2*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
+	tok := hubtest.Token(t, "u1", 2*time.Second)
 	s := e.open(t, e.request(t, tok, "", nil))
 	c := expectConnected(t, stripRetry(s.next()))
 	if c.TokenExpiresAt == "" {
@@ -907,7 +874,7 @@ func TestCORS(t *testing.T) {
 			}
 
 			// the stream itself and an auth failure carry the answer too
-			s := e.open(t, e.request(t, token(t, "u1"), "", map[string]string{"Origin": origin}))
+			s := e.open(t, e.request(t, hubtest.Token(t, "u1", time.Hour), "", map[string]string{"Origin": origin}))
 			if got := s.resp.Header.Get("Access-Control-Allow-Origin"); got != origin {
 				t.Errorf("stream Access-Control-Allow-Origin %q, want %q", got, origin)
 			}
@@ -934,9 +901,9 @@ func TestLimits(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			e := newEnv(t, envConfig{hub: tt.give})
-			s := e.open(t, e.request(t, token(t, "u1"), "", nil))
+			s := e.open(t, e.request(t, hubtest.Token(t, "u1", time.Hour), "", nil))
 			expectConnected(t, stripRetry(s.next()))
-			resp, err := e.srv.Client().Do(e.request(t, token(t, "u1"), "", nil))
+			resp, err := e.srv.Client().Do(e.request(t, hubtest.Token(t, "u1", time.Hour), "", nil))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -957,7 +924,7 @@ func TestAdmit(t *testing.T) {
 		}
 	}})
 	for _, hdr := range []map[string]string{nil, {"Last-Event-ID": "x-1"}} {
-		resp, err := e.srv.Client().Do(e.request(t, token(t, "u1"), "", hdr))
+		resp, err := e.srv.Client().Do(e.request(t, hubtest.Token(t, "u1", time.Hour), "", hdr))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -997,7 +964,7 @@ func TestMethodNotAllowed(t *testing.T) {
 // The raw bytes of the stream's opening, for readers that do not parse.
 func TestOpeningBytes(t *testing.T) {
 	e := newEnv(t, envConfig{})
-	resp, err := e.srv.Client().Do(e.request(t, token(t, "u1"), "", nil))
+	resp, err := e.srv.Client().Do(e.request(t, hubtest.Token(t, "u1", time.Hour), "", nil))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -1022,7 +989,9 @@ func TestOpeningBytes(t *testing.T) {
 // same-origin EventSource), from an allowed origin, or with the token in
 // the header or query (which a page cannot take from the victim), it opens.
 func TestCookieOrigin(t *testing.T) {
-	cookie := func(r *http.Request) { r.AddCookie(&http.Cookie{Name: "hub_token", Value: token(t, "victim")}) }
+	cookie := func(r *http.Request) {
+		r.AddCookie(&http.Cookie{Name: "hub_token", Value: hubtest.Token(t, "victim", time.Hour)})
+	}
 	tests := []struct {
 		name     string
 		patterns []string
@@ -1037,8 +1006,8 @@ func TestCookieOrigin(t *testing.T) {
 		{"cookie, no origin", nil, cookie, "", true},
 		{"cookie, allowed origin", []string{"https://app.example"}, cookie, "https://app.example", true},
 		{"cookie, own host", nil, cookie, "own", true},
-		{"header, foreign origin", nil, func(r *http.Request) { r.Header.Set("Authorization", "Bearer "+token(t, "victim")) }, "https://evil.example", true},
-		{"query, foreign origin", nil, func(r *http.Request) { r.URL.RawQuery = "token=" + token(t, "victim") }, "https://evil.example", true},
+		{"header, foreign origin", nil, func(r *http.Request) { r.Header.Set("Authorization", "Bearer "+hubtest.Token(t, "victim", time.Hour)) }, "https://evil.example", true},
+		{"query, foreign origin", nil, func(r *http.Request) { r.URL.RawQuery = "token=" + hubtest.Token(t, "victim", time.Hour) }, "https://evil.example", true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

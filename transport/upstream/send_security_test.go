@@ -10,8 +10,10 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/hubd/hub/internal/auth"
+	"github.com/hubd/hub/internal/hubtest"
 	"github.com/hubd/hub/transport/upstream"
 )
 
@@ -55,7 +57,7 @@ const sendBody = `{"idempotencyKey":"k-csrf","event":{"type":"TRANSFER","payload
 func TestHTTPSendCookieOrigin(t *testing.T) {
 	be := newBackend(t)
 	e := newEnv(t, be, func(o *upstream.Options) { o.AllowedOrigins = []string{"https://app.example"} })
-	victim := token(t, "victim")
+	victim := hubtest.Token(t, "victim", time.Hour)
 	cookie := auth.DefaultCookie + "=" + victim
 	refused := []struct {
 		name string
@@ -104,7 +106,7 @@ func TestHTTPSendCookieOrigin(t *testing.T) {
 func TestHTTPSendCookieOriginDefault(t *testing.T) {
 	be := newBackend(t)
 	e := newEnv(t, be, nil)
-	cookie := auth.DefaultCookie + "=" + token(t, "victim")
+	cookie := auth.DefaultCookie + "=" + hubtest.Token(t, "victim", time.Hour)
 	h := http.Header{"Cookie": {cookie}, "Origin": {e.srv.URL}, "Content-Type": {"application/json"}}
 	if status, a := sendWith(t, e, "", h, strings.NewReader(sendBody)); status != 200 {
 		t.Fatalf("same origin: %d %+v, want 200", status, a)
@@ -124,7 +126,7 @@ func TestHTTPSendCookieOriginDefault(t *testing.T) {
 func TestHTTPSendQueryTokenIgnored(t *testing.T) {
 	be := newBackend(t)
 	e := newEnv(t, be, nil)
-	status, a := sendWith(t, e, "?token="+token(t, "u1"), http.Header{"Content-Type": {"application/json"}}, strings.NewReader(sendBody))
+	status, a := sendWith(t, e, "?token="+hubtest.Token(t, "u1", time.Hour), http.Header{"Content-Type": {"application/json"}}, strings.NewReader(sendBody))
 	if status != http.StatusUnauthorized || a.code() != "missing_token" {
 		t.Fatalf("got %d %+v, want 401 missing_token", status, a)
 	}
@@ -142,7 +144,7 @@ func TestHTTPSendQueryTokenIgnored(t *testing.T) {
 func TestHTTPSendContentType(t *testing.T) {
 	be := newBackend(t)
 	e := newEnv(t, be, nil)
-	tok := "Bearer " + token(t, "u1")
+	tok := "Bearer " + hubtest.Token(t, "u1", time.Hour)
 	tests := []struct {
 		name       string
 		giveCT     string
@@ -188,7 +190,7 @@ func TestHTTPSendContentType(t *testing.T) {
 func TestHTTPSendInvalidUTF8(t *testing.T) {
 	be := newBackend(t)
 	e := newEnv(t, be, nil)
-	h := http.Header{"Authorization": {"Bearer " + token(t, "u1")}, "Content-Type": {"application/json"}}
+	h := http.Header{"Authorization": {"Bearer " + hubtest.Token(t, "u1", time.Hour)}, "Content-Type": {"application/json"}}
 	for _, body := range []string{
 		"{\"idempotencyKey\":\"k\",\"event\":{\"type\":\"A\",\"payload\":\"\xff\xfe\"}}",
 		"{\"idempotencyKey\":\"k\",\"event\":{\"type\":\"A\",\"payload\":{\"\xff\":1}}}",

@@ -23,6 +23,7 @@ import (
 
 	"github.com/hubd/hub/hub"
 	"github.com/hubd/hub/internal/auth"
+	"github.com/hubd/hub/internal/hubtest"
 	"github.com/hubd/hub/transport/upstream"
 	"github.com/hubd/hub/transport/ws"
 )
@@ -31,10 +32,7 @@ func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m)
 }
 
-const (
-	jwtSecret      = "test-secret-0123456789abcdef0123456789"
-	upstreamSecret = "upstream-secret-42"
-)
+const upstreamSecret = "upstream-secret-42"
 
 // call is one request the fake backend received.
 type call struct {
@@ -134,7 +132,7 @@ func newEnv(t *testing.T, be *backend, mod func(*upstream.Options)) *env {
 	t.Helper()
 	h := hub.New(hub.Options{Node: "n1", Logger: slog.New(slog.DiscardHandler)})
 	h.Start()
-	v, err := auth.New(context.Background(), auth.Options{Secret: jwtSecret})
+	v, err := auth.New(context.Background(), auth.Options{Secret: hubtest.Secret})
 	if err != nil {
 		t.Fatalf("auth.New: %v", err)
 	}
@@ -171,15 +169,6 @@ func newEnv(t *testing.T, be *backend, mod func(*upstream.Options)) *env {
 	return &env{srv: srv, up: u}
 }
 
-func token(t *testing.T, sub string) string {
-	t.Helper()
-	tok, err := auth.Mint(jwtSecret, "HS256", sub, nil, time.Hour)
-	if err != nil {
-		t.Fatalf("mint: %v", err)
-	}
-	return tok
-}
-
 // wsClient is a WebSocket client of the hub.
 type wsClient struct {
 	t      *testing.T
@@ -191,7 +180,7 @@ func (e *env) dial(t *testing.T, user string) *wsClient {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	c, _, err := websocket.Dial(ctx, "ws"+strings.TrimPrefix(e.srv.URL, "http")+"/ws?token="+token(t, user), nil)
+	c, _, err := websocket.Dial(ctx, "ws"+strings.TrimPrefix(e.srv.URL, "http")+"/ws?token="+hubtest.Token(t, user, time.Hour), nil)
 	if err != nil {
 		t.Fatalf("dial: %v", err)
 	}
@@ -293,15 +282,11 @@ func (w *wsClient) answer(ref string) answer {
 	return a
 }
 
+// eventually is hubtest.Eventually with this package's deadline; it stays
+// for redisstore_test.go, which another change rewrites.
 func eventually(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	hubtest.Eventually(t, 10*time.Second, what, cond)
 }
 
 func TestWSAck(t *testing.T) {
@@ -430,7 +415,7 @@ func TestWSIdempotencyLostAck(t *testing.T) {
 
 	c := e.dial(t, "u1")
 	c.sendRaw(sendFrame("r1", "k-lost", "ORDER_UPDATE", map[string]int{"n": 1}))
-	eventually(t, "the backend to see the first send", func() bool { return be.count() == 1 })
+	hubtest.Eventually(t, 10*time.Second, "the backend to see the first send", func() bool { return be.count() == 1 })
 	_ = c.c.CloseNow() // the ack is lost
 
 	c2 := e.dial(t, "u1")
@@ -461,7 +446,7 @@ func TestWSLostAckAfterCompletion(t *testing.T) {
 	c := e.dial(t, "u1")
 	c.sendRaw(sendFrame("r1", "k-1", "ORDER_UPDATE", nil))
 	_ = c.c.CloseNow()
-	eventually(t, "the backend to see the send", func() bool { return be.count() == 1 })
+	hubtest.Eventually(t, 10*time.Second, "the backend to see the send", func() bool { return be.count() == 1 })
 	c2 := e.dial(t, "u1")
 	if a := c2.send("r2", "k-1", "ORDER_UPDATE", nil); a.kind != "hub.ack" || string(a.Result) != `{"ok":true,"n":1}` {
 		t.Fatalf("answer = %s %+v, want the remembered ack", a.kind, a)
@@ -563,7 +548,7 @@ func TestWSRateLimit(t *testing.T) {
 		for i := range upstream.MaxInflightPerConn {
 			c.sendRaw(sendFrame(fmt.Sprintf("r%d", i), fmt.Sprintf("k-%d", i), "ORDER_UPDATE", nil))
 		}
-		eventually(t, "every call to be in flight", func() bool { return be.count() == upstream.MaxInflightPerConn })
+		hubtest.Eventually(t, 10*time.Second, "every call to be in flight", func() bool { return be.count() == upstream.MaxInflightPerConn })
 		a := c.send("over", "k-over", "ORDER_UPDATE", nil)
 		if a.kind != "hub.nack" || a.code() != "rate_limited" || !a.Retryable {
 			t.Fatalf("over the in-flight bound: %s %+v, want rate_limited", a.kind, a)
@@ -591,7 +576,7 @@ func TestDisabled(t *testing.T) {
 	if a.kind != "hub.nack" || a.code() != "upstream_disabled" || a.Retryable {
 		t.Fatalf("ws: %s %+v, want final upstream_disabled", a.kind, a)
 	}
-	status, body := postSend(t, e, token(t, "u1"), `{"idempotencyKey":"k-1","event":{"type":"ORDER_UPDATE"}}`)
+	status, body := postSend(t, e, hubtest.Token(t, "u1", time.Hour), `{"idempotencyKey":"k-1","event":{"type":"ORDER_UPDATE"}}`)
 	if status != http.StatusNotFound || body.code() != "upstream_disabled" {
 		t.Fatalf("http: %d %+v, want 404 upstream_disabled", status, body)
 	}
@@ -613,7 +598,7 @@ func postSend(t *testing.T, e *env, tok, body string) (int, answer) {
 func TestHTTPSend(t *testing.T) {
 	be := newBackend(t)
 	e := newEnv(t, be, nil)
-	tok := token(t, "u7")
+	tok := hubtest.Token(t, "u7", time.Hour)
 	body := `{"ref":"h1","idempotencyKey":"k-h","event":{"type":"ORDER_UPDATE","payload":{"a":1}}}`
 
 	status, a := postSend(t, e, tok, body)
@@ -639,7 +624,7 @@ func TestHTTPSend(t *testing.T) {
 func TestHTTPSendErrors(t *testing.T) {
 	be := newBackend(t)
 	e := newEnv(t, be, func(o *upstream.Options) { o.MaxPayload = 1024; o.Timeout = 200 * time.Millisecond })
-	tok := token(t, "u1")
+	tok := hubtest.Token(t, "u1", time.Hour)
 	be.setReply(func(w http.ResponseWriter, r *http.Request, n int) {
 		be.mu.Lock()
 		key := be.calls[n-1].IdempotencyKey
@@ -694,14 +679,14 @@ func TestHTTPRateLimit(t *testing.T) {
 	be := newBackend(t)
 	e := newEnv(t, be, func(o *upstream.Options) { o.Rate = 0.001 })
 	body := `{"idempotencyKey":"k-%d","event":{"type":"ORDER_UPDATE"}}`
-	if status, a := postSend(t, e, token(t, "u1"), fmt.Sprintf(body, 1)); status != 200 {
+	if status, a := postSend(t, e, hubtest.Token(t, "u1", time.Hour), fmt.Sprintf(body, 1)); status != 200 {
 		t.Fatalf("first: %d %+v", status, a)
 	}
-	status, a := postSend(t, e, token(t, "u1"), fmt.Sprintf(body, 2))
+	status, a := postSend(t, e, hubtest.Token(t, "u1", time.Hour), fmt.Sprintf(body, 2))
 	if status != http.StatusTooManyRequests || a.code() != "rate_limited" || !a.Retryable {
 		t.Fatalf("second: %d %+v, want 429 rate_limited", status, a)
 	}
-	if status, a := postSend(t, e, token(t, "u2"), fmt.Sprintf(body, 3)); status != 200 {
+	if status, a := postSend(t, e, hubtest.Token(t, "u2", time.Hour), fmt.Sprintf(body, 3)); status != 200 {
 		t.Fatalf("other user: %d %+v", status, a)
 	}
 }

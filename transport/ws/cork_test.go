@@ -7,13 +7,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"strconv"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/hubd/hub/hub"
+	"github.com/hubd/hub/internal/hubtest"
 )
 
 // readFrame is an independent reader of one unmasked server frame.
@@ -69,41 +69,12 @@ func TestAppendTextFrameLengths(t *testing.T) {
 	}
 }
 
-// tcpPair returns both ends of a real loopback TCP connection.
-func tcpPair(t *testing.T) (server, client net.Conn) {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	accepted := make(chan net.Conn, 1)
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			close(accepted)
-			return
-		}
-		accepted <- c
-	}()
-	client, err = net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	server = <-accepted
-	if server == nil {
-		t.Fatal("accept failed")
-	}
-	t.Cleanup(func() { server.Close(); client.Close() })
-	return server, client
-}
-
 // TestCorkFullSocketKeepsOrder fills a socket whose reader has stopped:
 // the non-blocking write reports pending instead of waiting, frames and a
 // control frame written meanwhile queue behind the unwritten rest, and the
 // owner's flush delivers all of it in order once the reader reads again.
 func TestCorkFullSocketKeepsOrder(t *testing.T) {
-	server, client := tcpPair(t)
+	server, client := hubtest.TCPPair(t)
 	c := newCorkConn(server)
 	if c.raw == nil {
 		t.Fatal("a TCP connection should be written with non-blocking writes")
@@ -209,7 +180,7 @@ func TestCorkFullSocketKeepsOrder(t *testing.T) {
 // TestCorkNoFrameAfterClose: once the close frame is written, no frame
 // may follow it on the wire.
 func TestCorkNoFrameAfterClose(t *testing.T) {
-	server, client := tcpPair(t)
+	server, client := hubtest.TCPPair(t)
 	c := newCorkConn(server)
 	if _, err := c.writeFrames([]*hub.Message{{Frame: []byte("one")}}); err != nil {
 		t.Fatal(err)

@@ -18,10 +18,9 @@ import (
 
 	"github.com/hubd/hub/hub"
 	"github.com/hubd/hub/internal/auth"
+	"github.com/hubd/hub/internal/hubtest"
 	"github.com/hubd/hub/transport/ws"
 )
-
-const secret = "fuzz-secret-fuzz-secret-fuzz-secret!"
 
 // fuzzEnv is one hub and one endpoint shared by every iteration, and the
 // current client connection of u1 (dialled again after a close).
@@ -33,21 +32,12 @@ type fuzzEnv struct {
 	sentry int
 }
 
-func mint(tb testing.TB, sub string, ttl time.Duration) string {
-	tb.Helper()
-	tok, err := auth.Mint(secret, "HS256", sub, nil, ttl)
-	if err != nil {
-		tb.Fatalf("mint: %v", err)
-	}
-	return tok
-}
-
 func (e *fuzzEnv) dial(t *testing.T) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	c, resp, err := websocket.Dial(ctx, "ws"+strings.TrimPrefix(e.srv.URL, "http"), &websocket.DialOptions{
-		HTTPHeader: http.Header{"Authorization": {"Bearer " + mint(t, "u1", time.Hour)}},
+		HTTPHeader: http.Header{"Authorization": {"Bearer " + hubtest.Token(t, "u1", time.Hour)}},
 	})
 	if err != nil {
 		t.Fatalf("dial: %v (%v)", err, resp)
@@ -131,7 +121,7 @@ func FuzzClientFrame(f *testing.F) {
 	e := &fuzzEnv{}
 	e.hub = hub.New(hub.Options{Node: "n", Heartbeat: time.Hour, HistorySize: 10, HistoryTTL: time.Hour, Logger: slog.New(slog.DiscardHandler)})
 	e.hub.Start()
-	v, err := auth.New(context.Background(), auth.Options{Secret: secret})
+	v, err := auth.New(context.Background(), auth.Options{Secret: hubtest.Secret})
 	if err != nil {
 		f.Fatal(err)
 	}
@@ -151,8 +141,8 @@ func FuzzClientFrame(f *testing.F) {
 	if _, err := e.hub.Publish(context.Background(), []string{"u2"}, "A", json.RawMessage(`"secret-of-u2"`)); err != nil {
 		f.Fatal(err)
 	}
-	own := mint(f, "u1", 2*time.Hour)
-	other := mint(f, "u2", 2*time.Hour)
+	own := hubtest.Token(f, "u1", 2*time.Hour)
+	other := hubtest.Token(f, "u2", 2*time.Hour)
 
 	f.Fuzz(func(t *testing.T, binary bool, data []byte) {
 		if len(data) > 8192 {
@@ -172,7 +162,7 @@ func FuzzClientFrame(f *testing.F) {
 		// The sentinel's token has its own expiry, which only its
 		// hub.refreshed can carry.
 		e.sentry++
-		sentinel := mint(t, "u1", 3*time.Hour+time.Duration(e.sentry)*time.Second)
+		sentinel := hubtest.Token(t, "u1", 3*time.Hour+time.Duration(e.sentry)*time.Second)
 		sid, verr := v.Verify(sentinel)
 		if verr != nil {
 			t.Fatalf("sentinel token: %v", verr)

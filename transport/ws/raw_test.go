@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -17,14 +18,13 @@ import (
 
 	"github.com/hubd/hub/hub"
 	"github.com/hubd/hub/internal/auth"
+	"github.com/hubd/hub/internal/hubtest"
 )
 
 // These tests speak WebSocket frame by frame over a real socket, to check
 // the endpoint's own reader: early data, frames split across reads,
 // fragmentation with a ping in the middle, the closing handshake, protocol
 // errors and the pong timeout.
-
-const rawSecret = "raw-secret-raw-secret-raw-secret-raw!"
 
 type rawEnv struct {
 	hub *hub.Hub
@@ -37,7 +37,7 @@ func newRawEnv(t *testing.T, heartbeat, pongTimeout time.Duration) *rawEnv {
 	e := &rawEnv{}
 	e.hub = hub.New(hub.Options{Node: "n", Heartbeat: heartbeat, HistorySize: 10, HistoryTTL: time.Hour, Logger: slog.New(slog.DiscardHandler)})
 	e.hub.Start()
-	v, err := auth.New(context.Background(), auth.Options{Secret: rawSecret})
+	v, err := auth.New(context.Background(), auth.Options{Secret: hubtest.Secret})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -64,10 +64,7 @@ type rawClient struct {
 // the upgrade request, in the same write.
 func (e *rawEnv) dial(t *testing.T, user string, extra []byte) *rawClient {
 	t.Helper()
-	tok, err := auth.Mint(rawSecret, "HS256", user, nil, time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
+	tok := hubtest.Token(t, user, time.Hour)
 	c, err := net.Dial("tcp", strings.TrimPrefix(e.srv.URL, "http://"))
 	if err != nil {
 		t.Fatal(err)
@@ -352,13 +349,9 @@ func TestRawChurnOneConnection(t *testing.T) {
 			r.write(maskedFrame(true, opClose, p2(closeNormal)))
 		}
 		_ = r.c.Close()
-		deadline := time.Now().Add(10 * time.Second)
-		for e.hub.Stats().TotalConnections != 0 {
-			if time.Now().After(deadline) {
-				t.Fatalf("iteration %d: the connection was never torn down", i)
-			}
-			time.Sleep(time.Millisecond) // polling interval
-		}
+		hubtest.Eventually(t, 10*time.Second, fmt.Sprintf("iteration %d: the connection to be torn down", i), func() bool {
+			return e.hub.Stats().TotalConnections == 0
+		})
 	}
 }
 
@@ -367,7 +360,7 @@ func TestRawChurnOneConnection(t *testing.T) {
 // connection, in the same read, go out before the hub's closing frame.
 func TestRawAnswersBeforeClose(t *testing.T) {
 	e := newRawEnv(t, time.Hour, 10*time.Second)
-	refresh, err := auth.Mint(rawSecret, "HS256", "u1", nil, 2*time.Hour)
+	refresh, err := auth.Mint(hubtest.Secret, "HS256", "u1", nil, 2*time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
