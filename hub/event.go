@@ -40,7 +40,10 @@ type Message struct {
 func (m *Message) Control() bool { return strings.HasPrefix(m.Type, "hub.") }
 
 // ValidateType checks an application event type: 1 to 128 bytes of
-// [A-Za-z0-9_.:-], not starting with the reserved "hub." prefix.
+// [A-Za-z0-9_.:-], not starting with the reserved "hub." prefix in any
+// letter case ("HUB.shutdown" is refused too: a client that matches types
+// without regard to case must never take an application event for a
+// control event).
 func ValidateType(t string) error {
 	if t == "" {
 		return errors.New("must not be empty")
@@ -54,8 +57,8 @@ func ValidateType(t string) error {
 			return errors.New("may contain only A-Z, a-z, 0-9, '_', '.', ':' and '-'")
 		}
 	}
-	if strings.HasPrefix(t, "hub.") {
-		return errors.New(`types starting with "hub." are reserved`)
+	if len(t) >= 4 && strings.EqualFold(t[:4], "hub.") {
+		return errors.New(`types starting with "hub." (in any letter case) are reserved`)
 	}
 	return nil
 }

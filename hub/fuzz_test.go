@@ -14,7 +14,7 @@ import (
 
 // validType is an independent statement of the contract's type rule.
 func validType(s string) bool {
-	if len(s) < 1 || len(s) > hub.MaxTypeLen || strings.HasPrefix(s, "hub.") {
+	if len(s) < 1 || len(s) > hub.MaxTypeLen || strings.HasPrefix(strings.ToLower(s), "hub.") {
 		return false
 	}
 	for _, c := range []byte(s) {
@@ -27,7 +27,7 @@ func validType(s string) bool {
 }
 
 func FuzzValidateType(f *testing.F) {
-	for _, s := range []string{"", "A", "DRAFT_UPDATED", "a.b:c-d_e", "hub.ping", "hub", "hubX.y", "a b", "a\nb", "é", strings.Repeat("x", 128), strings.Repeat("x", 129)} {
+	for _, s := range []string{"", "A", "DRAFT_UPDATED", "a.b:c-d_e", "hub.ping", "HUB.shutdown", "Hub.", "hub", "hubX.y", "a b", "a\nb", "é", strings.Repeat("x", 128), strings.Repeat("x", 129)} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, s string) {

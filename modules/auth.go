@@ -88,17 +88,10 @@ func newSecurity(lc fx.Lifecycle, cfg config.Config, log *slog.Logger) (Security
 	return Security{Verifier: v, Dev: dev}, nil
 }
 
-// cookieOff is given to the verifier as the cookie name when the cookie is
-// off (HUB_TOKEN_COOKIE empty): it is not a valid cookie name, so no
-// request can carry a cookie of that name.
-// TODO(sec-api): drop it once auth.Options takes an empty Cookie as "off"
-// (today it means the default, hub_token).
-const cookieOff = "hub token cookie off"
-
 // cookieName is the verifier's cookie name for the configured one.
 func cookieName(configured string) string {
 	if configured == "" {
-		return cookieOff
+		return auth.CookieOff // HUB_TOKEN_COOKIE set empty: no cookie
 	}
 	return configured
 }

@@ -118,6 +118,8 @@ func newUpstream(p upstreamParams) *upstream.Upstream {
 		Auth:       p.Auth,
 		Logger:     p.Log,
 		Store:      p.Store,
+		// a cookie-authenticated /api/send must come from an allowed origin
+		AllowedOrigins: p.Cfg.AllowedOrigins,
 	})
 	p.LC.Append(fx.StopHook(u.Close))
 	return u

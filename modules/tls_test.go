@@ -186,6 +186,7 @@ func postTLS(t *testing.T, c *http.Client, url, body string) (int, map[string]an
 	t.Helper()
 	req, _ := http.NewRequest(http.MethodPost, url, strings.NewReader(body))
 	req.Header.Set("X-API-Key", hubtest.APIKey)
+	req.Header.Set("Content-Type", "application/json")
 	resp, err := c.Do(req)
 	if err != nil {
 		t.Fatal(err)

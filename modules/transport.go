@@ -133,6 +133,8 @@ func newAPI(p apiParams) *api.API {
 		PublishTimeout: p.Cfg.PublishTimeout,
 		Logger:         p.Log,
 		Metrics:        p.Metrics.Handler(),
+		// failed credentials count against the client's address, not a proxy's
+		ClientIP: httpx.NewClientIP(p.Cfg.TrustedProxies),
 	}
 	if p.Broker != nil {
 		o.Ready = p.Broker.Ready

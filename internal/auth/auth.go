@@ -1,7 +1,9 @@
 // Package auth authenticates the hub's clients and services.
 //
 // It owns token extraction from a request (Authorization header, then the
-// token query parameter, then a cookie), JWT verification with jwtauth and
+// token query parameter, then a cookie, each endpoint taking only the
+// sources of the contract's table: [Sources]), the Origin check of
+// cookie-authenticated requests, JWT verification with jwtauth and
 // jwx (an HMAC secret, a PEM public key or a JWKS URL), API keys for the
 // broadcast API, the [Identity] a verified request yields and role checks,
 // the redaction of token-shaped strings for logs ([Redact]) and HMAC token
@@ -29,6 +31,11 @@ const (
 // DefaultCookie is the cookie read for the token when Options.Cookie is empty.
 const DefaultCookie = "hub_token"
 
+// CookieOff as Options.Cookie reads no cookie: it is not a valid cookie
+// name, so no request carries a cookie of that name (HUB_TOKEN_COOKIE set
+// empty).
+const CookieOff = "hub token cookie off"
+
 // Error codes of the contract.
 const (
 	CodeMissingToken = "missing_token"
@@ -39,9 +46,14 @@ const (
 
 // Identity is the authenticated caller.
 type Identity struct {
-	// UserID is the token's sub; for an API key "api-key:<first 4 chars>…"
-	// (never the whole key).
+	// UserID is the token's sub; for an API key a label for logs,
+	// "api-key:" and the first 8 hex digits of the key's SHA-256 (nothing
+	// of the key itself).
 	UserID string
+	// Caller scopes what the caller stores (the broadcast API's
+	// idempotency keys) by the whole credential: "jwt:" and the sub for a
+	// token, "api-key:" and the key's full SHA-256 in hex for an API key.
+	Caller string
 	// Roles come from the roles claim (array of strings) or the role claim
 	// (string); an API key has ["service"].
 	Roles []string
@@ -49,6 +61,9 @@ type Identity struct {
 	ExpiresAt time.Time
 	// APIKey is true when the caller used X-API-Key.
 	APIKey bool
+	// Cookie is true when the token came from the cookie (see
+	// CheckCookieOrigin).
+	Cookie bool
 }
 
 // HasRole reports whether the identity has any of roles.

@@ -1,10 +1,13 @@
 package auth
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 )
@@ -137,7 +140,7 @@ func TestAuthenticateService(t *testing.T) {
 			r := httptest.NewRequest(http.MethodPost, "/api/broadcast", nil)
 			r.Header.Set("X-API-Key", "abcd-secret-key")
 			return r
-		}, wantUser: "api-key:abcd…", wantRoles: []string{"service"}, wantAPIKey: true},
+		}, wantUser: apiKeyUser(sha256.Sum256([]byte("abcd-secret-key"))), wantRoles: []string{"service"}, wantAPIKey: true},
 		{name: "wrong API key", giveKeys: []string{"abcd-secret-key"}, giveReq: func(t *testing.T) *http.Request {
 			r := httptest.NewRequest(http.MethodPost, "/api/broadcast", nil)
 			r.Header.Set("X-API-Key", "abcd-secret-kez")
@@ -182,6 +185,14 @@ func TestAuthenticateService(t *testing.T) {
 		{name: "nothing", giveKeys: []string{"abcd-secret-key"}, giveReq: func(*testing.T) *http.Request {
 			return httptest.NewRequest(http.MethodPost, "/api/broadcast", nil)
 		}, wantStatus: 401, wantCode: CodeMissingToken},
+		{name: "admin cookie ignored", giveReq: func(t *testing.T) *http.Request {
+			r := httptest.NewRequest(http.MethodPost, "/api/broadcast", nil)
+			r.AddCookie(&http.Cookie{Name: DefaultCookie, Value: withRoles(t, map[string]any{"role": "admin"})})
+			return r
+		}, wantStatus: 401, wantCode: CodeMissingToken},
+		{name: "admin query token ignored", giveReq: func(t *testing.T) *http.Request {
+			return httptest.NewRequest(http.MethodPost, "/api/broadcast?token="+withRoles(t, map[string]any{"role": "admin"}), nil)
+		}, wantStatus: 401, wantCode: CodeMissingToken},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -207,16 +218,113 @@ func TestAuthenticateService(t *testing.T) {
 }
 
 func TestAPIKeyUser(t *testing.T) {
-	tests := []struct{ give, want string }{
-		{give: "abcdefgh", want: "api-key:abcd…"},
-		{give: "ab", want: "api-key:a…"},
-		{give: "x", want: "api-key:…"},
-		{give: "ключ-секрет", want: "api-key:ключ…"},
+	// The label shows nothing of the key; the caller scope is the whole
+	// digest, so keys sharing a prefix never share it.
+	a, b := sha256.Sum256([]byte("key-aaaaaaaaaaaaaaaa")), sha256.Sum256([]byte("key-bbbbbbbbbbbbbbbb"))
+	if got := apiKeyUser(a); !strings.HasPrefix(got, "api-key:") || len(got) != len("api-key:")+8 || strings.Contains(got, "key-") {
+		t.Errorf("apiKeyUser = %q, want api-key: and 8 hex digits", got)
+	}
+	if apiKeyUser(a) == apiKeyUser(b) {
+		t.Errorf("two keys share the label %q", apiKeyUser(a))
+	}
+	if got, want := apiKeyCaller(a), "api-key:"+hex.EncodeToString(a[:]); got != want {
+		t.Errorf("apiKeyCaller = %q, want %q", got, want)
+	}
+	if apiKeyCaller(a) == apiKeyCaller(b) {
+		t.Error("two keys with one prefix share a caller scope")
+	}
+}
+
+// TestAuthenticateFrom: each endpoint's sources only (the contract's
+// table); a credential outside them is ignored, as if absent, and Cookie
+// says when the cookie gave the token.
+func TestAuthenticateFrom(t *testing.T) {
+	good := func(t *testing.T, sub string) string {
+		return sign(t, "HS256", []byte(testSecret), claims(map[string]any{"sub": sub}), nil)
+	}
+	type give struct{ header, query, cookie bool }
+	tests := []struct {
+		name       string
+		giveSet    Sources
+		give       give
+		wantUser   string
+		wantCookie bool
+		wantCode   string
+	}{
+		{"stream: header first", StreamSources, give{true, true, true}, "header", false, ""},
+		{"stream: query", StreamSources, give{false, true, true}, "query", false, ""},
+		{"stream: cookie", StreamSources, give{false, false, true}, "cookie", true, ""},
+		{"send: header first", SendSources, give{true, true, true}, "header", false, ""},
+		{"send: query ignored, cookie used", SendSources, give{false, true, true}, "cookie", true, ""},
+		{"send: query alone is no token", SendSources, give{false, true, false}, "", false, CodeMissingToken},
+		{"header only: cookie ignored", FromHeader, give{false, false, true}, "", false, CodeMissingToken},
+		{"header only: query ignored", FromHeader, give{false, true, false}, "", false, CodeMissingToken},
+		{"header only", FromHeader, give{true, true, true}, "header", false, ""},
+	}
+	v := newVerifier(t, Options{Secret: testSecret})
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			target := "/api/send"
+			if tt.give.query {
+				target += "?token=" + good(t, "query")
+			}
+			r := httptest.NewRequest(http.MethodPost, target, nil)
+			if tt.give.header {
+				r.Header.Set("Authorization", "Bearer "+good(t, "header"))
+			}
+			if tt.give.cookie {
+				r.AddCookie(&http.Cookie{Name: DefaultCookie, Value: good(t, "cookie")})
+			}
+			id, e := v.AuthenticateFrom(r, tt.giveSet)
+			if tt.wantCode != "" {
+				if e == nil || e.Code != tt.wantCode || e.Status != http.StatusUnauthorized {
+					t.Fatalf("AuthenticateFrom = %+v, %+v; want 401 %s", id, e, tt.wantCode)
+				}
+				if strings.Contains(e.Message, "query") {
+					t.Errorf("message %q names a source this endpoint does not take", e.Message)
+				}
+				return
+			}
+			if e != nil {
+				t.Fatalf("AuthenticateFrom: %v", e)
+			}
+			if id.UserID != tt.wantUser || id.Cookie != tt.wantCookie || id.Caller != "jwt:"+tt.wantUser {
+				t.Errorf("identity %+v, want user %q cookie=%v", id, tt.wantUser, tt.wantCookie)
+			}
+		})
+	}
+}
+
+func TestCheckCookieOrigin(t *testing.T) {
+	tests := []struct {
+		name       string
+		giveCookie bool
+		giveOrigin string
+		givePats   []string
+		wantRefuse bool
+	}{
+		{"cookie, foreign origin", true, "https://evil.example", nil, true},
+		{"cookie, origin null", true, "null", []string{"https://app.example"}, true},
+		{"cookie, own host", true, "http://hub.example", nil, false},
+		{"cookie, allowed origin", true, "https://app.example", []string{"https://app.example"}, false},
+		{"cookie, not in the list", true, "https://evil.example", []string{"https://app.example"}, true},
+		{"cookie, no origin", true, "", nil, false},
+		{"header, foreign origin", false, "https://evil.example", nil, false},
 	}
 	for _, tt := range tests {
-		if got := apiKeyUser(tt.give); got != tt.want {
-			t.Errorf("apiKeyUser(%q) = %q, want %q", tt.give, got, tt.want)
-		}
+		t.Run(tt.name, func(t *testing.T) {
+			r := httptest.NewRequest(http.MethodGet, "http://hub.example/sse/realtime", nil)
+			if tt.giveOrigin != "" {
+				r.Header.Set("Origin", tt.giveOrigin)
+			}
+			e := CheckCookieOrigin(r, &Identity{UserID: "u1", Cookie: tt.giveCookie}, tt.givePats)
+			if (e != nil) != tt.wantRefuse {
+				t.Fatalf("CheckCookieOrigin = %v, want refused: %v", e, tt.wantRefuse)
+			}
+			if e != nil && (e.Status != http.StatusForbidden || e.Code != CodeOriginNotAllowed) {
+				t.Errorf("error %d %s, want 403 origin_not_allowed", e.Status, e.Code)
+			}
+		})
 	}
 }
 

@@ -414,6 +414,10 @@ func usableKeys(set jwk.Set, algs []string) (jwk.Set, error) {
 type header struct {
 	Alg string `json:"alg"`
 	Kid string `json:"kid"`
+	// Crit, when present at all, makes the token refused: it names header
+	// parameters the recipient must understand (RFC 7515 §4.1.11), and the
+	// hub understands no extension.
+	Crit json.RawMessage `json:"crit"`
 }
 
 // strictB64 is base64url without padding that refuses non-zero unused bits.
@@ -462,6 +466,9 @@ func (v *Verifier) Verify(token string) (*Identity, *Error) {
 	if h.Alg == "" || strings.EqualFold(h.Alg, "none") {
 		return nil, invalid("unsigned tokens (alg none) are not accepted")
 	}
+	if h.Crit != nil {
+		return nil, invalid("the token names critical header extensions (crit), which the hub does not understand")
+	}
 
 	var (
 		tok jwt.Token
@@ -473,6 +480,9 @@ func (v *Verifier) Verify(token string) (*Identity, *Error) {
 		tok, e = v.parseSingle(token, h)
 	}
 	if e != nil {
+		return nil, e
+	}
+	if e := numericTimes(token); e != nil {
 		return nil, e
 	}
 	if err := jwt.Validate(tok, v.validate...); err != nil {
@@ -557,6 +567,46 @@ func (v *Verifier) refreshAfterMiss() bool {
 	return err == nil
 }
 
+// timeClaims must be JSON numbers (RFC 7519 §2, NumericDate): jwx would
+// also read a string such as "1767225600".
+var timeClaims = []string{"exp", "nbf", "iat"}
+
+// numericTimes refuses a token (already verified) whose payload gives exp,
+// nbf or iat as anything but a JSON number. Every member is looked at, so
+// a duplicate key cannot hide a string behind a number.
+func numericTimes(token string) *Error {
+	_, rest, _ := strings.Cut(token, ".")
+	seg, _, _ := strings.Cut(rest, ".")
+	payload, err := strictB64.DecodeString(seg)
+	if err != nil {
+		return invalid("the token is malformed (not a signed JWT)")
+	}
+	dec := json.NewDecoder(bytes.NewReader(payload))
+	if t, err := dec.Token(); err != nil || t != json.Delim('{') {
+		return invalid("the token's claims are not a JSON object")
+	}
+	for dec.More() {
+		t, err := dec.Token()
+		if err != nil {
+			return invalid("the token's claims are not a JSON object")
+		}
+		name, _ := t.(string)
+		var val json.RawMessage
+		if err := dec.Decode(&val); err != nil {
+			return invalid("the token's claims are not a JSON object")
+		}
+		if slices.Contains(timeClaims, name) && !isJSONNumber(val) {
+			return invalid("the token's " + name + " claim must be a JSON number (seconds since the epoch)")
+		}
+	}
+	return nil
+}
+
+// isJSONNumber reports whether raw, valid JSON, is a number.
+func isJSONNumber(raw json.RawMessage) bool {
+	return len(raw) > 0 && (raw[0] == '-' || raw[0] >= '0' && raw[0] <= '9')
+}
+
 // validationError maps a jwt.Validate error to the contract's error.
 func validationError(err error) *Error {
 	switch {
@@ -610,5 +660,5 @@ func identity(tok jwt.Token) (*Identity, *Error) {
 			roles = append(roles, s)
 		}
 	}
-	return &Identity{UserID: sub, Roles: roles, ExpiresAt: tok.Expiration()}, nil
+	return &Identity{UserID: sub, Caller: jwtCaller(sub), Roles: roles, ExpiresAt: tok.Expiration()}, nil
 }

@@ -3,12 +3,14 @@ package auth
 import (
 	"context"
 	"crypto/x509"
+	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"net/http"
 	"net/http/httptest"
 	"slices"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -546,5 +548,54 @@ func TestErrorIs(t *testing.T) {
 	}
 	if got := e.Error(); got != "token_expired: the token has expired" {
 		t.Errorf("Error() = %q", got)
+	}
+}
+
+// signedRaw signs a raw header and payload (JSON text, so that duplicate
+// keys and odd types survive) with testSecret under HS256.
+func signedRaw(header, payload string) string {
+	enc := base64.RawURLEncoding
+	in := enc.EncodeToString([]byte(header)) + "." + enc.EncodeToString([]byte(payload))
+	return in + "." + hs256(in)
+}
+
+// TestVerifyCritAndNumericDates: a header crit naming anything is refused
+// (RFC 7515 §4.1.11: the hub understands no extension), and exp, nbf and
+// iat must be JSON numbers (jwx alone reads a string exp as a date).
+func TestVerifyCritAndNumericDates(t *testing.T) {
+	now := time.Now()
+	exp := strconv.FormatInt(now.Add(time.Hour).Unix(), 10)
+	past := strconv.FormatInt(now.Add(-time.Hour).Unix(), 10)
+	tests := []struct {
+		name     string
+		header   string
+		payload  string
+		wantCode string
+	}{
+		{"plain", `{"alg":"HS256"}`, `{"sub":"u1","exp":` + exp + `}`, ""},
+		{"fractional exp", `{"alg":"HS256"}`, `{"sub":"u1","exp":` + exp + `.5}`, ""},
+		{"all three numbers", `{"alg":"HS256"}`, `{"sub":"u1","exp":` + exp + `,"nbf":` + past + `,"iat":` + past + `}`, ""},
+		{"crit naming exp", `{"alg":"HS256","crit":["exp"]}`, `{"sub":"u1","exp":` + exp + `}`, CodeInvalidToken},
+		{"crit naming an extension", `{"alg":"HS256","crit":["b64"],"b64":true}`, `{"sub":"u1","exp":` + exp + `}`, CodeInvalidToken},
+		{"crit empty", `{"alg":"HS256","crit":[]}`, `{"sub":"u1","exp":` + exp + `}`, CodeInvalidToken},
+		{"crit null", `{"alg":"HS256","crit":null}`, `{"sub":"u1","exp":` + exp + `}`, CodeInvalidToken},
+		{"exp a string", `{"alg":"HS256"}`, `{"sub":"u1","exp":"` + exp + `"}`, CodeInvalidToken},
+		{"exp a date string", `{"alg":"HS256"}`, `{"sub":"u1","exp":"2099-01-01T00:00:00Z"}`, CodeInvalidToken},
+		{"exp null", `{"alg":"HS256"}`, `{"sub":"u1","exp":null}`, CodeInvalidToken},
+		{"exp true", `{"alg":"HS256"}`, `{"sub":"u1","exp":true}`, CodeInvalidToken},
+		{"nbf a string", `{"alg":"HS256"}`, `{"sub":"u1","exp":` + exp + `,"nbf":"` + past + `"}`, CodeInvalidToken},
+		{"iat a string", `{"alg":"HS256"}`, `{"sub":"u1","exp":` + exp + `,"iat":"` + past + `"}`, CodeInvalidToken},
+		{"iat an object", `{"alg":"HS256"}`, `{"sub":"u1","exp":` + exp + `,"iat":{}}`, CodeInvalidToken},
+		{"string exp hidden by a duplicate", `{"alg":"HS256"}`, `{"sub":"u1","exp":"` + exp + `","exp":` + exp + `}`, CodeInvalidToken},
+		{"escaped key", `{"alg":"HS256"}`, `{"sub":"u1","\u0065xp":"` + exp + `"}`, CodeInvalidToken},
+		{"other claims may be strings", `{"alg":"HS256"}`, `{"sub":"u1","exp":` + exp + `,"auth_time":"x","jti":"j"}`, ""},
+	}
+	v := newVerifier(t, Options{Secret: testSecret})
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			token := signedRaw(tt.header, tt.payload)
+			id, e := v.Verify(token)
+			checkResult(t, token, id, e, tt.wantCode, "u1")
+		})
 	}
 }

@@ -177,3 +177,31 @@ func TestNewClientIPCopiesPrefixes(t *testing.T) {
 		t.Errorf("client IP = %q after the caller changed its slice, want 203.0.113.9", got)
 	}
 }
+func TestIsJSON(t *testing.T) {
+	tests := []struct {
+		give string
+		want bool
+	}{
+		{"application/json", true},
+		{"application/json; charset=utf-8", true},
+		{"Application/JSON;charset=UTF-8", true},
+		{"", false},
+		{"text/plain", false},
+		{"text/plain; application/json", false},
+		{"application/x-www-form-urlencoded", false},
+		{"multipart/form-data; boundary=x", false},
+		{"application/jsonp", false},
+		{"application/json-seq", false},
+		{"application/merge-patch+json", false},
+		{"application/json; charset", false}, // a broken parameter
+	}
+	for _, tt := range tests {
+		h := http.Header{}
+		if tt.give != "" {
+			h.Set("Content-Type", tt.give)
+		}
+		if got := IsJSON(h); got != tt.want {
+			t.Errorf("IsJSON(%q) = %v, want %v", tt.give, got, tt.want)
+		}
+	}
+}

@@ -8,12 +8,25 @@
 // Every error is answered with the protocol's JSON error body
 // {"error":{"code":"...","message":"..."}}. The package owns request
 // validation (a 400 invalid_request names the offending field), body size
-// limits and the idempotency cache of the broadcast API; publishing itself
-// is the hub's.
+// limits, the idempotency cache of the broadcast API and the limit on
+// failed credentials; publishing itself is the hub's.
+//
+// The service and admin endpoints take an X-API-Key or a service or admin
+// JWT in the Authorization header only: a cookie or a token query
+// parameter is ignored there, so a page on another origin cannot use a
+// browser's cookie against them. A POST with a body must say
+// Content-Type: application/json (415 otherwise), and the body must be
+// valid UTF-8 JSON (400 invalid_json otherwise, nothing is published). A
+// client address that fails the credential check (a 401 answer) 20 times
+// within a minute gets 429 rate_limited, with Retry-After, from these
+// endpoints until that minute has passed, valid credentials included.
 //
 // Decisions where the protocol is silent:
 //   - a missing "payload" is published as null;
-//   - the request's Content-Type is not checked (the body must be JSON);
+//   - the credential check comes before the Content-Type and body checks,
+//     so an unauthenticated caller learns nothing about a body;
+//   - the failed-credential window starts with an address's first
+//     failure (a fixed window, not a sliding one);
 //   - field names are matched exactly (case-sensitively); an unknown field,
 //     including a differently-cased known one, is a 400 naming it;
 //   - "all": false is the same as no "all";
@@ -105,6 +118,9 @@ type Options struct {
 	// every node the same shared store, such as NewRedisIdempotency, for a
 	// key to publish once across the nodes).
 	Idempotency IdempotencyStore
+	// ClientIP names the client address that failed credentials are
+	// counted against; nil means httpx.ClientIP (the TCP peer).
+	ClientIP func(*http.Request) string
 }
 
 // API serves the hub's service, admin and health endpoints. Build it with
@@ -120,6 +136,8 @@ type API struct {
 	log        *slog.Logger
 	idem       *idem.Once[json.RawMessage]
 	timeout    time.Duration
+	clientIP   func(*http.Request) string
+	fails      *failLimit
 }
 
 // New builds an API from o.
@@ -133,6 +151,9 @@ func New(o Options) *API {
 	if o.PublishTimeout <= 0 {
 		o.PublishTimeout = DefaultPublishTimeout
 	}
+	if o.ClientIP == nil {
+		o.ClientIP = httpx.ClientIP
+	}
 	return &API{
 		hub:        o.Hub,
 		auth:       o.Auth,
@@ -144,6 +165,8 @@ func New(o Options) *API {
 		log:        o.Logger,
 		idem:       newOnce(o.Idempotency, o.Logger, o.PublishTimeout),
 		timeout:    o.PublishTimeout,
+		clientIP:   o.ClientIP,
+		fails:      newFailLimit(),
 	}
 }
 
@@ -226,9 +249,8 @@ type statsBody struct {
 
 // stats answers this node's connection counts to an admin JWT.
 func (a *API) stats(w http.ResponseWriter, r *http.Request) {
-	id, e := a.auth.AuthenticateService(r)
-	if e != nil {
-		auth.WriteError(w, e)
+	id, ok := a.authenticate(w, r)
+	if !ok {
 		return
 	}
 	if id.APIKey || !id.HasRole(auth.RoleAdmin) {
@@ -250,11 +272,17 @@ func (a *API) stats(w http.ResponseWriter, r *http.Request) {
 	httpx.WriteJSON(w, http.StatusOK, body)
 }
 
-// disconnect closes every connection of the path's user on this node.
+// disconnect closes every connection of the path's user on this node. It
+// needs no body; one that is sent must still be application/json.
 func (a *API) disconnect(w http.ResponseWriter, r *http.Request) {
-	if _, e := a.auth.AuthenticateService(r); e != nil {
-		auth.WriteError(w, e)
+	if _, ok := a.authenticate(w, r); !ok {
 		return
+	}
+	if r.ContentLength != 0 {
+		if _, e := a.readBody(w, r); e != nil {
+			e.write(w)
+			return
+		}
 	}
 	user := r.PathValue("userId")
 	if user == "" || len(user) > MaxUserIDLen {

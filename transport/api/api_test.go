@@ -28,7 +28,11 @@ func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m)
 }
 
-const apiKey = "key-abcdefghijklmnop"
+const (
+	apiKey = "key-abcdefghijklmnop"
+	// samePrefixKey starts like apiKey: another service's key.
+	samePrefixKey = "key-zyxwvutsrqponmlk"
+)
 
 // env is a hub, a verifier and the API on a real loopback server.
 type env struct {
@@ -40,7 +44,7 @@ func newEnv(t testing.TB, mod func(*api.Options)) *env {
 	t.Helper()
 	h := hub.New(hub.Options{Node: "hub-1", HistorySize: 100, HistoryTTL: time.Minute, SendQueue: 1 << 16})
 	h.Start()
-	v, err := auth.New(context.Background(), auth.Options{Secret: hubtest.Secret, APIKeys: []string{apiKey, "other-key-0123456789"}})
+	v, err := auth.New(context.Background(), auth.Options{Secret: hubtest.Secret, APIKeys: []string{apiKey, "other-key-0123456789", samePrefixKey}})
 	if err != nil {
 		t.Fatalf("auth.New: %v", err)
 	}
@@ -71,6 +75,8 @@ func mint(t testing.TB, sub string, roles ...string) string {
 type cred struct {
 	bearer string
 	apiKey string
+	cookie string // a hub_token cookie
+	origin string // an Origin header
 }
 
 func bearer(tok string) cred { return cred{bearer: tok} }
@@ -105,6 +111,12 @@ func (e *env) do(t testing.TB, method, path string, c cred, body io.Reader) resp
 	}
 	if c.apiKey != "" {
 		req.Header.Set("X-API-Key", c.apiKey)
+	}
+	if c.cookie != "" {
+		req.AddCookie(&http.Cookie{Name: auth.DefaultCookie, Value: c.cookie})
+	}
+	if c.origin != "" {
+		req.Header.Set("Origin", c.origin)
 	}
 	req.Header.Set("Content-Type", "application/json")
 	resp, err := e.srv.Client().Do(req)
@@ -291,13 +303,18 @@ func TestStatsAuth(t *testing.T) {
 		{"user JWT", bearer(mint(t, "u1")), 403, "forbidden"},
 		{"service JWT", bearer(mint(t, "svc", "service")), 403, "forbidden"},
 		{"admin JWT", bearer(mint(t, "root", "admin")), 200, ""},
-		{"admin JWT in query", cred{}, 200, ""}, // set below
+		// the service and admin endpoints take the header only
+		{"admin JWT in query", cred{}, 401, "missing_token"},  // set below
+		{"admin JWT in cookie", cred{}, 401, "missing_token"}, // set below
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			path := "/api/websocket/stats"
 			if tt.name == "admin JWT in query" {
 				path += "?token=" + mint(t, "root", "admin", "service")
+			}
+			if tt.name == "admin JWT in cookie" {
+				tt.give.cookie = mint(t, "root", "admin", "service")
 			}
 			got := e.do(t, http.MethodGet, path, tt.give, nil)
 			if got.status != tt.wantStatus {
@@ -900,6 +917,7 @@ func Example() {
 
 	req, _ := http.NewRequest("POST", srv.URL+"/api/broadcast", strings.NewReader(`{"userIds":["u1"],"type":"HELLO"}`))
 	req.Header.Set("X-API-Key", "example-key")
+	req.Header.Set("Content-Type", "application/json")
 	resp, err := srv.Client().Do(req)
 	if err != nil {
 		fmt.Println(err)

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"slices"
 	"strconv"
+	"unicode/utf8"
 
 	"github.com/hubd/hub/hub"
 	"github.com/hubd/hub/internal/auth"
@@ -23,6 +24,7 @@ const (
 	codePayloadTooLarge = "payload_too_large"
 	codeShuttingDown    = "shutting_down"
 	codeInternal        = "internal_error"
+	codeRateLimited     = "rate_limited"
 )
 
 // apiError is an error answer: status, code and message.
@@ -59,10 +61,18 @@ type message struct {
 // errors are reported.
 var broadcastFields = []string{"userIds", "all", "type", "payload", "idempotencyKey"}
 
-// readBody reads the request body within the size limit. It answers 413
-// for a body over the limit and 400 invalid_json for an empty or unreadable
-// one.
+// errMediaType is the answer to a body that is not application/json.
+var errMediaType = &apiError{Status: http.StatusUnsupportedMediaType, Code: httpx.CodeUnsupportedMediaType, Message: httpx.MediaTypeMessage}
+
+// readBody reads the request body within the size limit. It answers 415
+// for a body without Content-Type: application/json, 413 for a body over
+// the limit and 400 invalid_json for an unreadable one (an empty body is
+// returned empty, whatever its Content-Type).
 func (a *API) readBody(w http.ResponseWriter, r *http.Request) ([]byte, *apiError) {
+	isJSON := httpx.IsJSON(r.Header)
+	if r.ContentLength > 0 && !isJSON {
+		return nil, errMediaType
+	}
 	tooLarge := &apiError{
 		Status:  http.StatusRequestEntityTooLarge,
 		Code:    codePayloadTooLarge,
@@ -74,20 +84,33 @@ func (a *API) readBody(w http.ResponseWriter, r *http.Request) ([]byte, *apiErro
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, a.maxPayload))
 	if err != nil {
 		if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
+			if !isJSON {
+				return nil, errMediaType
+			}
 			return nil, tooLarge
 		}
 		return nil, &apiError{Status: http.StatusBadRequest, Code: codeInvalidJSON, Message: "could not read the request body"}
+	}
+	if len(body) > 0 && !isJSON { // a body of unknown length (chunked)
+		return nil, errMediaType
 	}
 	return body, nil
 }
 
 // decodeObject parses body as one JSON object and checks that every key is
-// one of fields. A syntax error is invalid_json, anything else an
-// invalid_request whose message starts with prefix (the path of the object).
+// one of fields. A syntax error or a body that is not valid UTF-8 is
+// invalid_json, anything else an invalid_request whose message starts with
+// prefix (the path of the object). Every later step (the fast paths
+// included) works on this body, so none of them can pass invalid UTF-8 on:
+// encoding/json would accept it and swap in U+FFFD, and a raw payload
+// would carry it into every recipient's frame and the history.
 func decodeObject(body []byte, prefix string, fields []string) (map[string]json.RawMessage, *apiError) {
 	trimmed := bytes.Trim(body, " \t\r\n") // JSON whitespace only
 	if len(trimmed) == 0 {
 		return nil, &apiError{Status: http.StatusBadRequest, Code: codeInvalidJSON, Message: "the request body is empty"}
+	}
+	if !utf8.Valid(trimmed) {
+		return nil, &apiError{Status: http.StatusBadRequest, Code: codeInvalidJSON, Message: "the request body is not valid UTF-8"}
 	}
 	if !json.Valid(trimmed) {
 		var v any
@@ -252,7 +275,8 @@ func (a *API) publish(ctx context.Context, caller string, m *message) (json.RawM
 	if m.key == "" {
 		return a.publishNow(ctx, m)
 	}
-	key := caller + "\x00" + m.key
+	// length-prefixed: no caller and key can spell another pair's entry
+	key := strconv.Itoa(len(caller)) + ":" + caller + ":" + m.key
 	return a.once(ctx, key, func() (json.RawMessage, *apiError) {
 		// the broker remembers the key too, so that a retry after an
 		// answer that never came publishes at most once
@@ -318,10 +342,23 @@ func abortUnanswered() {
 	panic(http.ErrAbortHandler)
 }
 
-// authenticate authenticates a service caller, writing the error answer.
+// authenticate authenticates a caller of the service and admin endpoints,
+// writing the error answer: 429 rate_limited while the client address is
+// blocked for failed credentials (whatever the request carries), else the
+// credential check's answer; a 401 counts as one failure of the address.
 func (a *API) authenticate(w http.ResponseWriter, r *http.Request) (*auth.Identity, bool) {
+	addr := a.clientIP(r)
+	if wait := a.fails.blocked(addr); wait > 0 {
+		httpx.RetryAfter(w, wait)
+		httpx.WriteError(w, http.StatusTooManyRequests, codeRateLimited,
+			"too many failed credentials from this address; retry after the Retry-After delay")
+		return nil, false
+	}
 	id, e := a.auth.AuthenticateService(r)
 	if e != nil {
+		if e.Status == http.StatusUnauthorized {
+			a.fails.fail(addr)
+		}
 		auth.WriteError(w, e)
 		return nil, false
 	}
@@ -343,7 +380,7 @@ func (a *API) request(w http.ResponseWriter, r *http.Request, fields []string) (
 		e.write(w)
 		return "", nil, false
 	}
-	return id.UserID, f, true
+	return id.Caller, f, true
 }
 
 // broadcast serves POST /api/broadcast.

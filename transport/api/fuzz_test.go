@@ -10,6 +10,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
+	"unicode/utf8"
 
 	"github.com/hubd/hub/hub"
 	"github.com/hubd/hub/internal/auth"
@@ -25,6 +27,12 @@ const fuzzMaxPayload = 2048
 // iterations). Each iteration builds its own API, so that an idempotency key
 // remembered by one iteration does not answer for another.
 func fuzzHandler(f *testing.F) func() http.Handler {
+	h, v := fuzzHub(f)
+	return func() http.Handler { return fuzzAPI(h, v) }
+}
+
+// fuzzHub starts the hub (history off) and the verifier of a fuzz target.
+func fuzzHub(f *testing.F) (*hub.Hub, *auth.Verifier) {
 	h := hub.New(hub.Options{Node: "hub-1", Logger: slog.New(slog.DiscardHandler)})
 	h.Start()
 	v, err := auth.New(context.Background(), auth.Options{Secret: hubtest.Secret, APIKeys: []string{apiKey}})
@@ -35,11 +43,14 @@ func fuzzHandler(f *testing.F) func() http.Handler {
 		h.Stop()
 		v.Close()
 	})
-	return func() http.Handler {
-		mux := http.NewServeMux()
-		api.New(api.Options{Hub: h, Auth: v, MaxPayload: fuzzMaxPayload, Logger: slog.New(slog.DiscardHandler)}).RegisterInternal(mux)
-		return mux
-	}
+	return h, v
+}
+
+// fuzzAPI is a fresh API over h and v.
+func fuzzAPI(h *hub.Hub, v *auth.Verifier) http.Handler {
+	mux := http.NewServeMux()
+	api.New(api.Options{Hub: h, Auth: v, MaxPayload: fuzzMaxPayload, Logger: slog.New(slog.DiscardHandler)}).RegisterInternal(mux)
+	return mux
 }
 
 // postFuzz posts body with the API key and checks the parts of the answer
@@ -71,11 +82,13 @@ func postFuzz(t *testing.T, h http.Handler, path string, body []byte) (int, map[
 		checkError(t, out, "payload_too_large")
 	case status == http.StatusBadRequest:
 		checkError(t, out, "invalid_json", "invalid_request")
-		if !json.Valid(body) && errorCode(out) != "invalid_json" {
-			t.Fatalf("POST %s: body %q is not JSON but the code is %q", path, body, errorCode(out))
+		if (!json.Valid(body) || !utf8.Valid(body)) && errorCode(out) != "invalid_json" {
+			t.Fatalf("POST %s: body %q is not UTF-8 JSON but the code is %q", path, body, errorCode(out))
 		}
 	case !json.Valid(body):
 		t.Fatalf("POST %s: body %q is not JSON but was accepted", path, body)
+	case !utf8.Valid(body):
+		t.Fatalf("POST %s: body %q is not valid UTF-8 but was accepted", path, body)
 	}
 	return status, out
 }
@@ -196,4 +209,105 @@ func FuzzBatchBody(f *testing.F) {
 			checkAnswer(t, r, req.Messages[i])
 		}
 	})
+}
+
+// FuzzBroadcastUTF8 publishes arbitrary bytes as the payload (and the user
+// id) of a broadcast to users or to all, through the real API: a body that
+// is not valid UTF-8 is 400 invalid_json, and the envelope of every
+// accepted one, as a recipient's connection gets it (WebSocket frame and
+// SSE record), is valid UTF-8 and valid JSON. The fast paths of
+// fastjson.go are on this path too.
+func FuzzBroadcastUTF8(f *testing.F) {
+	for _, s := range []struct {
+		payload string
+		user    string
+		all     bool
+	}{
+		{`"a\xff\xfeb"`, "u1", false},
+		{"\"a\xff\xfeb\"", "u1", false},
+		{"{\"\xfe\":1}", "u1", true},
+		{`"caf\u00e9 \ud800"`, "u1", false},
+		{"\"caf\xc3\xa9 \xe2\x9c\x93\"", "u\xc3\xa9", false},
+		{"\"\xed\xa0\x80\"", "u1", false},
+		{"[\"\xf4\x90\x80\x80\"]", "u1", true},
+		{`null`, "u1\xff", false},
+	} {
+		f.Add([]byte(s.payload), s.user, s.all)
+	}
+	h, v := fuzzHub(f)
+	mux := fuzzAPI(h, v)
+	s := &sink{wake: make(chan struct{}, 1)}
+	conn, err := h.Register(hub.ConnInfo{UserID: "u1", Transport: hub.TransportWebSocket}, s)
+	if err != nil {
+		f.Fatalf("register: %v", err)
+	}
+	f.Cleanup(func() { h.Unregister(conn) })
+	f.Fuzz(func(t *testing.T, payload []byte, user string, all bool) {
+		target := `"userIds":["u1",` + string(mustJSONish(user)) + `]`
+		if all {
+			target = `"all":true`
+		}
+		body := []byte(`{` + target + `,"type":"T","payload":`)
+		body = append(append(body, payload...), '}')
+		status, out := postFuzz(t, mux, "/api/broadcast", body)
+		if status != http.StatusAccepted {
+			return
+		}
+		// u1 is a recipient either way: its envelope is the one sent
+		var ans struct {
+			ID     string
+			Events []struct{ UserID, ID string }
+		}
+		raw, _ := json.Marshal(out)
+		if err := json.Unmarshal(raw, &ans); err != nil {
+			t.Fatalf("answer %s: %v", raw, err)
+		}
+		want := ans.ID
+		for _, e := range ans.Events {
+			if e.UserID == "u1" {
+				want = e.ID
+			}
+		}
+		deadline := time.NewTimer(5 * time.Second)
+		defer deadline.Stop()
+		var buf []*hub.Message
+		for {
+			buf, _ = conn.Next(buf[:0])
+			for _, m := range buf {
+				if !utf8.Valid(m.Frame) || !utf8.Valid(m.SSE) || !json.Valid(m.Frame) {
+					t.Fatalf("body %q: envelope %q is not valid UTF-8 JSON", body, m.Frame)
+				}
+				if m.ID == want {
+					return
+				}
+			}
+			if len(buf) > 0 {
+				continue
+			}
+			select {
+			case <-s.wake:
+			case <-deadline.C:
+				t.Fatalf("body %q: event %s never reached u1", body, want)
+			}
+		}
+	})
+}
+
+// mustJSONish quotes s as a JSON string without escaping its bytes, so
+// that invalid UTF-8 in s reaches the body as it is (only quotes,
+// backslashes and control bytes are escaped).
+func mustJSONish(s string) []byte {
+	b := []byte{'"'}
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; {
+		case c == '"' || c == '\\':
+			b = append(b, '\\', c)
+		case c < 0x20:
+			b = append(b, []byte(`\u00`)...)
+			b = append(b, "0123456789abcdef"[c>>4], "0123456789abcdef"[c&15])
+		default:
+			b = append(b, c)
+		}
+	}
+	return append(b, '"')
 }

@@ -67,7 +67,9 @@ type Options struct {
 	Auth *auth.Verifier
 	// AllowedOrigins are the HUB_ALLOWED_ORIGINS patterns (see
 	// httpx.OriginAllowed). An allowed Origin gets a CORS answer, preflight
-	// included; with no pattern only the request's own host is allowed.
+	// included; with no pattern only the request's own host is allowed. A
+	// stream authenticated by the cookie whose request has an Origin that
+	// is not allowed is refused with 403 origin_not_allowed.
 	AllowedOrigins []string
 	// Retry is the base reconnect hint sent in the retry field (default 3s);
 	// each stream gets a value jittered by up to a third around it.
@@ -161,6 +163,11 @@ func (h *Handler) cors(w http.ResponseWriter, r *http.Request) bool {
 // ends.
 func (h *Handler) serveStream(w http.ResponseWriter, r *http.Request) {
 	id, aerr := h.o.Auth.Authenticate(r)
+	if aerr == nil {
+		// a page on another origin can make the browser send the cookie
+		// (EventSource withCredentials), never the header
+		aerr = auth.CheckCookieOrigin(r, id, h.o.AllowedOrigins)
+	}
 	if aerr != nil {
 		h.o.Metrics.Handshake(hub.TransportSSE, metrics.OutcomeRefused, aerr.Code)
 		auth.WriteError(w, aerr)

@@ -980,3 +980,62 @@ func TestOpeningBytes(t *testing.T) {
 		}
 	}
 }
+
+// TestCookieOrigin: an EventSource with withCredentials on another site
+// sends the victim's cookie and the page's Origin; the stream it opened
+// was the victim's. Now a stream authenticated by the cookie whose request
+// has an Origin that HUB_ALLOWED_ORIGINS does not allow is 403
+// origin_not_allowed and no connection is registered; without Origin (a
+// same-origin EventSource), from an allowed origin, or with the token in
+// the header or query (which a page cannot take from the victim), it opens.
+func TestCookieOrigin(t *testing.T) {
+	cookie := func(r *http.Request) {
+		r.AddCookie(&http.Cookie{Name: "hub_token", Value: hubtest.Token(t, "victim", time.Hour)})
+	}
+	tests := []struct {
+		name     string
+		patterns []string
+		give     func(*http.Request)
+		origin   string
+		wantOpen bool
+	}{
+		{"cookie, foreign origin", nil, cookie, "https://evil.example", false},
+		{"cookie, origin null", nil, cookie, "null", false},
+		{"cookie, not in the list", []string{"https://app.example"}, cookie, "https://evil.example", false},
+		{"cookie, allowed host other scheme", []string{"https://app.example"}, cookie, "http://app.example", false},
+		{"cookie, no origin", nil, cookie, "", true},
+		{"cookie, allowed origin", []string{"https://app.example"}, cookie, "https://app.example", true},
+		{"cookie, own host", nil, cookie, "own", true},
+		{"header, foreign origin", nil, func(r *http.Request) { r.Header.Set("Authorization", "Bearer "+hubtest.Token(t, "victim", time.Hour)) }, "https://evil.example", true},
+		{"query, foreign origin", nil, func(r *http.Request) { r.URL.RawQuery = "token=" + hubtest.Token(t, "victim", time.Hour) }, "https://evil.example", true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := newEnv(t, envConfig{sse: func(o *sse.Options) { o.AllowedOrigins = tt.patterns }})
+			req := e.request(t, "", "", nil)
+			tt.give(req)
+			switch tt.origin {
+			case "":
+			case "own":
+				req.Header.Set("Origin", e.srv.URL)
+			default:
+				req.Header.Set("Origin", tt.origin)
+			}
+			if tt.wantOpen {
+				s := e.open(t, req)
+				if c := expectConnected(t, stripRetry(s.next())); c.UserID != "victim" {
+					t.Fatalf("user %q, want victim", c.UserID)
+				}
+				return
+			}
+			resp, err := e.srv.Client().Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			expectJSONError(t, resp, http.StatusForbidden, "origin_not_allowed")
+			if n := e.hub.Stats().TotalConnections; n != 0 {
+				t.Fatalf("%d connections registered", n)
+			}
+		})
+	}
+}

@@ -19,8 +19,10 @@ func httpStatus(o *Outcome) int {
 	switch o.Code {
 	case CodeDisabled:
 		return http.StatusNotFound
-	case CodeInvalidRequest:
+	case CodeInvalidRequest, CodeInvalidJSON:
 		return http.StatusBadRequest
+	case CodeUnsupportedMediaType:
+		return http.StatusUnsupportedMediaType
 	case CodePayloadTooLarge:
 		return http.StatusRequestEntityTooLarge
 	case CodeRejected:
@@ -38,9 +40,13 @@ func httpStatus(o *Outcome) int {
 	}
 }
 
-// SendHandler serves POST /api/send for a user token (from the same places
-// as the streaming endpoints: Authorization: Bearer, ?token=, cookie). The
-// body is a hub.send frame without type and ref ({"idempotencyKey":...,
+// SendHandler serves POST /api/send for a user token, taken from the
+// Authorization header (Bearer) or the cookie, never from the token query
+// parameter. A request authenticated by the cookie that carries an Origin
+// header must come from an origin allowed by Options.AllowedOrigins (403
+// origin_not_allowed). The body must be sent as application/json (415
+// unsupported_media_type) and be valid UTF-8 (400 invalid_json). It is a
+// hub.send frame without type and ref ({"idempotencyKey":...,
 // "event":{"type":...,"payload":...}}; an optional string "ref" is echoed).
 // An ack answers 200 with the ack payload; a nack answers an error status
 // (see docs/UPSTREAM.md) with the nack payload, whose "error" member has the
@@ -64,9 +70,17 @@ func (u *Upstream) serveSend(w http.ResponseWriter, r *http.Request) {
 		httpx.WriteError(w, http.StatusInternalServerError, "internal_error", "no token verifier is configured")
 		return
 	}
-	id, aerr := u.o.Auth.Authenticate(r)
+	id, aerr := u.o.Auth.AuthenticateFrom(r, auth.SendSources)
+	if aerr == nil {
+		aerr = auth.CheckCookieOrigin(r, id, u.o.AllowedOrigins)
+	}
 	if aerr != nil {
 		auth.WriteError(w, aerr)
+		return
+	}
+	isJSON := httpx.IsJSON(r.Header)
+	if r.ContentLength > 0 && !isJSON {
+		u.answer(w, outMediaType, "")
 		return
 	}
 	data, err := io.ReadAll(http.MaxBytesReader(w, r.Body, u.o.MaxPayload))
@@ -77,6 +91,10 @@ func (u *Upstream) serveSend(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		u.answer(w, invalid("could not read the body"), "")
+		return
+	}
+	if len(data) > 0 && !isJSON { // a body of unknown length (chunked)
+		u.answer(w, outMediaType, "")
 		return
 	}
 	req, bad := parse(data, false)

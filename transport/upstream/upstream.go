@@ -23,9 +23,11 @@ import (
 	"strconv"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/hubd/hub/hub"
 	"github.com/hubd/hub/internal/auth"
+	"github.com/hubd/hub/internal/httpx"
 	"github.com/hubd/hub/internal/idem"
 )
 
@@ -59,20 +61,25 @@ const (
 
 // Nack codes.
 const (
-	CodeDisabled        = "upstream_disabled"
-	CodeInvalidRequest  = "invalid_request"
-	CodePayloadTooLarge = "payload_too_large"
-	CodeRateLimited     = "rate_limited"
-	CodeTimeout         = "upstream_timeout"
-	CodeUnavailable     = "upstream_unavailable"
-	CodeError           = "upstream_error"
-	CodeRejected        = "upstream_rejected"
-	CodeInFlight        = "in_flight"
-	CodeShuttingDown    = "shutting_down"
-	signatureHeader     = "X-Hub-Signature"
-	sendType            = "hub.send"
-	userLimitPrefix     = "u:"
-	connLimitPrefix     = "c:"
+	CodeDisabled       = "upstream_disabled"
+	CodeInvalidRequest = "invalid_request"
+	// CodeInvalidJSON is a body or frame that is not valid UTF-8.
+	CodeInvalidJSON = "invalid_json"
+	// CodeUnsupportedMediaType is a POST /api/send body that is not
+	// application/json.
+	CodeUnsupportedMediaType = httpx.CodeUnsupportedMediaType
+	CodePayloadTooLarge      = "payload_too_large"
+	CodeRateLimited          = "rate_limited"
+	CodeTimeout              = "upstream_timeout"
+	CodeUnavailable          = "upstream_unavailable"
+	CodeError                = "upstream_error"
+	CodeRejected             = "upstream_rejected"
+	CodeInFlight             = "in_flight"
+	CodeShuttingDown         = "shutting_down"
+	signatureHeader          = "X-Hub-Signature"
+	sendType                 = "hub.send"
+	userLimitPrefix          = "u:"
+	connLimitPrefix          = "c:"
 )
 
 // Options configure an Upstream. Zero values are the documented defaults.
@@ -93,6 +100,11 @@ type Options struct {
 	MaxPayload int64
 	// Auth authenticates POST /api/send (a user token).
 	Auth *auth.Verifier
+	// AllowedOrigins are the HUB_ALLOWED_ORIGINS patterns (see
+	// httpx.OriginAllowed): a POST /api/send authenticated by the cookie
+	// whose Origin is not allowed by them is refused (403
+	// origin_not_allowed). Empty allows the request's own host only.
+	AllowedOrigins []string
 	// HTTPClient calls the backend; nil means a client of its own that does
 	// not follow redirects. The timeout comes from Timeout either way.
 	HTTPClient *http.Client
@@ -206,6 +218,11 @@ type wireEvent struct {
 // WebSocket, where the ref pairs an answer with its send.
 func parse(data []byte, needRef bool) (request, *Outcome) {
 	var req request
+	if !utf8.Valid(data) {
+		// encoding/json would swap in U+FFFD, and the payload goes to the
+		// backend as it is: never pass invalid UTF-8 on
+		return req, nack(CodeInvalidJSON, "the body is not valid UTF-8", false)
+	}
 	var w wire
 	if err := json.Unmarshal(data, &w); err != nil {
 		return req, invalid("the body must be a JSON object")
@@ -288,6 +305,7 @@ var (
 	outRateLimited  = nack(CodeRateLimited, "too many sends; retry in a moment", true)
 	outShuttingDown = nack(CodeShuttingDown, "the hub is shutting down; retry on another connection", true)
 	outInFlight     = nack(CodeInFlight, "an operation with this idempotencyKey is still in flight; retry in a moment", true)
+	outMediaType    = nack(CodeUnsupportedMediaType, httpx.MediaTypeMessage, false)
 )
 
 // ackPayload and nackPayload are the payloads of hub.ack and hub.nack (and

@@ -588,28 +588,11 @@ func TestDisabled(t *testing.T) {
 
 func postSend(t *testing.T, e *env, tok, body string) (int, answer) {
 	t.Helper()
-	req, err := http.NewRequest(http.MethodPost, e.srv.URL+"/api/send", strings.NewReader(body))
-	if err != nil {
-		t.Fatal(err)
-	}
+	h := http.Header{"Content-Type": {"application/json"}}
 	if tok != "" {
-		req.Header.Set("Authorization", "Bearer "+tok)
+		h.Set("Authorization", "Bearer "+tok)
 	}
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatalf("POST /api/send: %v", err)
-	}
-	defer resp.Body.Close()
-	data, _ := io.ReadAll(resp.Body)
-	var a answer
-	if err := json.Unmarshal(data, &a); err != nil {
-		t.Fatalf("body %q: %v", data, err)
-	}
-	if ct := resp.Header.Get("Content-Type"); ct != "application/json" {
-		t.Errorf("Content-Type = %q", ct)
-	}
-	return resp.StatusCode, a
+	return sendWith(t, e, "", h, strings.NewReader(body))
 }
 
 func TestHTTPSend(t *testing.T) {
