@@ -3,6 +3,7 @@ package modules_test
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -60,6 +61,10 @@ type sseDial struct {
 	// SmallRcvBuf makes the client socket's receive buffer tiny so that a
 	// device that stops reading backs the server up quickly.
 	SmallRcvBuf bool
+	// TLS is the client's TLS configuration for an https URL; with HTTP2
+	// the client offers HTTP/2 (ALPN), else it speaks HTTP/1.1.
+	TLS   *tls.Config
+	HTTP2 bool
 }
 
 // sseURL is the hub's public SSE endpoint.
@@ -100,7 +105,12 @@ func dialSSE(t *testing.T, d sseDial) (*sseClient, int, map[string]any, error) {
 			return serr
 		}
 	}
-	tr := &http.Transport{DialContext: dialer.DialContext, DisableCompression: true, ReadBufferSize: 1024}
+	tr := &http.Transport{DialContext: dialer.DialContext, DisableCompression: true, ReadBufferSize: 1024, ForceAttemptHTTP2: d.HTTP2}
+	if d.TLS != nil {
+		// a copy: an HTTP/2 transport adds "h2" to the configuration's ALPN
+		// protocols, which an HTTP/1.1 client sharing it would then offer
+		tr.TLSClientConfig = d.TLS.Clone()
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
 	req.Header.Set("Accept", "text/event-stream")
