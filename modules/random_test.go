@@ -143,7 +143,7 @@ func smallRcvBufDialer() *net.Dialer {
 	return &net.Dialer{Timeout: 5 * time.Second, Control: func(_, _ string, c syscall.RawConn) error {
 		var serr error
 		if err := c.Control(func(fd uintptr) {
-			serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096)
+			serr = smallRcvBuf(fd)
 		}); err != nil {
 			return err
 		}

@@ -199,7 +199,7 @@ func soakRcvBufDialer(small bool) *net.Dialer {
 		dl.Control = func(_, _ string, c syscall.RawConn) error {
 			var serr error
 			if err := c.Control(func(fd uintptr) {
-				serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096)
+				serr = smallRcvBuf(fd)
 			}); err != nil {
 				return err
 			}

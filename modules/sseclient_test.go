@@ -97,7 +97,7 @@ func dialSSE(t *testing.T, d sseDial) (*sseClient, int, map[string]any, error) {
 		dialer.Control = func(_, _ string, c syscall.RawConn) error {
 			var serr error
 			err := c.Control(func(fd uintptr) {
-				serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096)
+				serr = smallRcvBuf(fd)
 			})
 			if err != nil {
 				return err
@@ -384,4 +384,17 @@ func decodeEnvelope(b []byte) (envelope, error) {
 	}
 	e.raw = b
 	return e, nil
+}
+
+// smallRcvBuf gives a client socket, before it connects, the receive
+// buffer of a device that falls behind quickly (4 KiB), and the segment
+// size of a real network (1460 bytes). Without the latter, on loopback
+// (MTU 64 KiB) the server bounds its segments to half the tiny window, the
+// window stays a few bytes short of one segment, and the server sends only
+// on its zero-window probe timer: about 10 KB/s, whatever the client reads.
+func smallRcvBuf(fd uintptr) error {
+	if err := syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096); err != nil {
+		return err
+	}
+	return syscall.SetsockoptInt(int(fd), syscall.IPPROTO_TCP, syscall.TCP_MAXSEG, 1460)
 }
