@@ -29,13 +29,21 @@ import (
 var soakFlag = flag.Duration("soak", 0, "run TestSoak for this long (default: HUB_SOAK, else a short run of a few seconds)")
 
 const (
-	soakShort      = 6 * time.Second // the CI run
+	soakShort      = 6 * time.Second // go test ./... (CI runs it for longer too: .ci/run)
 	soakUsers      = 50
 	soakDevices    = 4 // per user
 	soakTokenTTL   = 4 * time.Second
 	soakSendQueue  = 16
 	soakMaxErrsKep = 20
 )
+
+// soakSteady devices, of users of their own, never drop, pause or
+// renew: each holds one connection to the node that does not restart
+// for the whole run, with the WARMUP, ALL and END events on it. Any end
+// of it fails the run: a deadline or timer that is set and never reset
+// (issue 22) cuts a connection within its period, which devices that
+// reconnect and resume would hide.
+const soakSteady = 4
 
 // soakDuration is -soak, else $HUB_SOAK, else the short CI run.
 func soakDuration(t *testing.T) time.Duration {
@@ -166,6 +174,7 @@ type soakDevice struct {
 	user      string
 	transport string
 	slow      bool // pauses reading now and then, to be cut as a slow consumer
+	steady    bool // one connection to the first node for the whole run (soakSteady)
 	short     bool // short-lived tokens, refreshed (WebSocket) or renewed on hub.expired (SSE)
 	rng       *rand.Rand
 	lastID    string
@@ -227,6 +236,11 @@ func (d *soakDevice) dial(ctx context.Context) (soakConn, error) {
 			return nil, err
 		}
 		th, release := d.r.pick(d.rng)
+		if d.steady { // the first node never restarts
+			release()
+			d.r.nodeMu.RLock()
+			th, release = d.r.nodes[0], d.r.nodeMu.RUnlock
+		}
 		if th == nil {
 			release()
 			lastErr = errors.New("no node up")
@@ -303,8 +317,9 @@ func (d *soakDevice) session(ctx context.Context, c soakConn, first bool) (bool,
 		return false, nil // cut before it was live (a node stopping): reconnect
 	}
 	var p struct {
-		Recovered bool `json:"recovered"`
-		Missed    int  `json:"missed"`
+		ConnectionID string `json:"connectionId"`
+		Recovered    bool   `json:"recovered"`
+		Missed       int    `json:"missed"`
 	}
 	if e.Type != "hub.connected" || json.Unmarshal(e.Payload, &p) != nil {
 		return false, fmt.Errorf("first event %s, want hub.connected", e.raw)
@@ -312,6 +327,8 @@ func (d *soakDevice) session(ctx context.Context, c soakConn, first bool) (bool,
 	switch {
 	case first:
 		d.markReady()
+	case d.steady:
+		return false, errors.New("steady device reconnected") // never: its session fails first
 	case d.lastID == "":
 		return false, errors.New("reconnected before any event: nothing to resume from")
 	case !p.Recovered:
@@ -324,8 +341,13 @@ func (d *soakDevice) session(ctx context.Context, c soakConn, first bool) (bool,
 		defer cancel()
 		go d.refresher(sctx, c)
 	}
+	opened, events := time.Now(), 0
+	steadyEnd := func(why string) error {
+		return fmt.Errorf("steady connection %s ended %v after it opened, after %d events: %s",
+			p.ConnectionID, time.Since(opened).Round(time.Millisecond), events, why)
+	}
 	for {
-		if !d.r.ending() && d.lastID != "" {
+		if !d.r.ending() && d.lastID != "" && !d.steady {
 			switch n := d.rng.IntN(600); {
 			case n == 0:
 				d.r.drops.Add(1)
@@ -342,6 +364,9 @@ func (d *soakDevice) session(ctx context.Context, c soakConn, first bool) (bool,
 		}
 		e, err := c.read(ctx)
 		if err != nil {
+			if d.steady && ctx.Err() == nil {
+				return false, steadyEnd(err.Error())
+			}
 			if ctx.Err() != nil {
 				return false, fmt.Errorf("no sentinel in time (last %s, %d events)", d.lastID, len(d.seen))
 			}
@@ -361,6 +386,8 @@ func (d *soakDevice) session(ctx context.Context, c soakConn, first bool) (bool,
 			return false, nil
 		}
 		switch {
+		case d.steady && (e.Type == "hub.expired" || e.Type == "hub.shutdown" || e.Type == "hub.closed"):
+			return false, steadyEnd(e.Type)
 		case e.Type == "hub.expired":
 			d.r.expiries.Add(1)
 			return false, nil // reconnect with a fresh token and resume
@@ -376,6 +403,7 @@ func (d *soakDevice) session(ctx context.Context, c soakConn, first bool) (bool,
 		if e.ID == "" {
 			return false, fmt.Errorf("event without id: %s", e.raw)
 		}
+		events++
 		d.seen = append(d.seen, e.ID)
 		d.lastID = e.ID
 		d.markWarm()
@@ -431,8 +459,9 @@ func (x *soakExpected) add(user, id string) error {
 // short run by default) while one publisher sends to users and to
 // everyone; devices drop and resume, slow ones are cut and resume, short
 // tokens are refreshed or renewed, and, with Redis, one node of two
-// restarts on the same address mid-run. At the end every device has
-// exactly its user's events, in order, with no loss and no duplicate.
+// restarts on the same address mid-run. A few steady devices hold one
+// connection each for the whole run (soakSteady). At the end every device
+// has exactly its user's events, in order, with no loss and no duplicate.
 func TestSoak(t *testing.T) {
 	duration := soakDuration(t)
 	seed := time.Now().UnixNano()
@@ -464,6 +493,14 @@ func TestSoak(t *testing.T) {
 		users[i] = fmt.Sprintf("soak-%02d", i)
 		exp.set[users[i]] = map[string]bool{}
 	}
+	var steadyUsers []string
+	for i := range soakSteady {
+		u := fmt.Sprintf("steady-%d", i)
+		steadyUsers = append(steadyUsers, u)
+		exp.set[u] = map[string]bool{}
+	}
+	// everyone: the WARMUP, ALL and END events go to the steady users too
+	everyone := append(append([]string(nil), users...), steadyUsers...)
 	var slowUsers []string
 	var devices []*soakDevice
 	for _, u := range users {
@@ -493,6 +530,18 @@ func TestSoak(t *testing.T) {
 	if len(slowUsers) == 0 {
 		slowUsers = users[:1]
 	}
+	for i, u := range steadyUsers {
+		d := &soakDevice{
+			r: r, user: u, steady: true,
+			transport: transports[i%2],
+			rng:       rand.New(rand.NewPCG(uint64(i), 0x57ead)), // not drawn from master: the seed replays the rest as before
+			ready:     make(chan struct{}),
+			warm:      make(chan struct{}),
+		}
+		d.name = fmt.Sprintf("%s(%s,steady)", u, d.transport)
+		d.tr = &http.Transport{DialContext: soakRcvBufDialer(false).DialContext}
+		devices = append(devices, d)
+	}
 
 	ctx, cancel := context.WithTimeout(context.Background(), duration+25*time.Second)
 	defer cancel()
@@ -516,10 +565,10 @@ func TestSoak(t *testing.T) {
 	// device cut before its first event would have no id to resume from.
 	{
 		th, release := r.pick(master)
-		status, body := th.postNoFatal("/api/broadcast", map[string]any{"userIds": users, "type": "WARMUP"})
+		status, body := th.postNoFatal("/api/broadcast", map[string]any{"userIds": everyone, "type": "WARMUP"})
 		release()
 		evs, _ := body["events"].([]any)
-		if status != http.StatusAccepted || len(evs) != len(users) {
+		if status != http.StatusAccepted || len(evs) != len(everyone) {
 			t.Fatalf("seed %d: warm-up broadcast: %d %v", seed, status, body)
 		}
 		for _, ev := range evs {
@@ -596,7 +645,7 @@ func TestSoak(t *testing.T) {
 					r.fail("broadcast all through %s: %d %v", th.cfg.NodeName, status, body)
 					return
 				}
-				for _, u := range users {
+				for _, u := range everyone {
 					if err := exp.add(u, id); err != nil {
 						r.fail("all: %v", err)
 					}
@@ -655,9 +704,9 @@ func TestSoak(t *testing.T) {
 
 	// The sentinel: one last event per user, after everything else.
 	th := r.nodes[0]
-	status, body := th.postNoFatal("/api/broadcast", map[string]any{"userIds": users, "type": "END"})
+	status, body := th.postNoFatal("/api/broadcast", map[string]any{"userIds": everyone, "type": "END"})
 	evs, _ := body["events"].([]any)
-	if status != http.StatusAccepted || len(evs) != len(users) {
+	if status != http.StatusAccepted || len(evs) != len(everyone) {
 		t.Fatalf("sentinel: %d %v", status, body)
 	}
 	for _, ev := range evs {
