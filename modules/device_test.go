@@ -37,6 +37,9 @@ type fleet struct {
 	// node returns the SSE and WebSocket endpoints of a node to dial, or
 	// ok false when no node is up.
 	node func(rng *rand.Rand) (sseURL, wsURL string, ok bool)
+	// steadyNode returns the endpoints of the node that never restarts,
+	// for steady devices (see addSteady).
+	steadyNode func() (sseURL, wsURL string)
 	// A dial is tried dialAttempts times, waiting dialBackoff(attempt)
 	// between two (a node restarting, a cut connection not yet
 	// unregistered).
@@ -118,6 +121,18 @@ func (f *fleet) add(user string, n int, transport string, slow, short bool, rng 
 	return d
 }
 
+// addSteady adds a steady device of user: it never drops, pauses or
+// renews, and holds one connection to the node that never restarts for
+// the whole run. Any end of that connection fails the run: a deadline or
+// timer that is set and never reset (issue 22) cuts a connection within
+// its period, which devices that reconnect and resume would hide.
+func (f *fleet) addSteady(user, transport string) *simDevice {
+	d := f.add(user, 0, transport, false, false, rand.New(rand.NewPCG(uint64(len(f.devices)), 0x57ead)))
+	d.steady = true
+	d.name = fmt.Sprintf("%s(%s,steady)", user, transport)
+	return d
+}
+
 // start runs every device in a goroutine of wg and waits until each has
 // its first connection live (or has failed). Nothing is published before:
 // a fresh connect has nothing to resume from.
@@ -147,6 +162,7 @@ type simDevice struct {
 	transport string // "websocket" or "sse"
 	slow      bool   // pauses reading now and then, to be cut as a slow consumer
 	short     bool   // short-lived tokens, refreshed (WebSocket) or renewed on hub.expired (SSE)
+	steady    bool   // one connection for the whole run (see addSteady)
 	rng       *rand.Rand
 	tr        *http.Transport
 	lastID    string
@@ -249,7 +265,7 @@ func deviceDialer(slow bool) *net.Dialer {
 		dl.Control = func(_, _ string, c syscall.RawConn) error {
 			var serr error
 			if err := c.Control(func(fd uintptr) {
-				serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096)
+				serr = smallRcvBuf(fd)
 			}); err != nil {
 				return err
 			}
@@ -276,6 +292,10 @@ func (d *simDevice) dial(ctx context.Context) (deviceConn, error) {
 			return nil, err
 		}
 		sseURL, wsURL, ok := d.f.node(d.rng)
+		if d.steady {
+			sseURL, wsURL = d.f.steadyNode()
+			ok = true
+		}
 		if !ok {
 			lastErr = errors.New("no node up")
 			continue
@@ -366,8 +386,10 @@ func (d *simDevice) session(ctx context.Context, c deviceConn, first bool) (bool
 		return false, fmt.Errorf("no hub.connected: %w", err)
 	}
 	var p struct {
-		Recovered bool `json:"recovered"`
-		Missed    int  `json:"missed"`
+		ConnectionID string `json:"connectionId"`
+		Recovered    bool   `json:"recovered"`
+		Missed       int    `json:"missed"`
+		Position     string `json:"position"`
 	}
 	if e.Type != "hub.connected" || json.Unmarshal(e.Payload, &p) != nil {
 		return false, fmt.Errorf("first event %s, want hub.connected", e.raw)
@@ -375,6 +397,8 @@ func (d *simDevice) session(ctx context.Context, c deviceConn, first bool) (bool
 	switch {
 	case first:
 		d.markReady()
+	case d.steady:
+		return false, errors.New("steady device reconnected") // never: its session fails first
 	case d.lastID == "":
 		return false, errors.New("reconnected before any event: nothing to resume from")
 	case !p.Recovered:
@@ -382,13 +406,24 @@ func (d *simDevice) session(ctx context.Context, c deviceConn, first bool) (bool
 	default:
 		f.resumes.Add(1)
 	}
+	// With nothing replayed, the position is where to resume from (as
+	// hub.js does): a device cut before its first event, or before the
+	// next one, loses nothing.
+	if p.Missed == 0 && p.Position != "" {
+		d.lastID = p.Position
+	}
 	if d.short && d.transport == "websocket" {
 		sctx, cancel := context.WithCancel(ctx)
 		defer cancel()
 		go d.refresher(sctx, c)
 	}
+	opened, events := time.Now(), 0
+	steadyEnd := func(why string) error {
+		return fmt.Errorf("steady connection %s ended %v after it opened, after %d events: %s",
+			p.ConnectionID, time.Since(opened).Round(time.Millisecond), events, why)
+	}
 	for {
-		if !f.ending() && d.lastID != "" {
+		if !f.ending() && d.lastID != "" && !d.steady {
 			switch n := d.rng.IntN(f.oneIn); {
 			case n == 0:
 				f.drops.Add(1)
@@ -404,6 +439,9 @@ func (d *simDevice) session(ctx context.Context, c deviceConn, first bool) (bool
 		}
 		e, err := c.read(ctx)
 		if err != nil {
+			if d.steady && ctx.Err() == nil {
+				return false, steadyEnd(err.Error())
+			}
 			if ctx.Err() != nil {
 				return false, fmt.Errorf("no sentinel in time (last %s, %d events, first connection %v)", d.lastID, len(d.seen), first)
 			}
@@ -423,6 +461,8 @@ func (d *simDevice) session(ctx context.Context, c deviceConn, first bool) (bool
 			return false, nil // reconnect and resume
 		}
 		switch {
+		case d.steady && (e.Type == "hub.expired" || e.Type == "hub.shutdown" || e.Type == "hub.closed"):
+			return false, steadyEnd(e.Type)
 		case e.Type == "hub.expired":
 			f.expiries.Add(1)
 			return false, nil // reconnect with a fresh token and resume
@@ -438,6 +478,7 @@ func (d *simDevice) session(ctx context.Context, c deviceConn, first bool) (bool
 		if e.ID == "" {
 			return false, fmt.Errorf("event without id: %s", e.raw)
 		}
+		events++
 		d.seen = append(d.seen, e.ID)
 		d.lastID = e.ID
 		d.markWarm()

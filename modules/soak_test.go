@@ -19,6 +19,9 @@ import (
 
 var soakFlag = flag.Duration("soak", 0, "run TestSoak for this long (default: HUB_SOAK, else a short run of a few seconds)")
 
+// soakSteady is the number of steady devices (fleet.addSteady).
+const soakSteady = 4
+
 const (
 	soakShort     = 6 * time.Second // the CI run
 	soakUsers     = 50
@@ -92,8 +95,9 @@ func (x *soakExpected) add(user, id string) error {
 // short run by default) while one publisher sends to users and to
 // everyone; devices drop and resume, slow ones are cut and resume, short
 // tokens are refreshed or renewed, and, with Redis, one node of two
-// restarts on the same address mid-run. At the end every device has
-// exactly its user's events, in order, with no loss and no duplicate.
+// restarts on the same address mid-run. A few steady devices hold one
+// connection each for the whole run. At the end every device has exactly
+// its user's events, in order, with no loss and no duplicate.
 func TestSoak(t *testing.T) {
 	duration := soakDuration(t)
 	seed := time.Now().UnixNano()
@@ -112,6 +116,11 @@ func TestSoak(t *testing.T) {
 				return "", "", false
 			}
 			return th.SSEURL, th.WSURL, true
+		},
+		steadyNode: func() (string, string) {
+			r.nodeMu.RLock()
+			defer r.nodeMu.RUnlock()
+			return r.nodes[0].SSEURL, r.nodes[0].WSURL // the first node never restarts
 		},
 		dialAttempts: 100,
 		dialBackoff:  func(attempt int) time.Duration { return time.Duration(min(attempt, 10)) * 20 * time.Millisecond },
@@ -161,6 +170,16 @@ func TestSoak(t *testing.T) {
 	if len(slowUsers) == 0 {
 		slowUsers = users[:1]
 	}
+	// steady devices, of users of their own (fleet.addSteady); the WARMUP,
+	// ALL and END events go to them too
+	var steadyUsers []string
+	for i := range soakSteady {
+		u := fmt.Sprintf("steady-%d", i)
+		steadyUsers = append(steadyUsers, u)
+		exp.set[u] = map[string]bool{}
+		fl.addSteady(u, transports[i%2])
+	}
+	everyone := append(append([]string(nil), users...), steadyUsers...)
 
 	ctx, cancel := context.WithTimeout(context.Background(), duration+25*time.Second)
 	defer cancel()
@@ -175,10 +194,10 @@ func TestSoak(t *testing.T) {
 	// One event to every user, and every device has it before the chaos.
 	{
 		th, release := r.pick(master)
-		status, body := th.postNoFatal("/api/broadcast", map[string]any{"userIds": users, "type": "WARMUP"})
+		status, body := th.postNoFatal("/api/broadcast", map[string]any{"userIds": everyone, "type": "WARMUP"})
 		release()
 		evs, _ := body["events"].([]any)
-		if status != http.StatusAccepted || len(evs) != len(users) {
+		if status != http.StatusAccepted || len(evs) != len(everyone) {
 			t.Fatalf("seed %d: warm-up broadcast: %d %v", seed, status, body)
 		}
 		for _, ev := range evs {
@@ -254,7 +273,7 @@ func TestSoak(t *testing.T) {
 					fl.fail("broadcast all through %s: %d %v", th.Config.NodeName, status, body)
 					return
 				}
-				for _, u := range users {
+				for _, u := range everyone {
 					if err := exp.add(u, id); err != nil {
 						fl.fail("all: %v", err)
 					}
@@ -313,9 +332,9 @@ func TestSoak(t *testing.T) {
 
 	// The sentinel: one last event per user, after everything else.
 	th := r.nodes[0]
-	status, body := th.postNoFatal("/api/broadcast", map[string]any{"userIds": users, "type": "END"})
+	status, body := th.postNoFatal("/api/broadcast", map[string]any{"userIds": everyone, "type": "END"})
 	evs, _ := body["events"].([]any)
-	if status != http.StatusAccepted || len(evs) != len(users) {
+	if status != http.StatusAccepted || len(evs) != len(everyone) {
 		t.Fatalf("sentinel: %d %v", status, body)
 	}
 	for _, ev := range evs {

@@ -3,6 +3,7 @@ package modules_test
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -69,6 +70,10 @@ type sseDial struct {
 	// SmallRcvBuf makes the client socket's receive buffer tiny so that a
 	// device that stops reading backs the server up quickly.
 	SmallRcvBuf bool
+	// TLS is the client's TLS configuration for an https URL; with HTTP2
+	// the client offers HTTP/2 (ALPN), else it speaks HTTP/1.1.
+	TLS   *tls.Config
+	HTTP2 bool
 }
 
 // dialSSE opens an SSE stream. A non-200 answer is returned as its status
@@ -98,7 +103,7 @@ func dialSSE(t *testing.T, d sseDial) (*sseClient, int, map[string]any, error) {
 		dialer.Control = func(_, _ string, c syscall.RawConn) error {
 			var serr error
 			err := c.Control(func(fd uintptr) {
-				serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096)
+				serr = smallRcvBuf(fd)
 			})
 			if err != nil {
 				return err
@@ -106,7 +111,12 @@ func dialSSE(t *testing.T, d sseDial) (*sseClient, int, map[string]any, error) {
 			return serr
 		}
 	}
-	tr := &http.Transport{DialContext: dialer.DialContext, DisableCompression: true, ReadBufferSize: 1024}
+	tr := &http.Transport{DialContext: dialer.DialContext, DisableCompression: true, ReadBufferSize: 1024, ForceAttemptHTTP2: d.HTTP2}
+	if d.TLS != nil {
+		// a copy: an HTTP/2 transport adds "h2" to the configuration's ALPN
+		// protocols, which an HTTP/1.1 client sharing it would then offer
+		tr.TLSClientConfig = d.TLS.Clone()
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
 	req.Header.Set("Accept", "text/event-stream")
@@ -392,4 +402,17 @@ func decodeEnvelope(b []byte) (envelope, error) {
 	}
 	e.raw = b
 	return e, nil
+}
+
+// smallRcvBuf gives a client socket, before it connects, the receive
+// buffer of a device that falls behind quickly (4 KiB), and the segment
+// size of a real network (1460 bytes). Without the latter, on loopback
+// (MTU 64 KiB) the server bounds its segments to half the tiny window, the
+// window stays a few bytes short of one segment, and the server sends only
+// on its zero-window probe timer: about 10 KB/s, whatever the client reads.
+func smallRcvBuf(fd uintptr) error {
+	if err := syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096); err != nil {
+		return err
+	}
+	return syscall.SetsockoptInt(int(fd), syscall.IPPROTO_TCP, syscall.TCP_MAXSEG, 1460)
 }

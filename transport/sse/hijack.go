@@ -265,10 +265,14 @@ func putChunk(bp *[]byte) {
 	}
 }
 
-// write writes b under the write timeout, waiting on the socket.
+// write writes b under the write timeout, waiting on the socket. The
+// deadline is cleared afterwards: the stream goes back to the pool writers,
+// whose non-blocking writes would fail on a deadline left behind (see
+// serveHijacked).
 func (s *hijacked) write(b []byte) error {
 	_ = s.nc.SetWriteDeadline(time.Now().Add(s.h.o.WriteTimeout))
 	_, err := s.nc.Write(b)
+	_ = s.nc.SetWriteDeadline(time.Time{})
 	return err
 }
 
@@ -300,6 +304,17 @@ func (h *Handler) serveHijacked(w http.ResponseWriter, s *hijacked, conn *hub.Co
 		release()
 		return
 	}
+	// No deadline may stay on the connection once the head is out (issue
+	// 22). The head's write deadline, left behind, cut every stream at its
+	// first write WriteTimeout after the open: the pool writers' writes and
+	// the poller's reads go through syscall.RawConn, which never waits but
+	// fails at once with os.ErrDeadlineExceeded when a deadline set on the
+	// connection has passed, and the stream then ends without its last
+	// chunk. Deadlines of the http.Server (ReadTimeout, WriteTimeout) may
+	// also survive the Hijack (its documentation leaves clearing them to
+	// the caller): both go. A write that can wait (write) sets its own
+	// deadline and clears it.
+	_ = nc.SetDeadline(time.Time{})
 	s.nc, s.first, s.release, s.fd = nc, true, release, -1
 	// Bytes the client sent after its request (it should send none) stay in
 	// net/http's reader, which is dropped with it.

@@ -320,7 +320,12 @@ func (h *Handler) run(ctx context.Context, w http.ResponseWriter, s *stream, con
 }
 
 // write writes pre and the records of msgs under one write deadline, then
-// flushes once.
+// flushes once and clears the deadline (issue 22): it bounds this write
+// only. Left armed, it ended a stream that stayed idle for WriteTimeout
+// (the heartbeat interval, 25 s by default, is longer than the write
+// timeout): on HTTP/2 the deadline is a timer that resets the stream
+// (RST_STREAM INTERNAL_ERROR) when it passes, write in progress or not; on
+// HTTP/1.1 the next write would fail at once.
 func (h *Handler) write(w http.ResponseWriter, s *stream, pre []byte, msgs []*hub.Message) error {
 	if err := s.setDeadline(time.Now().Add(h.o.WriteTimeout)); err != nil {
 		return err
@@ -338,7 +343,7 @@ func (h *Handler) write(w http.ResponseWriter, s *stream, pre []byte, msgs []*hu
 	if err := s.rc.Flush(); err != nil {
 		return fmt.Errorf("flush stream: %w", err)
 	}
-	return nil
+	return s.setDeadline(time.Time{})
 }
 
 // jitter returns the reconnect hint of one stream in milliseconds: the base
@@ -460,8 +465,8 @@ func (s *stream) Heartbeat(bool) {
 // errAborted ends the writer of an aborted stream.
 var errAborted = errors.New("stream aborted")
 
-// setDeadline sets the write deadline unless the stream was aborted (whose
-// deadline of now must stay).
+// setDeadline sets the write deadline (the zero time clears it) unless the
+// stream was aborted (whose deadline of now must stay).
 func (s *stream) setDeadline(t time.Time) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()

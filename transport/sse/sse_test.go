@@ -676,6 +676,40 @@ func TestHeartbeatComment(t *testing.T) {
 	expectEvent(t, s.next(), id, "T", "1")
 }
 
+// TestIdlePastWriteTimeout: a stream idle for several write timeouts
+// stays open and gets the next event (issue 22). The write deadline bounds
+// each write only: the HTTP/1.1 stream, taken over from net/http, kept its
+// response head's deadline and was cut at its first write after it; on
+// HTTP/2 a deadline left armed resets the stream when it passes. No
+// heartbeat comes meanwhile (its interval is an hour).
+func TestIdlePastWriteTimeout(t *testing.T) {
+	const writeTimeout = 100 * time.Millisecond
+	for _, h2 := range []bool{false, true} {
+		t.Run(map[bool]string{false: "http1.1", true: "http2"}[h2], func(t *testing.T) {
+			e := newEnv(t, envConfig{
+				hub:   hub.Options{Heartbeat: time.Hour},
+				sse:   func(o *sse.Options) { o.WriteTimeout = writeTimeout },
+				http2: h2,
+			})
+			s := e.open(t, e.request(t, token(t, "u1"), "", nil))
+			if h2 != (s.resp.ProtoMajor == 2) {
+				t.Fatalf("response %s", s.resp.Proto)
+			}
+			expectConnected(t, stripRetry(s.next()))
+			for i := range 2 {
+				// idle for five write timeouts: the stream must not end
+				select {
+				case <-s.done:
+					t.Fatalf("stream ended while idle: %v", s.err)
+				case <-time.After(5 * writeTimeout):
+				}
+				id := e.publish(t, "u1", "LATE", strconv.Itoa(i))
+				expectEvent(t, s.next(), id, "LATE", strconv.Itoa(i))
+			}
+		})
+	}
+}
+
 func TestSlowReaderIsClosed(t *testing.T) {
 	e := newEnv(t, envConfig{
 		hub: hub.Options{SendQueue: 32},

@@ -279,6 +279,13 @@ func (w *corkWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	if err != nil {
 		return nil, nil, err
 	}
+	// The connection may come with the http.Server's deadlines still set
+	// (http.Hijacker leaves clearing them to the caller). None may stay: the
+	// poller's reads and the pool writers' writes go through
+	// syscall.RawConn, which fails at once once a deadline has passed, and
+	// would end the connection then (issue 22). Writes that wait (flush)
+	// set and clear their own.
+	_ = nc.SetDeadline(time.Time{})
 	// net/http wrote the 101 answer before handing the connection over.
 	if n := brw.Reader.Buffered(); n > 0 {
 		b, _ := brw.Reader.Peek(n)
