@@ -58,6 +58,10 @@ type fleet struct {
 	// before hub.connected is retried whatever the reason (without
 	// restarts, only when it was cut as a slow consumer).
 	restarts bool
+	// published, when set, returns how many events were published to user
+	// so far: a device with cutEarly uses it to stay away until events
+	// for it are published.
+	published func(user string) int
 	// strictClose: a WebSocket closed with a code the model does not
 	// expect (not 4008, 4001 or 1001) fails the device instead of
 	// reconnecting.
@@ -71,6 +75,9 @@ type fleet struct {
 	errs  []string
 
 	drops, cuts, resumes, expiries, refreshes, restartsSeen, deliveries atomic.Int64
+	// earlyCuts and replayCuts count the cutEarly devices' cuts before
+	// their first event and during a replay.
+	earlyCuts, replayCuts atomic.Int64
 }
 
 // maxErrs is how many failures a fleet keeps.
@@ -163,6 +170,11 @@ type simDevice struct {
 	slow      bool   // pauses reading now and then, to be cut as a slow consumer
 	short     bool   // short-lived tokens, refreshed (WebSocket) or renewed on hub.expired (SSE)
 	steady    bool   // one connection for the whole run (see addSteady)
+	// cutEarly: the device drops its first connection right after
+	// hub.connected, before any event, stays away until two events for its
+	// user are published, and drops again in the middle of the replay
+	// that follows (fleet.published must be set).
+	cutEarly, cutReplay bool
 	rng       *rand.Rand
 	tr        *http.Transport
 	lastID    string
@@ -412,6 +424,22 @@ func (d *simDevice) session(ctx context.Context, c deviceConn, first bool) (bool
 	if p.Missed == 0 && p.Position != "" {
 		d.lastID = p.Position
 	}
+	replaying := p.Missed
+	if first && d.cutEarly {
+		// cut before any event, and away while events are published
+		c.close()
+		f.earlyCuts.Add(1)
+		n := f.published(d.user)
+		for f.published(d.user) < n+2 {
+			select {
+			case <-ctx.Done():
+				return false, fmt.Errorf("cut early: no event published for %s", d.user)
+			case <-time.After(time.Millisecond):
+			}
+		}
+		d.cutReplay = true
+		return false, nil
+	}
 	if d.short && d.transport == "websocket" {
 		sctx, cancel := context.WithCancel(ctx)
 		defer cancel()
@@ -481,6 +509,11 @@ func (d *simDevice) session(ctx context.Context, c deviceConn, first bool) (bool
 		events++
 		d.seen = append(d.seen, e.ID)
 		d.lastID = e.ID
+		if replaying--; replaying > 0 && d.cutReplay {
+			d.cutReplay = false // cut in the middle of the replay, once
+			f.replayCuts.Add(1)
+			return false, nil
+		}
 		d.markWarm()
 		f.deliveries.Add(1)
 		if e.Type == "END" {
