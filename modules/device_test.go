@@ -175,14 +175,14 @@ type simDevice struct {
 	// user are published, and drops again in the middle of the replay
 	// that follows (fleet.published must be set).
 	cutEarly, cutReplay bool
-	rng       *rand.Rand
-	tr        *http.Transport
-	lastID    string
-	seen      []string      // the ids of its events, in the order it got them
-	ready     chan struct{} // closed after the first hub.connected (or a failure)
-	readyOnce sync.Once
-	warm      chan struct{} // closed after its first event (or a failure)
-	warmOnce  sync.Once
+	rng                 *rand.Rand
+	tr                  *http.Transport
+	lastID              string
+	seen                []string      // the ids of its events, in the order it got them
+	ready               chan struct{} // closed after the first hub.connected (or a failure)
+	readyOnce           sync.Once
+	warm                chan struct{} // closed after its first event (or a failure)
+	warmOnce            sync.Once
 }
 
 func (d *simDevice) markReady() { d.readyOnce.Do(func() { close(d.ready) }) }
