@@ -691,7 +691,7 @@ func TestIdlePastWriteTimeout(t *testing.T) {
 				sse:   func(o *sse.Options) { o.WriteTimeout = writeTimeout },
 				http2: h2,
 			})
-			s := e.open(t, e.request(t, token(t, "u1"), "", nil))
+			s := e.open(t, e.request(t, hubtest.Token(t, "u1", time.Hour), "", nil))
 			if h2 != (s.resp.ProtoMajor == 2) {
 				t.Fatalf("response %s", s.resp.Proto)
 			}
