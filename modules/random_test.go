@@ -74,6 +74,9 @@ func TestRandomized(t *testing.T) {
 
 	// expected holds, per user, the ids published to it (under emu)
 	expected := map[string]map[string]bool{}
+	for _, u := range users {
+		expected[u] = map[string]bool{}
+	}
 	var emu sync.Mutex
 	fl.published = func(user string) int {
 		emu.Lock()
@@ -106,9 +109,6 @@ func TestRandomized(t *testing.T) {
 	// returned them (one publisher's calls are sequential).
 	const publishers = 4
 	order := make([]map[string][]string, publishers)
-	for _, u := range users {
-		expected[u] = map[string]bool{}
-	}
 	stopPub := make(chan struct{})
 	var stopOnce sync.Once
 	stopPublishing := func() { stopOnce.Do(func() { close(stopPub) }); pwg.Wait() }
