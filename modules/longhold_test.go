@@ -325,7 +325,7 @@ func (r *holdRun) run(p holdProfile) {
 	// The hub still holds each user's one connection, which is the one
 	// that carried both events: a disconnect closes exactly it, cleanly.
 	for _, s := range r.streams {
-		status, body := r.th.post("/api/users/"+s.user+"/disconnect", "", map[string]string{"X-API-Key": "test-api-key"})
+		status, body := r.th.post("/api/users/"+s.user+"/disconnect", "", map[string]string{"X-API-Key": hubtest.APIKey})
 		if status != http.StatusOK || body["closed"] != 1.0 {
 			t.Fatalf("%s: disconnect %s after %v: %d %v, want closed 1 (its connection %s)",
 				s.name, s.user, r.since(), status, body, s.connID)
