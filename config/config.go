@@ -132,7 +132,8 @@ func Default() Config {
 // < flags (args), then validates. args are the command-line arguments
 // without the program name; environ is the environment in the form of
 // os.Environ ("KEY=value"; nil reads none). -h or --help returns
-// [flag.ErrHelp] itself; print [Usage] then.
+// [flag.ErrHelp] itself; print [Usage] then. --version returns
+// [ErrVersion]; print the version then.
 //
 // warnings name each HUB_ variable of environ that is no configuration key
 // (a misspelt key would otherwise be ignored in silence), with the nearest
@@ -163,6 +164,9 @@ func merge(args []string, env environment) (Config, error) {
 	}
 	if fs.NArg() > 0 {
 		return Config{}, fmt.Errorf("config: unexpected argument %q (flags only)", fs.Arg(0))
+	}
+	if fl.version {
+		return Config{}, ErrVersion
 	}
 
 	c := Default()

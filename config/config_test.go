@@ -1170,3 +1170,66 @@ func TestLoadReturnsValidationErrors(t *testing.T) {
 		t.Error("validation error must not be flag.ErrHelp")
 	}
 }
+
+// TestUsageShowsTypesAndDefaults: --help names each flag's value type (not
+// flag's generic "value"), its variable and its default.
+func TestUsageShowsTypesAndDefaults(t *testing.T) {
+	usage := Usage()
+	lines := map[string]string{} // flag -> its head line
+	for _, line := range strings.Split(usage, "\n") {
+		if rest, ok := strings.CutPrefix(line, "  --"); ok {
+			name, _, _ := strings.Cut(rest, " ")
+			lines[name] = line
+		}
+	}
+	for i := range table {
+		k := &table[i]
+		line, ok := lines[k.flag()]
+		if !ok {
+			t.Errorf("Usage() has no line for --%s", k.flag())
+			continue
+		}
+		fields := strings.Fields(line)
+		switch {
+		case k.boolean:
+			if len(fields) < 2 || !strings.HasPrefix(fields[1], "(") {
+				t.Errorf("boolean --%s shows a value type: %q", k.flag(), line)
+			}
+		case len(fields) < 2 || fields[1] == "value" || strings.HasPrefix(fields[1], "("):
+			t.Errorf("--%s shows no type: %q", k.flag(), line)
+		}
+		if !strings.Contains(line, "("+k.env()) {
+			t.Errorf("--%s does not name %s: %q", k.flag(), k.env(), line)
+		}
+		if k.def != "" && !strings.Contains(line, "default "+k.def+")") && !strings.Contains(line, "default: "+k.def+")") {
+			t.Errorf("--%s does not show its default %q: %q", k.flag(), k.def, line)
+		}
+	}
+	for flagName, want := range map[string]string{
+		"addr":               "  --addr host:port  (HUB_ADDR, default :8080)",
+		"heartbeat-interval": "  --heartbeat-interval duration  (HUB_HEARTBEAT_INTERVAL, default 25s)",
+		"history-size":       "  --history-size int  (HUB_HISTORY_SIZE, default 1000)",
+		"max-payload":        "  --max-payload size  (HUB_MAX_PAYLOAD, default 64KiB)",
+		"send-rate":          "  --send-rate number  (HUB_SEND_RATE, default 20)",
+		"api-keys":           "  --api-keys list  (HUB_API_KEYS)",
+		"trusted-proxies":    "  --trusted-proxies cidrs  (HUB_TRUSTED_PROXIES)",
+		"dev":                "  --dev  (HUB_DEV, default false)",
+		"config":             "  --config file",
+		"version":            "  --version",
+	} {
+		if lines[flagName] != want {
+			t.Errorf("--%s: got %q, want %q", flagName, lines[flagName], want)
+		}
+	}
+}
+
+func TestVersionFlag(t *testing.T) {
+	for _, args := range [][]string{{"--version"}, {"-version"}, {"--addr", ":1", "--version"}} {
+		if _, _, err := Load(args, nil); !errors.Is(err, ErrVersion) {
+			t.Errorf("Load(%q) = %v, want ErrVersion", args, err)
+		}
+	}
+	if _, _, err := Load([]string{"--version=false", "--dev"}, nil); err != nil {
+		t.Errorf("--version=false: %v", err)
+	}
+}

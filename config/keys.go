@@ -20,6 +20,7 @@ type key struct {
 	secret  bool   // never show the value in an error
 	isURL   bool   // show the value with its password redacted
 	boolean bool   // a flag that needs no value
+	typ     string // what --help shows after the flag: duration, int, size, ...
 	// emptyEnv: an empty environment variable sets the empty value (it
 	// means "off") instead of counting as unset.
 	emptyEnv bool
@@ -83,17 +84,17 @@ func (k *key) applyList(c *Config, items []string) error {
 // table lists every key, in the order of the fields of Config.
 var table = []key{
 	stringKey("addr", ":8080", "public listener (WebSocket, SSE, console page), host:port",
-		func(c *Config) *string { return &c.Addr }, nil, checkAddr),
+		func(c *Config) *string { return &c.Addr }, nil, checkAddr).withType("host:port"),
 	stringKey("internal_addr", "", "listener for the broadcast API, stats, metrics and pprof; empty shares the public one",
-		func(c *Config) *string { return &c.InternalAddr }, nil, optional(checkAddr)),
+		func(c *Config) *string { return &c.InternalAddr }, nil, optional(checkAddr)).withType("host:port"),
 	stringKey("node_name", "host name", "node name shown in stats and hub.connected",
 		func(c *Config) *string { return &c.NodeName }, nil, checkNodeName).withProse(),
 	stringKey("jwt_secret", "", "HMAC secret for HS256/HS384/HS512 tokens, at least 32 bytes",
 		func(c *Config) *string { return &c.JWTSecret }, nil, optional(checkSecret)).withSecret(),
 	stringKey("jwt_public_key_file", "", "PEM file with the public key for RS, PS, ES or EdDSA tokens",
-		func(c *Config) *string { return &c.JWTPublicKeyFile }, nil, nil),
+		func(c *Config) *string { return &c.JWTPublicKeyFile }, nil, nil).withType("file"),
 	stringKey("jwt_jwks_url", "", "http or https URL of a JWKS with the public keys",
-		func(c *Config) *string { return &c.JWTJWKSURL }, nil, optional(checkHTTPURL)).withURL(),
+		func(c *Config) *string { return &c.JWTJWKSURL }, nil, optional(checkHTTPURL)).withURL().withType("url"),
 	listKey("jwt_algorithms", "HS256 with a secret, else the key's", "allowed token algorithms, comma-separated; none is never allowed",
 		func(c *Config) *[]string { return &c.JWTAlgorithms }, canonicalAlgorithm, checkAlgorithm).withProse(),
 	stringKey("jwt_issuer", "", "required iss claim when set",
@@ -109,9 +110,9 @@ var table = []key{
 	listKey("allowed_origins", "", "WebSocket and CORS origin patterns, comma-separated (https://app.example, app.example, *); empty allows the same host only; * is refused while the token cookie is on",
 		func(c *Config) *[]string { return &c.AllowedOrigins }, nil, checkOrigin),
 	stringKey("ws_path", "/ws/realtime", "WebSocket endpoint path",
-		func(c *Config) *string { return &c.WSPath }, nil, checkPath),
+		func(c *Config) *string { return &c.WSPath }, nil, checkPath).withType("path"),
 	stringKey("sse_path", "/sse/realtime", "SSE endpoint path",
-		func(c *Config) *string { return &c.SSEPath }, nil, checkPath),
+		func(c *Config) *string { return &c.SSEPath }, nil, checkPath).withType("path"),
 	durationKey("heartbeat_interval", "25s", "interval of WebSocket pings and SSE heartbeats",
 		func(c *Config) *time.Duration { return &c.HeartbeatInterval }, true),
 	durationKey("pong_timeout", "10s", "time allowed for a pong before the connection is closed",
@@ -135,15 +136,15 @@ var table = []key{
 	stringKey("broker", "memory", "cluster backplane: memory or redis",
 		func(c *Config) *string { return &c.Broker }, strings.ToLower, oneOf("memory", "redis")),
 	stringKey("redis_url", "redis://127.0.0.1:6379/0", "Redis URL (redis:// or rediss://) used by the redis broker",
-		func(c *Config) *string { return &c.RedisURL }, nil, checkRedisURL).withURL(),
+		func(c *Config) *string { return &c.RedisURL }, nil, checkRedisURL).withURL().withType("url"),
 	stringKey("log_level", "info", "log level: debug, info, warn or error",
 		func(c *Config) *string { return &c.LogLevel }, strings.ToLower, oneOf("debug", "info", "warn", "error")),
 	stringKey("log_format", "", "log format: text or json; empty means text on a terminal, else json",
 		func(c *Config) *string { return &c.LogFormat }, strings.ToLower, optional(oneOf("text", "json"))),
 	stringKey("tls_cert_file", "", "PEM certificate for HTTPS (with tls_key_file)",
-		func(c *Config) *string { return &c.TLSCertFile }, nil, nil),
+		func(c *Config) *string { return &c.TLSCertFile }, nil, nil).withType("file"),
 	stringKey("tls_key_file", "", "PEM private key for HTTPS (with tls_cert_file)",
-		func(c *Config) *string { return &c.TLSKeyFile }, nil, nil),
+		func(c *Config) *string { return &c.TLSKeyFile }, nil, nil).withType("file"),
 	floatKey("connect_rate", "0", "new connections per second per node; 0 = unlimited",
 		func(c *Config) *float64 { return &c.ConnectRate }, false),
 	intKey("connect_burst", "0", "burst of new connections above connect_rate; 0 = twice the rate",
@@ -153,7 +154,7 @@ var table = []key{
 	boolKey("pprof", "false", "serve /debug/pprof on the internal listener",
 		func(c *Config) *bool { return &c.Pprof }),
 	stringKey("upstream_url", "", "http or https URL that receives hub.send operations; empty disables upstream",
-		func(c *Config) *string { return &c.UpstreamURL }, nil, optional(checkHTTPURL)).withURL(),
+		func(c *Config) *string { return &c.UpstreamURL }, nil, optional(checkHTTPURL)).withURL().withType("url"),
 	stringKey("upstream_secret", "", "HMAC-SHA256 key for the X-Hub-Signature of upstream calls",
 		func(c *Config) *string { return &c.UpstreamSecret }, nil, nil).withSecret(),
 	durationKey("upstream_timeout", "5s", "time allowed for one upstream call",
@@ -205,8 +206,11 @@ func (k key) within(lo, hi time.Duration) key {
 	}
 	return k
 }
-func (k key) withURL() key   { k.isURL = true; return k }
-func (k key) withProse() key { k.prose = true; return k }
+func (k key) withURL() key { k.isURL = true; return k }
+
+// withType names what --help shows after the flag (host:port, file, url).
+func (k key) withType(t string) key { k.typ = t; return k }
+func (k key) withProse() key        { k.prose = true; return k }
 
 func (k key) withEmptyEnv() key { k.emptyEnv = true; return k }
 
@@ -214,7 +218,7 @@ func (k key) withEmptyEnv() key { k.emptyEnv = true; return k }
 // check (optional) validates it.
 func stringKey(name, def, help string, p func(*Config) *string, norm func(string) string, check func(string) error) key {
 	return key{
-		name: name, def: def, help: help,
+		name: name, def: def, help: help, typ: "string",
 		parse: func(c *Config, s string) error {
 			if norm != nil {
 				s = norm(s)
@@ -258,7 +262,7 @@ func listKey(name, def, help string, p func(*Config) *[]string, norm func(string
 			return errNoEmptyItems
 		}
 		return checkItem(it)
-	})
+	}).withType("list")
 }
 
 // prefixListKey describes a list of IP prefixes (CIDRs; a single address
@@ -269,7 +273,7 @@ func prefixListKey(name, def, help string, p func(*Config) *[]netip.Prefix) key 
 			return fmt.Errorf("%q is not a valid CIDR such as 10.0.0.0/8", pr)
 		}
 		return nil
-	})
+	}).withType("cidrs")
 }
 
 var errNoEmptyItems = errors.New("must be a comma-separated list without empty items")
@@ -330,7 +334,7 @@ func intKey(name, def, help string, p func(*Config) *int, minimum int) key {
 		reason = fmt.Errorf("must be an integer >= %d", minimum)
 	}
 	return key{
-		name: name, def: def, help: help,
+		name: name, def: def, help: help, typ: "int",
 		parse: func(c *Config, s string) error {
 			n, err := strconv.Atoi(s)
 			if err != nil || n < minimum {
@@ -353,7 +357,7 @@ func intKey(name, def, help string, p func(*Config) *int, minimum int) key {
 func sizeKey(name, def, help string, p func(*Config) *int64) key {
 	reason := errors.New("must be a positive size such as 65536, 64KiB or 1MiB")
 	return key{
-		name: name, def: def, help: help,
+		name: name, def: def, help: help, typ: "size",
 		parse: func(c *Config, s string) error {
 			n, err := parseSize(s)
 			if err != nil || n <= 0 {
@@ -380,7 +384,7 @@ func durationKey(name, def, help string, p func(*Config) *time.Duration, positiv
 	}
 	bad := func(d time.Duration) bool { return d < 0 || (positive && d == 0) }
 	return key{
-		name: name, def: def, help: help,
+		name: name, def: def, help: help, typ: "duration",
 		parse: func(c *Config, s string) error {
 			d, err := time.ParseDuration(s)
 			if err != nil || bad(d) {
@@ -409,7 +413,7 @@ func floatKey(name, def, help string, p func(*Config) *float64, positive bool) k
 		return math.IsNaN(f) || math.IsInf(f, 0) || f < 0 || (positive && f == 0)
 	}
 	return key{
-		name: name, def: def, help: help,
+		name: name, def: def, help: help, typ: "number",
 		parse: func(c *Config, s string) error {
 			f, err := strconv.ParseFloat(s, 64)
 			if err != nil || bad(f) {

@@ -19,6 +19,7 @@ import (
 
 	"github.com/hubd/hub/config"
 	"github.com/hubd/hub/internal/httpx"
+	"github.com/hubd/hub/internal/metrics"
 	"github.com/hubd/hub/transport/api"
 	"github.com/hubd/hub/transport/sse"
 	"github.com/hubd/hub/transport/upstream"
@@ -70,6 +71,7 @@ type serverParams struct {
 	Log *slog.Logger
 	Up  *upstream.Upstream
 	Dev *DevTokens `optional:"true"`
+	Met *metrics.Metrics
 }
 
 func newServers(p serverParams) *Servers {
@@ -104,9 +106,10 @@ func newServers(p serverParams) *Servers {
 
 	s := &Servers{}
 	clientIP := httpx.NewClientIP(p.Cfg.TrustedProxies)
-	s.public = newServer(jsonErrors(public), p.Log, clientIP)
+	// hub_api_requests_total: CountAPI reads the pattern the mux matched
+	s.public = newServer(p.Met.CountAPI(jsonErrors(public)), p.Log, clientIP)
 	if p.Cfg.InternalAddr != "" {
-		s.internal = newServer(jsonErrors(internal), p.Log, clientIP)
+		s.internal = newServer(p.Met.CountAPI(jsonErrors(internal)), p.Log, clientIP)
 	}
 	var certs *certReloader
 	p.LC.Append(fx.Hook{

@@ -1,6 +1,7 @@
 // Command hubd is the hub server. Configuration: defaults < --config FILE <
 // HUB_* environment < flags; see docs/OPERATIONS.md. Without a JWT key it
 // refuses to start unless --dev (or HUB_DEV=true) asks for development mode.
+// hubd --version prints the module version, the commit and the Go version.
 package main
 
 import (
@@ -11,6 +12,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"syscall"
 	"time"
 
@@ -24,6 +26,10 @@ func main() {
 	if err := run(os.Args[1:]); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			fmt.Print(config.Usage())
+			os.Exit(0)
+		}
+		if errors.Is(err, config.ErrVersion) {
+			fmt.Print(version(debug.ReadBuildInfo()))
 			os.Exit(0)
 		}
 		fmt.Fprintln(os.Stderr, "hubd:", err)

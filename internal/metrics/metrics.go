@@ -14,6 +14,7 @@ package metrics
 import (
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -332,6 +333,74 @@ func (m *Metrics) APIRequest(route string, status int) {
 		return
 	}
 	m.api.WithLabelValues(route, strconv.Itoa(status)).Inc()
+}
+
+// CountAPI returns h counting, in hub_api_requests_total, each request
+// whose path is under /api/ (the service API, /api/send, the OpenAPI
+// document) by route pattern and status. h must be the ServeMux, or pass
+// the request on to it unchanged: the route is the pattern the mux
+// matched (r.Pattern, its method left out), never the path, which may hold
+// a user id; a path that no pattern matched counts as "unmatched". Other
+// requests (WebSocket, SSE, pages, /metrics) go to h untouched, so their
+// ResponseWriter keeps its Hijacker and Flusher. On a nil *Metrics it
+// returns h itself.
+func (m *Metrics) CountAPI(h http.Handler) http.Handler {
+	if m == nil {
+		return h
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !strings.HasPrefix(r.URL.Path, "/api/") {
+			h.ServeHTTP(w, r)
+			return
+		}
+		sw := &statusWriter{ResponseWriter: w}
+		defer func() {
+			route := r.Pattern
+			if _, p, ok := strings.Cut(route, " "); ok {
+				route = p // "POST /api/broadcast" -> "/api/broadcast"
+			}
+			if route == "" {
+				route = RouteUnmatched
+			}
+			m.APIRequest(route, sw.code())
+		}()
+		h.ServeHTTP(sw, r)
+	})
+}
+
+// RouteUnmatched is the route label of an /api/ request that no route
+// pattern matched (a 404).
+const RouteUnmatched = "unmatched"
+
+// statusWriter records the status of an answer.
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	if w.status == 0 && code >= 200 { // 1xx answers are not the final status
+		w.status = code
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *statusWriter) Write(b []byte) (int, error) {
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
+	return w.ResponseWriter.Write(b)
+}
+
+// Unwrap lets http.ResponseController reach the underlying writer.
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// code is the status sent, 200 when the handler wrote nothing.
+func (w *statusWriter) code() int {
+	if w.status == 0 {
+		return http.StatusOK
+	}
+	return w.status
 }
 
 // Admission counts an admission decision: "admitted", "rate_limited",

@@ -285,6 +285,10 @@ func TestNilMetrics(t *testing.T) {
 	m.QueueDepth("sse", 1)
 	m.APIRequest("/x", 200)
 	m.Admission("admitted")
+	h := http.NotFoundHandler()
+	if got := m.CountAPI(h); got == nil {
+		t.Error("CountAPI on a nil Metrics returned nil")
+	}
 	m.SetHub(nil)
 	if m.Registry() != nil {
 		t.Error("nil Metrics has a registry")
@@ -320,5 +324,70 @@ func TestHotPathDoesNotAllocate(t *testing.T) {
 				t.Errorf("allocs = %v, want 0", got)
 			}
 		})
+	}
+}
+
+// TestCountAPI: requests under /api/ are counted by the pattern the mux
+// matched and their status, never by path; other requests pass through
+// with the server's own ResponseWriter (a WebSocket needs its Hijacker).
+func TestCountAPI(t *testing.T) {
+	m := metrics.New(nil)
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /api/users/{userId}/disconnect", func(w http.ResponseWriter, r *http.Request) {
+		w.Write([]byte(`{"closed":0}`)) // no WriteHeader: 200
+	})
+	mux.HandleFunc("/api/users/{userId}/disconnect", func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusMethodNotAllowed)
+	})
+	mux.HandleFunc("POST /api/broadcast", func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusBadRequest)
+		w.WriteHeader(http.StatusAccepted) // superfluous: the first status counts
+	})
+	hijackable := make(chan bool, 1)
+	mux.HandleFunc("GET /ws", func(w http.ResponseWriter, r *http.Request) {
+		_, ok := w.(http.Hijacker)
+		hijackable <- ok
+	})
+	srv := httptest.NewServer(m.CountAPI(mux))
+	defer srv.Close()
+	do := func(method, path string) {
+		t.Helper()
+		req, _ := http.NewRequest(method, srv.URL+path, nil)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+	}
+	do(http.MethodPost, "/api/users/user-secret-42/disconnect")
+	do(http.MethodPost, "/api/users/user-secret-42/disconnect")
+	do(http.MethodGet, "/api/users/user-secret-42/disconnect")
+	do(http.MethodPost, "/api/broadcast")
+	do(http.MethodGet, "/api/nope/user-secret-42")
+	do(http.MethodGet, "/ws")
+	if !<-hijackable {
+		t.Error("a request outside /api/ lost its http.Hijacker")
+	}
+
+	fams, text := scrape(t, m.Handler())
+	for _, tt := range []struct {
+		route, code string
+		want        float64
+	}{
+		{"/api/users/{userId}/disconnect", "200", 2},
+		{"/api/users/{userId}/disconnect", "405", 1},
+		{"/api/broadcast", "400", 1},
+		{metrics.RouteUnmatched, "404", 1},
+	} {
+		if got := value(fams, "hub_api_requests_total", lbl("route", tt.route, "code", tt.code)); got != tt.want {
+			t.Errorf("hub_api_requests_total{route=%q,code=%q} = %v, want %v", tt.route, tt.code, got, tt.want)
+		}
+	}
+	if n := len(fams["hub_api_requests_total"].GetMetric()); n != 4 {
+		t.Errorf("%d series of hub_api_requests_total, want 4 (/ws is not counted)", n)
+	}
+	if strings.Contains(text, "user-secret-42") {
+		t.Error("a path (and its user id) reached a label")
 	}
 }

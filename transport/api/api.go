@@ -2,8 +2,9 @@
 // (POST /api/broadcast, POST /api/broadcast/batch), the user disconnect
 // (POST /api/users/{userId}/disconnect), the admin stats
 // (GET /api/websocket/stats), health and readiness (GET /healthz,
-// GET /readyz), Prometheus metrics (GET /metrics) and, in development mode
-// only, ready-made tokens (GET /api/dev/tokens).
+// GET /readyz), Prometheus metrics (GET /metrics), the OpenAPI document
+// of all of these (GET /api/openapi.json, from docs/openapi.yaml) and, in
+// development mode only, ready-made tokens (GET /api/dev/tokens).
 //
 // Every error is answered with the protocol's JSON error body
 // {"error":{"code":"...","message":"..."}}. The package owns request
@@ -181,8 +182,8 @@ func (a *API) RegisterPublic(mux *http.ServeMux) {
 }
 
 // RegisterInternal adds POST /api/broadcast, POST /api/broadcast/batch,
-// POST /api/users/{userId}/disconnect, GET /api/websocket/stats and, when
-// Metrics is set, GET /metrics to mux.
+// POST /api/users/{userId}/disconnect, GET /api/websocket/stats,
+// GET /api/openapi.json and, when Metrics is set, GET /metrics to mux.
 func (a *API) RegisterInternal(mux *http.ServeMux) {
 	handle(mux, http.MethodPost, "/api/broadcast", a.broadcast)
 	handle(mux, http.MethodPost, "/api/broadcast/batch", a.batch)
@@ -192,6 +193,8 @@ func (a *API) RegisterInternal(mux *http.ServeMux) {
 		mux.Handle("GET /metrics", a.metrics)
 		mux.HandleFunc("/metrics", methodNotAllowed(http.MethodGet))
 	}
+	// the API's own description (docs/openapi.yaml), no credentials
+	handle(mux, http.MethodGet, "/api/openapi.json", a.openapi)
 }
 
 // handle registers h for method and path, and a JSON 405 for the other
