@@ -73,6 +73,35 @@ func (r *soakRun) pick(rng *rand.Rand) (*testHub, func()) {
 	return r.nodes[ups[rng.IntN(len(ups))]], r.nodeMu.RUnlock
 }
 
+// soakRetries bounds how often the publisher sends a call again after a
+// 503 (which means nothing was published).
+const soakRetries = 50
+
+// post sends one call through a random node that is up; ok is false when
+// no node is up or the call got no answer.
+func (r *soakRun) post(rng *rand.Rand, path string, body any) (status int, answer map[string]any, node string, ok bool) {
+	th, release := r.pick(rng)
+	defer release()
+	if th == nil {
+		return 0, nil, "no node", false
+	}
+	status, answer = th.postNoFatal(path, body)
+	return status, answer, th.Config.NodeName, status != 0
+}
+
+// postRetry is post that sends the call again, through any node, while it
+// is answered 503 (nothing published: a node stopping, Redis slow to
+// answer its health check), counting the retries.
+func (r *soakRun) postRetry(rng *rand.Rand, path string, body any, retries *atomic.Int64) (int, map[string]any, string, bool) {
+	for attempt := 0; ; attempt++ {
+		status, answer, node, ok := r.post(rng, path, body)
+		if status != http.StatusServiceUnavailable || attempt >= soakRetries {
+			return status, answer, node, ok
+		}
+		retries.Add(1)
+	}
+}
+
 // soakExpected is what the publisher had acknowledged, per user, in order.
 type soakExpected struct {
 	mu    sync.Mutex
@@ -217,7 +246,7 @@ func TestSoak(t *testing.T) {
 	// One publisher, so that the order of its acknowledgements is the
 	// order every device must see.
 	start := time.Now()
-	var published atomic.Int64
+	var published, retries atomic.Int64
 	stopPub := make(chan struct{})
 	var pwg sync.WaitGroup
 	pwg.Add(1)
@@ -233,44 +262,51 @@ func TestSoak(t *testing.T) {
 				return
 			case <-tick.C:
 			}
-			th, release := r.pick(prng)
-			if th == nil {
-				release()
-				continue
-			}
 			switch n := prng.IntN(40); {
 			case n == 0:
 				// a burst for a user with a slow device fills its queue
 				u := slowUsers[prng.IntN(len(slowUsers))]
-				msgs := make([]map[string]any, 3*soakSendQueue)
+				msgs := make([]any, 3*soakSendQueue)
 				for k := range msgs {
 					msgs[k] = map[string]any{"userIds": []string{u}, "type": "BURST", "payload": map[string]any{"i": i, "k": k, "pad": pad}}
 				}
-				status, body := th.postNoFatal("/api/broadcast/batch", map[string]any{"messages": msgs})
-				release()
-				results, _ := body["results"].([]any)
-				if status != http.StatusAccepted || len(results) != len(msgs) {
-					fl.fail("batch through %s: %d %v", th.Config.NodeName, status, body)
-					return
-				}
-				for _, res := range results {
-					m, _ := res.(map[string]any)
-					evs, _ := m["events"].([]any)
-					if len(evs) != 1 {
-						fl.fail("batch result %v", m)
+				// a 503 means the message was not published (the contract);
+				// a batch stops at the first broker failure: send the rest again
+				for attempt := 0; len(msgs) > 0; attempt++ {
+					status, body, node, ok := r.post(prng, "/api/broadcast/batch", map[string]any{"messages": msgs})
+					results, _ := body["results"].([]any)
+					if !ok || status != http.StatusAccepted || len(results) != len(msgs) {
+						fl.fail("batch through %s: %d %v", node, status, body)
 						return
 					}
-					id, _ := evs[0].(map[string]any)["id"].(string)
-					if err := exp.add(u, id); err != nil {
-						fl.fail("batch: %v", err)
+					done := 0
+					for _, res := range results {
+						m, _ := res.(map[string]any)
+						evs, _ := m["events"].([]any)
+						if len(evs) != 1 {
+							break
+						}
+						id, _ := evs[0].(map[string]any)["id"].(string)
+						if err := exp.add(u, id); err != nil {
+							fl.fail("batch: %v", err)
+						}
+						done++
 					}
+					if done < len(msgs) {
+						m, _ := results[done].(map[string]any)
+						if e, _ := m["error"].(map[string]any); e["code"] != "unavailable" || attempt >= soakRetries {
+							fl.fail("batch result %v (attempt %d)", m, attempt)
+							return
+						}
+						retries.Add(1)
+					}
+					msgs = msgs[done:]
 				}
 			case n < 5:
-				status, body := th.postNoFatal("/api/broadcast", map[string]any{"all": true, "type": "ALL", "payload": i})
-				release()
+				status, body, node, ok := r.postRetry(prng, "/api/broadcast", map[string]any{"all": true, "type": "ALL", "payload": i}, &retries)
 				id, _ := body["id"].(string)
-				if status != http.StatusAccepted || id == "" {
-					fl.fail("broadcast all through %s: %d %v", th.Config.NodeName, status, body)
+				if !ok || status != http.StatusAccepted || id == "" {
+					fl.fail("broadcast all through %s: %d %v", node, status, body)
 					return
 				}
 				for _, u := range everyone {
@@ -283,11 +319,10 @@ func TestSoak(t *testing.T) {
 				for range 1 + prng.IntN(3) {
 					to = append(to, users[prng.IntN(len(users))])
 				}
-				status, body := th.postNoFatal("/api/broadcast", map[string]any{"userIds": to, "type": "USER", "payload": map[string]any{"i": i, "pad": pad[:64]}})
-				release()
+				status, body, node, ok := r.postRetry(prng, "/api/broadcast", map[string]any{"userIds": to, "type": "USER", "payload": map[string]any{"i": i, "pad": pad[:64]}}, &retries)
 				evs, _ := body["events"].([]any)
-				if status != http.StatusAccepted || len(evs) == 0 {
-					fl.fail("broadcast through %s to %v: %d %v", th.Config.NodeName, to, status, body)
+				if !ok || status != http.StatusAccepted || len(evs) == 0 {
+					fl.fail("broadcast through %s to %v: %d %v", node, to, status, body)
 					return
 				}
 				for _, ev := range evs {
@@ -353,8 +388,8 @@ func TestSoak(t *testing.T) {
 	if r.redis {
 		mode = "redis, 2 nodes"
 	}
-	line := fmt.Sprintf("soak (%s, seed %d): %d clients, %d publish calls, %d deliveries, %d resumes, %d client drops, %d slow cuts, %d expiries, %d refreshes, %d node restarts (%d connections moved), %v",
-		mode, seed, len(fl.devices), published.Load(), fl.deliveries.Load(), fl.resumes.Load(), fl.drops.Load(),
+	line := fmt.Sprintf("soak (%s, seed %d): %d clients, %d publish calls (%d sent again after a 503), %d deliveries, %d resumes, %d client drops, %d slow cuts, %d expiries, %d refreshes, %d node restarts (%d connections moved), %v",
+		mode, seed, len(fl.devices), published.Load(), retries.Load(), fl.deliveries.Load(), fl.resumes.Load(), fl.drops.Load(),
 		fl.cuts.Load(), fl.expiries.Load(), fl.refreshes.Load(), restarts, fl.restartsSeen.Load(), elapsed.Round(time.Millisecond))
 	t.Log(line)
 	if testing.Verbose() {
