@@ -13,6 +13,7 @@ import (
 
 	"github.com/hubd/hub/hub"
 	"github.com/hubd/hub/internal/netpoll"
+	"github.com/hubd/hub/internal/wsproto"
 )
 
 // corkConn is a hijacked connection and the order of everything written
@@ -76,7 +77,7 @@ func (c *corkConn) writeFrames(msgs []*hub.Message) (pending bool, err error) {
 		return false, err
 	}
 	for _, m := range msgs {
-		c.buf = appendTextFrame(c.buf, m.Frame)
+		c.buf = wsproto.AppendFrame(c.buf, wsproto.OpText, false, m.Frame)
 	}
 	pending, after, err := c.commitLocked()
 	c.mu.Unlock()
@@ -92,18 +93,18 @@ const maxQueuedPongs = 64 << 10
 
 // writeControl queues one control frame and commits it; after a close
 // frame nothing more is written (errClosed).
-func (c *corkConn) writeControl(op byte, payload []byte) (pending bool, err error) {
+func (c *corkConn) writeControl(op wsproto.Opcode, payload []byte) (pending bool, err error) {
 	c.mu.Lock()
 	if err := c.checkLocked(); err != nil {
 		c.mu.Unlock()
 		return false, err
 	}
-	if op == opPong && c.owned && len(c.buf) >= maxQueuedPongs {
+	if op == wsproto.OpPong && c.owned && len(c.buf) >= maxQueuedPongs {
 		c.mu.Unlock()
 		return false, nil // dropped: the socket's owner is still stuck on earlier bytes
 	}
-	c.buf = appendControl(c.buf, op, payload)
-	if op == opClose {
+	c.buf = wsproto.AppendFrame(c.buf, op, false, payload)
+	if op == wsproto.OpClose {
 		c.closeSent = true
 	}
 	pending, after, err := c.commitLocked()
@@ -245,22 +246,6 @@ func (c *corkConn) flush(d time.Duration) error {
 			c.mu.Unlock()
 		}
 	}
-}
-
-// appendTextFrame appends p as one unmasked, final text frame.
-func appendTextFrame(b, p []byte) []byte {
-	n := len(p)
-	switch {
-	case n <= 125:
-		b = append(b, 0x81, byte(n))
-	case n <= 0xffff:
-		b = append(b, 0x81, 126, byte(n>>8), byte(n))
-	default:
-		b = append(b, 0x81, 127,
-			byte(uint64(n)>>56), byte(uint64(n)>>48), byte(uint64(n)>>40), byte(uint64(n)>>32),
-			byte(n>>24), byte(n>>16), byte(n>>8), byte(n))
-	}
-	return append(b, p...)
 }
 
 // corkWriter is the ResponseWriter given to websocket.Accept. Its Hijack

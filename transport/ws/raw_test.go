@@ -19,6 +19,7 @@ import (
 	"github.com/hubd/hub/hub"
 	"github.com/hubd/hub/internal/auth"
 	"github.com/hubd/hub/internal/hubtest"
+	"github.com/hubd/hub/internal/wsproto"
 )
 
 // These tests speak WebSocket frame by frame over a real socket, to check
@@ -93,27 +94,8 @@ func (e *rawEnv) dial(t *testing.T, user string, extra []byte) *rawClient {
 }
 
 // maskedFrame builds a masked client frame.
-func maskedFrame(fin bool, op byte, payload []byte) []byte {
-	b0 := op
-	if fin {
-		b0 |= 0x80
-	}
-	b := []byte{b0}
-	switch n := len(payload); {
-	case n <= 125:
-		b = append(b, 0x80|byte(n))
-	case n <= 0xffff:
-		b = append(b, 0x80|126, byte(n>>8), byte(n))
-	default:
-		b = append(b, 0x80|127)
-		b = binary.BigEndian.AppendUint64(b, uint64(n))
-	}
-	key := []byte{0x12, 0x34, 0x56, 0x78}
-	b = append(b, key...)
-	for i, c := range payload {
-		b = append(b, c^key[i&3])
-	}
-	return b
+func maskedFrame(fin bool, op wsproto.Opcode, payload []byte) []byte {
+	return wsproto.AppendClientFrame(nil, fin, false, op, [4]byte{0x12, 0x34, 0x56, 0x78}, payload)
 }
 
 func (r *rawClient) write(b []byte) {
@@ -124,7 +106,7 @@ func (r *rawClient) write(b []byte) {
 }
 
 // frame reads the next server frame (10 s at most).
-func (r *rawClient) frame() (op byte, payload []byte, err error) {
+func (r *rawClient) frame() (op wsproto.Opcode, payload []byte, err error) {
 	_ = r.c.SetReadDeadline(time.Now().Add(10 * time.Second))
 	fin, op, payload, err := readFrame(r.br)
 	if err == nil && !fin {
@@ -143,9 +125,9 @@ func (r *rawClient) nextEvent() string {
 			r.t.Fatalf("reading: %v", err)
 		}
 		switch op {
-		case opPing:
-			r.write(maskedFrame(true, opPong, p))
-		case opText:
+		case wsproto.OpPing:
+			r.write(maskedFrame(true, wsproto.OpPong, p))
+		case wsproto.OpText:
 			var env struct{ Type string }
 			if err := json.Unmarshal(p, &env); err != nil {
 				r.t.Fatalf("server text frame is not JSON: %q", p)
@@ -166,7 +148,7 @@ func (r *rawClient) closed() int {
 		if err != nil {
 			r.t.Fatalf("reading until the close frame: %v", err)
 		}
-		if op != opClose {
+		if op != wsproto.OpClose {
 			continue
 		}
 		if len(p) < 2 {
@@ -197,22 +179,22 @@ func (r *rawClient) eof() {
 func TestRawEarlyDataSplitFramesFragmentation(t *testing.T) {
 	e := newRawEnv(t, time.Hour, 10*time.Second)
 	// A frame sent in the same write as the upgrade request is read.
-	r := e.dial(t, "u1", maskedFrame(true, opText, []byte(`{"type":"NOPE"}`)))
+	r := e.dial(t, "u1", maskedFrame(true, wsproto.OpText, []byte(`{"type":"NOPE"}`)))
 	if typ := r.nextEvent(); typ != "hub.error" {
 		t.Fatalf("early frame answered with %q, want hub.error", typ)
 	}
 	// A fragmented message with a ping between its fragments, written one
 	// byte at a time.
 	var msg []byte
-	msg = append(msg, maskedFrame(false, opText, []byte(`{"type"`))...)
-	msg = append(msg, maskedFrame(true, opPing, []byte("p1"))...)
-	msg = append(msg, maskedFrame(false, opContinuation, []byte(`:"NO`))...)
-	msg = append(msg, maskedFrame(true, opContinuation, []byte(`PE"}`))...)
+	msg = append(msg, maskedFrame(false, wsproto.OpText, []byte(`{"type"`))...)
+	msg = append(msg, maskedFrame(true, wsproto.OpPing, []byte("p1"))...)
+	msg = append(msg, maskedFrame(false, wsproto.OpContinuation, []byte(`:"NO`))...)
+	msg = append(msg, maskedFrame(true, wsproto.OpContinuation, []byte(`PE"}`))...)
 	for _, b := range msg {
 		r.write([]byte{b})
 	}
 	op, p, err := r.frame()
-	if err != nil || op != opPong || string(p) != "p1" {
+	if err != nil || op != wsproto.OpPong || string(p) != "p1" {
 		t.Fatalf("answer to the ping: opcode %d %q %v; want a pong with its payload", op, p, err)
 	}
 	if typ := r.nextEvent(); typ != "hub.error" {
@@ -220,7 +202,7 @@ func TestRawEarlyDataSplitFramesFragmentation(t *testing.T) {
 	}
 	// A message over 125 bytes (16-bit length) is read too, and the
 	// connection still gets events.
-	r.write(maskedFrame(true, opText, []byte(`{"type":"hub.pong","pad":"`+strings.Repeat("x", 300)+`"}`)))
+	r.write(maskedFrame(true, wsproto.OpText, []byte(`{"type":"hub.pong","pad":"`+strings.Repeat("x", 300)+`"}`)))
 	if _, err := e.hub.Publish(context.Background(), []string{"u1"}, "A", json.RawMessage(`1`)); err != nil {
 		t.Fatal(err)
 	}
@@ -233,7 +215,7 @@ func TestRawClosingHandshake(t *testing.T) {
 	e := newRawEnv(t, time.Hour, 10*time.Second)
 	t.Run("client close is echoed", func(t *testing.T) {
 		r := e.dial(t, "u1", nil)
-		r.write(maskedFrame(true, opClose, append([]byte{0x0f, 0xa0}, "bye"...))) // 4000
+		r.write(maskedFrame(true, wsproto.OpClose, append([]byte{0x0f, 0xa0}, "bye"...))) // 4000
 		if code := r.closed(); code != 4000 {
 			t.Fatalf("echoed %d, want 4000", code)
 		}
@@ -248,7 +230,7 @@ func TestRawClosingHandshake(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if op != opClose {
+			if op != wsproto.OpClose {
 				continue
 			}
 			if code := binary.BigEndian.Uint16(p); code != 4003 || string(p[2:]) != "disconnected by server" {
@@ -256,7 +238,7 @@ func TestRawClosingHandshake(t *testing.T) {
 			}
 			break
 		}
-		r.write(maskedFrame(true, opClose, []byte{0x0f, 0xa3}))
+		r.write(maskedFrame(true, wsproto.OpClose, []byte{0x0f, 0xa3}))
 		r.eof()
 	})
 	for _, tt := range []struct {
@@ -264,18 +246,18 @@ func TestRawClosingHandshake(t *testing.T) {
 		frame []byte
 		want  int
 	}{
-		{"unmasked frame", []byte{0x81, 0x02, 'h', 'i'}, closeProtocolError},
-		{"reserved bits", append([]byte{0xc1}, maskedFrame(true, opText, []byte("{}"))[1:]...), closeProtocolError},
-		{"unknown opcode", maskedFrame(true, 0x3, nil), closeProtocolError},
-		{"fragmented ping", maskedFrame(false, opPing, nil), closeProtocolError},
-		{"continuation without a message", maskedFrame(true, opContinuation, []byte("x")), closeProtocolError},
-		{"close code 1005", maskedFrame(true, opClose, []byte{0x03, 0xed}), closeProtocolError},
-		{"one-byte close", maskedFrame(true, opClose, []byte{0x03}), closeProtocolError},
-		{"binary", maskedFrame(true, opBinary, []byte("x")), closeUnsupportedData},
-		{"frame over the limit", maskedFrame(true, opText, make([]byte, MaxFrame+1)), closeMessageTooBig},
-		{"text that is not UTF-8", maskedFrame(true, opText, []byte("{\"type\":\"\xff\xfe\"}")), closeInvalidPayload},
-		{"fragmented text that is not UTF-8", append(maskedFrame(false, opText, []byte{'"', 0xe2, 0x82}),
-			maskedFrame(true, opContinuation, []byte{'"'})...), closeInvalidPayload},
+		{"unmasked frame", []byte{0x81, 0x02, 'h', 'i'}, wsproto.CloseProtocolError},
+		{"reserved bits", append([]byte{0xc1}, maskedFrame(true, wsproto.OpText, []byte("{}"))[1:]...), wsproto.CloseProtocolError},
+		{"unknown opcode", maskedFrame(true, 0x3, nil), wsproto.CloseProtocolError},
+		{"fragmented ping", maskedFrame(false, wsproto.OpPing, nil), wsproto.CloseProtocolError},
+		{"continuation without a message", maskedFrame(true, wsproto.OpContinuation, []byte("x")), wsproto.CloseProtocolError},
+		{"close code 1005", maskedFrame(true, wsproto.OpClose, []byte{0x03, 0xed}), wsproto.CloseProtocolError},
+		{"one-byte close", maskedFrame(true, wsproto.OpClose, []byte{0x03}), wsproto.CloseProtocolError},
+		{"binary", maskedFrame(true, wsproto.OpBinary, []byte("x")), wsproto.CloseUnsupportedData},
+		{"frame over the limit", maskedFrame(true, wsproto.OpText, make([]byte, MaxFrame+1)), wsproto.CloseMessageTooBig},
+		{"text that is not UTF-8", maskedFrame(true, wsproto.OpText, []byte("{\"type\":\"\xff\xfe\"}")), wsproto.CloseInvalidPayload},
+		{"fragmented text that is not UTF-8", append(maskedFrame(false, wsproto.OpText, []byte{'"', 0xe2, 0x82}),
+			maskedFrame(true, wsproto.OpContinuation, []byte{'"'})...), wsproto.CloseInvalidPayload},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			r := e.dial(t, "u3", nil)
@@ -301,9 +283,9 @@ func TestRawPongTimeout(t *testing.T) {
 		if err != nil {
 			t.Fatalf("the answering client: %v", err)
 		}
-		if op == opPing {
+		if op == wsproto.OpPing {
 			pings++
-			good.write(maskedFrame(true, opPong, p))
+			good.write(maskedFrame(true, wsproto.OpPong, p))
 		}
 	}
 	// The silent client (it reads but never answers) is dropped, without a
@@ -317,7 +299,7 @@ func TestRawPongTimeout(t *testing.T) {
 			}
 			break
 		}
-		if op == opClose {
+		if op == wsproto.OpClose {
 			t.Fatal("a dead client got a close frame; it is dropped")
 		}
 	}
@@ -344,9 +326,9 @@ func TestRawChurnOneConnection(t *testing.T) {
 	e := newRawEnv(t, time.Hour, 10*time.Second)
 	for i := range 200 {
 		r := e.dial(t, "churn", nil)
-		r.write(maskedFrame(true, opText, []byte(`{"type":"hub.pong"}`)))
+		r.write(maskedFrame(true, wsproto.OpText, []byte(`{"type":"hub.pong"}`)))
 		if i%2 == 0 {
-			r.write(maskedFrame(true, opClose, p2(closeNormal)))
+			r.write(maskedFrame(true, wsproto.OpClose, p2(wsproto.CloseNormal)))
 		}
 		_ = r.c.Close()
 		hubtest.Eventually(t, 10*time.Second, fmt.Sprintf("iteration %d: the connection to be torn down", i), func() bool {
@@ -364,24 +346,24 @@ func TestRawAnswersBeforeClose(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	text := func(s string) []byte { return maskedFrame(true, opText, []byte(s)) }
+	text := func(s string) []byte { return maskedFrame(true, wsproto.OpText, []byte(s)) }
 	for _, tt := range []struct {
 		name  string
 		give  [][]byte
 		want  []string
 		close int
 	}{
-		{"hub.error, then the client's close", [][]byte{text(`{"type":"nope"}`), maskedFrame(true, opClose, p2(1000))},
+		{"hub.error, then the client's close", [][]byte{text(`{"type":"nope"}`), maskedFrame(true, wsproto.OpClose, p2(1000))},
 			[]string{"hub.error"}, 1000},
 		{"hub.refreshed and hub.nack, then the client's close",
-			[][]byte{text(`{"type":"hub.refresh","token":"` + refresh + `"}`), text(`{"type":"hub.send","ref":"r1"}`), maskedFrame(true, opClose, p2(4000))},
+			[][]byte{text(`{"type":"hub.refresh","token":"` + refresh + `"}`), text(`{"type":"hub.send","ref":"r1"}`), maskedFrame(true, wsproto.OpClose, p2(4000))},
 			[]string{"hub.refreshed", "hub.nack"}, 4000},
-		{"hub.error, then a binary frame", [][]byte{text(`not json`), maskedFrame(true, opBinary, []byte("x"))},
-			[]string{"hub.error"}, closeUnsupportedData},
+		{"hub.error, then a binary frame", [][]byte{text(`not json`), maskedFrame(true, wsproto.OpBinary, []byte("x"))},
+			[]string{"hub.error"}, wsproto.CloseUnsupportedData},
 		{"hub.error, then text that is not UTF-8", [][]byte{text(`[]`), text("\xc3\x28")},
-			[]string{"hub.error"}, closeInvalidPayload},
+			[]string{"hub.error"}, wsproto.CloseInvalidPayload},
 		{"hub.error, then a protocol error", [][]byte{text(`{}`), {0x81, 0x02, 'h', 'i'}},
-			[]string{"hub.error"}, closeProtocolError},
+			[]string{"hub.error"}, wsproto.CloseProtocolError},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			r := e.dial(t, "u1", nil)
@@ -396,13 +378,13 @@ func TestRawAnswersBeforeClose(t *testing.T) {
 				if err != nil {
 					t.Fatalf("after %v: %v", got, err)
 				}
-				if op == opText {
+				if op == wsproto.OpText {
 					var env struct{ Type string }
 					_ = json.Unmarshal(p, &env)
 					got = append(got, env.Type)
 					continue
 				}
-				if op != opClose {
+				if op != wsproto.OpClose {
 					continue
 				}
 				if code := int(binary.BigEndian.Uint16(p)); code != tt.close {

@@ -28,6 +28,7 @@ import (
 	"github.com/hubd/hub/internal/httpx"
 	"github.com/hubd/hub/internal/metrics"
 	"github.com/hubd/hub/internal/netpoll"
+	"github.com/hubd/hub/internal/wsproto"
 )
 
 // MaxFrame is the largest client frame accepted (other than hub.send).
@@ -161,8 +162,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		limit = h.o.MaxSendFrame
 	}
 	h.o.Metrics.Handshake(hub.TransportWebSocket, metrics.OutcomeAccepted, "")
-	c.cork, c.hc, c.user, c.limit, c.release = cw.conn, hc, id.UserID, limit, release
-	c.in = cw.early
+	c.cork, c.hc, c.user, c.release = cw.conn, hc, id.UserID, release
+	c.rd.Limit = limit
+	c.first = cw.early
 	h.live.Add(1)
 	h.wg.Add(1) // until teardown
 	c.ready.Store(true)
@@ -206,7 +208,6 @@ type conn struct {
 	cork    *corkConn
 	hc      *hub.Conn
 	user    string
-	limit   int64  // largest client message
 	fd      int    // the socket's descriptor while it is in the poller, else -1 (closeMu)
 	release func() // admission slot
 	ready   atomic.Bool
@@ -221,10 +222,11 @@ type conn struct {
 	quit    atomic.Bool
 	failing atomic.Bool
 
-	// read state, owned by whoever reads (one at a time)
-	in     []byte // the start of a frame not complete yet
-	fragOp byte   // opcode of a fragmented message in progress, 0 when none
-	frag   []byte // its payload so far
+	// read state, owned by whoever reads (one at a time): what the client
+	// sent along with the upgrade request, read first; then the reader of
+	// its frames (Limit: the largest client message).
+	first []byte
+	rd    wsproto.Reader
 
 	pingSeq atomic.Uint64 // last ping frame sent
 	pongSeq atomic.Uint64 // last ping answered by a pong
@@ -294,11 +296,8 @@ func (c *conn) drain(own bool) {
 		if len(msgs) == 0 {
 			if reason != nil && c.dead.CompareAndSwap(false, true) {
 				if c.failing.Load() {
-					var p []byte // code 0: the client's close had no status
-					if reason.Code != 0 {
-						p = closePayload(reason.Code, reason.Text)
-					}
-					c.closeThenTeardown(p)
+					// 1005: the client's close had no status
+					c.closeThenTeardown(wsproto.ClosePayload(reason.Code, reason.Text))
 				} else {
 					c.close(*reason) // does not wait for the peer
 				}
@@ -344,7 +343,7 @@ func (c *conn) delivered(msgs []*hub.Message) {
 // after closeWait.
 func (c *conn) close(r hub.Reason) {
 	c.dead.Store(true)
-	pending, err := c.cork.writeControl(opClose, closePayload(r.Code, r.Text))
+	pending, err := c.cork.writeControl(wsproto.OpClose, wsproto.ClosePayload(r.Code, r.Text))
 	if errors.Is(err, errClosed) {
 		return // a close frame is already out
 	}
@@ -427,14 +426,14 @@ func (c *conn) handle(data []byte) bool {
 	var f clientFrame
 	if err := json.Unmarshal(data, &f); err != nil {
 		if len(data) > MaxFrame {
-			c.failAfterAnswers(closeMessageTooBig, "frame too large")
+			c.failAfterAnswers(wsproto.CloseMessageTooBig, "message too big")
 			return false
 		}
 		c.sendError("invalid_message", "frames must be JSON objects")
 		return true
 	}
 	if len(data) > MaxFrame && f.Type != "hub.send" {
-		c.failAfterAnswers(closeMessageTooBig, "frame too large")
+		c.failAfterAnswers(wsproto.CloseMessageTooBig, "message too big")
 		return false
 	}
 	switch f.Type {
