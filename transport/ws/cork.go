@@ -1,12 +1,8 @@
 package ws
 
 import (
-	"bufio"
-	"bytes"
 	"errors"
-	"io"
 	"net"
-	"net/http"
 	"sync"
 	"syscall"
 	"time"
@@ -83,6 +79,17 @@ func (c *corkConn) writeFrames(msgs []*hub.Message) (pending bool, err error) {
 	c.mu.Unlock()
 	runAll(after)
 	return pending, err
+}
+
+// preface puts b (the handshake's 101 answer) at the start of the write
+// buffer, to go out with the first frames; called once, before anything
+// else can write.
+func (c *corkConn) preface(b []byte) {
+	c.mu.Lock()
+	if c.checkLocked() == nil {
+		c.buf = append(c.buf, b...)
+	}
+	c.mu.Unlock()
 }
 
 // maxQueuedPongs bounds what a socket that takes nothing may hold before
@@ -247,42 +254,3 @@ func (c *corkConn) flush(d time.Duration) error {
 		}
 	}
 }
-
-// corkWriter is the ResponseWriter given to websocket.Accept. Its Hijack
-// keeps the connection (wrapped in a corkConn) and what the client sent
-// after the upgrade request, and hands coder/websocket a stand-in socket:
-// the hub reads and writes frames itself, and coder/websocket's Conn, which
-// closes its socket when it is garbage collected, is let go.
-type corkWriter struct {
-	http.ResponseWriter
-	conn  *corkConn
-	early []byte
-}
-
-func (w *corkWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
-	nc, brw, err := http.NewResponseController(w.ResponseWriter).Hijack()
-	if err != nil {
-		return nil, nil, err
-	}
-	// net/http wrote the 101 answer before handing the connection over.
-	if n := brw.Reader.Buffered(); n > 0 {
-		b, _ := brw.Reader.Peek(n)
-		w.early = bytes.Clone(b)
-	}
-	w.conn = newCorkConn(nc)
-	s := standIn{nc.LocalAddr(), nc.RemoteAddr()}
-	return s, bufio.NewReadWriter(bufio.NewReaderSize(s, 16), bufio.NewWriterSize(s, 16)), nil
-}
-
-// standIn is the socket coder/websocket's Conn gets: it refers to nothing,
-// closing it does nothing, reads end and writes fail.
-type standIn struct{ local, remote net.Addr }
-
-func (standIn) Read([]byte) (int, error)         { return 0, io.EOF }
-func (standIn) Write([]byte) (int, error)        { return 0, net.ErrClosed }
-func (standIn) Close() error                     { return nil }
-func (s standIn) LocalAddr() net.Addr            { return s.local }
-func (s standIn) RemoteAddr() net.Addr           { return s.remote }
-func (standIn) SetDeadline(time.Time) error      { return nil }
-func (standIn) SetReadDeadline(time.Time) error  { return nil }
-func (standIn) SetWriteDeadline(time.Time) error { return nil }

@@ -399,3 +399,88 @@ func TestRawAnswersBeforeClose(t *testing.T) {
 		})
 	}
 }
+
+// TestRawHandshake: the 101 answer is the hub's own (RFC 6455 §4.2.2), and
+// a handshake that is not one is refused with the contract's JSON body
+// before the token is looked at.
+func TestRawHandshake(t *testing.T) {
+	e := newRawEnv(t, time.Hour, 10*time.Second)
+	tok := hubtest.Token(t, "u1", time.Hour)
+	roundTrip := func(t *testing.T, req string) (*http.Response, map[string]map[string]string) {
+		t.Helper()
+		c, err := net.Dial("tcp", strings.TrimPrefix(e.srv.URL, "http://"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+		if _, err := io.WriteString(c, req); err != nil {
+			t.Fatal(err)
+		}
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if resp.StatusCode == http.StatusSwitchingProtocols {
+			return resp, nil
+		}
+		var body map[string]map[string]string
+		if err := json.NewDecoder(resp.Body).Decode(&body); err != nil {
+			t.Fatalf("status %d: the body is not the contract's JSON: %v", resp.StatusCode, err)
+		}
+		if ct := resp.Header.Get("Content-Type"); !strings.HasPrefix(ct, "application/json") {
+			t.Errorf("Content-Type %q", ct)
+		}
+		return resp, body
+	}
+	const key = "dGhlIHNhbXBsZSBub25jZQ=="
+	req := func(proto string, lines ...string) string {
+		return "GET /?token=" + tok + " " + proto + "\r\nHost: x\r\n" + strings.Join(lines, "\r\n") + "\r\n\r\n"
+	}
+	upgrade, connection, version, skey := "Upgrade: websocket", "Connection: Upgrade", "Sec-WebSocket-Version: 13", "Sec-WebSocket-Key: "+key
+
+	t.Run("101", func(t *testing.T) {
+		resp, _ := roundTrip(t, req("HTTP/1.1", upgrade, "Connection: keep-alive, Upgrade", version, skey))
+		if resp.StatusCode != http.StatusSwitchingProtocols {
+			t.Fatalf("status %d", resp.StatusCode)
+		}
+		if got := resp.Header.Get("Sec-WebSocket-Accept"); got != "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=" {
+			t.Errorf("Sec-WebSocket-Accept %q", got)
+		}
+		if !strings.EqualFold(resp.Header.Get("Upgrade"), "websocket") || !strings.EqualFold(resp.Header.Get("Connection"), "upgrade") {
+			t.Errorf("Upgrade %q, Connection %q", resp.Header.Get("Upgrade"), resp.Header.Get("Connection"))
+		}
+		if ext := resp.Header.Get("Sec-WebSocket-Extensions"); ext != "" {
+			t.Errorf("extensions %q accepted without an offer", ext)
+		}
+	})
+	for _, tt := range []struct {
+		name   string
+		req    string
+		status int
+		code   string
+		header [2]string // a header the answer must carry
+	}{
+		{"no upgrade at all", req("HTTP/1.1"), 426, "upgrade_required", [2]string{"Upgrade", "websocket"}},
+		{"no Connection: Upgrade", req("HTTP/1.1", upgrade, version, skey), 400, "bad_handshake", [2]string{}},
+		{"version 8", req("HTTP/1.1", upgrade, connection, "Sec-WebSocket-Version: 8", skey), 426, "upgrade_required", [2]string{"Sec-WebSocket-Version", "13"}},
+		{"no key", req("HTTP/1.1", upgrade, connection, version), 400, "bad_handshake", [2]string{}},
+		{"a key that is not 16 bytes", req("HTTP/1.1", upgrade, connection, version, "Sec-WebSocket-Key: c2hvcnQ="), 400, "bad_handshake", [2]string{}},
+		{"two keys", req("HTTP/1.1", upgrade, connection, version, skey, skey), 400, "bad_handshake", [2]string{}},
+		{"HTTP/1.0", req("HTTP/1.0", upgrade, connection, version, skey), 400, "bad_handshake", [2]string{}},
+		{"a bad handshake without a token is still a bad handshake",
+			"GET / HTTP/1.1\r\nHost: x\r\n" + upgrade + "\r\n" + version + "\r\n" + skey + "\r\n\r\n", 400, "bad_handshake", [2]string{}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			resp, body := roundTrip(t, tt.req)
+			if resp.StatusCode != tt.status || body["error"]["code"] != tt.code || body["error"]["message"] == "" {
+				t.Fatalf("%d %v, want %d %s", resp.StatusCode, body, tt.status, tt.code)
+			}
+			if tt.header[0] != "" && resp.Header.Get(tt.header[0]) != tt.header[1] {
+				t.Errorf("%s: %q, want %q", tt.header[0], resp.Header.Get(tt.header[0]), tt.header[1])
+			}
+		})
+	}
+	// the upgraded one goes with its socket; the refused ones never came
+	hubtest.Eventually(t, 10*time.Second, "no connection left", func() bool { return e.hub.Stats().TotalConnections == 0 })
+}

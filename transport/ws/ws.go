@@ -1,6 +1,7 @@
-// Package ws is the WebSocket endpoint of the hub: handshake (origin,
-// token, limits; the upgrade itself by github.com/coder/websocket), then
-// the connection's life on the hub's own reader and writer, so that an idle
+// Package ws is the WebSocket endpoint of the hub: the handshake (RFC
+// 6455 checks by internal/wsproto, then origin, token and limits; the 101
+// answer written after taking the connection over from net/http), then the
+// connection's life on the hub's own reader and writer, so that an idle
 // connection holds no goroutine and no buffer: its socket waits in an epoll
 // instance (internal/netpoll; Linux only, elsewhere and over TLS a reader
 // goroutine per connection) until the client sends something, and a pool
@@ -16,12 +17,9 @@ import (
 	"log/slog"
 	"net/http"
 	"runtime"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"github.com/coder/websocket"
 
 	"github.com/hubd/hub/hub"
 	"github.com/hubd/hub/internal/auth"
@@ -98,9 +96,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		httpx.WriteError(w, http.StatusMethodNotAllowed, "method_not_allowed", "use GET with a WebSocket upgrade")
 		return
 	}
-	if !strings.EqualFold(r.Header.Get("Upgrade"), "websocket") {
-		w.Header().Set("Upgrade", "websocket")
-		h.refuse(w, http.StatusUpgradeRequired, "upgrade_required", "this endpoint speaks WebSocket; use the SSE endpoint otherwise")
+	hs, refusal := wsproto.CheckRequest(wsproto.Request{Method: r.Method, ProtoMajor: r.ProtoMajor, ProtoMinor: r.ProtoMinor, Header: r.Header}, false)
+	if refusal != nil {
+		for _, kv := range refusal.Header {
+			w.Header().Set(kv[0], kv[1])
+		}
+		h.refuse(w, refusal.Status, refusal.Code, refusal.Message)
 		return
 	}
 	if !httpx.OriginAllowed(h.o.AllowedOrigins, r.Header.Get("Origin"), r.Host) {
@@ -139,32 +140,31 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.refuse(w, status, code, msg)
 		return
 	}
-	cw := &corkWriter{ResponseWriter: w}
-	wsc, err := websocket.Accept(cw, r, &websocket.AcceptOptions{
-		InsecureSkipVerify: true, // the origin was checked above
-		CompressionMode:    websocket.CompressionDisabled,
-	})
-	if err != nil || cw.conn == nil {
-		if cw.conn != nil {
-			_ = cw.conn.Close() // taken over, then refused: not left open
-		}
+	// The connection is taken over from net/http: the hub answers 101
+	// itself (RFC 6455 §4.2.2) and reads and writes the socket from here.
+	nc, brw, err := http.NewResponseController(w).Hijack()
+	if err != nil {
 		h.o.Hub.Unregister(hc)
 		release()
-		h.log.Debug("websocket accept failed", "err", err)
+		h.log.Debug("websocket: the connection cannot be taken over", "err", err)
+		h.refuse(w, http.StatusInternalServerError, "internal_error", "the connection could not be upgraded")
 		return
 	}
-	// coder/websocket's Conn is not used past the upgrade: it holds a
-	// stand-in socket (see corkWriter), and its finalizer, which would keep
-	// it for one more collection, is cleared so it goes with the next.
-	runtime.SetFinalizer(wsc, nil)
+	_ = nc.SetDeadline(time.Time{}) // the server's read and write timeouts end with the request
+	if n := brw.Reader.Buffered(); n > 0 {
+		b, _ := brw.Reader.Peek(n)
+		c.first = bytes.Clone(b) // what the client sent right after the request
+	}
 	limit := int64(MaxFrame)
 	if h.o.OnMessage != nil && h.o.MaxSendFrame > limit {
 		limit = h.o.MaxSendFrame
 	}
 	h.o.Metrics.Handshake(hub.TransportWebSocket, metrics.OutcomeAccepted, "")
-	c.cork, c.hc, c.user, c.release = cw.conn, hc, id.UserID, release
+	c.cork, c.hc, c.user, c.release = newCorkConn(nc), hc, id.UserID, release
 	c.rd.Limit = limit
-	c.first = cw.early
+	// The 101 goes out with the first frames (hub.connected), in one write.
+	c.cork.preface(wsproto.AppendResponse(nil, hs))
+	c.head.Store(true)
 	h.live.Add(1)
 	h.wg.Add(1) // until teardown
 	c.ready.Store(true)
@@ -211,6 +211,7 @@ type conn struct {
 	fd      int    // the socket's descriptor while it is in the poller, else -1 (closeMu)
 	release func() // admission slot
 	ready   atomic.Bool
+	head    atomic.Bool                // the 101 answer may still wait in the write buffer
 	early   atomic.Pointer[hub.Reason] // an Abort that came before ready
 	dead    atomic.Bool                // closing or closed: no more events are written
 	torn    atomic.Bool                // torn down: socket closed, unregistered
@@ -293,7 +294,11 @@ func (c *conn) drain(own bool) {
 	for {
 		msgs, reason := c.hc.Next((*bp)[:0])
 		*bp = msgs
-		if len(msgs) == 0 {
+		if len(msgs) == 0 && reason == nil && c.head.Swap(false) {
+			// Nothing was queued yet (a cluster node still subscribing):
+			// the 101 answer goes out on its own.
+			msgs = nil
+		} else if len(msgs) == 0 {
 			if reason != nil && c.dead.CompareAndSwap(false, true) {
 				if c.failing.Load() {
 					// 1005: the client's close had no status
@@ -316,8 +321,13 @@ func (c *conn) drain(own bool) {
 			c.fail()
 			return
 		}
-		c.delivered(msgs)
-		clear(msgs)
+		if len(msgs) > 0 {
+			if c.head.Load() {
+				c.head.Store(false) // the 101 went with them
+			}
+			c.delivered(msgs)
+			clear(msgs)
+		}
 		if pending {
 			c.h.wg.Add(1)
 			go func() {
