@@ -32,11 +32,15 @@ type corkConn struct {
 	owned     bool     // a goroutine owns the socket and flushes buf until empty
 	after     []func() // run once the owner has written everything (see then)
 	closeSent bool     // a close frame went into the stream: no more frames
-	err       error    // the write error that ended the stream
+	// zmin: permessage-deflate was negotiated, and events whose envelope
+	// has at least zmin bytes go out compressed; -1: not negotiated. Set
+	// before the first write.
+	zmin int32
+	err  error // the write error that ended the stream
 }
 
 func newCorkConn(nc net.Conn) *corkConn {
-	return &corkConn{Conn: nc, raw: netpoll.Raw(nc)}
+	return &corkConn{Conn: nc, raw: netpoll.Raw(nc), zmin: -1}
 }
 
 // errClosed is returned for frames offered after the close frame.
@@ -73,6 +77,12 @@ func (c *corkConn) writeFrames(msgs []*hub.Message) (pending bool, err error) {
 		return false, err
 	}
 	for _, m := range msgs {
+		if c.zmin >= 0 && len(m.Frame) >= int(c.zmin) {
+			if z := m.Compressed(deflateFrame); z != nil {
+				c.buf = wsproto.AppendFrame(c.buf, wsproto.OpText, true, z)
+				continue
+			}
+		}
 		c.buf = wsproto.AppendFrame(c.buf, wsproto.OpText, false, m.Frame)
 	}
 	pending, after, err := c.commitLocked()
@@ -90,6 +100,19 @@ func (c *corkConn) preface(b []byte) {
 		c.buf = append(c.buf, b...)
 	}
 	c.mu.Unlock()
+}
+
+// deflateFrame compresses an event's frame for hub.Message.Compressed
+// (once per event); nil when that saves nothing.
+func deflateFrame(frame []byte) []byte {
+	z := wsproto.Deflate(make([]byte, 0, len(frame)/2+64), frame)
+	if len(z) >= len(frame) {
+		return nil
+	}
+	if cap(z)-len(z) > len(z)/4 { // kept as long as the event: no spare room
+		z = append(make([]byte, 0, len(z)), z...)
+	}
+	return z
 }
 
 // maxQueuedPongs bounds what a socket that takes nothing may hold before

@@ -3,6 +3,7 @@ package ws
 import (
 	"bufio"
 	"bytes"
+	"compress/flate"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -17,15 +18,26 @@ import (
 	"github.com/hubd/hub/internal/wsproto"
 )
 
-// readFrame is an independent reader of one unmasked server frame.
+// readFrame is an independent reader of one unmasked server frame, with
+// no reserved bit set.
 func readFrame(r io.Reader) (fin bool, opcode wsproto.Opcode, payload []byte, err error) {
+	fin, rsv1, opcode, payload, err := readFrameRSV1(r)
+	if err == nil && rsv1 {
+		err = errors.New("RSV1 set")
+	}
+	return fin, opcode, payload, err
+}
+
+// readFrameRSV1 reads one unmasked server frame that may have RSV1 set
+// (a compressed message).
+func readFrameRSV1(r io.Reader) (fin, rsv1 bool, opcode wsproto.Opcode, payload []byte, err error) {
 	var h [2]byte
 	if _, err = io.ReadFull(r, h[:]); err != nil {
 		return
 	}
-	fin, opcode = h[0]&0x80 != 0, wsproto.Opcode(h[0]&0x0f)
-	if h[0]&0x70 != 0 || h[1]&0x80 != 0 {
-		return fin, opcode, nil, fmt.Errorf("bad header % x (rsv bits or mask set)", h)
+	fin, rsv1, opcode = h[0]&0x80 != 0, h[0]&0x40 != 0, wsproto.Opcode(h[0]&0x0f)
+	if h[0]&0x30 != 0 || h[1]&0x80 != 0 {
+		return fin, rsv1, opcode, nil, fmt.Errorf("bad header % x (RSV2, RSV3 or mask set)", h)
 	}
 	n := uint64(h[1] & 0x7f)
 	switch n {
@@ -36,7 +48,7 @@ func readFrame(r io.Reader) (fin bool, opcode wsproto.Opcode, payload []byte, er
 		}
 		n = uint64(binary.BigEndian.Uint16(b[:]))
 		if n < 126 {
-			return fin, opcode, nil, fmt.Errorf("length %d not in minimal form", n)
+			return fin, rsv1, opcode, nil, fmt.Errorf("length %d not in minimal form", n)
 		}
 	case 127:
 		var b [8]byte
@@ -45,12 +57,18 @@ func readFrame(r io.Reader) (fin bool, opcode wsproto.Opcode, payload []byte, er
 		}
 		n = binary.BigEndian.Uint64(b[:])
 		if n <= 0xffff {
-			return fin, opcode, nil, fmt.Errorf("length %d not in minimal form", n)
+			return fin, rsv1, opcode, nil, fmt.Errorf("length %d not in minimal form", n)
 		}
 	}
 	payload = make([]byte, n)
 	_, err = io.ReadFull(r, payload)
 	return
+}
+
+// inflate is an independent permessage-deflate reader (compress/flate,
+// the 4 bytes RFC 7692 §7.2.2 leaves out put back).
+func inflate(p []byte) ([]byte, error) {
+	return io.ReadAll(flate.NewReader(io.MultiReader(bytes.NewReader(p), bytes.NewReader([]byte{0, 0, 0xff, 0xff, 1, 0, 0, 0xff, 0xff}))))
 }
 
 func TestAppendTextFrameLengths(t *testing.T) {

@@ -35,6 +35,12 @@ type rawEnv struct {
 
 func newRawEnv(t *testing.T, heartbeat, pongTimeout time.Duration) *rawEnv {
 	t.Helper()
+	return newRawEnvWith(t, heartbeat, pongTimeout, nil)
+}
+
+// newRawEnvWith is newRawEnv with the endpoint's options changed by mod.
+func newRawEnvWith(t *testing.T, heartbeat, pongTimeout time.Duration, mod func(*Options)) *rawEnv {
+	t.Helper()
 	e := &rawEnv{}
 	e.hub = hub.New(hub.Options{Node: "n", Heartbeat: heartbeat, HistorySize: 10, HistoryTTL: time.Hour, Logger: slog.New(slog.DiscardHandler)})
 	e.hub.Start()
@@ -42,7 +48,11 @@ func newRawEnv(t *testing.T, heartbeat, pongTimeout time.Duration) *rawEnv {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e.h = New(Options{Hub: e.hub, Auth: v, PongTimeout: pongTimeout, Logger: slog.New(slog.DiscardHandler)})
+	o := Options{Hub: e.hub, Auth: v, PongTimeout: pongTimeout, Logger: slog.New(slog.DiscardHandler)}
+	if mod != nil {
+		mod(&o)
+	}
+	e.h = New(o)
 	e.srv = httptest.NewServer(e.h)
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -56,14 +66,24 @@ func newRawEnv(t *testing.T, heartbeat, pongTimeout time.Duration) *rawEnv {
 }
 
 type rawClient struct {
-	t  *testing.T
-	c  net.Conn
-	br *bufio.Reader
+	t       *testing.T
+	c       net.Conn
+	br      *bufio.Reader
+	deflate bool // permessage-deflate negotiated: RSV1 may be set
+	rsv1    bool // the last frame read had RSV1 set
 }
 
 // dial upgrades a raw connection for user; extra is written right after
 // the upgrade request, in the same write.
 func (e *rawEnv) dial(t *testing.T, user string, extra []byte) *rawClient {
+	t.Helper()
+	rc, _ := e.dialOffer(t, user, "", extra)
+	return rc
+}
+
+// dialOffer is dial with a Sec-WebSocket-Extensions offer (none when
+// empty); it returns the extensions the hub answered with.
+func (e *rawEnv) dialOffer(t *testing.T, user, offer string, extra []byte) (*rawClient, string) {
 	t.Helper()
 	tok := hubtest.Token(t, user, time.Hour)
 	c, err := net.Dial("tcp", strings.TrimPrefix(e.srv.URL, "http://"))
@@ -73,7 +93,11 @@ func (e *rawEnv) dial(t *testing.T, user string, extra []byte) *rawClient {
 	t.Cleanup(func() { c.Close() })
 	req := "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
 		"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n" +
-		"Authorization: Bearer " + tok + "\r\n\r\n"
+		"Authorization: Bearer " + tok + "\r\n"
+	if offer != "" {
+		req += "Sec-WebSocket-Extensions: " + offer + "\r\n"
+	}
+	req += "\r\n"
 	if _, err := c.Write(append([]byte(req), extra...)); err != nil {
 		t.Fatal(err)
 	}
@@ -86,11 +110,11 @@ func (e *rawEnv) dial(t *testing.T, user string, extra []byte) *rawClient {
 	if resp.StatusCode != http.StatusSwitchingProtocols {
 		t.Fatalf("handshake: %d", resp.StatusCode)
 	}
-	rc := &rawClient{t: t, c: c, br: br}
+	rc := &rawClient{t: t, c: c, br: br, deflate: resp.Header.Get("Sec-WebSocket-Extensions") != ""}
 	if typ := rc.nextEvent(); typ != "hub.connected" {
 		t.Fatalf("first event %q", typ)
 	}
-	return rc
+	return rc, resp.Header.Get("Sec-WebSocket-Extensions")
 }
 
 // maskedFrame builds a masked client frame.
@@ -105,12 +129,23 @@ func (r *rawClient) write(b []byte) {
 	}
 }
 
-// frame reads the next server frame (10 s at most).
+// frame reads the next server frame (10 s at most); a compressed one
+// (RSV1, on a connection that negotiated permessage-deflate) is inflated
+// with compress/flate, and r.rsv1 says it was compressed.
 func (r *rawClient) frame() (op wsproto.Opcode, payload []byte, err error) {
 	_ = r.c.SetReadDeadline(time.Now().Add(10 * time.Second))
-	fin, op, payload, err := readFrame(r.br)
-	if err == nil && !fin {
+	fin, rsv1, op, payload, err := readFrameRSV1(r.br)
+	r.rsv1 = rsv1
+	switch {
+	case err != nil:
+	case !fin:
 		err = errors.New("the server fragmented a frame")
+	case rsv1 && !r.deflate:
+		err = errors.New("RSV1 set without permessage-deflate")
+	case rsv1 && op != wsproto.OpText:
+		err = fmt.Errorf("RSV1 set on a frame of %v", op)
+	case rsv1:
+		payload, err = inflate(payload)
 	}
 	return op, payload, err
 }

@@ -15,6 +15,7 @@ import (
 	"encoding/json"
 	"errors"
 	"log/slog"
+	"math"
 	"net/http"
 	"runtime"
 	"sync"
@@ -52,6 +53,15 @@ type Options struct {
 	// MaxSendFrame is the largest hub.send frame (HUB_MAX_PAYLOAD) when
 	// OnMessage is set; other frames stay at MaxFrame.
 	MaxSendFrame int64
+	// Compression accepts permessage-deflate (HUB_WS_COMPRESSION) when a
+	// client offers it in a form the hub can honour (no context takeover
+	// either way, see wsproto.NegotiateDeflate). On such a connection,
+	// events whose envelope has at least CompressionMin bytes
+	// (HUB_WS_COMPRESSION_MIN; 0: every event) go out compressed, each
+	// compressed once for all of its recipients (hub.Message.Compressed);
+	// compressed client messages are inflated within the same limits.
+	Compression    bool
+	CompressionMin int
 }
 
 // Handler serves the WebSocket endpoint.
@@ -96,7 +106,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		httpx.WriteError(w, http.StatusMethodNotAllowed, "method_not_allowed", "use GET with a WebSocket upgrade")
 		return
 	}
-	hs, refusal := wsproto.CheckRequest(wsproto.Request{Method: r.Method, ProtoMajor: r.ProtoMajor, ProtoMinor: r.ProtoMinor, Header: r.Header}, false)
+	hs, refusal := wsproto.CheckRequest(wsproto.Request{Method: r.Method, ProtoMajor: r.ProtoMajor, ProtoMinor: r.ProtoMinor, Header: r.Header}, h.o.Compression)
 	if refusal != nil {
 		for _, kv := range refusal.Header {
 			w.Header().Set(kv[0], kv[1])
@@ -161,7 +171,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	h.o.Metrics.Handshake(hub.TransportWebSocket, metrics.OutcomeAccepted, "")
 	c.cork, c.hc, c.user, c.release = newCorkConn(nc), hc, id.UserID, release
-	c.rd.Limit = limit
+	c.rd.Limit, c.rd.Deflate = limit, hs.Deflate
+	if hs.Deflate {
+		c.cork.zmin = int32(min(max(h.o.CompressionMin, 0), math.MaxInt32))
+	}
 	// The 101 goes out with the first frames (hub.connected), in one write.
 	c.cork.preface(wsproto.AppendResponse(nil, hs))
 	c.head.Store(true)
