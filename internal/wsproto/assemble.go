@@ -17,14 +17,16 @@ type Assembler struct {
 	// Limit is the largest message, in bytes (inflated, for a compressed
 	// one): past it the connection fails with 1009.
 	Limit int64
+
+	size int64  // bytes of the message so far (compressed ones: as sent)
+	buf  []byte // fragments so far, when there was more than one
+
 	// Deflate says permessage-deflate was negotiated: a message whose first
 	// frame has RSV1 set is compressed.
 	Deflate bool
 
 	op         Opcode // of the message in progress; 0 between messages
 	compressed bool
-	size       int64  // bytes of the message so far (compressed ones: as sent)
-	buf        []byte // fragments so far, when there was more than one
 	text       UTF8
 }
 

@@ -1,5 +1,7 @@
 package wsproto
 
+import "math"
+
 // Reader turns the bytes a client sends, in whatever pieces they arrive,
 // into what they mean to the server: messages, pings, pongs and the close
 // frame, in order, or the *Error the connection fails with. It is the
@@ -17,7 +19,7 @@ type Reader struct {
 	// copy of the assembler's UTF-8 state that runs ahead: checked bytes
 	// of its payload have been seen.
 	ahead   UTF8
-	checked int
+	checked int32 // a frame over 2 GiB is refused at its header
 }
 
 // EventKind says what an Event is.
@@ -128,13 +130,16 @@ func (r *Reader) lookAhead(b []byte) *Error {
 		}
 	}
 	p := b[h.size:]
+	if len(p) > math.MaxInt32 {
+		return nil // checked counts in 32 bits; such a frame is checked whole
+	}
 	var tmp [256]byte // unmasked here: the frame is unmasked in place once whole
-	for r.checked < len(p) {
+	for int(r.checked) < len(p) {
 		n := copy(tmp[:], p[r.checked:])
 		for i := range n {
-			tmp[i] ^= h.key[(r.checked+i)&3]
+			tmp[i] ^= h.key[(int(r.checked)+i)&3]
 		}
-		r.checked += n
+		r.checked += int32(n)
 		if !r.ahead.Write(tmp[:n]) {
 			return &Error{CloseInvalidPayload, "text messages must be UTF-8"}
 		}

@@ -26,17 +26,13 @@ func (h *Handler) dispatch(w netpoll.Watcher) {
 	}()
 }
 
-// start runs once after the upgrade: it handles what the client sent along
-// with the upgrade request, then registers the socket with the poller, or,
+// start runs once after the upgrade: it handles first, what the client
+// sent along with the upgrade request, then registers the socket with the poller, or,
 // on a connection the poller cannot watch (TLS, or no epoll), reads on this
 // goroutine until the connection ends.
-func (c *conn) start() {
-	if len(c.first) > 0 {
-		first := c.first
-		c.first = nil
-		if !c.consume(first) {
-			return
-		}
+func (c *conn) start(first []byte) {
+	if len(first) > 0 && !c.consume(first) {
+		return
 	}
 	if c.cork.raw != nil {
 		fd := netpoll.FD(c.cork.raw)

@@ -161,9 +161,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	_ = nc.SetDeadline(time.Time{}) // the server's read and write timeouts end with the request
+	var first []byte                // what the client sent right after the request
 	if n := brw.Reader.Buffered(); n > 0 {
 		b, _ := brw.Reader.Peek(n)
-		c.first = bytes.Clone(b) // what the client sent right after the request
+		first = bytes.Clone(b)
 	}
 	limit := int64(MaxFrame)
 	if h.o.OnMessage != nil && h.o.MaxSendFrame > limit {
@@ -191,7 +192,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h.wg.Add(1)
 	go func() {
 		defer h.wg.Done()
-		c.start()
+		c.start(first)
 	}()
 }
 
@@ -236,11 +237,9 @@ type conn struct {
 	quit    atomic.Bool
 	failing atomic.Bool
 
-	// read state, owned by whoever reads (one at a time): what the client
-	// sent along with the upgrade request, read first; then the reader of
-	// its frames (Limit: the largest client message).
-	first []byte
-	rd    wsproto.Reader
+	// read state, owned by whoever reads (one at a time): the reader of
+	// the client's frames (Limit: the largest client message)
+	rd wsproto.Reader
 
 	pingSeq atomic.Uint64 // last ping frame sent
 	pongSeq atomic.Uint64 // last ping answered by a pong
