@@ -177,10 +177,15 @@ func (c *conn) onClose(code int) bool {
 }
 
 // closeThenTeardown writes a close frame and tears the connection down
-// once the frame is on the wire (or could not be written).
+// once the frame is on the wire (or could not be written). When the hub's
+// own close frame went first (both sides closed at once), that one is the
+// answer, and it may still wait behind the socket's owner: the teardown
+// waits for it too.
 func (c *conn) closeThenTeardown(payload []byte) {
 	pending, err := c.cork.writeControl(wsproto.OpClose, payload)
 	switch {
+	case errors.Is(err, errClosed):
+		c.cork.then(c.teardown)
 	case err != nil:
 		c.teardown()
 	case pending: // this goroutine owns the socket: flush, then tear down
