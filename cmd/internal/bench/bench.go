@@ -289,6 +289,21 @@ func jsonPadding(n int) []byte {
 		}
 		p = append(p, rec...)
 	}
+	// the rest: a string of words, so that the size is n
+	if rest := n - len(p) - 1; rest >= 4 {
+		start := len(p)
+		if len(p) > 1 {
+			p = append(p, ',')
+		} else {
+			p = append(p, ' ') // no record fits: JSON allows the space
+		}
+		p = append(p, '"')
+		for len(p)-start < rest-1 {
+			p = append(p, words[rnd.IntN(len(words))]...)
+			p = append(p, ' ')
+		}
+		p = append(p[:start+rest-1], '"')
+	}
 	p = append(p, ']')
 	jsonPads[n] = p
 	return p
