@@ -72,6 +72,8 @@ type Config struct {
 	SSEPath               string        // HUB_SSE_PATH
 	HeartbeatInterval     time.Duration // HUB_HEARTBEAT_INTERVAL
 	PongTimeout           time.Duration // HUB_PONG_TIMEOUT
+	WSCompression         bool          // HUB_WS_COMPRESSION
+	WSCompressionMin      int           // HUB_WS_COMPRESSION_MIN
 	HistorySize           int           // HUB_HISTORY_SIZE
 	HistoryTTL            time.Duration // HUB_HISTORY_TTL
 	SendQueue             int           // HUB_SEND_QUEUE

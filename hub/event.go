@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -34,6 +35,20 @@ type Message struct {
 	Accepted time.Time
 
 	seq uint64
+
+	zOnce sync.Once
+	z     []byte // Frame compressed, made by the first Compressed call
+}
+
+// Compressed returns Frame compressed by compress, which runs once per
+// message, on the first call (later and concurrent callers get what it
+// returned): a transport that compresses events (WebSocket
+// permessage-deflate without context takeover) compresses each event once
+// and sends the same bytes to every recipient, as with Frame. compress may
+// return nil (nothing gained: send Frame); it must not keep Frame.
+func (m *Message) Compressed(compress func(frame []byte) []byte) []byte {
+	m.zOnce.Do(func() { m.z = compress(m.Frame) })
+	return m.z
 }
 
 // Control reports whether m is a control event (its type starts with "hub.").

@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"regexp"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -302,5 +304,41 @@ func TestReasonsOfTheContract(t *testing.T) {
 	}
 	if got := hub.ReasonSlowConsumer.String(); got != "4008 slow consumer" {
 		t.Errorf("String() = %q", got)
+	}
+}
+
+// TestCompressedOnce: however many connections ask at once, an event is
+// compressed once and every one of them gets the same bytes.
+func TestCompressedOnce(t *testing.T) {
+	m := hub.Control("hub.test", map[string]string{"k": "v"})
+	var calls atomic.Int32
+	compress := func(frame []byte) []byte {
+		calls.Add(1)
+		return append([]byte("z:"), frame...)
+	}
+	const n = 64
+	got := make([][]byte, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() { got[i] = m.Compressed(compress) })
+	}
+	wg.Wait()
+	if c := calls.Load(); c != 1 {
+		t.Fatalf("compressed %d times, want once", c)
+	}
+	for i := range got {
+		if &got[i][0] != &got[0][0] || string(got[i]) != "z:"+string(m.Frame) {
+			t.Fatalf("caller %d got other bytes: %q", i, got[i])
+		}
+	}
+	// nil (nothing gained) is remembered too
+	m2 := hub.Control("hub.test", 1)
+	for range 3 {
+		if z := m2.Compressed(func([]byte) []byte { calls.Add(1); return nil }); z != nil {
+			t.Fatal("nil not kept")
+		}
+	}
+	if c := calls.Load(); c != 2 {
+		t.Fatalf("%d calls, want 2", c)
 	}
 }

@@ -88,6 +88,8 @@ func newWS(p transportParams) *ws.Handler {
 		PongTimeout:    p.Cfg.PongTimeout,
 		Logger:         p.Log,
 		Metrics:        p.Metrics,
+		Compression:    p.Cfg.WSCompression,
+		CompressionMin: p.Cfg.WSCompressionMin,
 	}
 	o.Acquire = p.acquire() // released when the connection ends, not with the request
 	if p.Upstream.Enabled() {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"strings"
@@ -361,5 +362,91 @@ func TestNoTokenInLogs(t *testing.T) {
 	sig := tok[strings.LastIndexByte(tok, '.')+1:]
 	if strings.Contains(logs, tok) || strings.Contains(logs, sig) || strings.Contains(logs, hubtest.APIKey) {
 		t.Fatalf("a token leaked into the logs:\n%s", logs)
+	}
+}
+
+// TestWSCompressionSetting: HUB_WS_COMPRESSION reaches the endpoint (an
+// offer is accepted by default, ignored when off), and
+// HUB_WS_COMPRESSION_MIN decides which events go compressed (a raw
+// reader sees RSV1).
+func TestWSCompressionSetting(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		mod  func(*config.Config)
+		want string
+	}{
+		{"default", nil, "permessage-deflate; server_no_context_takeover; client_no_context_takeover"},
+		{"off", func(c *config.Config) { c.WSCompression = false }, ""},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			th := startHub(t, tt.mod)
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			c, resp, err := websocket.Dial(ctx, th.WSURL+"?token="+th.token("alice", time.Hour), &websocket.DialOptions{CompressionMode: websocket.CompressionNoContextTakeover})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.CloseNow()
+			if got := resp.Header.Get("Sec-WebSocket-Extensions"); got != tt.want {
+				t.Fatalf("extensions %q, want %q", got, tt.want)
+			}
+		})
+	}
+	// HUB_WS_COMPRESSION_MIN: at 0 every event (hub.connected too) goes
+	// compressed; at the default, hub.connected and a small event go plain
+	// and a large one compressed.
+	for _, tt := range []struct {
+		min  int
+		want []bool // RSV1 of hub.connected, a small event, a large one
+	}{
+		{0, []bool{true, true, true}},
+		{512, []bool{false, false, true}},
+	} {
+		t.Run(fmt.Sprintf("minimum %d", tt.min), func(t *testing.T) {
+			th := startHub(t, func(c *config.Config) { c.WSCompressionMin = tt.min })
+			nc, err := net.Dial("tcp", strings.TrimPrefix(th.URL, "http://"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer nc.Close()
+			_ = nc.SetDeadline(time.Now().Add(10 * time.Second))
+			fmt.Fprintf(nc, "GET %s?token=%s HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"+
+				"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Extensions: permessage-deflate\r\n\r\n", th.Config.WSPath, th.token("alice", time.Hour))
+			br := bufio.NewReader(nc)
+			resp, err := http.ReadResponse(br, nil)
+			if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
+				t.Fatalf("%v %v", resp, err)
+			}
+			rsv1 := func() bool { // reads one text frame
+				var h [4]byte
+				if _, err := io.ReadFull(br, h[:2]); err != nil || h[0]&0x0f != 1 || h[1] > 126 {
+					t.Fatalf("frame header % x: %v", h[:2], err)
+				}
+				n := int64(h[1])
+				if n == 126 {
+					if _, err := io.ReadFull(br, h[2:4]); err != nil {
+						t.Fatal(err)
+					}
+					n = int64(h[2])<<8 | int64(h[3])
+				}
+				if _, err := io.CopyN(io.Discard, br, n); err != nil {
+					t.Fatal(err)
+				}
+				return h[0]&0x40 != 0
+			}
+			var got []bool
+			got = append(got, rsv1())
+			ctx := context.Background()
+			// the small one is compressible: at 0 it shrinks, so it goes compressed
+			for _, p := range []string{`"` + strings.Repeat("a", 40) + `"`, `"` + strings.Repeat("abc", 300) + `"`} {
+				if _, err := th.Hub.Publish(ctx, []string{"alice"}, "T", json.RawMessage(p)); err != nil {
+					t.Fatal(err)
+				}
+				got = append(got, rsv1())
+			}
+			if fmt.Sprint(got) != fmt.Sprint(tt.want) {
+				t.Fatalf("compressed (hub.connected, small, large) = %v, want %v", got, tt.want)
+			}
+		})
 	}
 }

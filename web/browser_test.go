@@ -43,6 +43,7 @@ import (
 func TestBrowser(t *testing.T) {
 	b := startBrowser(t)
 	t.Run("websocket receives broadcasts", func(t *testing.T) { testWebSocket(t, b) })
+	t.Run("websocket compression from chromium", func(t *testing.T) { testWebSocketCompression(t, b) })
 	t.Run("websocket refused falls back to sse", func(t *testing.T) { testSSEFallback(t, b) })
 	t.Run("hub restart reconnects", func(t *testing.T) { testRestart(t, b) })
 	t.Run("network drop resumes from history", func(t *testing.T) { testNetworkDrop(t, b) })

@@ -27,6 +27,8 @@ func TestBench(t *testing.T) {
 		{"fanout ws", []string{"--scenario", "fanout", "--transport", "ws", "--conns", "20", "--events", "5"}, 100},
 		{"fanout sse", []string{"--scenario", "fanout", "--transport", "sse", "--conns", "20", "--events", "5"}, 100},
 		{"unicast batched", []string{"--scenario", "unicast", "--transport", "ws", "--conns", "20", "--events", "40", "--batch", "10"}, 40},
+		{"fanout ws compressed, JSON payloads", []string{"--scenario", "fanout", "--transport", "ws", "--conns", "20", "--events", "5",
+			"--compression", "--payload-kind", "json", "--payload-bytes", "1024"}, 100},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			var out, errOut bytes.Buffer
@@ -44,6 +46,9 @@ func TestBench(t *testing.T) {
 				Deliveries, ExpectedDeliveries         int64
 				Missing, Extra                         int64
 				ConnectsPerSecond, DeliveriesPerSecond float64
+				Compression                            bool
+				BytesPerDelivery                       float64
+				PayloadBytes                           int
 			}
 			if err := json.Unmarshal(out.Bytes(), &res); err != nil {
 				t.Fatalf("%v: %s", err, out.String())
@@ -56,6 +61,9 @@ func TestBench(t *testing.T) {
 			}
 			if tt.want > 0 && (res.ExpectedDeliveries != int64(tt.want) || res.DeliveriesPerSecond <= 0) {
 				t.Fatalf("expected %d, rate %v", res.ExpectedDeliveries, res.DeliveriesPerSecond)
+			}
+			if res.Compression && (res.BytesPerDelivery <= 0 || res.BytesPerDelivery*1.5 > float64(res.PayloadBytes)) {
+				t.Fatalf("compressed: %.0f bytes per delivery of a %d-byte payload", res.BytesPerDelivery, res.PayloadBytes)
 			}
 		})
 	}

@@ -40,6 +40,8 @@ var rules = []rule{
 	{from: "@/internal/netpoll", deny: []string{"@/hub", "@/hub/**"}, why: "the poller knows nothing of the hub"},
 	{from: "@/internal/wsproto", deps: true, deny: []string{"@/**", "github.com/**", "go.uber.org/**", "golang.org/**", "net", "net/**"},
 		why: "the WebSocket codec is pure functions on bytes: standard library, no sockets"},
+	{from: "**", deps: true, deny: []string{"github.com/coder/websocket", "github.com/coder/websocket/**"}, skip: []string{"@/cmd/hubctl"},
+		why: "coder/websocket is a WebSocket client (hubctl, and tests); the endpoint's handshake and frames are the hub's own (internal/wsproto, DECISIONS.md 2)"},
 	{from: "@/cmd/hubd", deny: []string{"@/**"}, allow: []string{"@/modules", "@/config"}, why: "cmd/hubd is a few lines over modules"},
 	{from: "@/cmd/hubctl", deny: []string{"@/modules", "@/transport/**", "@/hub/redisbroker"}, why: "hubctl is a client"},
 	{from: "@/cmd/hubbench", deny: []string{"@/modules", "@/transport/**", "@/hub/redisbroker"}, why: "hubbench is a client"},
@@ -163,6 +165,7 @@ func TestRulesCatch(t *testing.T) {
 		{"a transport imports fx", map[string][2][]string{"@/transport/api": {{"go.uber.org/fx"}, nil}}},
 		{"netpoll imports hub", map[string][2][]string{"@/internal/netpoll": {{"@/hub"}, nil}}},
 		{"wsproto opens sockets", map[string][2][]string{"@/internal/wsproto": {{"net"}, {"net"}}}},
+		{"the endpoint borrows coder/websocket again", map[string][2][]string{"@/transport/ws": {{"github.com/coder/websocket"}, {"github.com/coder/websocket"}}}},
 		{"hubctl imports modules", map[string][2][]string{"@/cmd/hubctl": {{"@/modules"}, nil}}},
 		{"hubd imports a transport", map[string][2][]string{"@/cmd/hubd": {{"@/transport/ws"}, nil}}},
 		{"production code imports the test harness", map[string][2][]string{"@/modules": {{"@/internal/hubtest"}, nil}}},
@@ -176,6 +179,7 @@ func TestRulesCatch(t *testing.T) {
 		"@/modules":              {{"go.uber.org/fx", "@/transport/ws", "@/hub"}, nil},
 		"@/cmd/hubd":             {{"@/modules", "@/config", "go.uber.org/fx"}, nil},
 		"@/transport/ws":         {{"@/hub", "@/internal/netpoll", "@/internal/auth"}, nil},
+		"@/cmd/hubctl":           {{"github.com/coder/websocket"}, {"github.com/coder/websocket"}},
 		"@/internal/hubtest/app": {{"@/internal/hubtest", "@/modules", "go.uber.org/fx"}, nil},
 	}
 	if v := violations(ok); len(v) != 0 {

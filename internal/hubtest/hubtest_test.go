@@ -159,6 +159,8 @@ func TestProxy(t *testing.T) {
 	if err := roundTrip(px.Addr()); err != nil {
 		t.Fatalf("through the proxy: %v", err)
 	}
+	// the echo's "ping\n" came back through it
+	hubtest.Eventually(t, 5*time.Second, "the proxy to count the echo", func() bool { return px.ToTarget() == 5 && px.FromTarget() == 5 })
 
 	// a connection open at the cut is closed
 	c, err := net.Dial("tcp", px.Addr())

@@ -11,12 +11,15 @@ import (
 // network the test can break: Cut closes every connection and refuses new
 // ones (accepting and closing them) until Restore; Freeze makes the
 // connections open now stop forwarding in both directions without closing
-// (a dead NAT entry, a hung peer), while later ones forward normally. It
-// stops, with every goroutine it started, when the test ends.
+// (a dead NAT entry, a hung peer), while later ones forward normally.
+// FromTarget and ToTarget count the bytes it forwarded each way.
+// It stops, with every goroutine it started, when the test ends.
 type Proxy struct {
-	ln     net.Listener
-	target string
-	closed chan struct{}
+	ln         net.Listener
+	target     string
+	closed     chan struct{}
+	fromTarget atomic.Int64
+	toTarget   atomic.Int64
 
 	mu    sync.Mutex
 	down  bool
@@ -107,14 +110,22 @@ func (p *Proxy) accept() {
 		p.conns[up] = l
 		p.wg.Add(2)
 		p.mu.Unlock()
-		go p.pipe(l, c, up)
-		go p.pipe(l, up, c)
+		go p.pipe(l, c, up, &p.fromTarget)
+		go p.pipe(l, up, c, &p.toTarget)
 	}
 }
 
-// pipe copies src to dst, holding what it read while l is frozen; when
-// either side ends, both are closed.
-func (p *Proxy) pipe(l *link, dst, src net.Conn) {
+// FromTarget is the number of bytes forwarded so far from the target to
+// the proxy's clients (what the target sent on the wire).
+func (p *Proxy) FromTarget() int64 { return p.fromTarget.Load() }
+
+// ToTarget is the number of bytes forwarded so far from the proxy's
+// clients to the target.
+func (p *Proxy) ToTarget() int64 { return p.toTarget.Load() }
+
+// pipe copies src to dst, holding what it read while l is frozen, and adds
+// what it wrote to count; when either side ends, both are closed.
+func (p *Proxy) pipe(l *link, dst, src net.Conn, count *atomic.Int64) {
 	defer p.wg.Done()
 	buf := make([]byte, 32<<10)
 	for {
@@ -127,7 +138,9 @@ func (p *Proxy) pipe(l *link, dst, src net.Conn) {
 				}
 				break
 			}
-			if _, werr := dst.Write(buf[:n]); werr != nil {
+			w, werr := dst.Write(buf[:n])
+			count.Add(int64(w))
+			if werr != nil {
 				break
 			}
 		}

@@ -1,18 +1,15 @@
 package ws
 
 import (
-	"bufio"
-	"bytes"
 	"errors"
-	"io"
 	"net"
-	"net/http"
 	"sync"
 	"syscall"
 	"time"
 
 	"github.com/hubd/hub/hub"
 	"github.com/hubd/hub/internal/netpoll"
+	"github.com/hubd/hub/internal/wsproto"
 )
 
 // corkConn is a hijacked connection and the order of everything written
@@ -35,11 +32,15 @@ type corkConn struct {
 	owned     bool     // a goroutine owns the socket and flushes buf until empty
 	after     []func() // run once the owner has written everything (see then)
 	closeSent bool     // a close frame went into the stream: no more frames
-	err       error    // the write error that ended the stream
+	// zmin: permessage-deflate was negotiated, and events whose envelope
+	// has at least zmin bytes go out compressed; -1: not negotiated. Set
+	// before the first write.
+	zmin int32
+	err  error // the write error that ended the stream
 }
 
 func newCorkConn(nc net.Conn) *corkConn {
-	return &corkConn{Conn: nc, raw: netpoll.Raw(nc)}
+	return &corkConn{Conn: nc, raw: netpoll.Raw(nc), zmin: -1}
 }
 
 // errClosed is returned for frames offered after the close frame.
@@ -76,12 +77,42 @@ func (c *corkConn) writeFrames(msgs []*hub.Message) (pending bool, err error) {
 		return false, err
 	}
 	for _, m := range msgs {
-		c.buf = appendTextFrame(c.buf, m.Frame)
+		if c.zmin >= 0 && len(m.Frame) >= int(c.zmin) {
+			if z := m.Compressed(deflateFrame); z != nil {
+				c.buf = wsproto.AppendFrame(c.buf, wsproto.OpText, true, z)
+				continue
+			}
+		}
+		c.buf = wsproto.AppendFrame(c.buf, wsproto.OpText, false, m.Frame)
 	}
 	pending, after, err := c.commitLocked()
 	c.mu.Unlock()
 	runAll(after)
 	return pending, err
+}
+
+// preface puts b (the handshake's 101 answer) at the start of the write
+// buffer, to go out with the first frames; called once, before anything
+// else can write.
+func (c *corkConn) preface(b []byte) {
+	c.mu.Lock()
+	if c.checkLocked() == nil {
+		c.buf = append(c.buf, b...)
+	}
+	c.mu.Unlock()
+}
+
+// deflateFrame compresses an event's frame for hub.Message.Compressed
+// (once per event); nil when that saves nothing.
+func deflateFrame(frame []byte) []byte {
+	z := wsproto.Deflate(make([]byte, 0, len(frame)/2+64), frame)
+	if len(z) >= len(frame) {
+		return nil
+	}
+	if cap(z)-len(z) > len(z)/4 { // kept as long as the event: no spare room
+		z = append(make([]byte, 0, len(z)), z...)
+	}
+	return z
 }
 
 // maxQueuedPongs bounds what a socket that takes nothing may hold before
@@ -92,18 +123,18 @@ const maxQueuedPongs = 64 << 10
 
 // writeControl queues one control frame and commits it; after a close
 // frame nothing more is written (errClosed).
-func (c *corkConn) writeControl(op byte, payload []byte) (pending bool, err error) {
+func (c *corkConn) writeControl(op wsproto.Opcode, payload []byte) (pending bool, err error) {
 	c.mu.Lock()
 	if err := c.checkLocked(); err != nil {
 		c.mu.Unlock()
 		return false, err
 	}
-	if op == opPong && c.owned && len(c.buf) >= maxQueuedPongs {
+	if op == wsproto.OpPong && c.owned && len(c.buf) >= maxQueuedPongs {
 		c.mu.Unlock()
 		return false, nil // dropped: the socket's owner is still stuck on earlier bytes
 	}
-	c.buf = appendControl(c.buf, op, payload)
-	if op == opClose {
+	c.buf = wsproto.AppendFrame(c.buf, op, false, payload)
+	if op == wsproto.OpClose {
 		c.closeSent = true
 	}
 	pending, after, err := c.commitLocked()
@@ -246,65 +277,3 @@ func (c *corkConn) flush(d time.Duration) error {
 		}
 	}
 }
-
-// appendTextFrame appends p as one unmasked, final text frame.
-func appendTextFrame(b, p []byte) []byte {
-	n := len(p)
-	switch {
-	case n <= 125:
-		b = append(b, 0x81, byte(n))
-	case n <= 0xffff:
-		b = append(b, 0x81, 126, byte(n>>8), byte(n))
-	default:
-		b = append(b, 0x81, 127,
-			byte(uint64(n)>>56), byte(uint64(n)>>48), byte(uint64(n)>>40), byte(uint64(n)>>32),
-			byte(n>>24), byte(n>>16), byte(n>>8), byte(n))
-	}
-	return append(b, p...)
-}
-
-// corkWriter is the ResponseWriter given to websocket.Accept. Its Hijack
-// keeps the connection (wrapped in a corkConn) and what the client sent
-// after the upgrade request, and hands coder/websocket a stand-in socket:
-// the hub reads and writes frames itself, and coder/websocket's Conn, which
-// closes its socket when it is garbage collected, is let go.
-type corkWriter struct {
-	http.ResponseWriter
-	conn  *corkConn
-	early []byte
-}
-
-func (w *corkWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
-	nc, brw, err := http.NewResponseController(w.ResponseWriter).Hijack()
-	if err != nil {
-		return nil, nil, err
-	}
-	// The connection may come with the http.Server's deadlines still set
-	// (http.Hijacker leaves clearing them to the caller). None may stay: the
-	// poller's reads and the pool writers' writes go through
-	// syscall.RawConn, which fails at once once a deadline has passed, and
-	// would end the connection then (issue 22). Writes that wait (flush)
-	// set and clear their own.
-	_ = nc.SetDeadline(time.Time{})
-	// net/http wrote the 101 answer before handing the connection over.
-	if n := brw.Reader.Buffered(); n > 0 {
-		b, _ := brw.Reader.Peek(n)
-		w.early = bytes.Clone(b)
-	}
-	w.conn = newCorkConn(nc)
-	s := standIn{nc.LocalAddr(), nc.RemoteAddr()}
-	return s, bufio.NewReadWriter(bufio.NewReaderSize(s, 16), bufio.NewWriterSize(s, 16)), nil
-}
-
-// standIn is the socket coder/websocket's Conn gets: it refers to nothing,
-// closing it does nothing, reads end and writes fail.
-type standIn struct{ local, remote net.Addr }
-
-func (standIn) Read([]byte) (int, error)         { return 0, io.EOF }
-func (standIn) Write([]byte) (int, error)        { return 0, net.ErrClosed }
-func (standIn) Close() error                     { return nil }
-func (s standIn) LocalAddr() net.Addr            { return s.local }
-func (s standIn) RemoteAddr() net.Addr           { return s.remote }
-func (standIn) SetDeadline(time.Time) error      { return nil }
-func (standIn) SetReadDeadline(time.Time) error  { return nil }
-func (standIn) SetWriteDeadline(time.Time) error { return nil }

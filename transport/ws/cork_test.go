@@ -3,6 +3,7 @@ package ws
 import (
 	"bufio"
 	"bytes"
+	"compress/flate"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -14,17 +15,29 @@ import (
 
 	"github.com/hubd/hub/hub"
 	"github.com/hubd/hub/internal/hubtest"
+	"github.com/hubd/hub/internal/wsproto"
 )
 
-// readFrame is an independent reader of one unmasked server frame.
-func readFrame(r io.Reader) (fin bool, opcode byte, payload []byte, err error) {
+// readFrame is an independent reader of one unmasked server frame, with
+// no reserved bit set.
+func readFrame(r io.Reader) (fin bool, opcode wsproto.Opcode, payload []byte, err error) {
+	fin, rsv1, opcode, payload, err := readFrameRSV1(r)
+	if err == nil && rsv1 {
+		err = errors.New("RSV1 set")
+	}
+	return fin, opcode, payload, err
+}
+
+// readFrameRSV1 reads one unmasked server frame that may have RSV1 set
+// (a compressed message).
+func readFrameRSV1(r io.Reader) (fin, rsv1 bool, opcode wsproto.Opcode, payload []byte, err error) {
 	var h [2]byte
 	if _, err = io.ReadFull(r, h[:]); err != nil {
 		return
 	}
-	fin, opcode = h[0]&0x80 != 0, h[0]&0x0f
-	if h[0]&0x70 != 0 || h[1]&0x80 != 0 {
-		return fin, opcode, nil, fmt.Errorf("bad header % x (rsv bits or mask set)", h)
+	fin, rsv1, opcode = h[0]&0x80 != 0, h[0]&0x40 != 0, wsproto.Opcode(h[0]&0x0f)
+	if h[0]&0x30 != 0 || h[1]&0x80 != 0 {
+		return fin, rsv1, opcode, nil, fmt.Errorf("bad header % x (RSV2, RSV3 or mask set)", h)
 	}
 	n := uint64(h[1] & 0x7f)
 	switch n {
@@ -35,7 +48,7 @@ func readFrame(r io.Reader) (fin bool, opcode byte, payload []byte, err error) {
 		}
 		n = uint64(binary.BigEndian.Uint16(b[:]))
 		if n < 126 {
-			return fin, opcode, nil, fmt.Errorf("length %d not in minimal form", n)
+			return fin, rsv1, opcode, nil, fmt.Errorf("length %d not in minimal form", n)
 		}
 	case 127:
 		var b [8]byte
@@ -44,7 +57,7 @@ func readFrame(r io.Reader) (fin bool, opcode byte, payload []byte, err error) {
 		}
 		n = binary.BigEndian.Uint64(b[:])
 		if n <= 0xffff {
-			return fin, opcode, nil, fmt.Errorf("length %d not in minimal form", n)
+			return fin, rsv1, opcode, nil, fmt.Errorf("length %d not in minimal form", n)
 		}
 	}
 	payload = make([]byte, n)
@@ -52,10 +65,16 @@ func readFrame(r io.Reader) (fin bool, opcode byte, payload []byte, err error) {
 	return
 }
 
+// inflate is an independent permessage-deflate reader (compress/flate,
+// the 4 bytes RFC 7692 §7.2.2 leaves out put back).
+func inflate(p []byte) ([]byte, error) {
+	return io.ReadAll(flate.NewReader(io.MultiReader(bytes.NewReader(p), bytes.NewReader([]byte{0, 0, 0xff, 0xff, 1, 0, 0, 0xff, 0xff}))))
+}
+
 func TestAppendTextFrameLengths(t *testing.T) {
 	for _, n := range []int{0, 1, 125, 126, 127, 65535, 65536, 100000} {
 		p := bytes.Repeat([]byte{'a' + byte(n%26)}, n)
-		b := appendTextFrame([]byte("prefix"), p)
+		b := wsproto.AppendFrame([]byte("prefix"), wsproto.OpText, false, p)
 		if !bytes.HasPrefix(b, []byte("prefix")) {
 			t.Fatalf("%d: appended over what was there", n)
 		}
@@ -105,13 +124,13 @@ func TestCorkFullSocketKeepsOrder(t *testing.T) {
 		t.Fatalf("writeFrames while owned = %v, %v; want queued", p, err)
 	}
 	sent++
-	if p, err := c.writeControl(opPing, []byte("hi")); err != nil || p {
+	if p, err := c.writeControl(wsproto.OpPing, []byte("hi")); err != nil || p {
 		t.Fatalf("control frame while owned = %v, %v; want queued", p, err)
 	}
 	// A client that pings and never reads cannot grow the buffer without
 	// end: pongs behind a stuck socket are dropped past a bound.
 	for range 5000 {
-		if _, err := c.writeControl(opPong, bytes.Repeat([]byte("p"), 100)); err != nil {
+		if _, err := c.writeControl(wsproto.OpPong, bytes.Repeat([]byte("p"), 100)); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -185,13 +204,13 @@ func TestCorkNoFrameAfterClose(t *testing.T) {
 	if _, err := c.writeFrames([]*hub.Message{{Frame: []byte("one")}}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c.writeControl(opClose, closePayload(1000, "")); err != nil {
+	if _, err := c.writeControl(wsproto.OpClose, wsproto.ClosePayload(1000, "")); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := c.writeFrames([]*hub.Message{{Frame: []byte("two")}}); !errors.Is(err, errClosed) {
 		t.Fatalf("frame after close: err = %v, want errClosed", err)
 	}
-	if _, err := c.writeControl(opPong, nil); !errors.Is(err, errClosed) {
+	if _, err := c.writeControl(wsproto.OpPong, nil); !errors.Is(err, errClosed) {
 		t.Fatalf("pong after close: err = %v, want errClosed", err)
 	}
 	_ = client.SetReadDeadline(time.Now().Add(5 * time.Second))

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"sync"
 	"time"
+
+	"github.com/hubd/hub/internal/wsproto"
 )
 
 // pinger sends the heartbeat ping frames and closes the connections whose
@@ -122,7 +124,7 @@ func (c *conn) ping() (uint64, bool) {
 	seq := c.pingSeq.Add(1)
 	var payload [8]byte
 	binary.BigEndian.PutUint64(payload[:], seq)
-	pending, err := c.cork.writeControl(opPing, payload[:])
+	pending, err := c.cork.writeControl(wsproto.OpPing, payload[:])
 	switch {
 	case errors.Is(err, errClosed):
 		return 0, false

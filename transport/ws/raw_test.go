@@ -19,6 +19,7 @@ import (
 	"github.com/hubd/hub/hub"
 	"github.com/hubd/hub/internal/auth"
 	"github.com/hubd/hub/internal/hubtest"
+	"github.com/hubd/hub/internal/wsproto"
 )
 
 // These tests speak WebSocket frame by frame over a real socket, to check
@@ -34,6 +35,12 @@ type rawEnv struct {
 
 func newRawEnv(t *testing.T, heartbeat, pongTimeout time.Duration) *rawEnv {
 	t.Helper()
+	return newRawEnvWith(t, heartbeat, pongTimeout, nil)
+}
+
+// newRawEnvWith is newRawEnv with the endpoint's options changed by mod.
+func newRawEnvWith(t *testing.T, heartbeat, pongTimeout time.Duration, mod func(*Options)) *rawEnv {
+	t.Helper()
 	e := &rawEnv{}
 	e.hub = hub.New(hub.Options{Node: "n", Heartbeat: heartbeat, HistorySize: 10, HistoryTTL: time.Hour, Logger: slog.New(slog.DiscardHandler)})
 	e.hub.Start()
@@ -41,7 +48,11 @@ func newRawEnv(t *testing.T, heartbeat, pongTimeout time.Duration) *rawEnv {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e.h = New(Options{Hub: e.hub, Auth: v, PongTimeout: pongTimeout, Logger: slog.New(slog.DiscardHandler)})
+	o := Options{Hub: e.hub, Auth: v, PongTimeout: pongTimeout, Logger: slog.New(slog.DiscardHandler)}
+	if mod != nil {
+		mod(&o)
+	}
+	e.h = New(o)
 	e.srv = httptest.NewServer(e.h)
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -55,14 +66,24 @@ func newRawEnv(t *testing.T, heartbeat, pongTimeout time.Duration) *rawEnv {
 }
 
 type rawClient struct {
-	t  *testing.T
-	c  net.Conn
-	br *bufio.Reader
+	t       *testing.T
+	c       net.Conn
+	br      *bufio.Reader
+	deflate bool // permessage-deflate negotiated: RSV1 may be set
+	rsv1    bool // the last frame read had RSV1 set
 }
 
 // dial upgrades a raw connection for user; extra is written right after
 // the upgrade request, in the same write.
 func (e *rawEnv) dial(t *testing.T, user string, extra []byte) *rawClient {
+	t.Helper()
+	rc, _ := e.dialOffer(t, user, "", extra)
+	return rc
+}
+
+// dialOffer is dial with a Sec-WebSocket-Extensions offer (none when
+// empty); it returns the extensions the hub answered with.
+func (e *rawEnv) dialOffer(t *testing.T, user, offer string, extra []byte) (*rawClient, string) {
 	t.Helper()
 	tok := hubtest.Token(t, user, time.Hour)
 	c, err := net.Dial("tcp", strings.TrimPrefix(e.srv.URL, "http://"))
@@ -72,7 +93,11 @@ func (e *rawEnv) dial(t *testing.T, user string, extra []byte) *rawClient {
 	t.Cleanup(func() { c.Close() })
 	req := "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
 		"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n" +
-		"Authorization: Bearer " + tok + "\r\n\r\n"
+		"Authorization: Bearer " + tok + "\r\n"
+	if offer != "" {
+		req += "Sec-WebSocket-Extensions: " + offer + "\r\n"
+	}
+	req += "\r\n"
 	if _, err := c.Write(append([]byte(req), extra...)); err != nil {
 		t.Fatal(err)
 	}
@@ -85,35 +110,16 @@ func (e *rawEnv) dial(t *testing.T, user string, extra []byte) *rawClient {
 	if resp.StatusCode != http.StatusSwitchingProtocols {
 		t.Fatalf("handshake: %d", resp.StatusCode)
 	}
-	rc := &rawClient{t: t, c: c, br: br}
+	rc := &rawClient{t: t, c: c, br: br, deflate: resp.Header.Get("Sec-WebSocket-Extensions") != ""}
 	if typ := rc.nextEvent(); typ != "hub.connected" {
 		t.Fatalf("first event %q", typ)
 	}
-	return rc
+	return rc, resp.Header.Get("Sec-WebSocket-Extensions")
 }
 
 // maskedFrame builds a masked client frame.
-func maskedFrame(fin bool, op byte, payload []byte) []byte {
-	b0 := op
-	if fin {
-		b0 |= 0x80
-	}
-	b := []byte{b0}
-	switch n := len(payload); {
-	case n <= 125:
-		b = append(b, 0x80|byte(n))
-	case n <= 0xffff:
-		b = append(b, 0x80|126, byte(n>>8), byte(n))
-	default:
-		b = append(b, 0x80|127)
-		b = binary.BigEndian.AppendUint64(b, uint64(n))
-	}
-	key := []byte{0x12, 0x34, 0x56, 0x78}
-	b = append(b, key...)
-	for i, c := range payload {
-		b = append(b, c^key[i&3])
-	}
-	return b
+func maskedFrame(fin bool, op wsproto.Opcode, payload []byte) []byte {
+	return wsproto.AppendClientFrame(nil, fin, false, op, [4]byte{0x12, 0x34, 0x56, 0x78}, payload)
 }
 
 func (r *rawClient) write(b []byte) {
@@ -123,12 +129,23 @@ func (r *rawClient) write(b []byte) {
 	}
 }
 
-// frame reads the next server frame (10 s at most).
-func (r *rawClient) frame() (op byte, payload []byte, err error) {
+// frame reads the next server frame (10 s at most); a compressed one
+// (RSV1, on a connection that negotiated permessage-deflate) is inflated
+// with compress/flate, and r.rsv1 says it was compressed.
+func (r *rawClient) frame() (op wsproto.Opcode, payload []byte, err error) {
 	_ = r.c.SetReadDeadline(time.Now().Add(10 * time.Second))
-	fin, op, payload, err := readFrame(r.br)
-	if err == nil && !fin {
+	fin, rsv1, op, payload, err := readFrameRSV1(r.br)
+	r.rsv1 = rsv1
+	switch {
+	case err != nil:
+	case !fin:
 		err = errors.New("the server fragmented a frame")
+	case rsv1 && !r.deflate:
+		err = errors.New("RSV1 set without permessage-deflate")
+	case rsv1 && op != wsproto.OpText:
+		err = fmt.Errorf("RSV1 set on a frame of %v", op)
+	case rsv1:
+		payload, err = inflate(payload)
 	}
 	return op, payload, err
 }
@@ -143,9 +160,9 @@ func (r *rawClient) nextEvent() string {
 			r.t.Fatalf("reading: %v", err)
 		}
 		switch op {
-		case opPing:
-			r.write(maskedFrame(true, opPong, p))
-		case opText:
+		case wsproto.OpPing:
+			r.write(maskedFrame(true, wsproto.OpPong, p))
+		case wsproto.OpText:
 			var env struct{ Type string }
 			if err := json.Unmarshal(p, &env); err != nil {
 				r.t.Fatalf("server text frame is not JSON: %q", p)
@@ -166,7 +183,7 @@ func (r *rawClient) closed() int {
 		if err != nil {
 			r.t.Fatalf("reading until the close frame: %v", err)
 		}
-		if op != opClose {
+		if op != wsproto.OpClose {
 			continue
 		}
 		if len(p) < 2 {
@@ -197,22 +214,22 @@ func (r *rawClient) eof() {
 func TestRawEarlyDataSplitFramesFragmentation(t *testing.T) {
 	e := newRawEnv(t, time.Hour, 10*time.Second)
 	// A frame sent in the same write as the upgrade request is read.
-	r := e.dial(t, "u1", maskedFrame(true, opText, []byte(`{"type":"NOPE"}`)))
+	r := e.dial(t, "u1", maskedFrame(true, wsproto.OpText, []byte(`{"type":"NOPE"}`)))
 	if typ := r.nextEvent(); typ != "hub.error" {
 		t.Fatalf("early frame answered with %q, want hub.error", typ)
 	}
 	// A fragmented message with a ping between its fragments, written one
 	// byte at a time.
 	var msg []byte
-	msg = append(msg, maskedFrame(false, opText, []byte(`{"type"`))...)
-	msg = append(msg, maskedFrame(true, opPing, []byte("p1"))...)
-	msg = append(msg, maskedFrame(false, opContinuation, []byte(`:"NO`))...)
-	msg = append(msg, maskedFrame(true, opContinuation, []byte(`PE"}`))...)
+	msg = append(msg, maskedFrame(false, wsproto.OpText, []byte(`{"type"`))...)
+	msg = append(msg, maskedFrame(true, wsproto.OpPing, []byte("p1"))...)
+	msg = append(msg, maskedFrame(false, wsproto.OpContinuation, []byte(`:"NO`))...)
+	msg = append(msg, maskedFrame(true, wsproto.OpContinuation, []byte(`PE"}`))...)
 	for _, b := range msg {
 		r.write([]byte{b})
 	}
 	op, p, err := r.frame()
-	if err != nil || op != opPong || string(p) != "p1" {
+	if err != nil || op != wsproto.OpPong || string(p) != "p1" {
 		t.Fatalf("answer to the ping: opcode %d %q %v; want a pong with its payload", op, p, err)
 	}
 	if typ := r.nextEvent(); typ != "hub.error" {
@@ -220,7 +237,7 @@ func TestRawEarlyDataSplitFramesFragmentation(t *testing.T) {
 	}
 	// A message over 125 bytes (16-bit length) is read too, and the
 	// connection still gets events.
-	r.write(maskedFrame(true, opText, []byte(`{"type":"hub.pong","pad":"`+strings.Repeat("x", 300)+`"}`)))
+	r.write(maskedFrame(true, wsproto.OpText, []byte(`{"type":"hub.pong","pad":"`+strings.Repeat("x", 300)+`"}`)))
 	if _, err := e.hub.Publish(context.Background(), []string{"u1"}, "A", json.RawMessage(`1`)); err != nil {
 		t.Fatal(err)
 	}
@@ -233,7 +250,7 @@ func TestRawClosingHandshake(t *testing.T) {
 	e := newRawEnv(t, time.Hour, 10*time.Second)
 	t.Run("client close is echoed", func(t *testing.T) {
 		r := e.dial(t, "u1", nil)
-		r.write(maskedFrame(true, opClose, append([]byte{0x0f, 0xa0}, "bye"...))) // 4000
+		r.write(maskedFrame(true, wsproto.OpClose, append([]byte{0x0f, 0xa0}, "bye"...))) // 4000
 		if code := r.closed(); code != 4000 {
 			t.Fatalf("echoed %d, want 4000", code)
 		}
@@ -248,7 +265,7 @@ func TestRawClosingHandshake(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if op != opClose {
+			if op != wsproto.OpClose {
 				continue
 			}
 			if code := binary.BigEndian.Uint16(p); code != 4003 || string(p[2:]) != "disconnected by server" {
@@ -256,7 +273,7 @@ func TestRawClosingHandshake(t *testing.T) {
 			}
 			break
 		}
-		r.write(maskedFrame(true, opClose, []byte{0x0f, 0xa3}))
+		r.write(maskedFrame(true, wsproto.OpClose, []byte{0x0f, 0xa3}))
 		r.eof()
 	})
 	for _, tt := range []struct {
@@ -264,18 +281,18 @@ func TestRawClosingHandshake(t *testing.T) {
 		frame []byte
 		want  int
 	}{
-		{"unmasked frame", []byte{0x81, 0x02, 'h', 'i'}, closeProtocolError},
-		{"reserved bits", append([]byte{0xc1}, maskedFrame(true, opText, []byte("{}"))[1:]...), closeProtocolError},
-		{"unknown opcode", maskedFrame(true, 0x3, nil), closeProtocolError},
-		{"fragmented ping", maskedFrame(false, opPing, nil), closeProtocolError},
-		{"continuation without a message", maskedFrame(true, opContinuation, []byte("x")), closeProtocolError},
-		{"close code 1005", maskedFrame(true, opClose, []byte{0x03, 0xed}), closeProtocolError},
-		{"one-byte close", maskedFrame(true, opClose, []byte{0x03}), closeProtocolError},
-		{"binary", maskedFrame(true, opBinary, []byte("x")), closeUnsupportedData},
-		{"frame over the limit", maskedFrame(true, opText, make([]byte, MaxFrame+1)), closeMessageTooBig},
-		{"text that is not UTF-8", maskedFrame(true, opText, []byte("{\"type\":\"\xff\xfe\"}")), closeInvalidPayload},
-		{"fragmented text that is not UTF-8", append(maskedFrame(false, opText, []byte{'"', 0xe2, 0x82}),
-			maskedFrame(true, opContinuation, []byte{'"'})...), closeInvalidPayload},
+		{"unmasked frame", []byte{0x81, 0x02, 'h', 'i'}, wsproto.CloseProtocolError},
+		{"reserved bits", append([]byte{0xc1}, maskedFrame(true, wsproto.OpText, []byte("{}"))[1:]...), wsproto.CloseProtocolError},
+		{"unknown opcode", maskedFrame(true, 0x3, nil), wsproto.CloseProtocolError},
+		{"fragmented ping", maskedFrame(false, wsproto.OpPing, nil), wsproto.CloseProtocolError},
+		{"continuation without a message", maskedFrame(true, wsproto.OpContinuation, []byte("x")), wsproto.CloseProtocolError},
+		{"close code 1005", maskedFrame(true, wsproto.OpClose, []byte{0x03, 0xed}), wsproto.CloseProtocolError},
+		{"one-byte close", maskedFrame(true, wsproto.OpClose, []byte{0x03}), wsproto.CloseProtocolError},
+		{"binary", maskedFrame(true, wsproto.OpBinary, []byte("x")), wsproto.CloseUnsupportedData},
+		{"frame over the limit", maskedFrame(true, wsproto.OpText, make([]byte, MaxFrame+1)), wsproto.CloseMessageTooBig},
+		{"text that is not UTF-8", maskedFrame(true, wsproto.OpText, []byte("{\"type\":\"\xff\xfe\"}")), wsproto.CloseInvalidPayload},
+		{"fragmented text that is not UTF-8", append(maskedFrame(false, wsproto.OpText, []byte{'"', 0xe2, 0x82}),
+			maskedFrame(true, wsproto.OpContinuation, []byte{'"'})...), wsproto.CloseInvalidPayload},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			r := e.dial(t, "u3", nil)
@@ -301,9 +318,9 @@ func TestRawPongTimeout(t *testing.T) {
 		if err != nil {
 			t.Fatalf("the answering client: %v", err)
 		}
-		if op == opPing {
+		if op == wsproto.OpPing {
 			pings++
-			good.write(maskedFrame(true, opPong, p))
+			good.write(maskedFrame(true, wsproto.OpPong, p))
 		}
 	}
 	// The silent client (it reads but never answers) is dropped, without a
@@ -317,7 +334,7 @@ func TestRawPongTimeout(t *testing.T) {
 			}
 			break
 		}
-		if op == opClose {
+		if op == wsproto.OpClose {
 			t.Fatal("a dead client got a close frame; it is dropped")
 		}
 	}
@@ -344,9 +361,9 @@ func TestRawChurnOneConnection(t *testing.T) {
 	e := newRawEnv(t, time.Hour, 10*time.Second)
 	for i := range 200 {
 		r := e.dial(t, "churn", nil)
-		r.write(maskedFrame(true, opText, []byte(`{"type":"hub.pong"}`)))
+		r.write(maskedFrame(true, wsproto.OpText, []byte(`{"type":"hub.pong"}`)))
 		if i%2 == 0 {
-			r.write(maskedFrame(true, opClose, p2(closeNormal)))
+			r.write(maskedFrame(true, wsproto.OpClose, p2(wsproto.CloseNormal)))
 		}
 		_ = r.c.Close()
 		hubtest.Eventually(t, 10*time.Second, fmt.Sprintf("iteration %d: the connection to be torn down", i), func() bool {
@@ -364,24 +381,24 @@ func TestRawAnswersBeforeClose(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	text := func(s string) []byte { return maskedFrame(true, opText, []byte(s)) }
+	text := func(s string) []byte { return maskedFrame(true, wsproto.OpText, []byte(s)) }
 	for _, tt := range []struct {
 		name  string
 		give  [][]byte
 		want  []string
 		close int
 	}{
-		{"hub.error, then the client's close", [][]byte{text(`{"type":"nope"}`), maskedFrame(true, opClose, p2(1000))},
+		{"hub.error, then the client's close", [][]byte{text(`{"type":"nope"}`), maskedFrame(true, wsproto.OpClose, p2(1000))},
 			[]string{"hub.error"}, 1000},
 		{"hub.refreshed and hub.nack, then the client's close",
-			[][]byte{text(`{"type":"hub.refresh","token":"` + refresh + `"}`), text(`{"type":"hub.send","ref":"r1"}`), maskedFrame(true, opClose, p2(4000))},
+			[][]byte{text(`{"type":"hub.refresh","token":"` + refresh + `"}`), text(`{"type":"hub.send","ref":"r1"}`), maskedFrame(true, wsproto.OpClose, p2(4000))},
 			[]string{"hub.refreshed", "hub.nack"}, 4000},
-		{"hub.error, then a binary frame", [][]byte{text(`not json`), maskedFrame(true, opBinary, []byte("x"))},
-			[]string{"hub.error"}, closeUnsupportedData},
+		{"hub.error, then a binary frame", [][]byte{text(`not json`), maskedFrame(true, wsproto.OpBinary, []byte("x"))},
+			[]string{"hub.error"}, wsproto.CloseUnsupportedData},
 		{"hub.error, then text that is not UTF-8", [][]byte{text(`[]`), text("\xc3\x28")},
-			[]string{"hub.error"}, closeInvalidPayload},
+			[]string{"hub.error"}, wsproto.CloseInvalidPayload},
 		{"hub.error, then a protocol error", [][]byte{text(`{}`), {0x81, 0x02, 'h', 'i'}},
-			[]string{"hub.error"}, closeProtocolError},
+			[]string{"hub.error"}, wsproto.CloseProtocolError},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			r := e.dial(t, "u1", nil)
@@ -396,13 +413,13 @@ func TestRawAnswersBeforeClose(t *testing.T) {
 				if err != nil {
 					t.Fatalf("after %v: %v", got, err)
 				}
-				if op == opText {
+				if op == wsproto.OpText {
 					var env struct{ Type string }
 					_ = json.Unmarshal(p, &env)
 					got = append(got, env.Type)
 					continue
 				}
-				if op != opClose {
+				if op != wsproto.OpClose {
 					continue
 				}
 				if code := int(binary.BigEndian.Uint16(p)); code != tt.close {
@@ -416,4 +433,89 @@ func TestRawAnswersBeforeClose(t *testing.T) {
 			r.eof()
 		})
 	}
+}
+
+// TestRawHandshake: the 101 answer is the hub's own (RFC 6455 §4.2.2), and
+// a handshake that is not one is refused with the contract's JSON body
+// before the token is looked at.
+func TestRawHandshake(t *testing.T) {
+	e := newRawEnv(t, time.Hour, 10*time.Second)
+	tok := hubtest.Token(t, "u1", time.Hour)
+	roundTrip := func(t *testing.T, req string) (*http.Response, map[string]map[string]string) {
+		t.Helper()
+		c, err := net.Dial("tcp", strings.TrimPrefix(e.srv.URL, "http://"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+		if _, err := io.WriteString(c, req); err != nil {
+			t.Fatal(err)
+		}
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if resp.StatusCode == http.StatusSwitchingProtocols {
+			return resp, nil
+		}
+		var body map[string]map[string]string
+		if err := json.NewDecoder(resp.Body).Decode(&body); err != nil {
+			t.Fatalf("status %d: the body is not the contract's JSON: %v", resp.StatusCode, err)
+		}
+		if ct := resp.Header.Get("Content-Type"); !strings.HasPrefix(ct, "application/json") {
+			t.Errorf("Content-Type %q", ct)
+		}
+		return resp, body
+	}
+	const key = "dGhlIHNhbXBsZSBub25jZQ=="
+	req := func(proto string, lines ...string) string {
+		return "GET /?token=" + tok + " " + proto + "\r\nHost: x\r\n" + strings.Join(lines, "\r\n") + "\r\n\r\n"
+	}
+	upgrade, connection, version, skey := "Upgrade: websocket", "Connection: Upgrade", "Sec-WebSocket-Version: 13", "Sec-WebSocket-Key: "+key
+
+	t.Run("101", func(t *testing.T) {
+		resp, _ := roundTrip(t, req("HTTP/1.1", upgrade, "Connection: keep-alive, Upgrade", version, skey))
+		if resp.StatusCode != http.StatusSwitchingProtocols {
+			t.Fatalf("status %d", resp.StatusCode)
+		}
+		if got := resp.Header.Get("Sec-WebSocket-Accept"); got != "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=" {
+			t.Errorf("Sec-WebSocket-Accept %q", got)
+		}
+		if !strings.EqualFold(resp.Header.Get("Upgrade"), "websocket") || !strings.EqualFold(resp.Header.Get("Connection"), "upgrade") {
+			t.Errorf("Upgrade %q, Connection %q", resp.Header.Get("Upgrade"), resp.Header.Get("Connection"))
+		}
+		if ext := resp.Header.Get("Sec-WebSocket-Extensions"); ext != "" {
+			t.Errorf("extensions %q accepted without an offer", ext)
+		}
+	})
+	for _, tt := range []struct {
+		name   string
+		req    string
+		status int
+		code   string
+		header [2]string // a header the answer must carry
+	}{
+		{"no upgrade at all", req("HTTP/1.1"), 426, "upgrade_required", [2]string{"Upgrade", "websocket"}},
+		{"no Connection: Upgrade", req("HTTP/1.1", upgrade, version, skey), 400, "bad_handshake", [2]string{}},
+		{"version 8", req("HTTP/1.1", upgrade, connection, "Sec-WebSocket-Version: 8", skey), 426, "upgrade_required", [2]string{"Sec-WebSocket-Version", "13"}},
+		{"no key", req("HTTP/1.1", upgrade, connection, version), 400, "bad_handshake", [2]string{}},
+		{"a key that is not 16 bytes", req("HTTP/1.1", upgrade, connection, version, "Sec-WebSocket-Key: c2hvcnQ="), 400, "bad_handshake", [2]string{}},
+		{"two keys", req("HTTP/1.1", upgrade, connection, version, skey, skey), 400, "bad_handshake", [2]string{}},
+		{"HTTP/1.0", req("HTTP/1.0", upgrade, connection, version, skey), 400, "bad_handshake", [2]string{}},
+		{"a bad handshake without a token is still a bad handshake",
+			"GET / HTTP/1.1\r\nHost: x\r\n" + upgrade + "\r\n" + version + "\r\n" + skey + "\r\n\r\n", 400, "bad_handshake", [2]string{}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			resp, body := roundTrip(t, tt.req)
+			if resp.StatusCode != tt.status || body["error"]["code"] != tt.code || body["error"]["message"] == "" {
+				t.Fatalf("%d %v, want %d %s", resp.StatusCode, body, tt.status, tt.code)
+			}
+			if tt.header[0] != "" && resp.Header.Get(tt.header[0]) != tt.header[1] {
+				t.Errorf("%s: %q, want %q", tt.header[0], resp.Header.Get(tt.header[0]), tt.header[1])
+			}
+		})
+	}
+	// the upgraded one goes with its socket; the refused ones never came
+	hubtest.Eventually(t, 10*time.Second, "no connection left", func() bool { return e.hub.Stats().TotalConnections == 0 })
 }

@@ -1,13 +1,12 @@
 package ws
 
 import (
-	"encoding/binary"
 	"errors"
 	"sync"
-	"unicode/utf8"
 
 	"github.com/hubd/hub/hub"
 	"github.com/hubd/hub/internal/netpoll"
+	"github.com/hubd/hub/internal/wsproto"
 )
 
 // readBufSize is the size of the pooled buffer a readable socket is read
@@ -27,17 +26,13 @@ func (h *Handler) dispatch(w netpoll.Watcher) {
 	}()
 }
 
-// start runs once after the upgrade: it handles what the client sent along
-// with the upgrade request, then registers the socket with the poller, or,
+// start runs once after the upgrade: it handles first, what the client
+// sent along with the upgrade request, then registers the socket with the poller, or,
 // on a connection the poller cannot watch (TLS, or no epoll), reads on this
 // goroutine until the connection ends.
-func (c *conn) start() {
-	if len(c.in) > 0 {
-		early := c.in
-		c.in = nil
-		if !c.consume(early) {
-			return
-		}
+func (c *conn) start(first []byte) {
+	if len(first) > 0 && !c.consume(first) {
+		return
 	}
 	if c.cork.raw != nil {
 		fd := netpoll.FD(c.cork.raw)
@@ -104,91 +99,48 @@ func (c *conn) readBlocking() {
 	}
 }
 
-// consume parses data (after what an earlier read left incomplete) and
-// handles every whole frame; it reports false when reading should stop
-// (the connection is being torn down).
+// consume hands data to the connection's wsproto.Reader and handles
+// every event; it reports false when reading should stop (the client's
+// close frame, a frame that fails the connection, a teardown).
 func (c *conn) consume(data []byte) bool {
-	if len(c.in) > 0 {
-		c.in = append(c.in, data...)
-		data = c.in
-	}
-	for len(data) > 0 {
-		f, n, perr := parseFrame(data, c.limit)
-		if perr != nil {
-			c.protocolFail(perr.code, perr.text)
-			return false
+	stop := false
+	err := c.rd.Feed(data, func(ev wsproto.Event) bool {
+		if !c.onEvent(ev) {
+			stop = true
 		}
-		if n == 0 {
-			break
-		}
-		data = data[n:]
-		if !c.onFrame(f) {
-			return false
-		}
+		return !stop
+	})
+	if err != nil {
+		c.failAfterAnswers(err.Code, err.Reason)
+		return false
 	}
-	switch {
-	case len(data) == 0:
-		c.in = nil
-	case len(c.in) > 0: // data is the tail of c.in
-		c.in = c.in[:copy(c.in, data)]
-	default:
-		c.in = append([]byte(nil), data...)
-	}
-	return true
+	return !stop
 }
 
-func (c *conn) onFrame(f frame) bool {
-	switch f.op {
-	case opText, opBinary:
-		if c.fragOp != 0 {
-			c.protocolFail(closeProtocolError, "expected a continuation frame")
-			return false
-		}
-		if !f.fin {
-			c.fragOp = f.op
-			c.frag = append([]byte(nil), f.payload...)
-			return true
-		}
-		return c.onMessage(f.op, f.payload)
-	case opContinuation:
-		if c.fragOp == 0 {
-			c.protocolFail(closeProtocolError, "continuation frame without a message")
-			return false
-		}
-		if int64(len(c.frag)+len(f.payload)) > c.limit {
-			c.protocolFail(closeMessageTooBig, "frame too large")
-			return false
-		}
-		c.frag = append(c.frag, f.payload...)
-		if !f.fin {
-			return true
-		}
-		op, data := c.fragOp, c.frag
-		c.fragOp, c.frag = 0, nil
-		return c.onMessage(op, data)
-	case opPing:
-		c.control(opPong, f.payload)
+func (c *conn) onEvent(ev wsproto.Event) bool {
+	switch ev.Kind {
+	case wsproto.EventMessage:
+		return c.onMessage(ev.Op, ev.Data)
+	case wsproto.EventPing:
+		c.control(wsproto.OpPong, ev.Data)
 		return true
-	case opPong:
+	case wsproto.EventPong:
 		c.pongSeq.Store(c.pingSeq.Load())
 		return true
-	default: // opClose
-		return c.onClose(f.payload)
+	default: // wsproto.EventClose
+		return c.onClose(ev.Code)
 	}
 }
 
-// onMessage handles a whole client message. Once the connection is
-// closing, messages are ignored while it waits for the client's close. A
-// binary message fails the connection with 1003, a text message that is
-// not UTF-8 with 1007 (RFC 6455 §8.1).
-func (c *conn) onMessage(op byte, data []byte) bool {
+// onMessage handles a whole client message (wsproto has checked its size
+// and, for text, its UTF-8). Once the connection is closing, messages are
+// ignored while it waits for the client's close. A binary message fails
+// the connection with 1003.
+func (c *conn) onMessage(op wsproto.Opcode, data []byte) bool {
 	switch {
 	case c.dead.Load() || c.quit.Load():
-	case op == opBinary:
-		c.failAfterAnswers(closeUnsupportedData, "binary frames are not supported")
-		return false
-	case !utf8.Valid(data):
-		c.failAfterAnswers(closeInvalidPayload, "text frames must be UTF-8")
+	case op == wsproto.OpBinary:
+		c.failAfterAnswers(wsproto.CloseUnsupportedData, "binary messages are not supported")
 		return false
 	default:
 		c.handle(data)
@@ -207,54 +159,33 @@ func (c *conn) failAfterAnswers(code int, text string) {
 	c.hc.Close(hub.Reason{Code: code, Text: text})
 }
 
-// onClose answers the client's close frame (echoing its code) unless the
-// hub's is already out, and closes the socket.
-func (c *conn) onClose(p []byte) bool {
-	var reply []byte
-	switch {
-	case len(p) == 1:
-		c.protocolFail(closeProtocolError, "invalid close frame")
-		return false
-	case len(p) >= 2:
-		if !validCloseCode(int(binary.BigEndian.Uint16(p))) {
-			c.protocolFail(closeProtocolError, "invalid close code")
-			return false
-		}
-		if !utf8.Valid(p[2:]) {
-			c.protocolFail(closeInvalidPayload, "close reason must be UTF-8")
-			return false
-		}
-		reply = p[:2]
-	}
+// onClose answers the client's close frame (code 1005: it had none),
+// echoing its code, unless the hub's is already out, and closes the
+// socket.
+func (c *conn) onClose(code int) bool {
 	if c.dead.Load() {
 		// the hub's close frame is out (or going): this is the answer
-		c.closeThenTeardown(reply)
+		c.closeThenTeardown(wsproto.ClosePayload(code, ""))
 		return false
 	}
 	// the client closes first: its close is echoed after the answers
 	// already queued, then the socket is closed
-	code := 0 // no status: an empty close frame answers it
-	if len(reply) == 2 {
-		code = int(binary.BigEndian.Uint16(reply))
-	}
 	c.failing.Store(true)
 	c.quit.Store(true)
 	c.hc.Close(hub.Reason{Code: code})
 	return false
 }
 
-// protocolFail fails the connection: a close frame with code after the
-// answers already queued, then the socket is closed without waiting for
-// the client.
-func (c *conn) protocolFail(code int, text string) {
-	c.failAfterAnswers(code, text)
-}
-
 // closeThenTeardown writes a close frame and tears the connection down
-// once the frame is on the wire (or could not be written).
+// once the frame is on the wire (or could not be written). When the hub's
+// own close frame went first (both sides closed at once), that one is the
+// answer, and it may still wait behind the socket's owner: the teardown
+// waits for it too.
 func (c *conn) closeThenTeardown(payload []byte) {
-	pending, err := c.cork.writeControl(opClose, payload)
+	pending, err := c.cork.writeControl(wsproto.OpClose, payload)
 	switch {
+	case errors.Is(err, errClosed):
+		c.cork.then(c.teardown)
 	case err != nil:
 		c.teardown()
 	case pending: // this goroutine owns the socket: flush, then tear down
@@ -265,7 +196,7 @@ func (c *conn) closeThenTeardown(payload []byte) {
 }
 
 // control writes a control frame; after the close frame it is dropped.
-func (c *conn) control(op byte, payload []byte) {
+func (c *conn) control(op wsproto.Opcode, payload []byte) {
 	pending, err := c.cork.writeControl(op, payload)
 	switch {
 	case errors.Is(err, errClosed):

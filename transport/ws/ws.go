@@ -1,6 +1,7 @@
-// Package ws is the WebSocket endpoint of the hub: handshake (origin,
-// token, limits; the upgrade itself by github.com/coder/websocket), then
-// the connection's life on the hub's own reader and writer, so that an idle
+// Package ws is the WebSocket endpoint of the hub: the handshake (RFC
+// 6455 checks by internal/wsproto, then origin, token and limits; the 101
+// answer written after taking the connection over from net/http), then the
+// connection's life on the hub's own reader and writer, so that an idle
 // connection holds no goroutine and no buffer: its socket waits in an epoll
 // instance (internal/netpoll; Linux only, elsewhere and over TLS a reader
 // goroutine per connection) until the client sends something, and a pool
@@ -14,20 +15,19 @@ import (
 	"encoding/json"
 	"errors"
 	"log/slog"
+	"math"
 	"net/http"
 	"runtime"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"github.com/coder/websocket"
 
 	"github.com/hubd/hub/hub"
 	"github.com/hubd/hub/internal/auth"
 	"github.com/hubd/hub/internal/httpx"
 	"github.com/hubd/hub/internal/metrics"
 	"github.com/hubd/hub/internal/netpoll"
+	"github.com/hubd/hub/internal/wsproto"
 )
 
 // MaxFrame is the largest client frame accepted (other than hub.send).
@@ -53,6 +53,15 @@ type Options struct {
 	// MaxSendFrame is the largest hub.send frame (HUB_MAX_PAYLOAD) when
 	// OnMessage is set; other frames stay at MaxFrame.
 	MaxSendFrame int64
+	// Compression accepts permessage-deflate (HUB_WS_COMPRESSION) when a
+	// client offers it in a form the hub can honour (no context takeover
+	// either way, see wsproto.NegotiateDeflate). On such a connection,
+	// events whose envelope has at least CompressionMin bytes
+	// (HUB_WS_COMPRESSION_MIN; 0: every event) go out compressed, each
+	// compressed once for all of its recipients (hub.Message.Compressed);
+	// compressed client messages are inflated within the same limits.
+	Compression    bool
+	CompressionMin int
 }
 
 // Handler serves the WebSocket endpoint.
@@ -97,9 +106,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		httpx.WriteError(w, http.StatusMethodNotAllowed, "method_not_allowed", "use GET with a WebSocket upgrade")
 		return
 	}
-	if !strings.EqualFold(r.Header.Get("Upgrade"), "websocket") {
-		w.Header().Set("Upgrade", "websocket")
-		h.refuse(w, http.StatusUpgradeRequired, "upgrade_required", "this endpoint speaks WebSocket; use the SSE endpoint otherwise")
+	hs, refusal := wsproto.CheckRequest(wsproto.Request{Method: r.Method, ProtoMajor: r.ProtoMajor, ProtoMinor: r.ProtoMinor, Header: r.Header}, h.o.Compression)
+	if refusal != nil {
+		for _, kv := range refusal.Header {
+			w.Header().Set(kv[0], kv[1])
+		}
+		h.refuse(w, refusal.Status, refusal.Code, refusal.Message)
 		return
 	}
 	if !httpx.OriginAllowed(h.o.AllowedOrigins, r.Header.Get("Origin"), r.Host) {
@@ -138,31 +150,35 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.refuse(w, status, code, msg)
 		return
 	}
-	cw := &corkWriter{ResponseWriter: w}
-	wsc, err := websocket.Accept(cw, r, &websocket.AcceptOptions{
-		InsecureSkipVerify: true, // the origin was checked above
-		CompressionMode:    websocket.CompressionDisabled,
-	})
-	if err != nil || cw.conn == nil {
-		if cw.conn != nil {
-			_ = cw.conn.Close() // taken over, then refused: not left open
-		}
+	// The connection is taken over from net/http: the hub answers 101
+	// itself (RFC 6455 §4.2.2) and reads and writes the socket from here.
+	nc, brw, err := http.NewResponseController(w).Hijack()
+	if err != nil {
 		h.o.Hub.Unregister(hc)
 		release()
-		h.log.Debug("websocket accept failed", "err", err)
+		h.log.Debug("websocket: the connection cannot be taken over", "err", err)
+		h.refuse(w, http.StatusInternalServerError, "internal_error", "the connection could not be upgraded")
 		return
 	}
-	// coder/websocket's Conn is not used past the upgrade: it holds a
-	// stand-in socket (see corkWriter), and its finalizer, which would keep
-	// it for one more collection, is cleared so it goes with the next.
-	runtime.SetFinalizer(wsc, nil)
+	_ = nc.SetDeadline(time.Time{}) // the server's read and write timeouts end with the request
+	var first []byte                // what the client sent right after the request
+	if n := brw.Reader.Buffered(); n > 0 {
+		b, _ := brw.Reader.Peek(n)
+		first = bytes.Clone(b)
+	}
 	limit := int64(MaxFrame)
 	if h.o.OnMessage != nil && h.o.MaxSendFrame > limit {
 		limit = h.o.MaxSendFrame
 	}
 	h.o.Metrics.Handshake(hub.TransportWebSocket, metrics.OutcomeAccepted, "")
-	c.cork, c.hc, c.user, c.limit, c.release = cw.conn, hc, id.UserID, limit, release
-	c.in = cw.early
+	c.cork, c.hc, c.user, c.release = newCorkConn(nc), hc, id.UserID, release
+	c.rd.Limit, c.rd.Deflate = limit, hs.Deflate
+	if hs.Deflate {
+		c.cork.zmin = int32(min(max(h.o.CompressionMin, 0), math.MaxInt32))
+	}
+	// The 101 goes out with the first frames (hub.connected), in one write.
+	c.cork.preface(wsproto.AppendResponse(nil, hs))
+	c.head.Store(true)
 	h.live.Add(1)
 	h.wg.Add(1) // until teardown
 	c.ready.Store(true)
@@ -176,7 +192,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h.wg.Add(1)
 	go func() {
 		defer h.wg.Done()
-		c.start()
+		c.start(first)
 	}()
 }
 
@@ -206,10 +222,10 @@ type conn struct {
 	cork    *corkConn
 	hc      *hub.Conn
 	user    string
-	limit   int64  // largest client message
 	fd      int    // the socket's descriptor while it is in the poller, else -1 (closeMu)
 	release func() // admission slot
 	ready   atomic.Bool
+	head    atomic.Bool                // the 101 answer may still wait in the write buffer
 	early   atomic.Pointer[hub.Reason] // an Abort that came before ready
 	dead    atomic.Bool                // closing or closed: no more events are written
 	torn    atomic.Bool                // torn down: socket closed, unregistered
@@ -221,10 +237,9 @@ type conn struct {
 	quit    atomic.Bool
 	failing atomic.Bool
 
-	// read state, owned by whoever reads (one at a time)
-	in     []byte // the start of a frame not complete yet
-	fragOp byte   // opcode of a fragmented message in progress, 0 when none
-	frag   []byte // its payload so far
+	// read state, owned by whoever reads (one at a time): the reader of
+	// the client's frames (Limit: the largest client message)
+	rd wsproto.Reader
 
 	pingSeq atomic.Uint64 // last ping frame sent
 	pongSeq atomic.Uint64 // last ping answered by a pong
@@ -291,14 +306,15 @@ func (c *conn) drain(own bool) {
 	for {
 		msgs, reason := c.hc.Next((*bp)[:0])
 		*bp = msgs
-		if len(msgs) == 0 {
+		if len(msgs) == 0 && reason == nil && c.head.Swap(false) {
+			// Nothing was queued yet (a cluster node still subscribing):
+			// the 101 answer goes out on its own.
+			msgs = nil
+		} else if len(msgs) == 0 {
 			if reason != nil && c.dead.CompareAndSwap(false, true) {
 				if c.failing.Load() {
-					var p []byte // code 0: the client's close had no status
-					if reason.Code != 0 {
-						p = closePayload(reason.Code, reason.Text)
-					}
-					c.closeThenTeardown(p)
+					// 1005: the client's close had no status
+					c.closeThenTeardown(wsproto.ClosePayload(reason.Code, reason.Text))
 				} else {
 					c.close(*reason) // does not wait for the peer
 				}
@@ -317,8 +333,13 @@ func (c *conn) drain(own bool) {
 			c.fail()
 			return
 		}
-		c.delivered(msgs)
-		clear(msgs)
+		if len(msgs) > 0 {
+			if c.head.Load() {
+				c.head.Store(false) // the 101 went with them
+			}
+			c.delivered(msgs)
+			clear(msgs)
+		}
 		if pending {
 			c.h.wg.Add(1)
 			go func() {
@@ -344,7 +365,7 @@ func (c *conn) delivered(msgs []*hub.Message) {
 // after closeWait.
 func (c *conn) close(r hub.Reason) {
 	c.dead.Store(true)
-	pending, err := c.cork.writeControl(opClose, closePayload(r.Code, r.Text))
+	pending, err := c.cork.writeControl(wsproto.OpClose, wsproto.ClosePayload(r.Code, r.Text))
 	if errors.Is(err, errClosed) {
 		return // a close frame is already out
 	}
@@ -427,14 +448,14 @@ func (c *conn) handle(data []byte) bool {
 	var f clientFrame
 	if err := json.Unmarshal(data, &f); err != nil {
 		if len(data) > MaxFrame {
-			c.failAfterAnswers(closeMessageTooBig, "frame too large")
+			c.failAfterAnswers(wsproto.CloseMessageTooBig, "message too big")
 			return false
 		}
 		c.sendError("invalid_message", "frames must be JSON objects")
 		return true
 	}
 	if len(data) > MaxFrame && f.Type != "hub.send" {
-		c.failAfterAnswers(closeMessageTooBig, "frame too large")
+		c.failAfterAnswers(wsproto.CloseMessageTooBig, "message too big")
 		return false
 	}
 	switch f.Type {

@@ -30,6 +30,8 @@ type result struct {
 	Users        int    `json:"users"`
 	Sources      int    `json:"sourceAddresses"`
 	PayloadBytes int    `json:"payloadBytes"`
+	PayloadKind  string `json:"payloadKind,omitempty"`
+	Compression  bool   `json:"compression,omitempty"`
 
 	ConnectSeconds float64 `json:"connectSeconds"`
 	ConnectRate    float64 `json:"connectsPerSecond"`
@@ -61,7 +63,13 @@ type result struct {
 	Seconds        float64  `json:"seconds,omitempty"`
 	DeliveryRate   float64  `json:"deliveriesPerSecond,omitempty"`
 	LatencyMs      *pcts    `json:"latencyMs,omitempty"`
-	Error          string   `json:"error,omitempty"`
+	// What the clients read from their sockets after hub.connected
+	// (frames as sent, compressed or not), in all and per delivery, and
+	// the hub's CPU per delivery.
+	BytesReceived     int64    `json:"bytesReceived,omitempty"`
+	BytesPerDelivery  float64  `json:"bytesPerDelivery,omitempty"`
+	ServerCPUPerDelUs *float64 `json:"serverCpuMicrosPerDelivery,omitempty"`
+	Error             string   `json:"error,omitempty"`
 }
 
 // pcts are latency percentiles in milliseconds.
@@ -100,7 +108,11 @@ func (b *bench) run(ctx context.Context) *result {
 	o := b.o
 	users := (o.conns + o.perUser - 1) / o.perUser
 	res := &result{Scenario: o.scenario, Transport: o.tr, Conns: o.conns, PerUser: o.perUser, Users: users,
-		Sources: (o.conns + o.perSource - 1) / o.perSource, PayloadBytes: len(payload(time.Now().UnixNano(), 0, o.payloadBytes))}
+		Sources: (o.conns + o.perSource - 1) / o.perSource, PayloadBytes: len(b.payload(time.Now().UnixNano(), 0)),
+		Compression: o.compression}
+	if o.payloadKind != "x" {
+		res.PayloadKind = o.payloadKind
+	}
 	b.http = &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 4, DisableCompression: true}, Timeout: 30 * time.Second}
 	defer b.http.CloseIdleConnections()
 
@@ -163,7 +175,7 @@ func (b *bench) connect(ctx context.Context, res *result) error {
 				}
 				u := i / o.perUser
 				dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-				c, err := dial(dctx, b.base, path, tokens[u], sourceAddr(i, o.perSource), o.tr == "ws", bufSize)
+				c, err := dial(dctx, b.base, path, tokens[u], sourceAddr(i, o.perSource), o.tr == "ws", o.compression, bufSize)
 				cancel()
 				if err != nil {
 					mu.Lock()
@@ -224,19 +236,77 @@ func (b *bench) closeAll() {
 	b.readers.Wait()
 }
 
-// payload is [sentUnixNano,seq,"padding"] of size n when it fits.
-func payload(sent int64, seq int, n int) []byte {
+// payload is [sentUnixNano,seq,padding] of about --payload-bytes: the
+// padding a string of one letter, or (--payload-kind json) JSON records.
+func (b *bench) payload(sent int64, seq int) []byte {
+	n := b.o.payloadBytes
 	p := make([]byte, 0, n+32)
 	p = append(p, '[')
 	p = strconv.AppendInt(p, sent, 10)
 	p = append(p, ',')
 	p = strconv.AppendInt(p, int64(seq), 10)
 	if pad := n - len(p) - 4; pad >= 0 {
-		p = append(p, ',', '"')
-		p = append(p, bytes.Repeat([]byte{'x'}, pad)...)
-		p = append(p, '"')
+		p = append(p, ',')
+		if b.o.payloadKind == "json" {
+			p = append(p, jsonPadding(pad+2)...)
+		} else {
+			p = append(p, '"')
+			p = append(p, bytes.Repeat([]byte{'x'}, pad)...)
+			p = append(p, '"')
+		}
 	}
 	return append(p, ']')
+}
+
+var (
+	jsonPadMu sync.Mutex
+	jsonPads  = map[int][]byte{}
+)
+
+// jsonPadding is a JSON array of made-up records (hex ids, user names,
+// types, timestamps, titles, scores: what application events carry) of
+// at most n bytes, the same for every call with n.
+func jsonPadding(n int) []byte {
+	jsonPadMu.Lock()
+	defer jsonPadMu.Unlock()
+	if p, ok := jsonPads[n]; ok {
+		return p
+	}
+	rnd := rand.New(rand.NewPCG(uint64(n), 17))
+	words := []string{"draft", "report", "invoice", "meeting", "notes", "budget", "review", "plan", "summary", "order", "ticket", "design"}
+	types := []string{"DRAFT_UPDATED", "ORDER_CREATED", "COMMENT_ADDED", "TASK_ASSIGNED"}
+	p := []byte{'['}
+	for {
+		var rec []byte
+		if len(p) > 1 {
+			rec = append(rec, ',')
+		}
+		rec = fmt.Appendf(rec, `{"id":"%08x","user":"user%d","type":%q,"ts":%d,"title":"%s %s %d","score":%.3f,"done":%v}`,
+			rnd.Uint32(), rnd.IntN(100000), types[rnd.IntN(len(types))], 1765000000000+rnd.Int64N(1e9),
+			words[rnd.IntN(len(words))], words[rnd.IntN(len(words))], rnd.IntN(1000), rnd.Float64(), rnd.IntN(2) == 0)
+		if len(p)+len(rec)+1 > n {
+			break
+		}
+		p = append(p, rec...)
+	}
+	// the rest: a string of words, so that the size is n
+	if rest := n - len(p) - 1; rest >= 4 {
+		start := len(p)
+		if len(p) > 1 {
+			p = append(p, ',')
+		} else {
+			p = append(p, ' ') // no record fits: JSON allows the space
+		}
+		p = append(p, '"')
+		for len(p)-start < rest-1 {
+			p = append(p, words[rnd.IntN(len(words))]...)
+			p = append(p, ' ')
+		}
+		p = append(p[:start+rest-1], '"')
+	}
+	p = append(p, ']')
+	jsonPads[n] = p
+	return p
 }
 
 // deliver publishes the events and collects deliveries, latency and
@@ -335,6 +405,16 @@ func (b *bench) deliver(ctx context.Context, res *result) {
 		res.DeliveryRate = float64(res.Deliveries) / res.Seconds
 	}
 	res.LatencyMs = percentiles(all)
+	for _, c := range b.clients {
+		res.BytesReceived += c.rx
+	}
+	if res.Deliveries > 0 {
+		res.BytesPerDelivery = float64(res.BytesReceived) / float64(res.Deliveries)
+		if res.ServerCPUSecs != nil {
+			v := *res.ServerCPUSecs / float64(res.Deliveries) * 1e6
+			res.ServerCPUPerDelUs = &v
+		}
+	}
 	if res.Missing > 0 || res.Extra > 0 || res.PublishErrors > 0 {
 		res.Error = fmt.Sprintf("%d missing, %d extra deliveries, %d publish errors", res.Missing, res.Extra, res.PublishErrors)
 	}
@@ -391,9 +471,9 @@ func (b *bench) publish(ctx context.Context, eventUser []int32) (lats []int64, c
 		sent := time.Now().UnixNano()
 		switch {
 		case eventUser == nil:
-			fmt.Fprintf(&body, `{"all":true,"type":"BENCH","payload":%s}`, payload(sent, first, o.payloadBytes))
+			fmt.Fprintf(&body, `{"all":true,"type":"BENCH","payload":%s}`, b.payload(sent, first))
 		case per == 1:
-			fmt.Fprintf(&body, `{"userIds":[%q],"type":"BENCH","payload":%s}`, userID(int(eventUser[first])), payload(sent, first, o.payloadBytes))
+			fmt.Fprintf(&body, `{"userIds":[%q],"type":"BENCH","payload":%s}`, userID(int(eventUser[first])), b.payload(sent, first))
 		default:
 			path = "/api/broadcast/batch"
 			body.WriteString(`{"messages":[`)
@@ -401,7 +481,7 @@ func (b *bench) publish(ctx context.Context, eventUser []int32) (lats []int64, c
 				if s > first {
 					body.WriteByte(',')
 				}
-				fmt.Fprintf(&body, `{"userIds":[%q],"type":"BENCH","payload":%s}`, userID(int(eventUser[s])), payload(sent, s, o.payloadBytes))
+				fmt.Fprintf(&body, `{"userIds":[%q],"type":"BENCH","payload":%s}`, userID(int(eventUser[s])), b.payload(sent, s))
 			}
 			body.WriteString(`]}`)
 		}

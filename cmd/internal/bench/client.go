@@ -14,21 +14,27 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
+
+	"github.com/hubd/hub/internal/wsproto"
 )
 
 // client is one benchmark connection: a raw WebSocket or SSE client on a
 // net.Conn with a bufio.Reader, so that the load generator stays light and
 // never becomes the bottleneck (no per-message allocation on the read path).
 type client struct {
-	nc   net.Conn
-	br   *bufio.Reader
-	rd   *bufio.Reader // SSE: line reader over the chunked body
-	ws   bool
-	user int
+	nc      net.Conn
+	br      *bufio.Reader
+	rd      *bufio.Reader // SSE: line reader over the chunked body
+	ws      bool
+	deflate bool // permessage-deflate negotiated
+	user    int
 
 	frame []byte // WebSocket message being assembled
+	zbuf  []byte // an inflated message
+	rx    int64  // bytes read from the socket after hub.connected (read loop only)
 
 	// Filled by the read loop only; read after it ended.
 	seqs []uint32              // event sequence numbers received, in order
@@ -46,7 +52,7 @@ var (
 
 // dial opens the connection from local, performs the handshake and reads
 // until hub.connected.
-func dial(ctx context.Context, base *url.URL, path, token string, local net.IP, ws bool, bufSize int) (*client, error) {
+func dial(ctx context.Context, base *url.URL, path, token string, local net.IP, ws, deflate bool, bufSize int) (*client, error) {
 	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: local}, Timeout: 10 * time.Second, Control: controlSocket}
 	nc, err := d.DialContext(ctx, "tcp", base.Host)
 	if err != nil {
@@ -55,16 +61,33 @@ func dial(ctx context.Context, base *url.URL, path, token string, local net.IP, 
 	if dl, ok := ctx.Deadline(); ok {
 		_ = nc.SetDeadline(dl)
 	}
-	c := &client{nc: nc, ws: ws, br: bufio.NewReaderSize(nc, bufSize)}
-	if err := c.handshake(base, path, token, bufSize); err != nil {
+	c := &client{nc: nc, ws: ws}
+	c.br = bufio.NewReaderSize(countingReader{nc, &c.rx}, bufSize)
+	if err := c.handshake(base, path, token, deflate, bufSize); err != nil {
 		nc.Close()
 		return nil, err
 	}
+	c.rx = 0 // what the handshake read (the 101, hub.connected) is not counted
 	_ = nc.SetDeadline(time.Time{})
 	return c, nil
 }
 
-func (c *client) handshake(base *url.URL, path, token string, bufSize int) error {
+// countingReader counts the bytes read through it.
+type countingReader struct {
+	r io.Reader
+	n *int64
+}
+
+func (r countingReader) Read(p []byte) (int, error) {
+	n, err := r.r.Read(p)
+	*r.n += int64(n)
+	return n, err
+}
+
+// chromiumOffer is the extension offer Chromium makes.
+const chromiumOffer = "permessage-deflate; client_max_window_bits"
+
+func (c *client) handshake(base *url.URL, path, token string, deflate bool, bufSize int) error {
 	target := path + "?token=" + url.QueryEscape(token)
 	var req bytes.Buffer
 	fmt.Fprintf(&req, "GET %s HTTP/1.1\r\nHost: %s\r\n", target, base.Host)
@@ -73,6 +96,9 @@ func (c *client) handshake(base *url.URL, path, token string, bufSize int) error
 		_, _ = rand.Read(key[:])
 		fmt.Fprintf(&req, "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: %s\r\n",
 			base64.StdEncoding.EncodeToString(key[:]))
+		if deflate {
+			req.WriteString("Sec-WebSocket-Extensions: " + chromiumOffer + "\r\n")
+		}
 	} else {
 		req.WriteString("Accept: text/event-stream\r\n")
 	}
@@ -92,6 +118,15 @@ func (c *client) handshake(base *url.URL, path, token string, bufSize int) error
 	if resp.StatusCode != want {
 		b, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
 		return fmt.Errorf("handshake: status %d: %s", resp.StatusCode, bytes.TrimSpace(b))
+	}
+	if ext := resp.Header.Get("Sec-WebSocket-Extensions"); c.ws && ext != "" {
+		if !deflate || !strings.HasPrefix(ext, "permessage-deflate") || !strings.Contains(ext, "client_no_context_takeover") {
+			return fmt.Errorf("handshake: unexpected extensions %q", ext)
+		}
+		c.deflate = true
+	}
+	if deflate && !c.deflate {
+		return errors.New("handshake: the hub did not accept permessage-deflate")
 	}
 	if !c.ws {
 		// The stream is chunked (HTTP/1.1, no length): resp.Body de-chunks
@@ -136,12 +171,13 @@ const (
 
 func (c *client) nextFrame() ([]byte, error) {
 	c.frame = c.frame[:0]
+	compressed := false
 	for {
 		var h [8]byte
 		if _, err := io.ReadFull(c.br, h[:2]); err != nil {
 			return nil, err
 		}
-		fin, op, masked := h[0]&0x80 != 0, h[0]&0x0f, h[1]&0x80 != 0
+		fin, rsv1, op, masked := h[0]&0x80 != 0, h[0]&0x40 != 0, h[0]&0x0f, h[1]&0x80 != 0
 		n := uint64(h[1] & 0x7f)
 		switch n {
 		case 126:
@@ -185,6 +221,17 @@ func (c *client) nextFrame() ([]byte, error) {
 		case opText, opCont:
 		default:
 			return nil, fmt.Errorf("unexpected opcode %d", op)
+		}
+		if rsv1 && (!c.deflate || op != opText || start != 0) {
+			return nil, errors.New("RSV1 on a frame that cannot be compressed")
+		}
+		compressed = compressed || rsv1
+		if compressed && fin {
+			var werr *wsproto.Error
+			if c.zbuf, werr = wsproto.Inflate(c.zbuf[:0], c.frame, 1<<24); werr != nil {
+				return nil, werr
+			}
+			return c.zbuf, nil
 		}
 		if fin {
 			return c.frame, nil

@@ -52,6 +52,8 @@ type options struct {
 	dialConcurrency int
 	perSource       int
 	drain           time.Duration
+	compression     bool
+	payloadKind     string
 }
 
 func parseFlags(name string, stderr io.Writer, args []string) (options, error) {
@@ -78,6 +80,8 @@ func parseFlags(name string, stderr io.Writer, args []string) (options, error) {
 	fs.IntVar(&o.dialConcurrency, "dial-concurrency", 64, "connections opened at the same time")
 	fs.IntVar(&o.perSource, "per-source", 10000, "connections per source address 127.0.0.2, 127.0.0.3, ...")
 	fs.DurationVar(&o.drain, "drain", 30*time.Second, "how long to wait for deliveries after the last publish")
+	fs.BoolVar(&o.compression, "compression", false, "ws: offer permessage-deflate as Chromium does, and fail unless the hub accepts it")
+	fs.StringVar(&o.payloadKind, "payload-kind", "x", `padding of each payload: "x" (one repeated letter) or "json" (records of ids, names and numbers, compressible like real data)`)
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
@@ -101,6 +105,10 @@ func parseFlags(name string, stderr io.Writer, args []string) (options, error) {
 		return o, fmt.Errorf("--rate %v: want 0 or more", o.rate)
 	case o.payloadBytes < 2 || o.payloadBytes > 60<<10:
 		return o, fmt.Errorf("--payload-bytes %d: want 2 to %d", o.payloadBytes, 60<<10)
+	case o.payloadKind != "x" && o.payloadKind != "json":
+		return o, fmt.Errorf("--payload-kind %q: want x or json", o.payloadKind)
+	case o.compression && o.tr != "ws":
+		return o, errors.New("--compression is for --transport ws")
 	case o.timeout <= 0 || o.timeout > maxTimeout:
 		return o, fmt.Errorf("--timeout %v: want up to %v", o.timeout, maxTimeout)
 	case o.secret == "":
