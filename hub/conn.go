@@ -48,7 +48,8 @@ type Conn struct {
 	num       uint64
 	user      string
 	transport string
-	slot      int // index in the shard's list of connections; guarded by the shard lock
+	slot      int       // index in the shard's list of connections; guarded by the shard lock
+	since     time.Time // when Register was called
 
 	expires  atomic.Int64 // token expiry, unix nanoseconds; 0 = none
 	nextBeat int64        // unix nanoseconds; guarded by the shard lock

@@ -234,8 +234,9 @@ func envelope(t testing.TB, m *hub.Message) (id, typ string, payload json.RawMes
 
 type usersAnswer struct {
 	Events []struct {
-		UserID string `json:"userId"`
-		ID     string `json:"id"`
+		UserID  string `json:"userId"`
+		ID      string `json:"id"`
+		Devices int    `json:"devices"`
 	} `json:"events"`
 }
 
@@ -343,9 +344,14 @@ func TestBroadcastToUsers(t *testing.T) {
 	if err := json.Unmarshal(got.body, &ans); err != nil {
 		t.Fatalf("body %s: %v", got.body, err)
 	}
+	// one request is one event: one id for u1 and u2; u1 has two devices
 	if len(ans.Events) != 2 || ans.Events[0].UserID != "u1" || ans.Events[1].UserID != "u2" ||
-		ans.Events[0].ID == "" || ans.Events[1].ID == "" || ans.Events[0].ID == ans.Events[1].ID {
-		t.Fatalf("events %+v, want one distinct id for u1 then u2", ans.Events)
+		ans.Events[0].ID == "" || ans.Events[0].ID != ans.Events[1].ID ||
+		ans.Events[0].Devices != 2 || ans.Events[1].Devices != 1 {
+		t.Fatalf("events %+v, want u1 (2 devices) then u2 (1), one id", ans.Events)
+	}
+	if !strings.Contains(string(got.body), `"devices":2`) {
+		t.Errorf("body %s has no devices field", got.body)
 	}
 	ids := map[string]string{"u1": ans.Events[0].ID, "u2": ans.Events[1].ID}
 	for _, c := range []*client{u1a, u1b, u2} {
@@ -389,8 +395,8 @@ func TestBroadcastAll(t *testing.T) {
 				t.Fatal(err)
 			}
 			id, _ := ans["id"].(string)
-			if len(ans) != 1 || id == "" {
-				t.Fatalf("body %s, want {\"id\":...}", got.body)
+			if len(ans) != 2 || id == "" || ans["devices"] != float64(len(clients)) {
+				t.Fatalf("body %s, want {\"id\":...,\"devices\":%d}", got.body, len(clients))
 			}
 			for _, c := range clients {
 				gotID, _, payload := envelope(t, c.waitEvents(t, i+1)[i])
