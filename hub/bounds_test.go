@@ -97,15 +97,18 @@ func mustDrain(t *testing.T, h *hub.Hub, user string) []*hub.Message {
 }
 
 // TestSharedEventCountsPerUserAndOnceForTheNode: one event to many users
-// counts in full against each user's bound and once against the node's.
+// counts in full against each user's bound and once against the node's
+// (whose bound also counts the bookkeeping of each place it is held).
 func TestSharedEventCountsPerUserAndOnceForTheNode(t *testing.T) {
 	p := sizedPayload(300)
 	probe := newHub(t, hub.Options{Epoch: "E", HistorySize: 100, HistoryTTL: time.Minute})
 	size := envelopeSize(t, probe, "T", p)
 	users := []string{"a", "b", "c"}
 
+	// room for 3 envelopes held in 7 places
+	total := 3*size + 7*hub.HoldOverhead
 	h := newHub(t, hub.Options{Epoch: "E", HistorySize: 100, HistoryTTL: time.Minute,
-		HistoryMaxBytes: 2 * size, HistoryTotalBytes: 3 * size})
+		HistoryMaxBytes: 2 * size, HistoryTotalBytes: total})
 	var ids []string
 	for range 3 {
 		evs, err := h.Publish(ctx, users, "T", p)
@@ -124,6 +127,9 @@ func TestSharedEventCountsPerUserAndOnceForTheNode(t *testing.T) {
 	if got := h.HistoryBytes(); got != 2*size {
 		t.Fatalf("the node counts %d bytes, want %d (two shared events, once each)", got, 2*size)
 	}
+	if got, want := h.HistoryUsage(), 2*size+6*hub.HoldOverhead; got != want {
+		t.Fatalf("the node uses %d bytes, want %d (two envelopes, held in six places)", got, want)
+	}
 	for _, u := range users {
 		if pl, replay := reconnect(t, h, u, ids[1]); !pl.Recovered || !slices.Equal(replay, ids[2:]) {
 			t.Fatalf("%s from the second event: recovered %v %v", u, pl.Recovered, replay)
@@ -133,14 +139,14 @@ func TestSharedEventCountsPerUserAndOnceForTheNode(t *testing.T) {
 		}
 	}
 
-	// The node bound: 3 envelopes. Two more users with events of their
-	// own push the node over it; the oldest event goes from every history.
+	// Two more users with events of their own push the node over its
+	// bound; the oldest event goes from every history.
 	for _, u := range []string{"d", "e"} {
 		if _, err := h.Publish(ctx, []string{u}, "T", p); err != nil {
 			t.Fatal(err)
 		}
-		if got := h.HistoryBytes(); got > 3*size {
-			t.Fatalf("the node holds %d bytes, over its bound of %d", got, 3*size)
+		if got := h.HistoryUsage(); got > total {
+			t.Fatalf("the node uses %d bytes, over its bound of %d", got, total)
 		}
 	}
 	if got := h.UserHistoryBytes("a"); got != size {
@@ -218,8 +224,8 @@ func TestHistoryTotalBytesUnderLoad(t *testing.T) {
 					errs <- err
 					return
 				}
-				if got := h.HistoryBytes(); got > total+4*(1<<10) { // others' publishes may be between push and evict
-					errs <- fmt.Errorf("the node holds %d bytes, bound %d", got, total)
+				if got := h.HistoryUsage(); got > total+4*(1<<10) { // others' publishes may be between push and evict
+					errs <- fmt.Errorf("the node uses %d bytes, bound %d", got, total)
 					return
 				}
 			}
@@ -230,16 +236,46 @@ func TestHistoryTotalBytesUnderLoad(t *testing.T) {
 	for err := range errs {
 		t.Fatal(err)
 	}
-	if got := h.HistoryBytes(); got > total {
-		t.Fatalf("the node holds %d bytes at rest, bound %d", got, total)
+	if got := h.HistoryUsage(); got > total {
+		t.Fatalf("the node uses %d bytes at rest, bound %d", got, total)
 	}
 	if n := h.HistoryIndexLen(); n > 2000 {
 		t.Fatalf("the eviction queue has %d entries for a history of %d bytes: dropped events are kept", n, h.HistoryBytes())
 	}
 	// at rest, the TTL empties everything and the count goes to zero
 	h.MaintainAt(time.Now().Add(2 * time.Minute))
-	if got := h.HistoryBytes(); got != 0 {
+	if got := h.HistoryUsage(); got != 0 {
 		t.Fatalf("the node counts %d bytes after every event expired, want 0", got)
+	}
+}
+
+// TestBookkeepingCountedForTheNode: a small event sent to many users is
+// held in as many places; the node's bound counts that bookkeeping, so a
+// stream of such events cannot hold memory far beyond the bound.
+func TestBookkeepingCountedForTheNode(t *testing.T) {
+	const total = 64 << 10
+	h := newHub(t, hub.Options{HistorySize: 1000, HistoryTTL: time.Minute, HistoryTotalBytes: total})
+	users := make([]string, 1000)
+	for i := range users {
+		users[i] = fmt.Sprint("many-", i)
+	}
+	var ids []string
+	for range 5 {
+		evs, err := h.Publish(ctx, users, "T", json.RawMessage(`1`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, evs[0].ID)
+		if got := h.HistoryUsage(); got > total {
+			t.Fatalf("the node uses %d bytes, bound %d", got, total)
+		}
+	}
+	// 1,000 places of 32 bytes each per event: the two newest fit
+	if p, replay := reconnect(t, h, "many-7", ids[3]); !p.Recovered || len(replay) != 1 {
+		t.Fatalf("from the fourth event: recovered %v %v, want the fifth", p.Recovered, replay)
+	}
+	if p, _ := reconnect(t, h, "many-7", ids[2]); p.Recovered {
+		t.Fatal("from an event the node evicted: recovered")
 	}
 }
 

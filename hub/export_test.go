@@ -46,3 +46,10 @@ func (h *Hub) UserHistoryBytes(user string) int64 {
 	}
 	return 0
 }
+
+// HistoryUsage is what HistoryTotalBytes bounds: HistoryBytes plus the
+// bookkeeping of every place an event is held.
+func (h *Hub) HistoryUsage() int64 { return h.ix.usage() }
+
+// HoldOverhead is the bookkeeping counted per place an event is held.
+const HoldOverhead = holdOverhead

@@ -60,7 +60,7 @@ func (s *stream) dropHead(ix *histIndex) {
 	s.buf[s.head] = nil
 	s.head = (s.head + 1) % len(s.buf)
 	s.n--
-	ix.release(old)
+	ix.drop(old)
 }
 
 func (s *stream) at(i int) *Message { return s.buf[(s.head+i)%len(s.buf)] }
@@ -177,9 +177,11 @@ func parsePosition(id string) (epoch string, seq uint64, ok bool) {
 
 // histIndex is the node-wide account of the history: the envelope bytes of
 // every event some stream holds, each event counted once however many
-// streams hold it (Options.HistoryTotalBytes bounds it), and the events in
-// the order they were stored, with the streams that took each, so that the
-// oldest can be evicted from all of them.
+// streams hold it, the number of places the events are held (each costs a
+// ring slot and a holder entry: holdOverhead), which Options.
+// HistoryTotalBytes bounds together (usage), and the events in the order
+// they were stored, with the streams that took each, so that the oldest can
+// be evicted from all of them.
 //
 // Locking: add runs under the shard locks of the event's holders, pop under
 // none; mu is never held while a shard lock is taken (evict takes the shard
@@ -190,8 +192,21 @@ type histIndex struct {
 	head int
 
 	bytes atomic.Int64 // envelope bytes of the events held by some stream
+	refs  atomic.Int64 // (stream, event) pairs held
 	live  atomic.Int64 // entries of q whose event is still held
 }
+
+// holdOverhead is what the history spends, besides the envelope, for each
+// stream holding an event: its slot in the stream's ring (8 bytes, up to
+// twice that while the ring has room to grow) and its holder entry in the
+// eviction queue (16 bytes). The node-wide bound counts it, so that one
+// small event sent to 10,000 users cannot hold ten thousand times its size
+// unaccounted.
+const holdOverhead = 32
+
+// usage is what HistoryTotalBytes bounds: the envelopes, each once, and the
+// overhead of every place they are held.
+func (ix *histIndex) usage() int64 { return ix.bytes.Load() + holdOverhead*ix.refs.Load() }
 
 // idxEntry is one stored event and the streams that took it.
 type idxEntry struct {
@@ -214,10 +229,19 @@ func (ix *histIndex) start(m *Message) {
 }
 
 // hold records that one more stream holds m.
-func (ix *histIndex) hold(m *Message) { m.held.Add(1) }
+func (ix *histIndex) hold(m *Message) {
+	m.held.Add(1)
+	ix.refs.Add(1)
+}
 
-// release records that a stream dropped m; the last release gives its
-// bytes back.
+// drop records that a stream dropped m.
+func (ix *histIndex) drop(m *Message) {
+	ix.refs.Add(-1)
+	ix.release(m)
+}
+
+// release drops one reference to m (a stream's, or the publisher's); the
+// last one gives its bytes back.
 func (ix *histIndex) release(m *Message) {
 	if m.held.Add(-1) == 0 {
 		ix.bytes.Add(-int64(m.Size()))

@@ -42,8 +42,9 @@ type Options struct {
 	HistoryMaxBytes int64
 	// HistoryTotalBytes bounds this node's whole history: the envelope
 	// bytes of every event held, each counted once however many users it
-	// went to; beyond it the oldest events are dropped from every history
-	// that holds them (0: no bound).
+	// went to, plus 32 bytes of bookkeeping per user holding it; beyond it
+	// the oldest events are dropped from every history that holds them (0:
+	// no bound).
 	HistoryTotalBytes int64
 	// MaxConnsPerUser and MaxConns limit connections (0: no limit).
 	MaxConnsPerUser int
@@ -742,17 +743,17 @@ func (h *Hub) shardIndex(user string) int {
 }
 
 // evictOverTotal drops the oldest events of the node's history, from every
-// stream that holds them, while the history holds more than
-// HistoryTotalBytes. It takes no lock of the caller's: call it after
-// unlocking.
+// stream that holds them, while the history uses more than
+// HistoryTotalBytes (histIndex.usage). It takes no lock of the caller's:
+// call it after unlocking.
 func (h *Hub) evictOverTotal() {
 	limit := h.opts.HistoryTotalBytes
-	if limit <= 0 || h.ix.bytes.Load() <= limit {
+	if limit <= 0 || h.ix.usage() <= limit {
 		return
 	}
 	h.evictMu.Lock()
 	defer h.evictMu.Unlock()
-	for h.ix.bytes.Load() > limit {
+	for h.ix.usage() > limit {
 		e, ok := h.ix.pop()
 		if !ok {
 			return
