@@ -152,6 +152,9 @@ func TestSharedEventCountsPerUserAndOnceForTheNode(t *testing.T) {
 	if got := h.UserHistoryBytes("a"); got != size {
 		t.Fatalf("a holds %d bytes after the node evicted its oldest event, want %d", got, size)
 	}
+	if hm := h.HistoryMemory(); hm.Evicted != 1 || hm.Bytes != h.HistoryUsage() {
+		t.Fatalf("HistoryMemory = %+v, want 1 event evicted and %d bytes", hm, h.HistoryUsage())
+	}
 	if pl, replay := reconnect(t, h, "b", ids[2]); !pl.Recovered || len(replay) != 0 {
 		t.Fatalf("b from the newest shared event: recovered %v %v, want true and nothing", pl.Recovered, replay)
 	}

@@ -142,6 +142,7 @@ type Hub struct {
 	// time evict for HistoryTotalBytes.
 	ix      histIndex
 	evictMu sync.Mutex
+	evicted atomic.Uint64 // events dropped by HistoryTotalBytes
 
 	total    atomic.Int64
 	users    atomic.Int64
@@ -758,6 +759,7 @@ func (h *Hub) evictOverTotal() {
 		if !ok {
 			return
 		}
+		h.evicted.Add(1)
 		for _, ho := range e.holders {
 			if ho.us == nil {
 				h.allMu.Lock()
@@ -863,6 +865,22 @@ func (h *Hub) UserConnections(user string) int {
 		return len(us.conns)
 	}
 	return 0
+}
+
+// HistoryMemory is what the node's history holds in memory.
+type HistoryMemory struct {
+	// Bytes is what HistoryTotalBytes bounds: the envelopes held, each
+	// once, and 32 bytes per place (a user's history, the broadcasts')
+	// one is held.
+	Bytes int64
+	// Evicted counts the events dropped so far by HistoryTotalBytes.
+	Evicted uint64
+}
+
+// HistoryMemory returns what the node's history holds (with a broker the
+// history is in the broker, and this is zero).
+func (h *Hub) HistoryMemory() HistoryMemory {
+	return HistoryMemory{Bytes: h.ix.usage(), Evicted: h.evicted.Load()}
 }
 
 // Stats returns this node's connection counts.
