@@ -178,7 +178,7 @@ func (h *Hub) registerCluster(c *Conn, info ConnInfo) (*Conn, error) {
 	c.mu.Lock()
 	pend := c.pend
 	c.pend, c.pending = nil, false
-	c.limit += len(missed) + 1
+	c.limit += int32(len(missed) + 1)
 	if pos != "" && len(missed) == 0 {
 		if _, seq, ok := ParseID(pos); ok {
 			c.lastSeq, c.lastID = seq, pos
@@ -319,7 +319,7 @@ func (h *Hub) Resync(ctx context.Context) {
 		s := h.shardOf(c.user)
 		s.mu.Lock()
 		c.mu.Lock()
-		c.limit += len(missed) // a replay does not count against the queue's bound
+		c.limit += int32(len(missed)) // a replay does not count against the queue's bound
 		c.mu.Unlock()
 		for _, m := range missed {
 			c.enqueue(m)
@@ -360,7 +360,7 @@ func (h *Hub) DisconnectLocal(user string) int {
 
 // describe returns what Connections says about c.
 func (h *Hub) describe(c *Conn) Connection {
-	return Connection{ConnectionID: c.id, Transport: c.transport, Node: h.opts.Node, ConnectedAt: c.since}
+	return Connection{ConnectionID: c.id, Transport: c.transport, Node: h.opts.Node, ConnectedAt: time.UnixMilli(c.since).UTC()}
 }
 
 // Connections lists user's live connections on every node: from the

@@ -168,18 +168,18 @@ type shard struct {
 
 // addLocked and removeLocked keep s.all (s.mu held).
 func (s *shard) addLocked(c *Conn) {
-	c.slot = len(s.all)
+	c.slot = int32(len(s.all))
 	s.all = append(s.all, c)
 }
 
 func (s *shard) removeLocked(c *Conn) {
-	i := c.slot
+	i := int(c.slot)
 	if i < 0 || i >= len(s.all) || s.all[i] != c {
 		return
 	}
 	last := len(s.all) - 1
 	s.all[i] = s.all[last]
-	s.all[i].slot = i
+	s.all[i].slot = int32(i)
 	s.all[last] = nil
 	s.all = s.all[:last]
 	c.slot = -1
@@ -208,6 +208,7 @@ func New(o Options) *Hub {
 	if o.SendQueue <= 0 {
 		o.SendQueue = 1024
 	}
+	o.SendQueue = min(o.SendQueue, 1<<30) // a Conn keeps its bound in an int32
 	if o.Heartbeat <= 0 {
 		o.Heartbeat = 25 * time.Second
 	}
@@ -348,8 +349,8 @@ func (h *Hub) Register(info ConnInfo, sink Sink) (*Conn, error) {
 		user:      info.UserID,
 		transport: info.Transport,
 		sink:      sink,
-		limit:     h.opts.SendQueue,
-		since:     time.Now(),
+		limit:     int32(h.opts.SendQueue),
+		since:     time.Now().UnixMilli(),
 	}
 	c.id = "c-" + h.opts.Epoch + "-" + strconv.FormatUint(c.num, 36)
 	c.SetTokenExpiry(info.TokenExpiresAt)
@@ -376,7 +377,7 @@ func (h *Hub) Register(info ConnInfo, sink Sink) (*Conn, error) {
 	s.addLocked(c)
 	// a connection's first heartbeat is spread over one interval
 	c.nextBeat = time.Now().UnixNano() + int64(h.opts.Heartbeat)/2 + int64(c.num*7919%uint64(h.opts.Heartbeat/2+1))
-	c.limit += len(missed) + 1
+	c.limit += int32(len(missed) + 1)
 	// The position is taken under the shard lock: no event of this user
 	// (nor a broadcast, which holds every shard lock) can come between it
 	// and hub.connected.
