@@ -685,9 +685,10 @@ func (h *Hub) Publish(ctx context.Context, userIDs []string, typ string, payload
 // every user while it takes the id, stores the event and queues it, so
 // that each user's events keep the order of their ids.
 func (h *Hub) publishLocal(users []string, typ string, p []byte, out []UserEvent) {
-	var locked []*shard
+	var one [1]*shard
+	locked := one[:0]
 	if len(users) == 1 {
-		locked = []*shard{h.shardOf(users[0])}
+		locked = append(locked, h.shardOf(users[0]))
 	} else {
 		idx := make([]bool, len(h.shards))
 		for _, u := range users {
