@@ -1,6 +1,7 @@
 // Package client is the Go client of the hub's service API: publish events to
 // users (POST /api/broadcast), publish batches (POST /api/broadcast/batch),
-// disconnect a user (POST /api/users/{userId}/disconnect) and read the node's
+// disconnect a user (POST /api/users/{userId}/disconnect), list a user's
+// connections (GET /api/users/{userId}/connections) and read the node's
 // stats (GET /api/websocket/stats), as described in docs/PROTOCOL.md.
 //
 // A Client is safe for concurrent use. Every error answer of the hub comes
@@ -18,6 +19,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"time"
 )
 
 // MaxBatch is the largest number of messages the hub accepts in one batch.
@@ -61,10 +63,14 @@ func New(baseURL string, opts ...Option) *Client {
 	return c
 }
 
-// UserEvent is the id the hub gave to the event of one user.
+// UserEvent is the id the hub gave to the event of one user, and the
+// number of the user's connections, cluster-wide, that were live when it
+// was published (0: the user is offline now; the event waits in the
+// history, and a push notification may be the way to reach the user).
 type UserEvent struct {
-	UserID string `json:"userId"`
-	ID     string `json:"id"`
+	UserID  string `json:"userId"`
+	ID      string `json:"id"`
+	Devices int    `json:"devices"`
 }
 
 // PublishOption configures one publish.
@@ -162,16 +168,18 @@ func (c *Client) PublishAll(ctx context.Context, typ string, payload any, opts .
 }
 
 // BatchResult is the outcome of one message of a batch: Events for a
-// message to users, ID for a message to all, or Err when the hub refused
+// message to users, ID and Devices (the connections live, cluster-wide,
+// when it was published) for a message to all, or Err when the hub refused
 // that message (the others are still applied).
 type BatchResult struct {
-	Events []UserEvent
-	ID     string
-	Err    *Error
+	Events  []UserEvent
+	ID      string
+	Devices int
+	Err     *Error
 }
 
 // MarshalJSON encodes r as the hub answers it: {"events":[...]},
-// {"id":"..."} or {"error":{"code":"...","message":"..."}}.
+// {"id":"...","devices":N} or {"error":{"code":"...","message":"..."}}.
 func (r BatchResult) MarshalJSON() ([]byte, error) {
 	switch {
 	case r.Err != nil:
@@ -184,22 +192,24 @@ func (r BatchResult) MarshalJSON() ([]byte, error) {
 		}{r.Events})
 	default:
 		return json.Marshal(struct {
-			ID string `json:"id"`
-		}{r.ID})
+			ID      string `json:"id"`
+			Devices int    `json:"devices"`
+		}{r.ID, r.Devices})
 	}
 }
 
 // UnmarshalJSON decodes one result of a batch answer.
 func (r *BatchResult) UnmarshalJSON(b []byte) error {
 	var w struct {
-		Events []UserEvent `json:"events"`
-		ID     string      `json:"id"`
-		Error  *Error      `json:"error"`
+		Events  []UserEvent `json:"events"`
+		ID      string      `json:"id"`
+		Devices int         `json:"devices"`
+		Error   *Error      `json:"error"`
 	}
 	if err := json.Unmarshal(b, &w); err != nil {
 		return fmt.Errorf("decode batch result: %w", err)
 	}
-	*r = BatchResult{Events: w.Events, ID: w.ID, Err: w.Error}
+	*r = BatchResult{Events: w.Events, ID: w.ID, Devices: w.Devices, Err: w.Error}
 	return nil
 }
 
@@ -233,6 +243,31 @@ func (c *Client) Disconnect(ctx context.Context, userID string) (int, error) {
 		return 0, fmt.Errorf("disconnect: %w", err)
 	}
 	return answer.Closed, nil
+}
+
+// Connection is one live connection of a user, as
+// GET /api/users/{userId}/connections lists it.
+type Connection struct {
+	ConnectionID string    `json:"connectionId"`
+	Transport    string    `json:"transport"` // "websocket" or "sse"
+	Node         string    `json:"node"`      // the node that holds it
+	ConnectedAt  time.Time `json:"connectedAt"`
+}
+
+// Connections returns userID's live connections on every node of the hub
+// (an empty slice for a user with none), oldest first.
+func (c *Client) Connections(ctx context.Context, userID string) ([]Connection, error) {
+	var answer struct {
+		UserID      string       `json:"userId"`
+		Connections []Connection `json:"connections"`
+	}
+	if err := c.do(ctx, http.MethodGet, "/api/users/"+url.PathEscape(userID)+"/connections", nil, &answer); err != nil {
+		return nil, fmt.Errorf("connections: %w", err)
+	}
+	if answer.Connections == nil {
+		answer.Connections = []Connection{}
+	}
+	return answer.Connections, nil
 }
 
 // Stats is a node's connection counts, as GET /api/websocket/stats answers.

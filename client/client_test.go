@@ -146,8 +146,9 @@ func TestPublish(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Publish: %v", err)
 	}
-	if len(evs) != 2 || evs[0].UserID != "u1" || evs[1].UserID != "u2" || evs[0].ID == "" || evs[1].ID == "" {
-		t.Fatalf("Publish = %+v, want an id for u1 and u2", evs)
+	if len(evs) != 2 || evs[0].UserID != "u1" || evs[1].UserID != "u2" || evs[0].ID == "" || evs[1].ID == "" ||
+		evs[0].Devices != 1 || evs[1].Devices != 1 {
+		t.Fatalf("Publish = %+v, want an id and one device for u1 and u2", evs)
 	}
 	for i, d := range []*device{u1, u2} {
 		got, _ := d.events(1)
@@ -215,8 +216,8 @@ func TestBatch(t *testing.T) {
 	if len(res[0].Events) != 1 || res[0].Events[0].UserID != "u1" || res[0].Err != nil {
 		t.Errorf("result 0 = %+v, want an event of u1", res[0])
 	}
-	if res[1].ID == "" || res[1].Err != nil {
-		t.Errorf("result 1 = %+v, want an id", res[1])
+	if res[1].ID == "" || res[1].Devices != 1 || res[1].Err != nil {
+		t.Errorf("result 1 = %+v, want an id and 1 device", res[1])
 	}
 	if res[2].Err == nil || res[2].Err.Code != "invalid_request" || !strings.Contains(res[2].Err.Message, "messages[2].type") {
 		t.Errorf("result 2 = %+v, want invalid_request naming messages[2].type", res[2])
@@ -237,7 +238,7 @@ func TestBatch(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := `[{"id":"` + res[1].ID + `"},{"error":{"code":"invalid_request","message":` + mustJSON(t, res[2].Err.Message) + `}}]`
+	want := `[{"id":"` + res[1].ID + `","devices":1},{"error":{"code":"invalid_request","message":` + mustJSON(t, res[2].Err.Message) + `}}]`
 	if string(b) != want {
 		t.Errorf("marshal = %s, want %s", b, want)
 	}
@@ -276,6 +277,33 @@ func TestDisconnect(t *testing.T) {
 	_ = other
 	if n, err := c.Disconnect(context.Background(), "nobody"); err != nil || n != 0 {
 		t.Errorf("Disconnect(nobody) = %d, %v; want 0, nil", n, err)
+	}
+}
+
+func TestConnections(t *testing.T) {
+	e := newEnv(t)
+	before := time.Now().Add(-time.Second)
+	d1, d2 := e.connect("u1"), e.connect("u1")
+	c := e.client(client.WithAPIKey(apiKey))
+	got, err := c.Connections(context.Background(), "u1")
+	if err != nil {
+		t.Fatalf("Connections: %v", err)
+	}
+	if len(got) != 2 {
+		t.Fatalf("Connections = %+v, want 2", got)
+	}
+	for i, d := range []*device{d1, d2} {
+		g := got[i]
+		if g.ConnectionID != d.conn.ID() || g.Transport != "websocket" || g.Node != "hub-1" ||
+			g.ConnectedAt.Before(before) || g.ConnectedAt.After(time.Now()) {
+			t.Errorf("connection %d = %+v, want %s", i, g, d.conn.ID())
+		}
+	}
+	if got, err := c.Connections(context.Background(), "nobody/with a slash"); err != nil || got == nil || len(got) != 0 {
+		t.Errorf("Connections(nobody) = %#v, %v; want an empty slice", got, err)
+	}
+	if _, err := e.client().Connections(context.Background(), "u1"); !client.IsCode(err, "missing_token") {
+		t.Errorf("without credentials: %v, want missing_token", err)
 	}
 }
 

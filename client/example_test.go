@@ -15,8 +15,8 @@ import (
 	"github.com/hubd/hub/transport/api"
 )
 
-// Example starts a hub in-process, then publishes to two users and to
-// everyone with an API key.
+// Example starts a hub in-process, then publishes to two users (none of
+// them connected) and to everyone with an API key.
 func Example() {
 	// A hub with its service API on a loopback server.
 	h := hub.New(hub.Options{Node: "hub-1"})
@@ -47,7 +47,8 @@ func Example() {
 		return
 	}
 	for _, e := range events {
-		fmt.Println("published to", e.UserID, "with an id:", e.ID != "")
+		// devices 0: nobody is connected, so a push notification may be due
+		fmt.Println("published to", e.UserID, "with an id:", e.ID != "", "devices:", e.Devices)
 	}
 
 	id, err := c.PublishAll(ctx, "ANNOUNCEMENT", "maintenance at 22:00")
@@ -60,8 +61,8 @@ func Example() {
 		fmt.Println(e.Status, e.Code)
 	}
 	// Output:
-	// published to u1 with an id: true
-	// published to u2 with an id: true
+	// published to u1 with an id: true devices: 0
+	// published to u2 with an id: true devices: 0
 	// broadcast id: true <nil>
 	// 400 invalid_request
 }

@@ -76,6 +76,8 @@ type Config struct {
 	WSCompressionMin      int           // HUB_WS_COMPRESSION_MIN
 	HistorySize           int           // HUB_HISTORY_SIZE
 	HistoryTTL            time.Duration // HUB_HISTORY_TTL
+	HistoryMaxBytes       int64         // HUB_HISTORY_MAX_BYTES
+	HistoryTotalBytes     int64         // HUB_HISTORY_TOTAL_BYTES
 	SendQueue             int           // HUB_SEND_QUEUE
 	MaxConnectionsPerUser int           // HUB_MAX_CONNECTIONS_PER_USER
 	MaxConnections        int           // HUB_MAX_CONNECTIONS

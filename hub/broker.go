@@ -15,17 +15,20 @@ import (
 // broker (this one included) calls Hub.Deliver for the users it subscribed
 // to and for broadcasts. Deliveries must come in id order.
 type Broker interface {
-	// PublishUsers appends one event per user (in order) to their
-	// histories and publishes them, atomically; it returns each user's id.
-	// An error means that nothing was published, unless it wraps
-	// ErrOutcomeUnknown (the answer was lost: it may have been). With an
-	// idempotency key in ctx (WithIdempotencyKey), a repeated call returns
-	// the ids of the first one that published and publishes nothing. The
-	// same holds for PublishAll.
-	PublishUsers(ctx context.Context, users []string, typ string, payload []byte, ts time.Time) ([]string, error)
+	// PublishUsers gives one event one id, appends it to the history of
+	// each user (distinct) and publishes it to them, atomically; it
+	// returns the id and, for each user in order, the number of the
+	// user's connections holding a slot (AcquireConn) when it was
+	// published. An error means that nothing was published, unless it
+	// wraps ErrOutcomeUnknown (the answer was lost: it may have been).
+	// With an idempotency key in ctx (WithIdempotencyKey), a repeated call
+	// returns the answer of the first one that published (counts
+	// included) and publishes nothing. The same holds for PublishAll.
+	PublishUsers(ctx context.Context, users []string, typ string, payload []byte, ts time.Time) (id string, devices []int, err error)
 	// PublishAll appends one event to the broadcast history and publishes
-	// it to every node; it returns its id.
-	PublishAll(ctx context.Context, typ string, payload []byte, ts time.Time) (string, error)
+	// it to every node; it returns its id and the number of connections
+	// holding a slot, cluster-wide, when it was published.
+	PublishAll(ctx context.Context, typ string, payload []byte, ts time.Time) (id string, devices int, err error)
 	// History returns the events of user after lastID (the user's own and
 	// the broadcasts, in id order) and whether that list is provably
 	// complete; at most max events (more: not complete).
@@ -49,13 +52,22 @@ type Broker interface {
 	Since(ctx context.Context, user, pos string, max int) ([]*Message, bool, error)
 
 	// AcquireConn takes one of user's connection slots across the cluster
-	// for connID; it reports false when user already holds limit slots on
-	// all nodes together. The broker keeps the slots it acquired alive
-	// until ReleaseConn; those of a node that stopped without releasing
-	// them expire on their own.
-	AcquireConn(ctx context.Context, user, connID string, limit int) (bool, error)
+	// for the connection c (the hub takes one for every connection, before
+	// its hub.connected); it reports false when user already holds limit
+	// slots on all nodes together (limit 0: no limit). The broker keeps
+	// the slots it acquired alive until ReleaseConn; those of a node that
+	// stopped without releasing them expire on their own. The slots are
+	// what the publish counts (devices) and Connections list.
+	AcquireConn(ctx context.Context, user string, c Connection, limit int) (bool, error)
 	// ReleaseConn gives back the slot of connID (it must not block).
 	ReleaseConn(user, connID string)
+	// Connections lists user's connections holding a slot, on every node.
+	Connections(ctx context.Context, user string) ([]Connection, error)
+	// Latest returns the cluster's epoch and the highest sequence this
+	// node knows of, without asking Redis or any other store ("" when no
+	// epoch is known yet). It may lag behind the cluster by a moment; it
+	// never runs ahead of it.
+	Latest() (epoch string, seq uint64)
 }
 
 // NewMessage builds an application event message from its parts: the
@@ -63,7 +75,7 @@ type Broker interface {
 // published it; seq is the id's position. Brokers use it to turn what they
 // receive into what the hub queues.
 func NewMessage(id string, seq uint64, typ string, frame []byte, accepted time.Time) *Message {
-	return &Message{ID: id, Type: typ, Frame: frame, SSE: sseRecord(id, typ, frame), Accepted: accepted, seq: seq}
+	return eventFromFrame(id, seq, typ, frame, accepted)
 }
 
 // Seq returns the message's position in the id order (0 for control events).

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 	"time"
 )
 
@@ -70,8 +72,10 @@ func (us *userState) cluster(c *Conn) *clusterConn {
 	return x
 }
 
-// registerCluster registers c through the broker: with a per-user limit it
-// takes one of the user's cluster-wide slots, then the node subscribes to the
+// registerCluster registers c through the broker: it takes one of the
+// user's cluster-wide slots (checked against the per-user limit, if any;
+// the slots are also what a publish counts as the user's devices and what
+// Connections lists), then the node subscribes to the
 // user (live events wait in the connection's pending buffer), reads the
 // missed events from the shared history or, for a fresh start, the cluster's
 // position, then queues hub.connected, the missed events and the pending
@@ -95,11 +99,9 @@ func (h *Hub) registerCluster(c *Conn, info ConnInfo) (*Conn, error) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), h.opts.BrokerTimeout)
 	defer cancel()
-	if h.opts.MaxConnsPerUser > 0 {
-		if err := h.acquireSlot(ctx, c, us); err != nil {
-			h.Unregister(c)
-			return nil, err
-		}
+	if err := h.acquireSlot(ctx, c, us); err != nil {
+		h.Unregister(c)
+		return nil, err
 	}
 
 	s.mu.Lock()
@@ -145,6 +147,9 @@ func (h *Hub) registerCluster(c *Conn, info ConnInfo) (*Conn, error) {
 			h.log.Warn("broker history failed", "err", err)
 			missed, recovered = nil, false
 		}
+		if recovered && !h.replayable(missed) { // over the user's byte bound, broadcasts counted
+			recovered = false
+		}
 		if !recovered {
 			missed = nil
 		}
@@ -173,7 +178,7 @@ func (h *Hub) registerCluster(c *Conn, info ConnInfo) (*Conn, error) {
 	c.mu.Lock()
 	pend := c.pend
 	c.pend, c.pending = nil, false
-	c.limit += len(missed) + 1
+	c.limit += int32(len(missed) + 1)
 	if pos != "" && len(missed) == 0 {
 		if _, seq, ok := ParseID(pos); ok {
 			c.lastSeq, c.lastID = seq, pos
@@ -206,7 +211,7 @@ func (h *Hub) registerCluster(c *Conn, info ConnInfo) (*Conn, error) {
 // a refusal is a *LimitError, a broker failure ErrUnavailable. The caller
 // unregisters c on error.
 func (h *Hub) acquireSlot(ctx context.Context, c *Conn, us *userState) error {
-	ok, err := h.opts.Broker.AcquireConn(ctx, c.user, c.id, h.opts.MaxConnsPerUser)
+	ok, err := h.opts.Broker.AcquireConn(ctx, c.user, h.describe(c), h.opts.MaxConnsPerUser)
 	if err != nil {
 		h.log.Warn("broker acquire connection slot failed", "err", err)
 		return fmt.Errorf("%w: %v", ErrUnavailable, err)
@@ -314,7 +319,7 @@ func (h *Hub) Resync(ctx context.Context) {
 		s := h.shardOf(c.user)
 		s.mu.Lock()
 		c.mu.Lock()
-		c.limit += len(missed) // a replay does not count against the queue's bound
+		c.limit += int32(len(missed)) // a replay does not count against the queue's bound
 		c.mu.Unlock()
 		for _, m := range missed {
 			c.enqueue(m)
@@ -351,4 +356,66 @@ func (h *Hub) DisconnectLocal(user string) int {
 		c.Close(ReasonDisconnected)
 	}
 	return len(conns)
+}
+
+// describe returns what Connections says about c.
+func (h *Hub) describe(c *Conn) Connection {
+	return Connection{ConnectionID: c.id, Transport: c.transport, Node: h.opts.Node, ConnectedAt: time.UnixMilli(c.since).UTC()}
+}
+
+// Connections lists user's live connections on every node: from the
+// broker's slots in a cluster, else this node's, oldest first.
+func (h *Hub) Connections(ctx context.Context, user string) ([]Connection, error) {
+	if h.opts.Broker != nil {
+		out, err := h.opts.Broker.Connections(ctx, user)
+		if err != nil {
+			return nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
+		}
+		return out, nil
+	}
+	s := h.shardOf(user)
+	s.mu.Lock()
+	var out []Connection
+	if us := s.users[user]; us != nil {
+		out = make([]Connection, 0, len(us.conns))
+		for _, c := range us.conns {
+			out = append(out, h.describe(c))
+		}
+	}
+	s.mu.Unlock()
+	sortConnections(out)
+	return out, nil
+}
+
+// sortConnections orders connections by the time they connected, then id.
+func sortConnections(cs []Connection) {
+	slices.SortFunc(cs, func(a, b Connection) int {
+		if c := a.ConnectedAt.Compare(b.ConnectedAt); c != 0 {
+			return c
+		}
+		return strings.Compare(a.ConnectionID, b.ConnectionID)
+	})
+}
+
+// Resumable reports whether lastID is an id this hub could have issued: an
+// event id or a position ("<id>p") of this node's epoch (the cluster's,
+// with a broker) whose sequence is not ahead of the last one known. It is
+// a cheap check of form and epoch, made before admission control (which
+// lets resuming clients in first), and proves nothing about the history:
+// Register decides whether the resume is recovered.
+func (h *Hub) Resumable(lastID string) bool {
+	if lastID == "" || len(lastID) > MaxIDLen {
+		return false
+	}
+	epoch, seq, ok := parsePosition(lastID)
+	if !ok {
+		if epoch, seq, ok = ParseID(lastID); !ok {
+			return false
+		}
+	}
+	known, last := h.opts.Epoch, h.seq.Load()
+	if h.opts.Broker != nil {
+		known, last = h.opts.Broker.Latest()
+	}
+	return known != "" && epoch == known && seq <= last
 }

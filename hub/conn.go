@@ -36,19 +36,22 @@ type Conn struct {
 	unreg     bool
 	pending   bool // registering in cluster mode: live events wait in pend
 	closing   *Reason
-	limit     int
-	q         []*Message
-	lastSeq   uint64 // position of the last event queued (deduplicates replay overlaps)
-	sink      Sink
-	hub       *Hub
-	lastID    string     // id of the last event queued, or the position at connect
-	pend      []*Message // live events that came while pending
+	limit     int32 // queue bound (send queue plus what a replay added)
+	// slot is the index in the shard's list of connections; guarded by
+	// the shard lock. An int32 next to limit: 8 bytes for both.
+	slot    int32
+	q       []*Message
+	lastSeq uint64 // position of the last event queued (deduplicates replay overlaps)
+	sink    Sink
+	hub     *Hub
+	lastID  string     // id of the last event queued, or the position at connect
+	pend    []*Message // live events that came while pending
 
 	id        string
 	num       uint64
 	user      string
 	transport string
-	slot      int // index in the shard's list of connections; guarded by the shard lock
+	since     int64 // when Register was called, Unix milliseconds (8 bytes, not a time.Time's 24)
 
 	expires  atomic.Int64 // token expiry, unix nanoseconds; 0 = none
 	nextBeat int64        // unix nanoseconds; guarded by the shard lock
@@ -99,7 +102,7 @@ func (c *Conn) enqueue(m *Message) bool {
 		return true
 	}
 	if c.pending {
-		if len(c.pend) >= c.limit {
+		if len(c.pend) >= int(c.limit) {
 			dropped := len(c.pend) + 1
 			c.dead, c.pend = true, nil
 			c.mu.Unlock()
@@ -110,7 +113,7 @@ func (c *Conn) enqueue(m *Message) bool {
 		c.mu.Unlock()
 		return true
 	}
-	if len(c.q) >= c.limit {
+	if len(c.q) >= int(c.limit) {
 		dropped := len(c.q) + 1 // what was queued and the event that did not fit
 		c.dead = true
 		c.q = nil

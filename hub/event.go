@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -21,13 +22,15 @@ const (
 const TimeFormat = "2006-01-02T15:04:05.000Z"
 
 // Message is one encoded envelope, immutable once built and shared by every
-// connection it is queued on.
+// connection it is queued on and by every history that holds it.
 type Message struct {
 	// ID is the event id; empty for control events.
 	ID string
 	// Type is the envelope type.
 	Type string
 	// Frame is the envelope as one line of JSON: a WebSocket text frame.
+	// For application events it is a part of SSE (the record's data line),
+	// so the envelope is held once.
 	Frame []byte
 	// SSE is the whole text/event-stream record, blank line included.
 	SSE []byte
@@ -35,6 +38,9 @@ type Message struct {
 	Accepted time.Time
 
 	seq uint64
+	// held counts the histories of this node holding the event, plus one
+	// while it is being published (see histIndex).
+	held atomic.Int32
 
 	zOnce sync.Once
 	z     []byte // Frame compressed, made by the first Compressed call
@@ -50,6 +56,10 @@ func (m *Message) Compressed(compress func(frame []byte) []byte) []byte {
 	m.zOnce.Do(func() { m.z = compress(m.Frame) })
 	return m.z
 }
+
+// Size is what the event counts against the history bounds: the bytes of
+// its envelope as sent.
+func (m *Message) Size() int { return len(m.Frame) }
 
 // Control reports whether m is a control event (its type starts with "hub.").
 func (m *Message) Control() bool { return strings.HasPrefix(m.Type, "hub.") }
@@ -105,23 +115,31 @@ func compactPayload(p json.RawMessage) ([]byte, error) {
 	return b.Bytes(), nil
 }
 
-// newEvent encodes an application event once per wire format.
+// newEvent encodes an application event once per wire format: the SSE
+// record is built around the envelope, and Frame is the envelope's part of
+// it (capacity capped, so nobody can append into the record).
 func newEvent(id, typ string, payload []byte, ts time.Time, seq uint64) *Message {
-	frame := make([]byte, 0, len(id)+len(typ)+len(payload)+72)
-	frame = append(frame, `{"id":"`...)
-	frame = append(frame, id...)
-	frame = append(frame, `","type":"`...)
-	frame = append(frame, typ...)
-	frame = append(frame, `","payload":`...)
-	frame = append(frame, payload...)
-	frame = append(frame, `,"timestamp":"`...)
-	frame = ts.UTC().AppendFormat(frame, TimeFormat)
-	frame = append(frame, `"}`...)
-	return &Message{ID: id, Type: typ, Frame: frame, SSE: sseRecord(id, typ, frame), Accepted: ts, seq: seq}
+	n := len(id) + len(typ) + len(payload) + len(TimeFormat) + 48 // the envelope's fixed text
+	b := make([]byte, 0, n+len(id)+len(typ)+24)
+	b = appendSSEHead(b, id, typ)
+	start := len(b)
+	b = append(b, `{"id":"`...)
+	b = append(b, id...)
+	b = append(b, `","type":"`...)
+	b = append(b, typ...)
+	b = append(b, `","payload":`...)
+	b = append(b, payload...)
+	b = append(b, `,"timestamp":"`...)
+	b = ts.UTC().AppendFormat(b, TimeFormat)
+	b = append(b, `"}`...)
+	end := len(b)
+	b = append(b, "\n\n"...)
+	return &Message{ID: id, Type: typ, Frame: b[start:end:end], SSE: b, Accepted: ts, seq: seq}
 }
 
-func sseRecord(id, typ string, frame []byte) []byte {
-	b := make([]byte, 0, len(frame)+len(id)+len(typ)+24)
+// appendSSEHead appends the lines of an SSE record that come before the
+// envelope: "id: ..." (when id is set), "event: ..." and "data: ".
+func appendSSEHead(b []byte, id, typ string) []byte {
 	if id != "" {
 		b = append(b, "id: "...)
 		b = append(b, id...)
@@ -129,7 +147,24 @@ func sseRecord(id, typ string, frame []byte) []byte {
 	}
 	b = append(b, "event: "...)
 	b = append(b, typ...)
-	b = append(b, "\ndata: "...)
+	return append(b, "\ndata: "...)
+}
+
+// eventFromFrame builds the message of an envelope received whole (from a
+// broker), with the same layout as newEvent.
+func eventFromFrame(id string, seq uint64, typ string, frame []byte, accepted time.Time) *Message {
+	b := make([]byte, 0, len(frame)+len(id)+len(typ)+24)
+	b = appendSSEHead(b, id, typ)
+	start := len(b)
+	b = append(b, frame...)
+	end := len(b)
+	b = append(b, "\n\n"...)
+	return &Message{ID: id, Type: typ, Frame: b[start:end:end], SSE: b, Accepted: accepted, seq: seq}
+}
+
+func sseRecord(id, typ string, frame []byte) []byte {
+	b := make([]byte, 0, len(frame)+len(id)+len(typ)+24)
+	b = appendSSEHead(b, id, typ)
 	b = append(b, frame...)
 	return append(b, "\n\n"...)
 }

@@ -24,8 +24,8 @@ func TestEnvelopeExactShape(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(evs) != 1 || evs[0] != (hub.UserEvent{UserID: "u1", ID: "E-1"}) {
-		t.Fatalf("Publish = %+v, want [{u1 E-1}]", evs)
+	if len(evs) != 1 || evs[0] != (hub.UserEvent{UserID: "u1", ID: "E-1", Devices: 1}) {
+		t.Fatalf("Publish = %+v, want [{u1 E-1 1}]", evs)
 	}
 	msgs, _ := drain(c)
 	if len(msgs) != 2 {
@@ -270,7 +270,10 @@ func TestPublishedIDsParseAndGrow(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		for _, id := range []string{evs[0].ID, evs[1].ID, id} {
+		if evs[0].ID != evs[1].ID {
+			t.Fatalf("one publish to two users gave two ids: %+v", evs)
+		}
+		for _, id := range []string{evs[0].ID, id} {
 			epoch, seq, ok := hub.ParseID(id)
 			if !ok || epoch != "ep" || seq <= last {
 				t.Fatalf("id %q: epoch %q seq %d ok %v; want epoch ep and seq > %d", id, epoch, seq, ok, last)

@@ -23,3 +23,33 @@ func (h *Hub) BroadcastHistoryLen() int {
 
 // MaintainAt runs one maintenance round as if the clock read now.
 func (h *Hub) MaintainAt(now time.Time) { h.maintain(now) }
+
+// HistoryBytes is the node-wide count of the envelope bytes held by the
+// history (each event once).
+func (h *Hub) HistoryBytes() int64 { return h.ix.bytes.Load() }
+
+// HistoryIndexLen is the number of entries of the node-wide eviction queue
+// (events held, and dropped ones not compacted away yet).
+func (h *Hub) HistoryIndexLen() int {
+	h.ix.mu.Lock()
+	defer h.ix.mu.Unlock()
+	return len(h.ix.q) - h.ix.head
+}
+
+// UserHistoryBytes is the envelope bytes held by user's own history.
+func (h *Hub) UserHistoryBytes(user string) int64 {
+	s := h.shardOf(user)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if us := s.users[user]; us != nil {
+		return us.hist.bytes
+	}
+	return 0
+}
+
+// HistoryUsage is what HistoryTotalBytes bounds: HistoryBytes plus the
+// bookkeeping of every place an event is held.
+func (h *Hub) HistoryUsage() int64 { return h.ix.usage() }
+
+// HoldOverhead is the bookkeeping counted per place an event is held.
+const HoldOverhead = holdOverhead

@@ -35,6 +35,17 @@ type Options struct {
 	HistorySize int
 	// HistoryTTL is how long an event stays in the history.
 	HistoryTTL time.Duration
+	// HistoryMaxBytes bounds each user's history (and the broadcast
+	// history) by the envelope bytes it holds, oldest events dropped first
+	// (0: no byte bound). An event sent to many users counts in full
+	// against each user's bound.
+	HistoryMaxBytes int64
+	// HistoryTotalBytes bounds this node's whole history: the envelope
+	// bytes of every event held, each counted once however many users it
+	// went to, plus 32 bytes of bookkeeping per user holding it; beyond it
+	// the oldest events are dropped from every history that holds them (0:
+	// no bound).
+	HistoryTotalBytes int64
 	// MaxConnsPerUser and MaxConns limit connections (0: no limit).
 	MaxConnsPerUser int
 	MaxConns        int
@@ -75,10 +86,28 @@ type ConnInfo struct {
 	LastEventID string
 }
 
-// UserEvent is the id given to the event of one user by Publish.
+// UserEvent is the id given to the event of one user by Publish, and the
+// number of that user's connections, cluster-wide, that were live when it
+// was published.
 type UserEvent struct {
-	UserID string `json:"userId"`
-	ID     string `json:"id"`
+	UserID  string `json:"userId"`
+	ID      string `json:"id"`
+	Devices int    `json:"devices"`
+}
+
+// AllEvent is the answer of BroadcastAll: the event's id and the number of
+// connections, cluster-wide, that were live when it was published.
+type AllEvent struct {
+	ID      string `json:"id"`
+	Devices int    `json:"devices"`
+}
+
+// Connection describes one live connection (Connections).
+type Connection struct {
+	ConnectionID string    `json:"connectionId"`
+	Transport    string    `json:"transport"`
+	Node         string    `json:"node"`
+	ConnectedAt  time.Time `json:"connectedAt"`
 }
 
 // Stats is a snapshot of this node's connections.
@@ -109,6 +138,12 @@ type Hub struct {
 	allMu sync.Mutex // guards all (appends also hold every shard lock)
 	all   stream
 
+	// ix accounts the history node-wide; evictMu makes one publisher at a
+	// time evict for HistoryTotalBytes.
+	ix      histIndex
+	evictMu sync.Mutex
+	evicted atomic.Uint64 // events dropped by HistoryTotalBytes
+
 	total    atomic.Int64
 	users    atomic.Int64
 	byTransp sync.Map // transport name -> *atomic.Int64
@@ -133,18 +168,18 @@ type shard struct {
 
 // addLocked and removeLocked keep s.all (s.mu held).
 func (s *shard) addLocked(c *Conn) {
-	c.slot = len(s.all)
+	c.slot = int32(len(s.all))
 	s.all = append(s.all, c)
 }
 
 func (s *shard) removeLocked(c *Conn) {
-	i := c.slot
+	i := int(c.slot)
 	if i < 0 || i >= len(s.all) || s.all[i] != c {
 		return
 	}
 	last := len(s.all) - 1
 	s.all[i] = s.all[last]
-	s.all[i].slot = i
+	s.all[i].slot = int32(i)
 	s.all[last] = nil
 	s.all = s.all[:last]
 	c.slot = -1
@@ -173,6 +208,7 @@ func New(o Options) *Hub {
 	if o.SendQueue <= 0 {
 		o.SendQueue = 1024
 	}
+	o.SendQueue = min(o.SendQueue, 1<<30) // a Conn keeps its bound in an int32
 	if o.Heartbeat <= 0 {
 		o.Heartbeat = 25 * time.Second
 	}
@@ -214,9 +250,7 @@ func (h *Hub) Heartbeat() time.Duration { return h.opts.Heartbeat }
 // Draining reports whether Shutdown has begun.
 func (h *Hub) Draining() bool { return h.draining.Load() }
 
-func (h *Hub) shardOf(user string) *shard {
-	return h.shards[maphash.String(h.seed, user)%uint64(len(h.shards))]
-}
+func (h *Hub) shardOf(user string) *shard { return h.shards[h.shardIndex(user)] }
 
 func (h *Hub) transportCounter(name string) *atomic.Int64 {
 	if v, ok := h.byTransp.Load(name); ok {
@@ -259,7 +293,7 @@ func (h *Hub) maintain(now time.Time) {
 	// behind what a user history dropped below had seen.
 	if h.opts.HistoryTTL > 0 {
 		h.allMu.Lock()
-		h.all.trim(now.Add(-h.opts.HistoryTTL))
+		h.all.trim(now.Add(-h.opts.HistoryTTL), &h.ix)
 		h.allMu.Unlock()
 	}
 	var beats []beat
@@ -278,7 +312,7 @@ func (h *Hub) maintain(now time.Time) {
 				}
 			}
 			if h.opts.HistoryTTL > 0 {
-				us.hist.trim(now.Add(-h.opts.HistoryTTL))
+				us.hist.trim(now.Add(-h.opts.HistoryTTL), &h.ix)
 			}
 			if len(us.conns) == 0 && us.hist.n == 0 {
 				h.forget(us.hist.floor)
@@ -315,7 +349,8 @@ func (h *Hub) Register(info ConnInfo, sink Sink) (*Conn, error) {
 		user:      info.UserID,
 		transport: info.Transport,
 		sink:      sink,
-		limit:     h.opts.SendQueue,
+		limit:     int32(h.opts.SendQueue),
+		since:     time.Now().UnixMilli(),
 	}
 	c.id = "c-" + h.opts.Epoch + "-" + strconv.FormatUint(c.num, 36)
 	c.SetTokenExpiry(info.TokenExpiresAt)
@@ -342,7 +377,7 @@ func (h *Hub) Register(info ConnInfo, sink Sink) (*Conn, error) {
 	s.addLocked(c)
 	// a connection's first heartbeat is spread over one interval
 	c.nextBeat = time.Now().UnixNano() + int64(h.opts.Heartbeat)/2 + int64(c.num*7919%uint64(h.opts.Heartbeat/2+1))
-	c.limit += len(missed) + 1
+	c.limit += int32(len(missed) + 1)
 	// The position is taken under the shard lock: no event of this user
 	// (nor a broadcast, which holds every shard lock) can come between it
 	// and hub.connected.
@@ -439,10 +474,30 @@ func (h *Hub) recover(us *userState, lastID string) ([]*Message, bool) {
 		return nil, false
 	}
 	missed := mergeSeq(us.hist.after(seq), h.all.after(seq))
-	if len(missed) > h.opts.HistorySize {
+	if !h.replayable(missed) {
 		return nil, false
 	}
 	return missed, true
+}
+
+// replayable reports whether a replay fits the user's history bounds: at
+// most HistorySize events and HistoryMaxBytes bytes, broadcasts counted
+// with the user's own events. A replay beyond them needs events that the
+// bounds evicted, so the resume is not recovered.
+func (h *Hub) replayable(missed []*Message) bool {
+	if len(missed) > h.opts.HistorySize {
+		return false
+	}
+	if h.opts.HistoryMaxBytes > 0 {
+		var n int64
+		for _, m := range missed {
+			n += int64(m.Size())
+		}
+		if n > h.opts.HistoryMaxBytes {
+			return false
+		}
+	}
+	return true
 }
 
 // Unregister removes a connection; the transport calls it once its
@@ -562,8 +617,14 @@ func (h *Hub) slowConsumer(c *Conn, dropped int) {
 func (h *Hub) now() time.Time { return time.Now() }
 
 // Publish sends one event of type typ to each user in userIDs (duplicates
-// are sent once) and returns the id given to each user's event, in the order
-// of userIDs. The payload must be valid JSON.
+// are sent once) and returns, in the order of userIDs, the id each user's
+// event was given and how many of the user's connections were live when it
+// was published. The payload must be valid JSON.
+//
+// The users of one call get one event: the same id (one place in the id
+// order for all of them) and, on this node, one message shared by every
+// recipient's queue and history, so a payload sent to many users is held
+// once.
 func (h *Hub) Publish(ctx context.Context, userIDs []string, typ string, payload json.RawMessage) ([]UserEvent, error) {
 	h.activity.Add(1)
 	if err := ValidateType(typ); err != nil {
@@ -576,95 +637,175 @@ func (h *Hub) Publish(ctx context.Context, userIDs []string, typ string, payload
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	out := make([]UserEvent, 0, len(userIDs))
 	for _, u := range userIDs {
 		if u == "" {
 			return nil, errors.New("userIds: must not contain an empty id")
 		}
 	}
-	var seen map[string]struct{} // duplicates; not needed for one user
-	if len(userIDs) > 1 {
-		seen = make(map[string]struct{}, len(userIDs))
-	}
-	if h.opts.Broker != nil {
-		users := make([]string, 0, len(userIDs))
+	users := userIDs
+	if len(userIDs) > 1 { // duplicates; not needed for one user
+		seen := make(map[string]struct{}, len(userIDs))
+		users = make([]string, 0, len(userIDs))
 		for _, u := range userIDs {
-			if seen == nil {
-				users = append(users, u)
-				continue
-			}
 			if _, dup := seen[u]; !dup {
 				seen[u] = struct{}{}
 				users = append(users, u)
 			}
 		}
-		ids, err := h.opts.Broker.PublishUsers(ctx, users, typ, p, h.now())
+	}
+	if len(users) == 0 {
+		return []UserEvent{}, nil
+	}
+	out := make([]UserEvent, len(users))
+	for i, u := range users {
+		out[i].UserID = u
+	}
+	if h.opts.Broker != nil {
+		id, devices, err := h.opts.Broker.PublishUsers(ctx, users, typ, p, h.now())
 		if err != nil {
 			return nil, brokerError(err)
 		}
-		for i, u := range users {
-			out = append(out, UserEvent{UserID: u, ID: ids[i]})
+		for i := range out {
+			out[i].ID, out[i].Devices = id, devices[i]
 		}
 		if h.opts.Observer != nil {
 			h.opts.Observer.Published(len(out))
 		}
 		return out, nil
 	}
-	for _, u := range userIDs {
-		if seen != nil {
-			if _, dup := seen[u]; dup {
-				continue
-			}
-			seen[u] = struct{}{}
-		}
-		s := h.shardOf(u)
-		s.mu.Lock()
-		seq := h.seq.Add(1)
-		ts := h.now()
-		m := newEvent(formatID(h.opts.Epoch, seq), typ, p, ts, seq)
-		us := s.users[u]
-		if us == nil && h.opts.HistorySize > 0 {
-			us = h.newUser()
-			s.users[u] = us
-		}
-		if us != nil {
-			us.hist.push(m, h.opts.HistorySize)
-			for _, c := range us.conns {
-				c.enqueue(m)
-			}
-		}
-		s.mu.Unlock()
-		out = append(out, UserEvent{UserID: u, ID: m.ID})
-	}
+	h.publishLocal(users, typ, p, out)
 	if h.opts.Observer != nil {
 		h.opts.Observer.Published(len(out))
 	}
 	return out, nil
 }
 
+// publishLocal publishes one event to users (distinct) on a hub without a
+// broker, filling out's ids and device counts. It holds the shard locks of
+// every user while it takes the id, stores the event and queues it, so
+// that each user's events keep the order of their ids.
+func (h *Hub) publishLocal(users []string, typ string, p []byte, out []UserEvent) {
+	var one [1]*shard
+	locked := one[:0]
+	if len(users) == 1 {
+		locked = append(locked, h.shardOf(users[0]))
+	} else {
+		idx := make([]bool, len(h.shards))
+		for _, u := range users {
+			idx[h.shardIndex(u)] = true
+		}
+		for i, on := range idx {
+			if on {
+				locked = append(locked, h.shards[i])
+			}
+		}
+	}
+	for _, s := range locked { // in shard order, as Broadcast takes them
+		s.mu.Lock()
+	}
+	seq := h.seq.Add(1)
+	m := newEvent(formatID(h.opts.Epoch, seq), typ, p, h.now(), seq)
+	history := h.historyOn()
+	var holders []holder
+	if history {
+		h.ix.start(m)
+		holders = make([]holder, 0, len(users))
+	}
+	for i, u := range users {
+		s := h.shardOf(u)
+		us := s.users[u]
+		if us == nil && history {
+			us = h.newUser()
+			s.users[u] = us
+		}
+		out[i].ID = m.ID
+		if us == nil {
+			continue
+		}
+		out[i].Devices = len(us.conns)
+		if history {
+			us.hist.push(m, h.opts.HistorySize, h.opts.HistoryMaxBytes, &h.ix)
+			holders = append(holders, holder{s: s, us: us})
+		}
+		for _, c := range us.conns {
+			c.enqueue(m)
+		}
+	}
+	if history {
+		h.ix.done(m, holders)
+	}
+	for _, s := range locked {
+		s.mu.Unlock()
+	}
+	h.evictOverTotal()
+}
+
+// shardIndex is the index of user's shard.
+func (h *Hub) shardIndex(user string) int {
+	return int(maphash.String(h.seed, user) % uint64(len(h.shards)))
+}
+
+// evictOverTotal drops the oldest events of the node's history, from every
+// stream that holds them, while the history uses more than
+// HistoryTotalBytes (histIndex.usage). It takes no lock of the caller's:
+// call it after unlocking.
+func (h *Hub) evictOverTotal() {
+	limit := h.opts.HistoryTotalBytes
+	if limit <= 0 || h.ix.usage() <= limit {
+		return
+	}
+	h.evictMu.Lock()
+	defer h.evictMu.Unlock()
+	for h.ix.usage() > limit {
+		e, ok := h.ix.pop()
+		if !ok {
+			return
+		}
+		h.evicted.Add(1)
+		for _, ho := range e.holders {
+			if ho.us == nil {
+				h.allMu.Lock()
+				h.all.dropThrough(e.m.seq, &h.ix)
+				h.allMu.Unlock()
+				continue
+			}
+			ho.s.mu.Lock()
+			ho.us.hist.dropThrough(e.m.seq, &h.ix)
+			ho.s.mu.Unlock()
+		}
+	}
+}
+
 // Broadcast sends one event to every connected user (and into every user's
 // resume history) and returns its id, the same for every recipient.
 func (h *Hub) Broadcast(ctx context.Context, typ string, payload json.RawMessage) (string, error) {
+	ev, err := h.BroadcastAll(ctx, typ, payload)
+	return ev.ID, err
+}
+
+// BroadcastAll is Broadcast that also returns the number of connections,
+// cluster-wide, that were live when the event was published.
+func (h *Hub) BroadcastAll(ctx context.Context, typ string, payload json.RawMessage) (AllEvent, error) {
 	h.activity.Add(1)
 	if err := ValidateType(typ); err != nil {
-		return "", fmt.Errorf("type: %w", err)
+		return AllEvent{}, fmt.Errorf("type: %w", err)
 	}
 	p, err := compactPayload(payload)
 	if err != nil {
-		return "", err
+		return AllEvent{}, err
 	}
 	if err := ctx.Err(); err != nil {
-		return "", err
+		return AllEvent{}, err
 	}
 	if h.opts.Broker != nil {
-		id, err := h.opts.Broker.PublishAll(ctx, typ, p, h.now())
+		id, devices, err := h.opts.Broker.PublishAll(ctx, typ, p, h.now())
 		if err != nil {
-			return "", brokerError(err)
+			return AllEvent{}, brokerError(err)
 		}
 		if h.opts.Observer != nil {
 			h.opts.Observer.Published(1)
 		}
-		return id, nil
+		return AllEvent{ID: id, Devices: devices}, nil
 	}
 	// Take every shard lock so that this event's position is the same for
 	// every user relative to their own events; release shard by shard.
@@ -673,19 +814,26 @@ func (h *Hub) Broadcast(ctx context.Context, typ string, payload json.RawMessage
 	}
 	seq := h.seq.Add(1)
 	m := newEvent(formatID(h.opts.Epoch, seq), typ, p, h.now(), seq)
-	h.allMu.Lock()
-	h.all.push(m, h.opts.HistorySize)
-	h.allMu.Unlock()
+	if h.historyOn() {
+		h.ix.start(m)
+		h.allMu.Lock()
+		h.all.push(m, h.opts.HistorySize, h.opts.HistoryMaxBytes, &h.ix)
+		h.allMu.Unlock()
+		h.ix.done(m, []holder{{}})
+	}
+	devices := 0
 	for _, s := range h.shards {
+		devices += len(s.all)
 		for _, c := range s.all {
 			c.enqueue(m)
 		}
 		s.mu.Unlock()
 	}
+	h.evictOverTotal()
 	if h.opts.Observer != nil {
 		h.opts.Observer.Published(1)
 	}
-	return m.ID, nil
+	return AllEvent{ID: m.ID, Devices: devices}, nil
 }
 
 // Activity counts the publishes made on this hub and the events its broker
@@ -719,6 +867,22 @@ func (h *Hub) UserConnections(user string) int {
 		return len(us.conns)
 	}
 	return 0
+}
+
+// HistoryMemory is what the node's history holds in memory.
+type HistoryMemory struct {
+	// Bytes is what HistoryTotalBytes bounds: the envelopes held, each
+	// once, and 32 bytes per place (a user's history, the broadcasts')
+	// one is held.
+	Bytes int64
+	// Evicted counts the events dropped so far by HistoryTotalBytes.
+	Evicted uint64
+}
+
+// HistoryMemory returns what the node's history holds (with a broker the
+// history is in the broker, and this is zero).
+func (h *Hub) HistoryMemory() HistoryMemory {
+	return HistoryMemory{Bytes: h.ix.usage(), Evicted: h.evicted.Load()}
 }
 
 // Stats returns this node's connection counts.

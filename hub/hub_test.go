@@ -163,17 +163,30 @@ func TestPublishDuplicateUsersOnce(t *testing.T) {
 	if want := []string{"u2", "u1", "u3"}; !slices.Equal(users, want) {
 		t.Fatalf("events for %v, want %v", users, want)
 	}
-	if evs[0].ID == evs[1].ID || evs[1].ID == evs[2].ID {
-		t.Errorf("users share an id: %+v", evs)
+	// one call is one event: one id, one message shared by every queue
+	if evs[0].ID != evs[1].ID || evs[1].ID != evs[2].ID {
+		t.Errorf("the users of one call got different ids: %+v", evs)
 	}
+	if got := []int{evs[0].Devices, evs[1].Devices, evs[2].Devices}; !slices.Equal(got, []int{1, 1, 0}) {
+		t.Errorf("devices %v, want [1 1 0]", got)
+	}
+	var got []*hub.Message
 	for _, tc := range []struct {
 		c    *hub.Conn
 		want string
 	}{{u1, evs[1].ID}, {u2, evs[0].ID}} {
 		msgs, _ := drain(tc.c)
-		if got := ids(msgs); !slices.Equal(got, []string{tc.want}) {
-			t.Errorf("%s got %v, want [%s]", tc.c.UserID(), got, tc.want)
+		if ids := ids(msgs); !slices.Equal(ids, []string{tc.want}) {
+			t.Fatalf("%s got %v, want [%s]", tc.c.UserID(), ids, tc.want)
 		}
+		for _, m := range msgs {
+			if m.ID != "" {
+				got = append(got, m)
+			}
+		}
+	}
+	if got[0] != got[1] {
+		t.Errorf("each user got its own message; want one shared message")
 	}
 }
 

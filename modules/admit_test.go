@@ -3,6 +3,8 @@ package modules_test
 import (
 	"net/http"
 	"net/netip"
+	"net/url"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -75,12 +77,40 @@ func TestAdmissionBurst(t *testing.T) {
 	if status, _ := do(t, req); status != http.StatusOK {
 		t.Fatalf("healthz %d", status)
 	}
-	// a resuming client still gets in while fresh ones are refused
-	w, resp, err := th.dialWS(tok, "x-1", nil)
+	// Made-up last event ids (not an id this hub could have issued) do
+	// not count as resumes: a flood of them is refused like fresh clients
+	// and leaves the reserve to the clients that really resume (issue 15).
+	id := th.publish("BEFORE", nil, "alice")["alice"] // publishing takes no token
+	epoch := id[:strings.LastIndexByte(id, '-')]
+	bogus := []string{"x-1", epoch + "-999999", epoch + "-999999p", "zzz-0p", "1", "' or 1=1"}
+	for i, last := range bogus {
+		for _, sse := range []bool{false, true} {
+			var req *http.Request
+			if sse {
+				req, _ = http.NewRequest(http.MethodGet, th.URL+th.Config.SSEPath+"?token="+tok, nil)
+				req.Header.Set("Last-Event-ID", last)
+			} else {
+				req = upgradeRequest("http" + th.WSURL[len("ws"):] + "?token=" + tok + "&last_event_id=" + url.QueryEscape(last))
+			}
+			resp, err := http.DefaultTransport.RoundTrip(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusServiceUnavailable {
+				t.Fatalf("made-up id %d %q (sse %v): status %d, want 503 like a fresh client", i, last, sse, resp.StatusCode)
+			}
+		}
+	}
+	// a resuming client still gets in while fresh ones are refused, from
+	// an event id or from a position, on either transport
+	w, resp, err := th.dialWS(tok, id, nil)
 	if err != nil {
 		t.Fatalf("resuming client refused: %v %v", err, resp)
 	}
 	w.connected()
+	s := th.mustSSE(tok, epoch+"-0p")
+	s.connected()
 	_, resp, err = th.dialWS(tok, "", nil)
 	if err == nil || resp == nil || resp.StatusCode != http.StatusServiceUnavailable {
 		t.Fatalf("fresh client after the burst: %v %v", err, resp)

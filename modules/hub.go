@@ -30,7 +30,9 @@ func newBroker(cfg config.Config, log *slog.Logger) (*redisbroker.Broker, error)
 		Node:        cfg.NodeName,
 		HistorySize: cfg.HistorySize,
 		HistoryTTL:  cfg.HistoryTTL,
-		Logger:      log,
+		// each stream in Redis is bounded like a user's history here
+		HistoryMaxBytes: cfg.HistoryMaxBytes,
+		Logger:          log,
 		// every Redis call of a publish and of /readyz within it
 		PublishTimeout: cfg.PublishTimeout,
 	})
@@ -51,15 +53,19 @@ type hubParams struct {
 
 func newHub(p hubParams) *hub.Hub {
 	o := hub.Options{
-		Node:            p.Cfg.NodeName,
-		SendQueue:       p.Cfg.SendQueue,
-		HistorySize:     p.Cfg.HistorySize,
-		HistoryTTL:      p.Cfg.HistoryTTL,
-		MaxConnsPerUser: p.Cfg.MaxConnectionsPerUser,
-		MaxConns:        p.Cfg.MaxConnections,
-		Heartbeat:       p.Cfg.HeartbeatInterval,
-		Logger:          p.Log,
-		Observer:        p.Metrics,
+		Node:        p.Cfg.NodeName,
+		SendQueue:   p.Cfg.SendQueue,
+		HistorySize: p.Cfg.HistorySize,
+		HistoryTTL:  p.Cfg.HistoryTTL,
+		// HUB_HISTORY_TOTAL_BYTES bounds what this node holds in memory:
+		// with the Redis broker the history is in Redis, and it holds none
+		HistoryMaxBytes:   p.Cfg.HistoryMaxBytes,
+		HistoryTotalBytes: p.Cfg.HistoryTotalBytes,
+		MaxConnsPerUser:   p.Cfg.MaxConnectionsPerUser,
+		MaxConns:          p.Cfg.MaxConnections,
+		Heartbeat:         p.Cfg.HeartbeatInterval,
+		Logger:            p.Log,
+		Observer:          p.Metrics,
 	}
 	if b := p.Broker; b != nil {
 		o.Broker = b

@@ -315,10 +315,17 @@ func testConsole(t *testing.T, b context.Context) {
 		t.Fatalf("broadcast result = %q, want 202", result)
 	}
 	var answer struct {
-		Events []struct{ UserID, ID string } `json:"events"`
+		Events []struct {
+			UserID, ID string
+			Devices    int
+		} `json:"events"`
 	}
-	if err := json.Unmarshal([]byte(result[strings.Index(result, "{"):]), &answer); err != nil || len(answer.Events) != 1 {
-		t.Fatalf("broadcast answer %q: %v", result, err)
+	if err := json.Unmarshal([]byte(result[strings.Index(result, "{"):]), &answer); err != nil || len(answer.Events) != 1 || answer.Events[0].Devices != 1 {
+		t.Fatalf("broadcast answer %q: %v, want one event with 1 device", result, err)
+	}
+	// the page says how many devices got it live
+	if s := evalT[string](t, p, `document.getElementById("bc-devices").textContent`); s != "dev-user: 1 device live" {
+		t.Errorf("devices line = %q, want %q", s, "dev-user: 1 device live")
 	}
 	li := evalT[string](t, p, `document.querySelector('#events li[data-type="TEST_EVENT"]').textContent`)
 	var env pageEvent

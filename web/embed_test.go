@@ -139,7 +139,7 @@ func TestConsoleIDs(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, id := range []string{"token", "admin-token", "transport", "connect", "disconnect", "state", "events",
-		"bc-users", "bc-all", "bc-type", "bc-payload", "bc-send", "bc-result", "stats", "stats-refresh"} {
+		"bc-users", "bc-all", "bc-type", "bc-payload", "bc-send", "bc-devices", "bc-result", "stats", "stats-refresh"} {
 		if !strings.Contains(string(page), `id="`+id+`"`) {
 			t.Errorf("index.html has no element #%s", id)
 		}

@@ -5,6 +5,7 @@
 //	hubctl tail        print a user's events as they come (WebSocket or SSE)
 //	hubctl stats       print the node's connection stats (admin JWT)
 //	hubctl disconnect  close every connection of a user
+//	hubctl who         list a user's live connections on every node
 //	hubctl bench       measure a hub on loopback (hubbench: idle, fanout, unicast)
 //
 // Environment: HUB_URL (default http://localhost:8080), HUB_API_KEY (else,

@@ -75,6 +75,10 @@ type Options struct {
 	// HistoryTTL is the streams' expiry (an idle user's history vanishes)
 	// and the age beyond which an event no longer counts as held.
 	HistoryTTL time.Duration
+	// HistoryMaxBytes bounds each stream (a user's, the broadcasts') by
+	// the envelope bytes it holds, oldest entries deleted first (0: no
+	// byte bound).
+	HistoryMaxBytes int64
 	// Logger receives the broker's logs (default slog.Default()).
 	Logger *slog.Logger
 	// SlotTTL is how long a connection slot (AcquireConn) lives without
@@ -141,9 +145,16 @@ type Broker struct {
 	opSignal  chan struct{}
 
 	slotMu    sync.Mutex
-	held      map[string]map[string]struct{} // user -> connection ids holding a slot
-	releases  []slotRef                      // slots given back, not yet removed
+	held      map[string]map[string]string // user -> connection id -> slot member
+	releases  []slotRef                    // slots given back, not yet removed
 	relSignal chan struct{}
+
+	latest atomic.Pointer[known] // the cluster's epoch and sequence, as last seen (Latest)
+	// lastMsg is the last message dispatch built, with the payload it was
+	// built from: the event of a publish to many users comes once per user
+	// channel, and is built once (receive loop only).
+	lastPayload string
+	lastMsg     *hub.Message
 
 	live      atomic.Bool           // the Pub/Sub connection is subscribed and in sync
 	health    atomic.Pointer[error] // last probe's error; nil pointer or nil error: healthy
@@ -184,6 +195,9 @@ func New(o Options) (*Broker, error) {
 	if o.HistoryTTL < 0 {
 		return nil, errors.New("history ttl must not be negative")
 	}
+	if o.HistoryMaxBytes < 0 {
+		return nil, errors.New("history max bytes must not be negative")
+	}
 	if o.SlotTTL < 0 {
 		return nil, errors.New("slot ttl must not be negative")
 	}
@@ -219,7 +233,7 @@ func New(o Options) (*Broker, error) {
 		subs:      make(map[string]*chanState),
 		unsubPend: make(map[string]int),
 		opSignal:  make(chan struct{}, 1),
-		held:      make(map[string]map[string]struct{}),
+		held:      make(map[string]map[string]string),
 		relSignal: make(chan struct{}, 1),
 		probeNow:  make(chan struct{}, 1),
 	}, nil
@@ -234,8 +248,11 @@ func randomName() string {
 func (b *Broker) userCh(user string) string { return b.opts.Prefix + "c:" + user }
 
 // userStream and allStream are key prefixes; the script appends the epoch.
+// userBytes and allBytes are those of their byte counters.
 func (b *Broker) userStream(user string) string { return b.opts.Prefix + "u:" + user + ":" }
 func (b *Broker) allStream() string             { return b.opts.Prefix + "a:" }
+func (b *Broker) userBytes(user string) string  { return b.opts.Prefix + "ub:" + user + ":" }
+func (b *Broker) allBytes() string              { return b.opts.Prefix + "ab:" }
 
 // Start connects (an error if Redis cannot be reached), subscribes to the
 // broadcast and control channels and starts the receive loop, the
@@ -376,32 +393,34 @@ func (b *Broker) Healthy() error {
 	return b.healthErr()
 }
 
-// PublishUsers appends one event per user to their streams and publishes
-// them, in one atomic script; it returns the ids in the order of users.
-func (b *Broker) PublishUsers(ctx context.Context, users []string, typ string, payload []byte, ts time.Time) ([]string, error) {
+// PublishUsers gives one event one id, appends it to the streams of users
+// (distinct) and publishes it on their channels, in one atomic script that
+// also counts each user's live connection slots; it returns the id and the
+// counts in the order of users.
+func (b *Broker) PublishUsers(ctx context.Context, users []string, typ string, payload []byte, ts time.Time) (string, []int, error) {
 	if len(users) == 0 {
-		return nil, nil
+		return "", nil, nil
 	}
-	streams := make([]string, len(users))
-	chans := make([]string, len(users))
+	targets := make([]target, len(users))
 	for i, u := range users {
-		streams[i], chans[i] = b.userStream(u), b.userCh(u)
+		targets[i] = target{stream: b.userStream(u), bytes: b.userBytes(u), channel: b.userCh(u), slots: b.slotKey(u)}
 	}
-	ids, err := b.publish(ctx, streams, chans, typ, payload, ts)
+	id, devices, err := b.publish(ctx, targets, typ, payload, ts)
 	if err != nil {
-		return nil, fmt.Errorf("publish: %w", err)
+		return "", nil, fmt.Errorf("publish: %w", err)
 	}
-	return ids, nil
+	return id, devices, nil
 }
 
 // PublishAll appends one event to the broadcast stream and publishes it to
-// every node; it returns its id.
-func (b *Broker) PublishAll(ctx context.Context, typ string, payload []byte, ts time.Time) (string, error) {
-	ids, err := b.publish(ctx, []string{b.allStream()}, []string{b.allCh}, typ, payload, ts)
+// every node; it returns its id and the cluster's live connection slots.
+func (b *Broker) PublishAll(ctx context.Context, typ string, payload []byte, ts time.Time) (string, int, error) {
+	t := target{stream: b.allStream(), bytes: b.allBytes(), channel: b.allCh, slots: b.allSlotsKey()}
+	id, devices, err := b.publish(ctx, []target{t}, typ, payload, ts)
 	if err != nil {
-		return "", fmt.Errorf("broadcast: %w", err)
+		return "", 0, fmt.Errorf("broadcast: %w", err)
 	}
-	return ids[0], nil
+	return id, devices[0], nil
 }
 
 // History returns user's events after lastID (its own and the broadcasts,
@@ -454,6 +473,9 @@ func (b *Broker) Position(ctx context.Context) (string, error) {
 	if len(res) != 2 {
 		return "", fmt.Errorf("position: script returned %d values", len(res))
 	}
+	if seq, err := strconv.ParseUint(res[1], 10, 64); err == nil {
+		b.note(res[0], seq, true)
+	}
 	return res[0] + "-" + res[1], nil
 }
 
@@ -487,7 +509,7 @@ func (b *Broker) read(ctx context.Context, user, epoch string, last uint64, max 
 		if err != nil {
 			return nil, false, err
 		}
-		if s.trimmed && s.first > last+1 {
+		if (s.trimmed && s.first > last+1) || s.deleted > last {
 			return nil, false, nil
 		}
 		if s.heldAt >= 0 && (b.opts.HistoryTTL == 0 || s.heldAt >= minAge) {
@@ -504,16 +526,18 @@ func (b *Broker) read(ctx context.Context, user, epoch string, last uint64, max 
 type streamResult struct {
 	trimmed bool
 	first   uint64
-	heldAt  int64 // -1: the last id is not in this stream
+	deleted uint64 // seq of the newest entry deleted by the bounds
+	heldAt  int64  // -1: the last id is not in this stream
 	msgs    []*hub.Message
 }
 
 func parseStreamResult(v any) (streamResult, error) {
 	r := streamResult{heldAt: -1}
 	a, ok := v.([]any)
-	if !ok || len(a) != 4 {
+	if !ok || len(a) != 5 {
 		return r, fmt.Errorf("unexpected script result %T", v)
 	}
+	r.deleted = uint64(toInt(a[4]))
 	r.trimmed = toInt(a[0]) == 1
 	r.first = uint64(toInt(a[1]))
 	if s, _ := a[2].(string); s != "" {
@@ -703,4 +727,41 @@ func (b *Broker) ClusterStats(ctx context.Context) (any, error) {
 type nodeReport struct {
 	Stats hub.Stats `json:"stats"`
 	At    int64     `json:"at"` // Unix milliseconds
+}
+
+// known is the cluster's epoch and the highest sequence seen of it.
+type known struct {
+	epoch string
+	seq   uint64
+}
+
+// note records that the cluster's epoch has reached seq. What Redis said
+// of its epoch (authoritative: a probe or Position) replaces another
+// epoch; an id seen elsewhere (a publish's answer, a delivery) only moves
+// the sequence of the epoch known, or gives the first one.
+func (b *Broker) note(epoch string, seq uint64, authoritative bool) {
+	for {
+		cur := b.latest.Load()
+		switch {
+		case cur == nil:
+		case cur.epoch == epoch && cur.seq >= seq:
+			return
+		case cur.epoch != epoch && !authoritative:
+			return
+		}
+		if b.latest.CompareAndSwap(cur, &known{epoch, seq}) {
+			return
+		}
+	}
+}
+
+// Latest returns the cluster's epoch and the highest sequence this node
+// has seen: from the health loop's probes (every HealthInterval), its own
+// publishes and Position calls, and the events delivered to it. It never
+// asks Redis.
+func (b *Broker) Latest() (string, uint64) {
+	if k := b.latest.Load(); k != nil {
+		return k.epoch, k.seq
+	}
+	return "", 0
 }

@@ -76,10 +76,11 @@ func TestFrameMatchesEncodeEnvelope(t *testing.T) {
 	var first string
 	for i, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			ids, err := n.broker.PublishUsers(bg(t), []string{"u1"}, "T.x:y-z", []byte(tt.payload), ts)
+			id, _, err := n.broker.PublishUsers(bg(t), []string{"u1"}, "T.x:y-z", []byte(tt.payload), ts)
 			if err != nil {
 				t.Fatal(err)
 			}
+			ids := []string{id}
 			if i == 0 {
 				first = ids[0]
 			}
@@ -346,17 +347,17 @@ func TestHistory(t *testing.T) {
 			for _, p := range tt.pubs {
 				ts := now.Add(-p.age)
 				if p.all {
-					id, err := n.broker.PublishAll(bg(t), "B", []byte(`1`), ts)
+					id, _, err := n.broker.PublishAll(bg(t), "B", []byte(`1`), ts)
 					if err != nil {
 						t.Fatal(err)
 					}
 					ids = append(ids, id)
 				} else {
-					got, err := n.broker.PublishUsers(bg(t), []string{"u1"}, "E", []byte(`1`), ts)
+					got, _, err := n.broker.PublishUsers(bg(t), []string{"u1"}, "E", []byte(`1`), ts)
 					if err != nil {
 						t.Fatal(err)
 					}
-					ids = append(ids, got[0])
+					ids = append(ids, got)
 				}
 			}
 			msgs, ok, err := n.broker.History(bg(t), "u1", ids[tt.from], tt.max)
@@ -380,10 +381,11 @@ func TestNoHistory(t *testing.T) {
 	pfx := hubtest.RedisPrefix(t, url)
 	n := startNode(t, url, pfx, "a", 0, 0)
 	cl := connect(t, n.hub, "u1", "")
-	ids, err := n.broker.PublishUsers(bg(t), []string{"u1"}, "E", []byte(`1`), time.Now())
+	id, _, err := n.broker.PublishUsers(bg(t), []string{"u1"}, "E", []byte(`1`), time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}
+	ids := []string{id}
 	if got := cl.waitEvents(1); got[0].ID != ids[0] {
 		t.Fatalf("got %s, want %s", got[0].ID, ids[0])
 	}
@@ -401,14 +403,14 @@ func TestStreamExpiry(t *testing.T) {
 	url := hubtest.RedisURL(t)
 	pfx := hubtest.RedisPrefix(t, url)
 	n := startNode(t, url, pfx, "a", 10, 90*time.Second)
-	if _, err := n.broker.PublishUsers(bg(t), []string{"u1"}, "E", []byte(`1`), time.Now()); err != nil {
+	if _, _, err := n.broker.PublishUsers(bg(t), []string{"u1"}, "E", []byte(`1`), time.Now()); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := n.broker.PublishAll(bg(t), "E", []byte(`1`), time.Now()); err != nil {
+	if _, _, err := n.broker.PublishAll(bg(t), "E", []byte(`1`), time.Now()); err != nil {
 		t.Fatal(err)
 	}
 	rc := hubtest.RedisClient(t, url)
-	for _, pat := range []string{pfx + "u:u1:*", pfx + "a:*"} {
+	for _, pat := range []string{pfx + "u:u1:*", pfx + "a:*", pfx + "ub:u1:*", pfx + "ab:*"} {
 		keys, err := rc.Keys(bg(t), pat).Result()
 		if err != nil || len(keys) != 1 {
 			t.Fatalf("keys %s = %v, %v", pat, keys, err)
@@ -428,22 +430,23 @@ func TestLostDataMakesNewEpoch(t *testing.T) {
 	url := hubtest.RedisURL(t)
 	pfx := hubtest.RedisPrefix(t, url)
 	n := startNode(t, url, pfx, "a", 10, time.Minute)
-	ids, err := n.broker.PublishUsers(bg(t), []string{"u1"}, "E", []byte(`1`), time.Now())
+	first, _, err := n.broker.PublishUsers(bg(t), []string{"u1"}, "E", []byte(`1`), time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := n.broker.PublishUsers(bg(t), []string{"u1"}, "E", []byte(`1`), time.Now()); err != nil {
+	ids := []string{first}
+	if _, _, err := n.broker.PublishUsers(bg(t), []string{"u1"}, "E", []byte(`1`), time.Now()); err != nil {
 		t.Fatal(err)
 	}
 	rc := hubtest.RedisClient(t, url)
 	keys, _ := rc.Keys(bg(t), pfx+"*").Result()
 	rc.Del(bg(t), keys...)
-	after, err := n.broker.PublishUsers(bg(t), []string{"u1"}, "E", []byte(`1`), time.Now())
+	after, _, err := n.broker.PublishUsers(bg(t), []string{"u1"}, "E", []byte(`1`), time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}
 	e1, _, _ := hub.ParseID(ids[0])
-	e2, _, _ := hub.ParseID(after[0])
+	e2, _, _ := hub.ParseID(after)
 	if e1 == e2 {
 		t.Fatalf("epoch %s kept after the data was lost", e1)
 	}

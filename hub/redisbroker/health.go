@@ -3,6 +3,7 @@ package redisbroker
 import (
 	"context"
 	"fmt"
+	"strconv"
 	"sync"
 	"time"
 
@@ -48,15 +49,35 @@ func (c *clock) toRedis(t time.Time) int64 {
 	return c.micros(t) + c.off + c.skew
 }
 
-// sampleClock asks Redis for its time through client and records a sample.
+// sampleClock asks Redis for its time through client and records a sample;
+// in the same round trip it reads the cluster's epoch and sequence from the
+// meta hash for Latest.
 func (b *Broker) sampleClock(ctx context.Context, client *redis.Client) error {
 	ctx, cancel := context.WithTimeout(ctx, b.opts.PublishTimeout)
 	defer cancel()
-	rt, err := client.Time(ctx).Result()
+	var tc *redis.TimeCmd
+	var mc *redis.SliceCmd
+	_, err := client.Pipelined(ctx, func(p redis.Pipeliner) error {
+		tc = p.Time(ctx)
+		mc = p.HMGet(ctx, b.metaKey, "epoch", "seq")
+		return nil
+	})
+	received := time.Now()
+	rt, terr := tc.Result()
+	if terr != nil {
+		return terr
+	}
 	if err != nil {
 		return err
 	}
-	b.clock.set(rt, time.Now())
+	b.clock.set(rt, received)
+	if v := mc.Val(); len(v) == 2 {
+		epoch, _ := v[0].(string)
+		seqText, _ := v[1].(string)
+		if seq, err := strconv.ParseUint(seqText, 10, 64); err == nil && epoch != "" {
+			b.note(epoch, seq, true)
+		}
+	}
 	return nil
 }
 
@@ -64,7 +85,7 @@ func (b *Broker) sampleClock(ctx context.Context, client *redis.Client) error {
 // PublishTimeout), and at once when a connection to Redis failed (kick),
 // and keeps the outcome for Ready and for the publishes, which fail at
 // once, sending nothing, while Redis does not answer. Each answer is also a
-// clock sample.
+// clock sample and a reading of the cluster's epoch and sequence.
 func (b *Broker) healthLoop() {
 	defer b.wg.Done()
 	t := time.NewTicker(b.opts.HealthInterval)

@@ -165,10 +165,18 @@ func (b *Broker) dispatch(m *redis.Message) {
 		}
 		user = u
 	}
-	msg, ok := parsePublished(m.Payload)
-	if !ok {
-		b.log.Warn("malformed message on redis channel", "channel", m.Channel)
-		return
+	msg := b.lastMsg
+	if msg == nil || m.Payload != b.lastPayload {
+		var ok bool
+		if msg, ok = parsePublished(m.Payload); !ok {
+			b.log.Warn("malformed message on redis channel", "channel", m.Channel)
+			return
+		}
+		// one event published to many users comes once per user channel:
+		// the next ones share this message
+		b.lastPayload, b.lastMsg = m.Payload, msg
+		epoch, seq, _ := hub.ParseID(msg.ID)
+		b.note(epoch, seq, false)
 	}
 	b.recv.Deliver(user, msg)
 }

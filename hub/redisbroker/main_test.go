@@ -149,3 +149,8 @@ func idsOf(msgs []*hub.Message) []string {
 	}
 	return out
 }
+
+// redisbrokerOptions are startNode's broker options with a byte bound.
+func redisbrokerOptions(url, pfx, name string, size int, maxBytes int64) redisbroker.Options {
+	return redisbroker.Options{URL: url, Prefix: pfx, Node: name, HistorySize: size, HistoryTTL: time.Minute, HistoryMaxBytes: maxBytes}
+}

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"strconv"
 	"strings"
 	"time"
 
@@ -60,15 +61,22 @@ const (
 // errLate is the script's refusal: it ran after its deadline.
 var errLate = errors.New("redis ran the publish after its deadline and refused it")
 
-func (b *Broker) publish(ctx context.Context, streams, chans []string, typ string, payload []byte, ts time.Time) ([]string, error) {
+// target is where publishScript appends and publishes an event: a stream
+// and its byte counter (key prefixes, the epoch appended by the script), a
+// channel, and the slot set whose live members it counts.
+type target struct {
+	stream, bytes, channel, slots string
+}
+
+func (b *Broker) publish(ctx context.Context, targets []target, typ string, payload []byte, ts time.Time) (string, []int, error) {
 	if b.client == nil {
-		return nil, errors.New("not started")
+		return "", nil, errors.New("not started")
 	}
 	if err := hub.ValidateType(typ); err != nil {
-		return nil, fmt.Errorf("type: %w", err)
+		return "", nil, fmt.Errorf("type: %w", err)
 	}
 	if err := b.healthErr(); err != nil {
-		return nil, err
+		return "", nil, err
 	}
 	if len(payload) == 0 {
 		payload = []byte("null")
@@ -80,39 +88,36 @@ func (b *Broker) publish(ctx context.Context, streams, chans []string, typ strin
 	}
 	budget := deadline.Sub(start)
 	if budget < minPublishBudget {
-		return nil, fmt.Errorf("only %v left to publish", budget)
+		return "", nil, fmt.Errorf("only %v left to publish", budget)
 	}
 	runBy := start.Add(budget * 3 / 4)
 	settle := min(budget/20, maxSettle)
 	marker, markerTTL := b.marker(ctx)
 
-	n := len(streams)
-	args := make([]any, 0, 10+2*n)
+	n := len(targets)
+	args := make([]any, 0, 11+4*n)
 	args = append(args, randomName(), b.opts.HistorySize, b.opts.HistoryTTL.Milliseconds(),
 		typ, string(payload), ts.UTC().Format(hub.TimeFormat), ts.UnixMilli(),
-		b.clock.toRedis(runBy), markerTTL.Milliseconds(), n)
-	for _, s := range streams {
-		args = append(args, s)
-	}
-	for _, c := range chans {
-		args = append(args, c)
+		b.clock.toRedis(runBy), markerTTL.Milliseconds(), b.opts.HistoryMaxBytes, n)
+	for _, t := range targets {
+		args = append(args, t.stream, t.bytes, t.channel, t.slots)
 	}
 	keys := []string{b.metaKey, marker}
 	sctx, cancel := context.WithDeadline(ctx, runBy.Add(settle))
 	res, err := publishScript.Run(sctx, b.pub, keys, args...).StringSlice()
 	cancel()
 	if err == nil {
-		return scriptIDs(res, n)
+		return b.scriptAnswer(res, n)
 	}
 	var rerr redis.Error
 	if !errors.As(err, &rerr) {
 		b.kick() // a connection failed: is Redis still there?
 	}
 	if unsent(err) {
-		return nil, err
+		return "", nil, err
 	}
 	if ctx.Err() != nil { // the caller stopped waiting before the check was possible
-		return nil, fmt.Errorf("%w: %v", hub.ErrOutcomeUnknown, err)
+		return "", nil, fmt.Errorf("%w: %v", hub.ErrOutcomeUnknown, err)
 	}
 	return b.check(ctx, marker, n, runBy.Add(settle), deadline, err)
 }
@@ -120,24 +125,24 @@ func (b *Broker) publish(ctx context.Context, streams, chans []string, typ strin
 // check finds out, after a publish whose answer did not come, whether it
 // was applied: it waits until the script can no longer publish (after)
 // and reads the marker before deadline.
-func (b *Broker) check(ctx context.Context, marker string, n int, after, deadline time.Time, cause error) ([]string, error) {
+func (b *Broker) check(ctx context.Context, marker string, n int, after, deadline time.Time, cause error) (string, []int, error) {
 	t := time.NewTimer(time.Until(after))
 	select {
 	case <-t.C:
 	case <-ctx.Done():
 		t.Stop()
-		return nil, fmt.Errorf("%w: %v", hub.ErrOutcomeUnknown, cause)
+		return "", nil, fmt.Errorf("%w: %v", hub.ErrOutcomeUnknown, cause)
 	}
 	cctx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
 	v, err := b.probe.Get(cctx, marker).Result()
 	switch {
 	case errors.Is(err, redis.Nil):
-		return nil, fmt.Errorf("no answer in time (%v); checked: not published", cause)
+		return "", nil, fmt.Errorf("no answer in time (%v); checked: not published", cause)
 	case err != nil:
-		return nil, fmt.Errorf("%w: no answer in time (%v), and the check failed: %v", hub.ErrOutcomeUnknown, cause, err)
+		return "", nil, fmt.Errorf("%w: no answer in time (%v), and the check failed: %v", hub.ErrOutcomeUnknown, cause, err)
 	}
-	return splitIDs(v, n)
+	return b.parseAnswer(v, n)
 }
 
 // marker returns the name and lifetime of the publish's marker: named after
@@ -154,24 +159,42 @@ func (b *Broker) marker(ctx context.Context) (string, time.Duration) {
 	return b.opts.Prefix + "pt:" + randomName(), 2*b.opts.PublishTimeout + time.Second
 }
 
-// scriptIDs reads publishScript's answer.
-func scriptIDs(res []string, n int) ([]string, error) {
+// scriptAnswer reads publishScript's answer.
+func (b *Broker) scriptAnswer(res []string, n int) (string, []int, error) {
 	switch {
 	case len(res) == 1 && res[0] == "late":
-		return nil, errLate
+		return "", nil, errLate
 	case len(res) == 2 && (res[0] == "ok" || res[0] == "dup"):
-		return splitIDs(res[1], n)
+		return b.parseAnswer(res[1], n)
 	}
-	return nil, fmt.Errorf("unexpected script answer %q", res)
+	return "", nil, fmt.Errorf("unexpected script answer %q", res)
 }
 
-func splitIDs(joined string, n int) ([]string, error) {
-	ids := strings.Split(joined, ",")
-	if len(ids) != n {
-		// a key used again for a publish to another number of users
-		return nil, fmt.Errorf("%d ids published earlier under this idempotency key, %d asked for now", len(ids), n)
+// parseAnswer reads "<id>;<count>,<count>,...", the answer of a publish to
+// n targets (as the script returns it and the marker keeps it), and notes
+// the id as known (Latest).
+func (b *Broker) parseAnswer(answer string, n int) (string, []int, error) {
+	id, counts, ok := strings.Cut(answer, ";")
+	epoch, seq, idOK := hub.ParseID(id)
+	if !ok || !idOK {
+		// a marker of a version that gave each user its own id
+		return "", nil, fmt.Errorf("publish answer %q is not an id and counts", answer)
 	}
-	return ids, nil
+	parts := strings.Split(counts, ",")
+	if len(parts) != n {
+		// a key used again for a publish to another number of users
+		return "", nil, fmt.Errorf("%d users published earlier under this idempotency key, %d asked for now", len(parts), n)
+	}
+	devices := make([]int, n)
+	for i, p := range parts {
+		d, err := strconv.Atoi(p)
+		if err != nil || d < 0 {
+			return "", nil, fmt.Errorf("publish answer %q: bad count %q", answer, p)
+		}
+		devices[i] = d
+	}
+	b.note(epoch, seq, false)
+	return id, devices, nil
 }
 
 // unsent reports whether err shows that the script was not run: the

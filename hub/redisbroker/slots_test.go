@@ -220,10 +220,11 @@ func TestPositionAndSince(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ids, err := b.PublishUsers(bg(t), []string{"u1", "u2"}, "E", []byte(`1`), time.Now())
+	id, _, err := b.PublishUsers(bg(t), []string{"u1", "u2"}, "E", []byte(`1`), time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}
+	ids := []string{id, id} // one event, one id for both users
 	if want := ids[0][:lastDash(ids[0])] + "-0"; p0 != want {
 		t.Fatalf("first position %q, want %q", p0, want)
 	}
@@ -234,7 +235,7 @@ func TestPositionAndSince(t *testing.T) {
 	if p1 != ids[1] {
 		t.Fatalf("position %q, want the last id %q", p1, ids[1])
 	}
-	all, err := b.PublishAll(bg(t), "B", []byte(`2`), time.Now())
+	all, _, err := b.PublishAll(bg(t), "B", []byte(`2`), time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -263,8 +264,19 @@ func TestPositionAndSince(t *testing.T) {
 			}
 		})
 	}
-	// History asks that the id be held: a position is not.
-	if _, ok, err := b.History(bg(t), "u1", p1, 10); err != nil || ok {
+	// History asks that the id be held: a position past an event of
+	// another user's only is not.
+	if _, _, err := b.PublishUsers(bg(t), []string{"u2"}, "E", []byte(`3`), time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	p2, err := b.Position(bg(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if msgs, ok, err := b.Since(bg(t), "u1", p2, 10); err != nil || !ok || len(msgs) != 0 {
+		t.Fatalf("Since the last position = %v, %v, %v; want nothing, complete", idsOf(msgs), ok, err)
+	}
+	if _, ok, err := b.History(bg(t), "u1", p2, 10); err != nil || ok {
 		t.Fatalf("History from a position = %v, %v; want not complete", ok, err)
 	}
 }

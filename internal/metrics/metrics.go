@@ -146,7 +146,8 @@ func New(h *hub.Hub) *Metrics {
 }
 
 // SetHub sets the hub whose Stats feed hub_connections, hub_users and
-// hub_draining at scrape time.
+// hub_draining at scrape time, and whose HistoryMemory feeds
+// hub_history_bytes and hub_history_evicted_total.
 func (m *Metrics) SetHub(h *hub.Hub) {
 	if m == nil {
 		return
@@ -420,6 +421,8 @@ type statsCollector struct {
 	conns    *prometheus.Desc
 	users    *prometheus.Desc
 	draining *prometheus.Desc
+	histMem  *prometheus.Desc
+	evicted  *prometheus.Desc
 }
 
 func newStatsCollector() *statsCollector {
@@ -430,6 +433,10 @@ func newStatsCollector() *statsCollector {
 			"Users with at least one open connection on this node.", nil, nil),
 		draining: prometheus.NewDesc("hub_draining",
 			"1 while the node is shutting down (readiness is 503), else 0.", nil, nil),
+		histMem: prometheus.NewDesc("hub_history_bytes",
+			"Memory of the node's history as HUB_HISTORY_TOTAL_BYTES counts it: envelopes once each, plus 32 bytes per place one is held.", nil, nil),
+		evicted: prometheus.NewDesc("hub_history_evicted_total",
+			"Events dropped from the node's history by HUB_HISTORY_TOTAL_BYTES.", nil, nil),
 	}
 }
 
@@ -438,6 +445,8 @@ func (c *statsCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.conns
 	ch <- c.users
 	ch <- c.draining
+	ch <- c.histMem
+	ch <- c.evicted
 }
 
 // Collect implements prometheus.Collector.
@@ -456,4 +465,7 @@ func (c *statsCollector) Collect(ch chan<- prometheus.Metric) {
 		d = 1
 	}
 	ch <- prometheus.MustNewConstMetric(c.draining, prometheus.GaugeValue, d)
+	hm := h.HistoryMemory()
+	ch <- prometheus.MustNewConstMetric(c.histMem, prometheus.GaugeValue, float64(hm.Bytes))
+	ch <- prometheus.MustNewConstMetric(c.evicted, prometheus.CounterValue, float64(hm.Evicted))
 }

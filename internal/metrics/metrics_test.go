@@ -245,6 +245,11 @@ func TestHubGaugesAndNoUserIDs(t *testing.T) {
 		{"hub_resumes_total", lbl("outcome", "not_recovered"), 1},
 		{"hub_events_delivered_total", lbl("transport", "websocket"), 1},
 		{"hub_queue_depth", lbl("transport", "websocket"), 1},
+		{"hub_history_bytes", nil, float64(h.HistoryMemory().Bytes)},
+		{"hub_history_evicted_total", nil, 0},
+	}
+	if h.HistoryMemory().Bytes <= 32 {
+		t.Errorf("history memory %d after one event held, want its envelope and 32", h.HistoryMemory().Bytes)
 	}
 	for _, c := range checks {
 		if got := value(fams, c.name, c.labels); got != c.want {

@@ -1,6 +1,7 @@
 // Package api is the hub's HTTP service API: the broadcast endpoints
 // (POST /api/broadcast, POST /api/broadcast/batch), the user disconnect
-// (POST /api/users/{userId}/disconnect), the admin stats
+// (POST /api/users/{userId}/disconnect), a user's connections on every
+// node (GET /api/users/{userId}/connections), the admin stats
 // (GET /api/websocket/stats), health and readiness (GET /healthz,
 // GET /readyz), Prometheus metrics (GET /metrics), the OpenAPI document
 // of all of these (GET /api/openapi.json, from docs/openapi.yaml) and, in
@@ -182,12 +183,14 @@ func (a *API) RegisterPublic(mux *http.ServeMux) {
 }
 
 // RegisterInternal adds POST /api/broadcast, POST /api/broadcast/batch,
-// POST /api/users/{userId}/disconnect, GET /api/websocket/stats,
-// GET /api/openapi.json and, when Metrics is set, GET /metrics to mux.
+// POST /api/users/{userId}/disconnect, GET /api/users/{userId}/connections,
+// GET /api/websocket/stats, GET /api/openapi.json and, when Metrics is set,
+// GET /metrics to mux.
 func (a *API) RegisterInternal(mux *http.ServeMux) {
 	handle(mux, http.MethodPost, "/api/broadcast", a.broadcast)
 	handle(mux, http.MethodPost, "/api/broadcast/batch", a.batch)
 	handle(mux, http.MethodPost, "/api/users/{userId}/disconnect", a.disconnect)
+	handle(mux, http.MethodGet, "/api/users/{userId}/connections", a.connections)
 	handle(mux, http.MethodGet, "/api/websocket/stats", a.stats)
 	if a.metrics != nil {
 		mux.Handle("GET /metrics", a.metrics)
@@ -294,6 +297,52 @@ func (a *API) disconnect(w http.ResponseWriter, r *http.Request) {
 	}
 	n := a.hub.DisconnectUser(user)
 	httpx.WriteJSON(w, http.StatusOK, map[string]int{"closed": n})
+}
+
+// connectionsBody is the answer of GET /api/users/{userId}/connections.
+type connectionsBody struct {
+	UserID      string           `json:"userId"`
+	Connections []connectionItem `json:"connections"`
+}
+
+type connectionItem struct {
+	ConnectionID string `json:"connectionId"`
+	Transport    string `json:"transport"`
+	Node         string `json:"node"`
+	ConnectedAt  string `json:"connectedAt"` // RFC 3339, milliseconds, UTC
+}
+
+// connections lists the path's user's live connections on every node
+// (from the broker in a cluster): 200 with [] for a user with none, 503
+// unavailable when the broker cannot be read.
+func (a *API) connections(w http.ResponseWriter, r *http.Request) {
+	if _, ok := a.authenticate(w, r); !ok {
+		return
+	}
+	user := r.PathValue("userId")
+	if user == "" || len(user) > MaxUserIDLen {
+		httpx.WriteError(w, http.StatusBadRequest, "invalid_request", "userId: must be 1 to 256 bytes")
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), a.timeout)
+	defer cancel()
+	conns, err := a.hub.Connections(ctx, user)
+	if err != nil {
+		a.log.Error("connections: broker unavailable", "err", err)
+		httpx.WriteError(w, http.StatusServiceUnavailable, "unavailable", "the broker is unreachable; the connections cannot be listed")
+		return
+	}
+	body := connectionsBody{UserID: user, Connections: make([]connectionItem, len(conns))}
+	for i, c := range conns {
+		body.Connections[i] = connectionItem{
+			ConnectionID: c.ConnectionID,
+			Transport:    c.Transport,
+			Node:         c.Node,
+			ConnectedAt:  c.ConnectedAt.UTC().Format(hub.TimeFormat),
+		}
+	}
+	noStore(w)
+	httpx.WriteJSON(w, http.StatusOK, body)
 }
 
 func noStore(w http.ResponseWriter) {

@@ -234,20 +234,21 @@ func envelope(t testing.TB, m *hub.Message) (id, typ string, payload json.RawMes
 
 type usersAnswer struct {
 	Events []struct {
-		UserID string `json:"userId"`
-		ID     string `json:"id"`
+		UserID  string `json:"userId"`
+		ID      string `json:"id"`
+		Devices int    `json:"devices"`
 	} `json:"events"`
 }
 
 func TestServiceAuth(t *testing.T) {
-	e := newEnv(t, nil)
 	endpoints := []struct {
-		path, body string
-		ok         int
+		method, path, body string
+		ok                 int
 	}{
-		{"/api/broadcast", `{"userIds":["u1"],"type":"T"}`, http.StatusAccepted},
-		{"/api/broadcast/batch", `{"messages":[{"all":true,"type":"T"}]}`, http.StatusAccepted},
-		{"/api/users/u1/disconnect", ``, http.StatusOK},
+		{http.MethodPost, "/api/broadcast", `{"userIds":["u1"],"type":"T"}`, http.StatusAccepted},
+		{http.MethodPost, "/api/broadcast/batch", `{"messages":[{"all":true,"type":"T"}]}`, http.StatusAccepted},
+		{http.MethodPost, "/api/users/u1/disconnect", ``, http.StatusOK},
+		{http.MethodGet, "/api/users/u1/connections", ``, http.StatusOK},
 	}
 	otherTok := hubtest.TokenWith(t, "another-secret-0123456789abcdef", "svc", time.Hour, "service")
 	tests := []struct {
@@ -268,9 +269,10 @@ func TestServiceAuth(t *testing.T) {
 		{"admin JWT", bearer(mint(t, "root", "admin")), 0, ""},
 	}
 	for _, ep := range endpoints {
+		e := newEnv(t, nil) // each its own failed-credential count
 		for _, tt := range tests {
 			t.Run(ep.path+"/"+tt.name, func(t *testing.T) {
-				got := e.post(t, ep.path, tt.give, ep.body)
+				got := e.do(t, ep.method, ep.path, tt.give, strings.NewReader(ep.body))
 				want := tt.wantStatus
 				if want == 0 {
 					want = ep.ok
@@ -343,9 +345,14 @@ func TestBroadcastToUsers(t *testing.T) {
 	if err := json.Unmarshal(got.body, &ans); err != nil {
 		t.Fatalf("body %s: %v", got.body, err)
 	}
+	// one request is one event: one id for u1 and u2; u1 has two devices
 	if len(ans.Events) != 2 || ans.Events[0].UserID != "u1" || ans.Events[1].UserID != "u2" ||
-		ans.Events[0].ID == "" || ans.Events[1].ID == "" || ans.Events[0].ID == ans.Events[1].ID {
-		t.Fatalf("events %+v, want one distinct id for u1 then u2", ans.Events)
+		ans.Events[0].ID == "" || ans.Events[0].ID != ans.Events[1].ID ||
+		ans.Events[0].Devices != 2 || ans.Events[1].Devices != 1 {
+		t.Fatalf("events %+v, want u1 (2 devices) then u2 (1), one id", ans.Events)
+	}
+	if !strings.Contains(string(got.body), `"devices":2`) {
+		t.Errorf("body %s has no devices field", got.body)
 	}
 	ids := map[string]string{"u1": ans.Events[0].ID, "u2": ans.Events[1].ID}
 	for _, c := range []*client{u1a, u1b, u2} {
@@ -389,8 +396,8 @@ func TestBroadcastAll(t *testing.T) {
 				t.Fatal(err)
 			}
 			id, _ := ans["id"].(string)
-			if len(ans) != 1 || id == "" {
-				t.Fatalf("body %s, want {\"id\":...}", got.body)
+			if len(ans) != 2 || id == "" || ans["devices"] != float64(len(clients)) {
+				t.Fatalf("body %s, want {\"id\":...,\"devices\":%d}", got.body, len(clients))
 			}
 			for _, c := range clients {
 				gotID, _, payload := envelope(t, c.waitEvents(t, i+1)[i])
@@ -665,6 +672,62 @@ func TestDisconnect(t *testing.T) {
 	}
 }
 
+// TestConnections lists a user's connections: 200 with their fields
+// (connectedAt RFC 3339 with milliseconds, UTC), [] for none, 400 for an
+// id that is too long, and each endpoint's own method only.
+func TestConnections(t *testing.T) {
+	e := newEnv(t, nil)
+	before := time.Now().Add(-time.Second)
+	a := e.connect(t, "u1", hub.TransportWebSocket)
+	b := e.connect(t, "u1", hub.TransportSSE)
+	e.connect(t, "u2", hub.TransportWebSocket)
+	got := e.do(t, http.MethodGet, "/api/users/u1/connections", keyCred, nil)
+	if got.status != http.StatusOK {
+		t.Fatalf("status %d (%s)", got.status, got.body)
+	}
+	var body struct {
+		UserID      string `json:"userId"`
+		Connections []struct {
+			ConnectionID string `json:"connectionId"`
+			Transport    string `json:"transport"`
+			Node         string `json:"node"`
+			ConnectedAt  string `json:"connectedAt"`
+		} `json:"connections"`
+	}
+	if err := json.Unmarshal(got.body, &body); err != nil {
+		t.Fatal(err)
+	}
+	if body.UserID != "u1" || len(body.Connections) != 2 {
+		t.Fatalf("body %s, want u1 with 2 connections", got.body)
+	}
+	for i, want := range []struct {
+		c  *client
+		tr string
+	}{{a, "websocket"}, {b, "sse"}} {
+		c := body.Connections[i]
+		at, err := time.Parse(time.RFC3339, c.ConnectedAt)
+		if c.ConnectionID != want.c.conn.ID() || c.Transport != want.tr || c.Node != "hub-1" || err != nil ||
+			len(c.ConnectedAt) != len(hub.TimeFormat) || at.Before(before) || at.After(time.Now()) {
+			t.Errorf("connection %d = %+v, want %s %s on hub-1 connected since the test began", i, c, want.c.conn.ID(), want.tr)
+		}
+	}
+	if got := e.do(t, http.MethodGet, "/api/users/nobody/connections", keyCred, nil); got.status != 200 ||
+		strings.TrimSpace(string(got.body)) != `{"userId":"nobody","connections":[]}` {
+		t.Errorf("a user with none: %d %s", got.status, got.body)
+	}
+	if got := e.do(t, http.MethodGet, "/api/users/"+strings.Repeat("x", 257)+"/connections", keyCred, nil); got.status != 400 {
+		t.Errorf("id too long: %d %s", got.status, got.body)
+	}
+	if got := e.post(t, "/api/users/u1/connections", keyCred, ""); got.status != http.StatusMethodNotAllowed {
+		t.Errorf("POST: %d %s, want 405", got.status, got.body)
+	}
+	e.hub.Unregister(a.conn)
+	if got := e.do(t, http.MethodGet, "/api/users/u1/connections", keyCred, nil); !strings.Contains(string(got.body), b.conn.ID()) ||
+		strings.Contains(string(got.body), a.conn.ID()) {
+		t.Errorf("after one left: %s", got.body)
+	}
+}
+
 func TestStats(t *testing.T) {
 	admin := bearer(mint(t, "root", "admin"))
 	tests := []struct {
@@ -926,4 +989,41 @@ func Example() {
 	resp.Body.Close()
 	fmt.Println(resp.StatusCode)
 	// Output: 202
+}
+
+// TestDevicesInAnswers: every broadcast answer carries devices (per user,
+// for all, in each batch result), and a repeated idempotencyKey answers
+// the first count even when the user's devices changed since.
+func TestDevicesInAnswers(t *testing.T) {
+	e := newEnv(t, nil)
+	e.connect(t, "u1", hub.TransportWebSocket)
+	e.connect(t, "u2", hub.TransportSSE)
+	body := `{"userIds":["u1","u3"],"type":"T","idempotencyKey":"k-devices"}`
+	first := e.post(t, "/api/broadcast", keyCred, body)
+	var ans usersAnswer
+	if err := json.Unmarshal(first.body, &ans); err != nil || first.status != 202 ||
+		ans.Events[0].Devices != 1 || ans.Events[1].Devices != 0 {
+		t.Fatalf("first answer %d %s, want u1 1 device and u3 none", first.status, first.body)
+	}
+	e.connect(t, "u1", hub.TransportSSE)
+	if again := e.post(t, "/api/broadcast", keyCred, body); string(again.body) != string(first.body) {
+		t.Fatalf("repeated key answered %s, want the first answer %s", again.body, first.body)
+	}
+	got := e.post(t, "/api/broadcast/batch", keyCred,
+		`{"messages":[{"userIds":["u1"],"type":"T"},{"all":true,"type":"T"},{"userIds":["u1","u3"],"type":"T","idempotencyKey":"k-devices"}]}`)
+	var batch struct {
+		Results []json.RawMessage `json:"results"`
+	}
+	if err := json.Unmarshal(got.body, &batch); err != nil || got.status != 202 || len(batch.Results) != 3 {
+		t.Fatalf("batch %d %s", got.status, got.body)
+	}
+	if !strings.Contains(string(batch.Results[0]), `"devices":2}`) {
+		t.Errorf("batch result 0 = %s, want u1 with 2 devices", batch.Results[0])
+	}
+	if !strings.Contains(string(batch.Results[1]), `"devices":3}`) {
+		t.Errorf("batch result 1 = %s, want all with 3 devices", batch.Results[1])
+	}
+	if string(batch.Results[2])+"\n" != string(first.body) {
+		t.Errorf("batch result 2 = %s, want the first answer of its key %s", batch.Results[2], first.body)
+	}
 }

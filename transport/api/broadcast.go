@@ -252,13 +252,11 @@ func parseMessage(f map[string]json.RawMessage, prefix string) (*message, *apiEr
 	return m, nil
 }
 
-// usersAnswer and allAnswer are the 202 bodies of a broadcast.
+// usersAnswer and hub.AllEvent are the 202 bodies of a broadcast: the
+// event's id per user or for all, and how many connections, cluster-wide,
+// were live when it was published (devices).
 type usersAnswer struct {
 	Events []hub.UserEvent `json:"events"`
-}
-
-type allAnswer struct {
-	ID string `json:"id"`
 }
 
 // publishContext is the context of one publish: within the publish
@@ -290,9 +288,7 @@ func (a *API) publishNow(ctx context.Context, m *message) (json.RawMessage, *api
 		err error
 	)
 	if m.all {
-		var id string
-		id, err = a.hub.Broadcast(ctx, m.typ, m.payload)
-		v = allAnswer{ID: id}
+		v, err = a.hub.BroadcastAll(ctx, m.typ, m.payload)
 	} else {
 		var evs []hub.UserEvent
 		evs, err = a.hub.Publish(ctx, m.userIDs, m.typ, m.payload)

@@ -3,6 +3,7 @@ package api
 import (
 	"bytes"
 	"encoding/json"
+	"strconv"
 	"unicode/utf8"
 
 	"github.com/hubd/hub/hub"
@@ -203,7 +204,9 @@ func appendUsersAnswer(b []byte, evs []hub.UserEvent) ([]byte, bool) {
 		b = append(b, e.UserID...)
 		b = append(b, `","id":"`...)
 		b = append(b, e.ID...)
-		b = append(b, `"}`...)
+		b = append(b, `","devices":`...)
+		b = strconv.AppendInt(b, int64(e.Devices), 10)
+		b = append(b, '}')
 	}
 	return append(b, "]}"...), true
 }

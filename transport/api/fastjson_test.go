@@ -27,7 +27,7 @@ func FuzzFastJSON(f *testing.F) {
 	f.Fuzz(func(t *testing.T, data []byte) {
 		// data as a user id and an event id: the hand-built answer is
 		// json.Marshal's, byte for byte
-		evs := []hub.UserEvent{{UserID: string(data), ID: "E-1"}, {UserID: "u2", ID: string(data)}}
+		evs := []hub.UserEvent{{UserID: string(data), ID: "E-1", Devices: len(data)}, {UserID: "u2", ID: string(data)}}
 		if got, ok := appendUsersAnswer(nil, evs); ok {
 			want, err := json.Marshal(usersAnswer{Events: evs})
 			if err != nil || !bytes.Equal(got, want) {

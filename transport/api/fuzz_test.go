@@ -112,7 +112,8 @@ func checkError(t *testing.T, out map[string]json.RawMessage, codes ...string) {
 }
 
 // checkAnswer checks a broadcast's 202 body against the request object req:
-// {"events":[{userId,id}...]} naming only requested users, or {"id":...}.
+// {"events":[{userId,id,devices}...]} naming only requested users, or
+// {"id":...,"devices":N}.
 func checkAnswer(t *testing.T, out map[string]json.RawMessage, req json.RawMessage) {
 	t.Helper()
 	var asked struct {
@@ -120,23 +121,28 @@ func checkAnswer(t *testing.T, out map[string]json.RawMessage, req json.RawMessa
 		All     bool     `json:"all"`
 	}
 	_ = json.Unmarshal(req, &asked)
-	if len(out) != 1 {
-		t.Fatalf("answer %v: want exactly one of events and id", out)
-	}
 	if raw, ok := out["id"]; ok {
 		var id string
-		if json.Unmarshal(raw, &id) != nil || hub.ValidateID(id) != nil || !asked.All {
-			t.Fatalf("answer id %s for request %s", raw, req)
+		var devices int
+		if len(out) != 2 || json.Unmarshal(raw, &id) != nil || hub.ValidateID(id) != nil || !asked.All ||
+			json.Unmarshal(out["devices"], &devices) != nil || devices < 0 {
+			t.Fatalf("answer %v for request %s, want an id and devices", out, req)
 		}
 		return
 	}
-	var events []struct{ UserID, ID string }
+	if len(out) != 1 {
+		t.Fatalf("answer %v: want exactly one of events and id", out)
+	}
+	var events []struct {
+		UserID, ID string
+		Devices    *int
+	}
 	if err := json.Unmarshal(out["events"], &events); err != nil || len(events) == 0 {
 		t.Fatalf("answer %v for request %s: no events (%v)", out, req, err)
 	}
 	for _, e := range events {
-		if hub.ValidateID(e.ID) != nil || !slices.Contains(asked.UserIDs, e.UserID) {
-			t.Fatalf("answer event %+v for request %s: bad id or a user not asked for", e, req)
+		if hub.ValidateID(e.ID) != nil || !slices.Contains(asked.UserIDs, e.UserID) || e.Devices == nil || *e.Devices < 0 {
+			t.Fatalf("answer event %+v for request %s: bad id or devices, or a user not asked for", e, req)
 		}
 	}
 }

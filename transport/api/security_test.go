@@ -32,6 +32,7 @@ var serviceEndpoints = []struct {
 }{
 	{http.MethodPost, "/api/broadcast", `{"userIds":["u1"],"type":"CSRF"}`, http.StatusAccepted},
 	{http.MethodPost, "/api/broadcast/batch", `{"messages":[{"userIds":["u1"],"type":"CSRF"}]}`, http.StatusAccepted},
+	{http.MethodGet, "/api/users/u1/connections", ``, http.StatusOK},
 	{http.MethodPost, "/api/users/u1/disconnect", ``, http.StatusOK},
 	{http.MethodGet, "/api/websocket/stats", ``, http.StatusOK},
 }

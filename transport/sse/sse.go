@@ -80,7 +80,7 @@ type Options struct {
 	Logger *slog.Logger
 	// Admit, when set, is asked before a stream is registered, after the
 	// token was verified; resuming says whether the client sent a last event
-	// id. When it answers !ok the request is refused with status and a JSON
+	// id that the hub could have issued (hub.Hub.Resumable). When it answers !ok the request is refused with status and a JSON
 	// error of code, with a Retry-After header when retryAfter > 0.
 	Admit func(r *http.Request, resuming bool) (ok bool, status int, code string, retryAfter time.Duration)
 	// Acquire is Admit for streams that outlive their handler (HTTP/1.1
@@ -180,9 +180,12 @@ func (h *Handler) serveStream(w http.ResponseWriter, r *http.Request) {
 	// An id that is not valid cannot be known: the hub answers
 	// recovered:false, so it is passed on rather than refused.
 
+	// only an id the hub could have issued counts as a resume: a flood of
+	// made-up ids cannot take the share reserved for resumes
+	resuming := h.o.Hub.Resumable(lastID)
 	release := func() {}
 	if h.o.Acquire != nil {
-		rel, ok, status, code, after := h.o.Acquire(r, lastID != "")
+		rel, ok, status, code, after := h.o.Acquire(r, resuming)
 		if !ok {
 			httpx.RetryAfter(w, after)
 			h.o.Metrics.Handshake(hub.TransportSSE, metrics.OutcomeRefused, code)
@@ -193,7 +196,7 @@ func (h *Handler) serveStream(w http.ResponseWriter, r *http.Request) {
 			release = rel
 		}
 	} else if h.o.Admit != nil {
-		if ok, status, code, after := h.o.Admit(r, lastID != ""); !ok {
+		if ok, status, code, after := h.o.Admit(r, resuming); !ok {
 			if after > 0 {
 				w.Header().Set("Retry-After", strconv.FormatInt(int64(math.Ceil(after.Seconds())), 10))
 			}

@@ -957,7 +957,12 @@ func TestAdmit(t *testing.T) {
 			return false, http.StatusServiceUnavailable, "overloaded", 1500 * time.Millisecond
 		}
 	}})
-	for _, hdr := range []map[string]string{nil, {"Last-Event-ID": "x-1"}} {
+	evs, err := e.hub.Publish(context.Background(), []string{"u1"}, "T", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// a made-up id is no resume; an id the hub issued is, and so is a position
+	for _, hdr := range []map[string]string{nil, {"Last-Event-ID": "x-1"}, {"Last-Event-ID": evs[0].ID}, {"Last-Event-ID": evs[0].ID + "p"}} {
 		resp, err := e.srv.Client().Do(e.request(t, hubtest.Token(t, "u1", time.Hour), "", hdr))
 		if err != nil {
 			t.Fatal(err)
@@ -969,7 +974,7 @@ func TestAdmit(t *testing.T) {
 	}
 	mu.Lock()
 	defer mu.Unlock()
-	if fmt.Sprint(resuming) != "[false true]" {
+	if fmt.Sprint(resuming) != "[false false true true]" {
 		t.Fatalf("Admit saw resuming %v", resuming)
 	}
 	if n := e.hub.Stats().TotalConnections; n != 0 {

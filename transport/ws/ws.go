@@ -127,7 +127,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	last := r.URL.Query().Get("last_event_id")
 	release := func() {}
 	if h.o.Acquire != nil {
-		rel, ok, status, code, after := h.o.Acquire(r, last != "")
+		// only an id the hub could have issued counts as a resume: a flood
+		// of made-up ids cannot take the share reserved for resumes
+		rel, ok, status, code, after := h.o.Acquire(r, h.o.Hub.Resumable(last))
 		if !ok {
 			httpx.RetryAfter(w, after)
 			h.refuse(w, status, code, "connection refused by admission control; retry later")
