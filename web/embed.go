@@ -2,7 +2,9 @@
 // (/client/hub.js and its TypeScript types) and the console page at /.
 //
 // The files are embedded in the binary with go:embed; there is no build step.
-// hub.js is also tested on its own with Node's test runner (web/test).
+// hub.js is also tested on its own with Node's test runner (web/test), and
+// hub.js with hub.d.ts is the npm package @hubd/client (package.json,
+// README.md; npm_test.go packs, installs and type-checks it).
 package web
 
 import (
