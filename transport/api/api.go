@@ -1,7 +1,8 @@
 // Package api is the hub's HTTP service API: the broadcast endpoints
 // (POST /api/broadcast, POST /api/broadcast/batch), the user disconnect
 // (POST /api/users/{userId}/disconnect), the admin stats
-// (GET /api/websocket/stats), health and readiness (GET /healthz,
+// (GET /api/websocket/stats), the admin dashboard's time series
+// (GET /api/admin/timeseries), health and readiness (GET /healthz,
 // GET /readyz), Prometheus metrics (GET /metrics) and, in development mode
 // only, ready-made tokens (GET /api/dev/tokens).
 //
@@ -58,6 +59,7 @@ import (
 	"github.com/hubd/hub/internal/auth"
 	"github.com/hubd/hub/internal/httpx"
 	"github.com/hubd/hub/internal/idem"
+	"github.com/hubd/hub/internal/timeseries"
 )
 
 // DefaultMaxPayload is the largest request body accepted when
@@ -121,6 +123,9 @@ type Options struct {
 	// ClientIP names the client address that failed credentials are
 	// counted against; nil means httpx.ClientIP (the TCP peer).
 	ClientIP func(*http.Request) string
+	// Series, when set, is served at GET /api/admin/timeseries (admin JWT)
+	// for the admin dashboard.
+	Series *timeseries.Sampler
 }
 
 // API serves the hub's service, admin and health endpoints. Build it with
@@ -138,6 +143,7 @@ type API struct {
 	timeout    time.Duration
 	clientIP   func(*http.Request) string
 	fails      *failLimit
+	series     *timeseries.Sampler
 }
 
 // New builds an API from o.
@@ -167,6 +173,7 @@ func New(o Options) *API {
 		timeout:    o.PublishTimeout,
 		clientIP:   o.ClientIP,
 		fails:      newFailLimit(),
+		series:     o.Series,
 	}
 }
 
@@ -181,13 +188,17 @@ func (a *API) RegisterPublic(mux *http.ServeMux) {
 }
 
 // RegisterInternal adds POST /api/broadcast, POST /api/broadcast/batch,
-// POST /api/users/{userId}/disconnect, GET /api/websocket/stats and, when
-// Metrics is set, GET /metrics to mux.
+// POST /api/users/{userId}/disconnect, GET /api/websocket/stats, GET
+// /metrics when Metrics is set and GET /api/admin/timeseries when Series
+// is set to mux.
 func (a *API) RegisterInternal(mux *http.ServeMux) {
 	handle(mux, http.MethodPost, "/api/broadcast", a.broadcast)
 	handle(mux, http.MethodPost, "/api/broadcast/batch", a.batch)
 	handle(mux, http.MethodPost, "/api/users/{userId}/disconnect", a.disconnect)
 	handle(mux, http.MethodGet, "/api/websocket/stats", a.stats)
+	if a.series != nil {
+		handle(mux, http.MethodGet, "/api/admin/timeseries", a.timeSeries)
+	}
 	if a.metrics != nil {
 		mux.Handle("GET /metrics", a.metrics)
 		mux.HandleFunc("/metrics", methodNotAllowed(http.MethodGet))
