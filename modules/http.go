@@ -73,13 +73,17 @@ type serverParams struct {
 }
 
 func newServers(p serverParams) *Servers {
+	s := &Servers{}
 	public := http.NewServeMux()
 	origins := p.Cfg.AllowedOrigins
 	public.Handle(p.Cfg.WSPath, p.WS)
 	public.Handle(p.Cfg.SSEPath, p.SSE)
-	public.Handle("/", web.NewHandler(web.Options{AllowOrigin: func(origin string) bool {
-		return len(origins) > 0 && httpx.OriginAllowed(origins, origin, "")
-	}}))
+	public.Handle("/", web.NewHandler(web.Options{
+		AllowOrigin: func(origin string) bool {
+			return len(origins) > 0 && httpx.OriginAllowed(origins, origin, "")
+		},
+		ConsoleAPI: consoleAPI(p.Cfg, s),
+	}))
 	p.API.RegisterPublic(public)
 	// hub.send for clients without a WebSocket (SSE); 404 upstream_disabled when off
 	public.Handle("/api/send", httpx.CORS(origins, "POST, OPTIONS", p.Up.SendHandler()))
@@ -92,6 +96,7 @@ func newServers(p serverParams) *Servers {
 		})
 	}
 	p.API.RegisterInternal(internal)
+	registerAdmin(internal)
 
 	if p.Cfg.Pprof {
 		// profiling only where the operator keeps it private
@@ -102,11 +107,14 @@ func newServers(p serverParams) *Servers {
 		}
 	}
 
-	s := &Servers{}
 	clientIP := httpx.NewClientIP(p.Cfg.TrustedProxies)
 	s.public = newServer(jsonErrors(public), p.Log, clientIP)
 	if p.Cfg.InternalAddr != "" {
-		s.internal = newServer(jsonErrors(internal), p.Log, clientIP)
+		var h http.Handler = jsonErrors(internal)
+		if p.Cfg.Dev { // the console page on the public listener calls this API
+			h = devConsoleCORS(p.Cfg, s, h)
+		}
+		s.internal = newServer(h, p.Log, clientIP)
 	}
 	var certs *certReloader
 	p.LC.Append(fx.Hook{
