@@ -139,7 +139,7 @@ func TestConsoleIDs(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, id := range []string{"token", "admin-token", "transport", "connect", "disconnect", "state", "events",
-		"bc-users", "bc-all", "bc-type", "bc-payload", "bc-send", "bc-result", "stats", "stats-refresh"} {
+		"bc-users", "bc-all", "bc-type", "bc-payload", "bc-send", "bc-result", "stats", "stats-refresh", "api-where", "admin-link"} {
 		if !strings.Contains(string(page), `id="`+id+`"`) {
 			t.Errorf("index.html has no element #%s", id)
 		}
@@ -191,5 +191,29 @@ func TestAdminHandler(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+func TestConsoleAPI(t *testing.T) {
+	get := func(h http.Handler) (string, string) {
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest("GET", "/", nil))
+		return rec.Body.String(), rec.Header().Get("ETag")
+	}
+	plain, plainTag := get(NewHandler(Options{}))
+	if !strings.Contains(plain, `<meta name="hub-api" content="">`) {
+		t.Fatal("the console page has no hub-api placeholder")
+	}
+	same, sameTag := get(NewHandler(Options{ConsoleAPI: func(*http.Request) string { return "" }}))
+	if same != plain || sameTag != plainTag {
+		t.Error(`ConsoleAPI "" changed the page`)
+	}
+	base, baseTag := get(NewHandler(Options{ConsoleAPI: func(*http.Request) string { return `http://127.0.0.1:9091"><x` }}))
+	if !strings.Contains(base, `<meta name="hub-api" content="http://127.0.0.1:9091&#34;&gt;&lt;x">`) || baseTag == plainTag {
+		t.Errorf("ConsoleAPI base URL: ETag %s (plain %s), page head:\n%.600s", baseTag, plainTag, base)
+	}
+	off, _ := get(NewHandler(Options{ConsoleAPI: func(*http.Request) string { return APIUnreachable }}))
+	if !strings.Contains(off, `<meta name="hub-api" content="internal">`) {
+		t.Error("APIUnreachable is not in the page")
 	}
 }
