@@ -201,8 +201,8 @@ func testAdminRefused(t *testing.T, b context.Context) {
 }
 
 func testAdminCluster(t *testing.T, b context.Context) {
-	redisURL := hubtest.RedisURL(t) // skips without Redis, unless HUB_REQUIRE_REDIS=1
-	redisURL = hubtest.RedisDB(t, redisURL, 13)
+	// a redis-server of the test's own: skipped without one, unless HUB_REQUIRE_REDIS=1
+	redisURL := hubtest.StartRedisServer(t).URL()
 	cluster := func(name string) func(*config.Config) {
 		return func(c *config.Config) {
 			c.NodeName = name
