@@ -21,7 +21,7 @@ func runStats(ctx context.Context, s *streams, args []string) int {
 	fs := newFlagSet("stats", "[--url U] [--token ADMIN_JWT]", s)
 	cf := addAdminFlags(fs)
 	if slices.ContainsFunc(args, isAPIKeyFlag) {
-		return usageError(s, fs, errStatsAPIKey)
+		return usageError(s, fs, fmt.Sprintf(errStatsAPIKey, "an API key"))
 	}
 	if code, done := parseFlags(fs, s, args); done {
 		return code
@@ -29,7 +29,7 @@ func runStats(ctx context.Context, s *streams, args []string) int {
 	cf.resolve()
 	switch {
 	case cf.token == "" && cf.apiKey != "":
-		return usageError(s, fs, errStatsAPIKey+" (the key came from HUB_API_KEY or HUB_API_KEYS)")
+		return usageError(s, fs, fmt.Sprintf(errStatsAPIKey, "the API key from HUB_API_KEY or HUB_API_KEYS"))
 	case cf.token == "":
 		return usageError(s, fs, "--token (or HUB_TOKEN) is required: the stats need a JWT with the admin role")
 	}
@@ -43,8 +43,8 @@ func runStats(ctx context.Context, s *streams, args []string) int {
 	return printJSON(s, "stats", st)
 }
 
-// errStatsAPIKey says why stats refuses an API key.
-const errStatsAPIKey = "an API key cannot read the stats: they need a JWT with the admin role (--token or HUB_TOKEN; " +
+// errStatsAPIKey says why stats refuses an API key (%s: which one).
+const errStatsAPIKey = "%s cannot read the stats: they need a JWT with the admin role (--token or HUB_TOKEN; " +
 	"mint one with `hubctl token --config hub.yaml --sub ops --roles admin`)"
 
 // isAPIKeyFlag reports whether arg is --api-key (or -api-key, with or

@@ -323,8 +323,8 @@ func TestStats(t *testing.T) {
 	}{
 		{"--api-key", [2]string{}, []string{"--api-key", hubtest.APIKey}, "an API key cannot read the stats"},
 		{"--api-key=", [2]string{}, []string{"-api-key=" + hubtest.APIKey}, "an API key cannot read the stats"},
-		{"HUB_API_KEY", [2]string{"HUB_API_KEY", hubtest.APIKey}, nil, "the key came from HUB_API_KEY"},
-		{"HUB_API_KEYS", [2]string{"HUB_API_KEYS", hubtest.APIKey}, nil, "the key came from HUB_API_KEY"},
+		{"HUB_API_KEY", [2]string{"HUB_API_KEY", hubtest.APIKey}, nil, "the API key from HUB_API_KEY or HUB_API_KEYS cannot read the stats"},
+		{"HUB_API_KEYS", [2]string{"HUB_API_KEYS", hubtest.APIKey}, nil, "the API key from HUB_API_KEY or HUB_API_KEYS cannot read the stats"},
 		{"no credentials", [2]string{}, nil, "--token (or HUB_TOKEN) is required"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
