@@ -75,13 +75,17 @@ type serverParams struct {
 }
 
 func newServers(p serverParams) *Servers {
+	s := &Servers{}
 	public := http.NewServeMux()
 	origins := p.Cfg.AllowedOrigins
 	public.Handle(p.Cfg.WSPath, p.WS)
 	public.Handle(p.Cfg.SSEPath, p.SSE)
-	public.Handle("/", web.NewHandler(web.Options{AllowOrigin: func(origin string) bool {
-		return len(origins) > 0 && httpx.OriginAllowed(origins, origin, "")
-	}}))
+	public.Handle("/", web.NewHandler(web.Options{
+		AllowOrigin: func(origin string) bool {
+			return len(origins) > 0 && httpx.OriginAllowed(origins, origin, "")
+		},
+		ConsoleAPI: consoleAPI(p.Cfg, s),
+	}))
 	p.API.RegisterPublic(public)
 	// hub.send for clients without a WebSocket (SSE); 404 upstream_disabled when off
 	public.Handle("/api/send", httpx.CORS(origins, "POST, OPTIONS", p.Up.SendHandler()))
@@ -94,6 +98,7 @@ func newServers(p serverParams) *Servers {
 		})
 	}
 	p.API.RegisterInternal(internal)
+	registerAdmin(internal)
 
 	if p.Cfg.Pprof {
 		// profiling only where the operator keeps it private
@@ -104,12 +109,15 @@ func newServers(p serverParams) *Servers {
 		}
 	}
 
-	s := &Servers{}
 	clientIP := httpx.NewClientIP(p.Cfg.TrustedProxies)
 	// hub_api_requests_total: CountAPI reads the pattern the mux matched
 	s.public = newServer(p.Met.CountAPI(jsonErrors(public)), p.Log, clientIP)
 	if p.Cfg.InternalAddr != "" {
-		s.internal = newServer(p.Met.CountAPI(jsonErrors(internal)), p.Log, clientIP)
+		var h http.Handler = jsonErrors(internal)
+		if p.Cfg.Dev { // the console page on the public listener calls this API
+			h = devConsoleCORS(p.Cfg, s, h)
+		}
+		s.internal = newServer(p.Met.CountAPI(h), p.Log, clientIP)
 	}
 	var certs *certReloader
 	p.LC.Append(fx.Hook{

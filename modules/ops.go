@@ -19,14 +19,15 @@ import (
 	"github.com/hubd/hub/transport/upstream"
 )
 
-// opsModule provides metrics (a private Prometheus registry), the upstream
-// (hub.send) client and, when configured, admission control for new
-// connections (HUB_CONNECT_RATE, HUB_MAX_CONNECTIONS_PER_IP) and the
-// idempotency stores shared by a cluster (HUB_BROKER=redis). Without them,
+// opsModule provides metrics (a private Prometheus registry), the admin
+// dashboard's time series, the upstream (hub.send) client and, when
+// configured, admission control for new connections (HUB_CONNECT_RATE,
+// HUB_MAX_CONNECTIONS_PER_IP) and the idempotency stores shared by a
+// cluster (HUB_BROKER=redis). Without them,
 // every connection is admitted and each node remembers its idempotency
 // keys in memory.
 func opsModule(cfg config.Config) fx.Option {
-	opts := []fx.Option{fx.Provide(func() *metrics.Metrics { return metrics.New(nil) }, newUpstream)}
+	opts := []fx.Option{fx.Provide(func() *metrics.Metrics { return metrics.New(nil) }, newUpstream, newSeries)}
 	if cfg.ConnectRate > 0 || cfg.MaxConnectionsPerIP > 0 {
 		opts = append(opts, fx.Provide(newAdmission))
 	}

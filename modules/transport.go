@@ -15,6 +15,7 @@ import (
 	"github.com/hubd/hub/internal/auth"
 	"github.com/hubd/hub/internal/httpx"
 	"github.com/hubd/hub/internal/metrics"
+	"github.com/hubd/hub/internal/timeseries"
 	"github.com/hubd/hub/transport/api"
 	"github.com/hubd/hub/transport/sse"
 	"github.com/hubd/hub/transport/upstream"
@@ -125,6 +126,7 @@ type apiParams struct {
 	Metrics *metrics.Metrics
 	Broker  *redisbroker.Broker  `optional:"true"` // HUB_BROKER=redis only
 	Idem    api.IdempotencyStore `optional:"true"` // shared by a cluster
+	Series  *timeseries.Sampler
 }
 
 func newAPI(p apiParams) *api.API {
@@ -137,6 +139,7 @@ func newAPI(p apiParams) *api.API {
 		Metrics:        p.Metrics.Handler(),
 		// failed credentials count against the client's address, not a proxy's
 		ClientIP: httpx.NewClientIP(p.Cfg.TrustedProxies),
+		Series:   p.Series,
 	}
 	if p.Broker != nil {
 		o.Ready = p.Broker.Ready

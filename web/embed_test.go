@@ -139,9 +139,81 @@ func TestConsoleIDs(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, id := range []string{"token", "admin-token", "transport", "connect", "disconnect", "state", "events",
-		"bc-users", "bc-all", "bc-type", "bc-payload", "bc-send", "bc-devices", "bc-result", "stats", "stats-refresh"} {
+		"bc-users", "bc-all", "bc-type", "bc-payload", "bc-send", "bc-devices", "bc-result", "stats", "stats-refresh", "api-where", "admin-link"} {
 		if !strings.Contains(string(page), `id="`+id+`"`) {
 			t.Errorf("index.html has no element #%s", id)
 		}
+	}
+}
+
+func TestAdminHandler(t *testing.T) {
+	srv := httptest.NewServer(NewAdminHandler())
+	t.Cleanup(srv.Close)
+	tests := []struct {
+		method, path string
+		wantStatus   int
+		wantType     string
+		wantBody     string
+	}{
+		{"GET", "/admin", 200, "text/html; charset=utf-8", `<script src="/admin/admin.js" defer></script>`},
+		{"GET", "/admin/", 200, "text/html; charset=utf-8", `id="chart-latency"`},
+		{"HEAD", "/admin", 200, "text/html; charset=utf-8", ""},
+		{"GET", "/admin/admin.js", 200, "text/javascript; charset=utf-8", `"/api/admin/timeseries"`},
+		{"GET", "/admin/admin.css", 200, "text/css; charset=utf-8", "#tiles"},
+		{"GET", "/admin/uplot.iife.min.js", 200, "text/javascript; charset=utf-8", "The MIT License (MIT)"},
+		{"GET", "/admin/uplot.min.css", 200, "text/css; charset=utf-8", "Copyright (c) 2022 Leon Sorokin"},
+		{"GET", "/admin/nope.js", 404, "application/json", `"not_found"`},
+		{"POST", "/admin", 405, "application/json", `"method_not_allowed"`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.method+" "+tt.path, func(t *testing.T) {
+			req, _ := http.NewRequestWithContext(t.Context(), tt.method, srv.URL+tt.path, nil)
+			res, err := srv.Client().Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer res.Body.Close()
+			body, _ := io.ReadAll(res.Body)
+			if res.StatusCode != tt.wantStatus || res.Header.Get("Content-Type") != tt.wantType || !strings.Contains(string(body), tt.wantBody) {
+				t.Fatalf("got %d %q (%d bytes), want %d %q containing %q", res.StatusCode, res.Header.Get("Content-Type"), len(body), tt.wantStatus, tt.wantType, tt.wantBody)
+			}
+			if tt.wantStatus != 200 {
+				return
+			}
+			for h, want := range map[string]string{
+				"Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'",
+				"X-Frame-Options":         "DENY",
+				"Referrer-Policy":         "no-referrer",
+				"X-Content-Type-Options":  "nosniff",
+			} {
+				if got := res.Header.Get(h); !strings.HasPrefix(got, want) {
+					t.Errorf("%s = %q, want %q", h, got, want)
+				}
+			}
+		})
+	}
+}
+
+func TestConsoleAPI(t *testing.T) {
+	get := func(h http.Handler) (string, string) {
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest("GET", "/", nil))
+		return rec.Body.String(), rec.Header().Get("ETag")
+	}
+	plain, plainTag := get(NewHandler(Options{}))
+	if !strings.Contains(plain, `<meta name="hub-api" content="">`) {
+		t.Fatal("the console page has no hub-api placeholder")
+	}
+	same, sameTag := get(NewHandler(Options{ConsoleAPI: func(*http.Request) string { return "" }}))
+	if same != plain || sameTag != plainTag {
+		t.Error(`ConsoleAPI "" changed the page`)
+	}
+	base, baseTag := get(NewHandler(Options{ConsoleAPI: func(*http.Request) string { return `http://127.0.0.1:9091"><x` }}))
+	if !strings.Contains(base, `<meta name="hub-api" content="http://127.0.0.1:9091&#34;&gt;&lt;x">`) || baseTag == plainTag {
+		t.Errorf("ConsoleAPI base URL: ETag %s (plain %s), page head:\n%.600s", baseTag, plainTag, base)
+	}
+	off, _ := get(NewHandler(Options{ConsoleAPI: func(*http.Request) string { return APIUnreachable }}))
+	if !strings.Contains(off, `<meta name="hub-api" content="internal">`) {
+		t.Error("APIUnreachable is not in the page")
 	}
 }

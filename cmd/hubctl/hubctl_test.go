@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -11,6 +13,7 @@ import (
 	"github.com/lestrrat-go/jwx/v2/jwa"
 	"github.com/lestrrat-go/jwx/v2/jwt"
 
+	"github.com/hubd/hub/config"
 	"github.com/hubd/hub/internal/hubtest"
 	"github.com/hubd/hub/internal/hubtest/app"
 )
@@ -98,6 +101,14 @@ func (tr *tailRun) waitType(typ string) map[string]any {
 	return found
 }
 
+// waitErr waits until tail's stderr contains text.
+func (tr *tailRun) waitErr(text string) {
+	tr.t.Helper()
+	hubtest.Eventually(tr.t, 10*time.Second, fmt.Sprintf("%q on tail's stderr", text), func() bool {
+		return strings.Contains(tr.errOut.String(), text)
+	})
+}
+
 // exit waits for tail to end and returns its status.
 func (tr *tailRun) exit() int {
 	tr.t.Helper()
@@ -144,13 +155,18 @@ func TestPublishAndTail(t *testing.T) {
 				t.Errorf("tail printed %v, want id %s", ev, all.ID)
 			}
 
-			// the API disconnect ends tail with 4003: exit 1, the code on stderr
+			// the API disconnect ends tail with 4003: exit 1, the code on stderr,
+			// and a hub.closed line on both transports
 			out = mustRun(t, "", "disconnect", "--url", th.URL, "--api-key", hubtest.APIKey, "--user", "u1")
 			if strings.TrimSpace(out) != `{"closed":1}` {
 				t.Errorf("disconnect printed %q, want {\"closed\":1}", out)
 			}
 			if code := tr.exit(); code != exitError {
 				t.Errorf("tail exit %d after a disconnect, want %d", code, exitError)
+			}
+			closed := tr.waitType("hub.closed")
+			if p, _ := closed["payload"].(map[string]any); p["code"] != 4003.0 || p["reason"] != "disconnected by server" {
+				t.Errorf("hub.closed line %v, want code 4003 and its reason", closed)
 			}
 			if e := tr.errOut.String(); !strings.Contains(e, "4003") || !strings.Contains(e, "disconnected by server") {
 				t.Errorf("stderr %q, want the close code 4003 and its reason", e)
@@ -191,15 +207,20 @@ func TestTailResumeInterruptAndShutdown(t *testing.T) {
 				t.Errorf("exit %d after an interrupt, want 0", code)
 			}
 
-			// a server shutdown (1001 / hub.shutdown) ends tail with 0
-			tr2 := startTail(t, "--url", th.URL, "--token", u1, "--transport", transport)
+			// a server shutdown (1001 / hub.shutdown) is printed as a
+			// hub.shutdown line on both transports, and tail reconnects
+			// until interrupted
+			tr2 := startTail(t, "--url", th.URL, "--token", u1, "--transport", transport, "--backoff-max", "100ms")
 			tr2.waitType("hub.connected")
 			th.Stop()
-			if code := tr2.exit(); code != exitOK {
-				t.Errorf("exit %d after a shutdown, want 0 (stderr %q)", code, tr2.errOut.String())
-			}
-			if e := tr2.errOut.String(); !strings.Contains(e, "1001") {
+			tr2.waitType("hub.shutdown")
+			tr2.waitErr("reconnecting in")
+			if e := tr2.errOut.String(); !strings.Contains(e, "closed by the server: 1001 server shutdown") {
 				t.Errorf("stderr %q, want the close code 1001", e)
+			}
+			tr2.cancel()
+			if code := tr2.exit(); code != exitOK {
+				t.Errorf("exit %d after an interrupt while reconnecting, want 0 (stderr %q)", code, tr2.errOut.String())
 			}
 		})
 	}
@@ -289,9 +310,42 @@ func TestStats(t *testing.T) {
 		t.Errorf("stats printed %s", out)
 	}
 
-	r := hubctl(t, "", "stats", "--url", th.URL, "--api-key", hubtest.APIKey)
-	if r.code != exitError || !strings.Contains(r.stderr, "403") || !strings.Contains(r.stderr, "forbidden") {
-		t.Errorf("stats with an API key: %+v, want exit 1 naming 403 forbidden", r)
+	// An API key cannot read the stats: stats says so before sending
+	// anything (the URL has no hub: a request would fail otherwise), exit 2.
+	for _, name := range []string{"HUB_TOKEN", "HUB_API_KEY", "HUB_API_KEYS"} {
+		t.Setenv(name, "")
+	}
+	for _, tt := range []struct {
+		name string
+		env  [2]string
+		args []string
+		want string
+	}{
+		{"--api-key", [2]string{}, []string{"--api-key", hubtest.APIKey}, "an API key cannot read the stats"},
+		{"--api-key=", [2]string{}, []string{"-api-key=" + hubtest.APIKey}, "an API key cannot read the stats"},
+		{"HUB_API_KEY", [2]string{"HUB_API_KEY", hubtest.APIKey}, nil, "the API key from HUB_API_KEY or HUB_API_KEYS cannot read the stats"},
+		{"HUB_API_KEYS", [2]string{"HUB_API_KEYS", hubtest.APIKey}, nil, "the API key from HUB_API_KEY or HUB_API_KEYS cannot read the stats"},
+		{"no credentials", [2]string{}, nil, "--token (or HUB_TOKEN) is required"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			if tt.env[0] != "" {
+				t.Setenv(tt.env[0], tt.env[1])
+			}
+			r := hubctl(t, "", append([]string{"stats", "--url", "http://127.0.0.1:1"}, tt.args...)...)
+			if r.code != exitUsage || !strings.Contains(r.stderr, tt.want) || strings.Contains(r.stderr, "refused") {
+				t.Errorf("%+v, want exit 2 saying %q before any request", r, tt.want)
+			}
+			if strings.Contains(r.stderr, hubtest.APIKey) {
+				t.Error("the API key was printed")
+			}
+		})
+	}
+	// with both a token and an API key in the environment, the token is used
+	t.Setenv("HUB_API_KEY", hubtest.APIKey)
+	t.Setenv("HUB_TOKEN", token(t, "ops", "admin"))
+	mustRun(t, "", "stats", "--url", th.URL)
+	if r := hubctl(t, "", "stats", "--help"); strings.Contains(r.stdout, "--api-key") || strings.Contains(r.stdout, "-api-key") {
+		t.Errorf("stats --help offers an API key:\n%s", r.stdout)
 	}
 }
 
@@ -449,5 +503,78 @@ func TestRunWithSignals(t *testing.T) {
 	}
 	if strings.Count(out.String(), ".") != 2 {
 		t.Errorf("run printed %q, want a JWT", out.String())
+	}
+}
+
+// TestTokenFromConfig: `hubctl token --config` signs with the hub's own
+// configuration (its secret, first HMAC algorithm, issuer and audience),
+// read as hubd reads it, and the hub accepts the token.
+func TestTokenFromConfig(t *testing.T) {
+	for _, name := range []string{"HUB_JWT_SECRET", "HUB_CONFIG", "HUB_JWT_ISSUER", "HUB_JWT_AUDIENCE", "HUB_JWT_ALGORITHMS"} {
+		t.Setenv(name, "")
+	}
+	const secret = "a-secret-of-the-hub-0123456789abcdef"
+	dir := t.TempDir()
+	write := func(name, content string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	hubYAML := write("hub.yaml", "jwt_secret: "+secret+"\njwt_algorithms: [HS384]\njwt_issuer: https://id.example\njwt_audience: hub\n")
+	th := app.Start(t, func(c *config.Config) {
+		c.JWTSecret, c.JWTAlgorithms, c.JWTIssuer, c.JWTAudience = secret, []string{"HS384"}, "https://id.example", "hub"
+	})
+
+	tok := strings.TrimSpace(mustRun(t, "", "token", "--config", hubYAML, "--sub", "ops", "--roles", "admin"))
+	parsed, err := jwt.Parse([]byte(tok), jwt.WithKey(jwa.HS384, []byte(secret)))
+	if err != nil {
+		t.Fatalf("token %q: %v", tok, err)
+	}
+	if parsed.Issuer() != "https://id.example" || fmt.Sprint(parsed.Audience()) != "[hub]" || parsed.Subject() != "ops" {
+		t.Errorf("claims iss %q aud %v sub %q", parsed.Issuer(), parsed.Audience(), parsed.Subject())
+	}
+	mustRun(t, "", "stats", "--url", th.URL, "--token", tok) // the hub takes it
+
+	// HUB_CONFIG names the file when neither --secret nor HUB_JWT_SECRET is set
+	t.Setenv("HUB_CONFIG", hubYAML)
+	tok = strings.TrimSpace(mustRun(t, "", "token", "--sub", "ops", "--roles", "admin"))
+	mustRun(t, "", "stats", "--url", th.URL, "--token", tok)
+	t.Setenv("HUB_CONFIG", "")
+
+	// HUB_ variables apply over the file, as for hubd
+	const other = "another-secret-of-the-hub-0123456789"
+	t.Setenv("HUB_JWT_SECRET", other)
+	tok = strings.TrimSpace(mustRun(t, "", "token", "--config", hubYAML, "--sub", "ops"))
+	if _, err := jwt.Parse([]byte(tok), jwt.WithKey(jwa.HS384, []byte(other))); err != nil {
+		t.Errorf("with HUB_JWT_SECRET set: %v, want the token signed with it", err)
+	}
+	t.Setenv("HUB_JWT_SECRET", "")
+
+	tests := []struct {
+		name     string
+		args     []string
+		wantCode int
+		wantErr  string
+	}{
+		{"no secret in the file", []string{"--config", write("dev.yaml", "dev: true\n")}, exitError, "has no jwt_secret"},
+		{"public key", []string{"--config", write("rsa.yaml", "jwt_jwks_url: https://id.example/jwks\n")}, exitError, "public key"},
+		{"missing file", []string{"--config", filepath.Join(dir, "nope.yaml")}, exitError, "nope.yaml"},
+		{"bad file", []string{"--config", write("bad.yaml", "jwt_secret: short\n")}, exitError, "HUB_JWT_SECRET"},
+		{"both", []string{"--config", hubYAML, "--secret", secret}, exitUsage, "give one of them"},
+		{"an algorithm the hub refuses", []string{"--config", hubYAML, "--alg", "HS256"}, exitUsage, "the hub accepts HS384 only"},
+		{"no secret at all", nil, exitUsage, "--config hub.yaml"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := hubctl(t, "", append([]string{"token", "--sub", "ops"}, tt.args...)...)
+			if r.code != tt.wantCode || !strings.Contains(r.stderr, tt.wantErr) {
+				t.Errorf("exit %d, stderr %q; want %d and %q", r.code, r.stderr, tt.wantCode, tt.wantErr)
+			}
+			if strings.Contains(r.stderr, secret) {
+				t.Error("the secret was printed")
+			}
+		})
 	}
 }

@@ -1,19 +1,22 @@
 // Command hubctl is the hub's command-line tool, a client of its public API:
 //
-//	hubctl token       mint a development token (HS256/384/512)
+//	hubctl token       mint a token (HS256/384/512) with the hub's secret (--config hub.yaml)
 //	hubctl publish     publish an event to users or to all (or a batch from stdin)
-//	hubctl tail        print a user's events as they come (WebSocket or SSE)
-//	hubctl stats       print the node's connection stats (admin JWT)
+//	hubctl tail        print a user's events as they come, reconnecting (WebSocket or SSE)
+//	hubctl stats       print the node's connection stats (admin JWT; an API key is refused, exit 2)
 //	hubctl disconnect  close every connection of a user
 //	hubctl who         list a user's live connections on every node
 //	hubctl bench       measure a hub on loopback (hubbench: idle, fanout, unicast)
 //
 // Environment: HUB_URL (default http://localhost:8080), HUB_API_KEY (else,
 // when HUB_TOKEN is unset too, the first key of the hub's own HUB_API_KEYS),
-// HUB_TOKEN, and HUB_JWT_SECRET for `hubctl token`. Exit status: 0 on
-// success (and `--help`), 1 for a runtime or API error (the message on
-// stderr names the hub's error code), 2 for a usage error. hubctl never
-// prints a token, except as the output of `hubctl token`.
+// HUB_TOKEN, and HUB_JWT_SECRET (else the file HUB_CONFIG names) for
+// `hubctl token`. Exit status: 0 on success (and `--help`), 1 for a runtime
+// or API error (the message on stderr names the hub's error code; a hub
+// that cannot be reached gets a hint to set --url or HUB_URL), 2 for a
+// usage error, which includes credentials that cannot work (`stats` with
+// an API key), found before anything is sent. hubctl never prints a token,
+// except as the output of `hubctl token`.
 //
 // # Adding a subcommand from another file
 //
@@ -50,7 +53,9 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"os/signal"
 	"slices"
@@ -142,7 +147,8 @@ func usage(w io.Writer) {
 		fmt.Fprintf(w, "  %-11s %s\n", n, commands[n].summary)
 	}
 	fmt.Fprint(w, "\nRun `hubctl <command> --help` for a command's flags.\n"+
-		"Environment: HUB_URL (default "+defaultURL+"), HUB_API_KEY (else the first of HUB_API_KEYS), HUB_TOKEN, HUB_JWT_SECRET.\n")
+		"Environment: HUB_URL (default "+defaultURL+"), HUB_API_KEY (else the first of HUB_API_KEYS), HUB_TOKEN, HUB_JWT_SECRET, HUB_CONFIG.\n"+
+		"Exit status: 0 ok, 1 error, 2 usage (credentials that cannot work included).\n")
 }
 
 // newFlagSet returns the flag set of a subcommand; synopsis follows
@@ -188,10 +194,47 @@ func usageError(s *streams, fs *flag.FlagSet, msg string) int {
 // fail reports a runtime or API error of command name and returns
 // exitError. A hub error answer is written with its status and code. A
 // message that starts with the command's name (the client's context) does
-// not repeat it.
+// not repeat it. An error that says where to look next gets a second line
+// with a hint (see hint).
 func fail(s *streams, name string, err error) int {
 	fmt.Fprintf(s.err, "hubctl %s: %s\n", name, strings.TrimPrefix(err.Error(), name+": "))
+	if h := hint(name, err); h != "" {
+		fmt.Fprintf(s.err, "hubctl: %s\n", h)
+	}
 	return exitError
+}
+
+// hint suggests what to check after err of command name: for a hub that
+// cannot be reached (a refused or failed dial, an unknown host), to point
+// --url or HUB_URL at it; for a path the hub does not serve (404), that the
+// service API may be on the internal listener, or, for tail, that the
+// WebSocket and SSE endpoints are on the public one. "" when there is
+// nothing to add.
+func hint(name string, err error) string {
+	dial := false
+	if op, ok := errors.AsType[*net.OpError](err); ok {
+		dial = op.Op == "dial"
+	}
+	if _, dns := errors.AsType[*net.DNSError](err); dial || dns {
+		where := "that address"
+		if ue, ok := errors.AsType[*url.Error](err); ok {
+			if u, perr := url.Parse(ue.URL); perr == nil && u.Host != "" {
+				scheme := map[string]string{"ws": "http", "wss": "https"}[u.Scheme]
+				if scheme == "" {
+					scheme = u.Scheme
+				}
+				where = scheme + "://" + u.Host
+			}
+		}
+		return "no hub answers at " + where + ": is it running there? Set --url or HUB_URL to the hub's address (default " + defaultURL + ")."
+	}
+	if e, ok := errors.AsType[*client.Error](err); ok && e.Status == http.StatusNotFound && e.Code == "not_found" {
+		if name == "tail" {
+			return "the WebSocket and SSE endpoints are on the hub's public listener (HUB_ADDR): check --url (or HUB_URL) and --path."
+		}
+		return "with HUB_INTERNAL_ADDR set, the hub serves its service API on the internal listener only: set --url or HUB_URL to that address."
+	}
+	return ""
 }
 
 // connFlags are the flags that say where the hub is and how to
@@ -203,9 +246,16 @@ type connFlags struct {
 // addConnFlags registers --url, --api-key and --token on fs. Defaults are
 // not shown in --help: they may be secrets.
 func addConnFlags(fs *flag.FlagSet) *connFlags {
+	cf := addAdminFlags(fs)
+	fs.StringVar(&cf.apiKey, "api-key", "", "API key sent in X-API-Key (default $HUB_API_KEY, else the first key of $HUB_API_KEYS)")
+	return cf
+}
+
+// addAdminFlags registers --url and --token on fs, for the commands that
+// need an admin JWT (an API key carries the service role only).
+func addAdminFlags(fs *flag.FlagSet) *connFlags {
 	cf := &connFlags{}
 	fs.StringVar(&cf.url, "url", "", "the hub's base URL (default $HUB_URL or "+defaultURL+")")
-	fs.StringVar(&cf.apiKey, "api-key", "", "API key sent in X-API-Key (default $HUB_API_KEY, else the first key of $HUB_API_KEYS)")
 	fs.StringVar(&cf.token, "token", "", "JWT sent as a bearer token (default $HUB_TOKEN)")
 	return cf
 }

@@ -32,6 +32,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -112,6 +113,15 @@ type ClusterTotals struct {
 	TotalConnections int            `json:"totalConnections"`
 	ActiveUsers      int            `json:"activeUsers"`
 	Connections      map[string]int `json:"connections"`
+	// Members are the nodes counted, each with its own stats.
+	Members []NodeStats `json:"members"`
+}
+
+// NodeStats is one node's last report: its hub.Stats and when it was
+// made.
+type NodeStats struct {
+	hub.Stats
+	ReportedAt time.Time `json:"reportedAt"`
 }
 
 // Broker is a hub.Broker on Redis. Create it with New, start it with Start
@@ -698,8 +708,27 @@ func (b *Broker) queue(o op) {
 }
 
 // ClusterStats sums the stats of the nodes that reported within the last
-// ten seconds.
+// ten seconds, and lists each of them (Members).
 func (b *Broker) ClusterStats(ctx context.Context) (any, error) {
+	nodes, err := b.NodeStats(ctx)
+	if err != nil {
+		return nil, err
+	}
+	tot := ClusterTotals{Connections: map[string]int{hub.TransportWebSocket: 0, hub.TransportSSE: 0}, Members: nodes}
+	for _, r := range nodes {
+		tot.Nodes++
+		tot.TotalConnections += r.TotalConnections
+		tot.ActiveUsers += r.ActiveUsers
+		for k, n := range r.Connections {
+			tot.Connections[k] += n
+		}
+	}
+	return tot, nil
+}
+
+// NodeStats returns the last report of every node that reported within
+// the last ten seconds (a node reports every two), sorted by node name.
+func (b *Broker) NodeStats(ctx context.Context) ([]NodeStats, error) {
 	if b.client == nil {
 		return nil, errors.New("redisbroker: not started")
 	}
@@ -707,21 +736,17 @@ func (b *Broker) ClusterStats(ctx context.Context) (any, error) {
 	if err != nil {
 		return nil, fmt.Errorf("cluster stats: %w", err)
 	}
-	tot := ClusterTotals{Connections: map[string]int{hub.TransportWebSocket: 0, hub.TransportSSE: 0}}
+	nodes := []NodeStats{}
 	cutoff := time.Now().Add(-statsTTL).UnixMilli()
 	for _, v := range all {
 		var r nodeReport
 		if json.Unmarshal([]byte(v), &r) != nil || r.At < cutoff {
 			continue
 		}
-		tot.Nodes++
-		tot.TotalConnections += r.Stats.TotalConnections
-		tot.ActiveUsers += r.Stats.ActiveUsers
-		for k, n := range r.Stats.Connections {
-			tot.Connections[k] += n
-		}
+		nodes = append(nodes, NodeStats{Stats: r.Stats, ReportedAt: time.UnixMilli(r.At).UTC()})
 	}
-	return tot, nil
+	slices.SortFunc(nodes, func(a, b NodeStats) int { return strings.Compare(a.Node, b.Node) })
+	return nodes, nil
 }
 
 type nodeReport struct {

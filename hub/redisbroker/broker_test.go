@@ -499,10 +499,21 @@ func TestClusterStats(t *testing.T) {
 			t.Fatal(err)
 		}
 		got = v.(redisbroker.ClusterTotals)
-		return fmt.Sprint(got) == fmt.Sprint(want)
+		totals := got
+		totals.Members = nil // checked below
+		return fmt.Sprint(totals) == fmt.Sprint(want)
 	})
 	buf, _ := json.Marshal(got)
 	if !strings.Contains(string(buf), `"nodes":2,"totalConnections":4,"activeUsers":4,"connections":{`) {
+		t.Errorf("json %s", buf)
+	}
+	// Members: each node's own stats, by name.
+	if m := got.Members; len(m) != 2 || m[0].Node != "a" || m[0].TotalConnections != 2 || m[0].Connections[hub.TransportWebSocket] != 2 ||
+		m[1].Node != "b" || m[1].ActiveUsers != 2 || m[1].Connections[hub.TransportSSE] != 1 || time.Since(m[1].ReportedAt) > 10*time.Second {
+		t.Errorf("members %+v", m)
+	}
+	if !strings.Contains(string(buf), `"members":[{"totalConnections":2,"activeUsers":2,"connections":{`) || !strings.Contains(string(buf), `"node":"b"`) ||
+		!strings.Contains(string(buf), `"reportedAt":"`) {
 		t.Errorf("json %s", buf)
 	}
 	// A closed node's stats stop counting.
@@ -513,7 +524,7 @@ func TestClusterStats(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := v.(redisbroker.ClusterTotals); got.Nodes != 1 || got.TotalConnections != 2 {
+	if got := v.(redisbroker.ClusterTotals); got.Nodes != 1 || got.TotalConnections != 2 || len(got.Members) != 1 || got.Members[0].Node != "a" {
 		t.Errorf("after closing b: %+v, want 1 node 2 connections", got)
 	}
 }

@@ -13,6 +13,13 @@ import (
 // token`): sub, roles (claim "roles" when not empty), exp = now+ttl, iat.
 // An empty alg means HS256.
 func Mint(secret, alg, sub string, roles []string, ttl time.Duration) (string, error) {
+	return MintFor(secret, alg, sub, roles, ttl, "", "")
+}
+
+// MintFor is Mint for a hub that checks the issuer and the audience
+// (HUB_JWT_ISSUER, HUB_JWT_AUDIENCE): it adds the claims "iss" and "aud"
+// when they are not empty.
+func MintFor(secret, alg, sub string, roles []string, ttl time.Duration, issuer, audience string) (string, error) {
 	if alg == "" {
 		alg = "HS256"
 	}
@@ -30,6 +37,12 @@ func Mint(secret, alg, sub string, roles []string, ttl time.Duration) (string, e
 	claims := map[string]any{"sub": sub, "iat": now, "exp": now.Add(ttl)}
 	if len(roles) > 0 {
 		claims["roles"] = slices.Clone(roles)
+	}
+	if issuer != "" {
+		claims["iss"] = issuer
+	}
+	if audience != "" {
+		claims["aud"] = audience
 	}
 	_, tok, err := jwtauth.New(alg, []byte(secret), nil).Encode(claims)
 	if err != nil {

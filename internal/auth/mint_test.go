@@ -75,3 +75,23 @@ func TestMintErrors(t *testing.T) {
 		})
 	}
 }
+
+// TestMintFor: a hub that checks iss and aud accepts MintFor's token and
+// refuses Mint's.
+func TestMintFor(t *testing.T) {
+	v := newVerifier(t, Options{Secret: testSecret, Algorithms: []string{"HS256"}, Issuer: "https://id.example", Audience: "hub"})
+	tok, err := MintFor(testSecret, "", "u42", []string{"admin"}, time.Hour, "https://id.example", "hub")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if id, e := v.Verify(tok); e != nil || id.UserID != "u42" || !id.HasRole(RoleAdmin) {
+		t.Errorf("Verify(MintFor) = %+v, %v", id, e)
+	}
+	plain, err := Mint(testSecret, "", "u42", nil, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, e := v.Verify(plain); e == nil {
+		t.Error("a token without iss and aud was accepted by a hub that checks them")
+	}
+}

@@ -74,10 +74,18 @@ func RetryAfter(w http.ResponseWriter, d time.Duration) {
 // empty list allows none: same-origin requests need no CORS), preflights
 // included, and passes everything else to next.
 func CORS(patterns []string, methods string, next http.Handler) http.Handler {
+	return CORSFunc(func(origin string, r *http.Request) bool {
+		return len(patterns) > 0 && OriginAllowed(patterns, origin, r.Host)
+	}, methods, next)
+}
+
+// CORSFunc is CORS for the origins that allow reports as allowed (it is
+// called with a non-empty origin only).
+func CORSFunc(allow func(origin string, r *http.Request) bool, methods string, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Add("Vary", "Origin")
 		origin := r.Header.Get("Origin")
-		allowed := origin != "" && len(patterns) > 0 && OriginAllowed(patterns, origin, r.Host)
+		allowed := origin != "" && allow(origin, r)
 		if allowed {
 			w.Header().Set("Access-Control-Allow-Origin", origin)
 			w.Header().Set("Access-Control-Allow-Credentials", "true")

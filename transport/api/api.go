@@ -2,7 +2,8 @@
 // (POST /api/broadcast, POST /api/broadcast/batch), the user disconnect
 // (POST /api/users/{userId}/disconnect), a user's connections on every
 // node (GET /api/users/{userId}/connections), the admin stats
-// (GET /api/websocket/stats), health and readiness (GET /healthz,
+// (GET /api/websocket/stats), the admin dashboard's time series
+// (GET /api/admin/timeseries), health and readiness (GET /healthz,
 // GET /readyz), Prometheus metrics (GET /metrics), the OpenAPI document
 // of all of these (GET /api/openapi.json, from docs/openapi.yaml) and, in
 // development mode only, ready-made tokens (GET /api/dev/tokens).
@@ -60,6 +61,7 @@ import (
 	"github.com/hubd/hub/internal/auth"
 	"github.com/hubd/hub/internal/httpx"
 	"github.com/hubd/hub/internal/idem"
+	"github.com/hubd/hub/internal/timeseries"
 )
 
 // DefaultMaxPayload is the largest request body accepted when
@@ -123,6 +125,9 @@ type Options struct {
 	// ClientIP names the client address that failed credentials are
 	// counted against; nil means httpx.ClientIP (the TCP peer).
 	ClientIP func(*http.Request) string
+	// Series, when set, is served at GET /api/admin/timeseries (admin JWT)
+	// for the admin dashboard.
+	Series *timeseries.Sampler
 }
 
 // API serves the hub's service, admin and health endpoints. Build it with
@@ -140,6 +145,7 @@ type API struct {
 	timeout    time.Duration
 	clientIP   func(*http.Request) string
 	fails      *failLimit
+	series     *timeseries.Sampler
 }
 
 // New builds an API from o.
@@ -169,6 +175,7 @@ func New(o Options) *API {
 		timeout:    o.PublishTimeout,
 		clientIP:   o.ClientIP,
 		fails:      newFailLimit(),
+		series:     o.Series,
 	}
 }
 
@@ -184,14 +191,17 @@ func (a *API) RegisterPublic(mux *http.ServeMux) {
 
 // RegisterInternal adds POST /api/broadcast, POST /api/broadcast/batch,
 // POST /api/users/{userId}/disconnect, GET /api/users/{userId}/connections,
-// GET /api/websocket/stats, GET /api/openapi.json and, when Metrics is set,
-// GET /metrics to mux.
+// GET /api/websocket/stats, GET /api/openapi.json, GET /metrics when
+// Metrics is set and GET /api/admin/timeseries when Series is set to mux.
 func (a *API) RegisterInternal(mux *http.ServeMux) {
 	handle(mux, http.MethodPost, "/api/broadcast", a.broadcast)
 	handle(mux, http.MethodPost, "/api/broadcast/batch", a.batch)
 	handle(mux, http.MethodPost, "/api/users/{userId}/disconnect", a.disconnect)
 	handle(mux, http.MethodGet, "/api/users/{userId}/connections", a.connections)
 	handle(mux, http.MethodGet, "/api/websocket/stats", a.stats)
+	if a.series != nil {
+		handle(mux, http.MethodGet, "/api/admin/timeseries", a.timeSeries)
+	}
 	if a.metrics != nil {
 		mux.Handle("GET /metrics", a.metrics)
 		mux.HandleFunc("/metrics", methodNotAllowed(http.MethodGet))
