@@ -15,13 +15,16 @@ import (
 // LogModule provides the *slog.Logger: JSON off a terminal, text on one,
 // unless HUB_LOG_FORMAT says otherwise.
 var LogModule = fx.Module("log",
-	fx.Provide(func(cfg config.Config) *slog.Logger { return NewLogger(cfg, os.Stderr) }),
+	fx.Provide(func(cfg config.Config) *slog.Logger { return NewLogger(cfg.LogLevel, cfg.LogFormat, os.Stderr) }),
 )
 
-// NewLogger builds the logger configured by cfg, writing to w.
-func NewLogger(cfg config.Config, w io.Writer) *slog.Logger {
+// NewLogger builds a logger writing to w at levelName (debug, info, warn
+// or error; HUB_LOG_LEVEL) in format (text or json; "" picks text on a
+// terminal, else json: HUB_LOG_FORMAT). Every string value is redacted of
+// tokens.
+func NewLogger(levelName, format string, w io.Writer) *slog.Logger {
 	var level slog.Level
-	switch strings.ToLower(cfg.LogLevel) {
+	switch strings.ToLower(levelName) {
 	case "debug":
 		level = slog.LevelDebug
 	case "warn":
@@ -31,7 +34,6 @@ func NewLogger(cfg config.Config, w io.Writer) *slog.Logger {
 	default:
 		level = slog.LevelInfo
 	}
-	format := cfg.LogFormat
 	if format == "" {
 		format = "json"
 		if f, ok := w.(*os.File); ok && isTerminal(f) {

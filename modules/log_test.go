@@ -15,7 +15,7 @@ func TestLoggerRedactsTokens(t *testing.T) {
 		var b bytes.Buffer
 		cfg := config.Default()
 		cfg.LogFormat = format
-		log := modules.NewLogger(cfg, &b)
+		log := modules.NewLogger(cfg.LogLevel, cfg.LogFormat, &b)
 		log.Info("careless", "url", "/ws/realtime?token="+tok, "auth", "Bearer "+tok, "bare", tok)
 		if strings.Contains(b.String(), tok) || strings.Contains(b.String(), "c2lnbmF0dXJl") {
 			t.Fatalf("%s log holds the token: %s", format, b.String())

@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/hubd/hub/hub"
+	"github.com/hubd/hub/internal/hubtest"
 	"github.com/hubd/hub/transport/api"
 )
 
@@ -15,7 +16,8 @@ import (
 // on one Redis idempotency store: a key sent to both, one after the other
 // or at the same time, gets the identical answer and publishes once.
 func TestIdempotencyAcrossNodes(t *testing.T) {
-	c, prefix := api.RedisForTest(t)
+	url := hubtest.RedisURL(t)
+	c, prefix := hubtest.RedisClient(t, url), hubtest.RedisPrefix(t, url)
 	shared := func(o *api.Options) { o.Idempotency = api.NewRedisIdempotency(c, prefix) }
 	nodes := []*env{newEnv(t, shared), newEnv(t, shared)}
 	clients := []*client{nodes[0].connect(t, "u1", hub.TransportWebSocket), nodes[1].connect(t, "u1", hub.TransportSSE)}

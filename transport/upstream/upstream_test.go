@@ -282,13 +282,6 @@ func (w *wsClient) answer(ref string) answer {
 	return a
 }
 
-// eventually is hubtest.Eventually with this package's deadline; it stays
-// for redisstore_test.go, which another change rewrites.
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	hubtest.Eventually(t, 10*time.Second, what, cond)
-}
-
 func TestWSAck(t *testing.T) {
 	be := newBackend(t)
 	e := newEnv(t, be, nil)

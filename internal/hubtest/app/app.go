@@ -63,7 +63,7 @@ func Start(t testing.TB, mod func(*config.Config)) *App {
 	a := &App{Config: cfg, Logs: &hubtest.Buffer{}, t: t}
 	a.fx = fx.New(
 		modules.App(cfg),
-		fx.Replace(modules.NewLogger(cfg, a.Logs)),
+		fx.Replace(modules.NewLogger(cfg.LogLevel, cfg.LogFormat, a.Logs)),
 		fx.WithLogger(modules.FxLogger),
 		fx.Populate(&a.Servers, &a.Hub),
 	)
