@@ -4,10 +4,10 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"net/http"
 	"os"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -40,8 +40,14 @@ func randomSeed(t *testing.T) int64 {
 
 // TestRandomized runs many devices of many users on both transports while
 // several publishers send to users and to everyone; devices drop, pause
-// (and get cut) and resume at random. At the end every device must have
-// seen exactly its user's sequence: no loss, no duplicate, in order.
+// (and get cut) and resume at random. Some events carry a coalescing key
+// (single ones, bursts of keystrokes to one key, broadcasts) and some are
+// volatile. At the end every device must have seen its user's sequence in
+// id order with no duplicate: every plain event; a keyed event unless a
+// newer one of the same key reached it (skipped on a resume only: never
+// one it was sent live); a volatile event unless it was away, and never in
+// a replay. After every resume, and at the end, its state per key is the
+// newest value published for the key (see the device model).
 func TestRandomized(t *testing.T) {
 	seed := randomSeed(t)
 	t.Logf("seed %d (rerun with -seed %d or HUB_SEED=%d)", seed, seed, seed)
@@ -83,6 +89,20 @@ func TestRandomized(t *testing.T) {
 			fl.add(u, j, transport, slow, false, rand.New(rand.NewPCG(master.Uint64(), master.Uint64())))
 		}
 	}
+	// newest is, per user, the seq of the newest event of each key
+	// published so far (and answered), which the devices' state must reach
+	// after a resume (the fleet's snapshot); emu guards it and what the
+	// publishers record below.
+	var emu sync.Mutex
+	newest := map[string]map[string]uint64{}
+	for _, u := range users {
+		newest[u] = map[string]uint64{}
+	}
+	fl.snapshot = func(u string) map[string]uint64 {
+		emu.Lock()
+		defer emu.Unlock()
+		return maps.Clone(newest[u])
+	}
 	fl.start(ctx, &wg)
 	if f := fl.failures(); f != "" {
 		t.Fatalf("seed %d: %s", seed, f)
@@ -98,14 +118,40 @@ func TestRandomized(t *testing.T) {
 	}
 
 	// Publishers: each remembers, per user, the ids in the order its calls
-	// returned them (one publisher's calls are sequential).
+	// returned them (one publisher's calls are sequential), and every event
+	// published to a user: its seq, key, volatile flag and when its call
+	// began; and newest.
 	const publishers = 4
 	order := make([]map[string][]string, publishers)
 	expected := map[string]map[string]bool{}
+	events := map[string]map[string]pubEvent{}
 	for _, u := range users {
 		expected[u] = map[string]bool{warmIDs[u]: true}
+		events[u] = map[string]pubEvent{warmIDs[u]: {seq: seqOf(warmIDs[u])}}
 	}
-	var emu sync.Mutex
+	// record notes one event of user u (emu held).
+	record := func(p int, u, id string, ev pubEvent) bool {
+		if expected[u] == nil || id == "" || expected[u][id] {
+			return false
+		}
+		ev.seq = seqOf(id)
+		order[p][u] = append(order[p][u], id)
+		expected[u][id] = true
+		events[u][id] = ev
+		if ev.key != "" {
+			newest[u][ev.key] = max(newest[u][ev.key], ev.seq)
+		}
+		return true
+	}
+	var keyedN, volatileN atomic.Int64
+	count := func(ev pubEvent) {
+		if ev.key != "" {
+			keyedN.Add(1)
+		}
+		if ev.volatile {
+			volatileN.Add(1)
+		}
+	}
 	stopPub := make(chan struct{})
 	var stopOnce sync.Once
 	stopPublishing := func() { stopOnce.Do(func() { close(stopPub) }); pwg.Wait() }
@@ -126,13 +172,34 @@ func TestRandomized(t *testing.T) {
 					return
 				case <-tick.C:
 				}
+				// shape gives a body its key or volatile flag
+				shape := func(body map[string]any, ev pubEvent) map[string]any {
+					if ev.key != "" {
+						body["key"] = ev.key
+					}
+					if ev.volatile {
+						body["volatile"] = true
+					}
+					return body
+				}
 				if prng.IntN(40) == 0 {
 					// a burst: many events for one user in one call, which
-					// fills the queue of a device that is not reading
+					// fills the queue of a device that is not reading: plain,
+					// keystrokes to one key, or every other one volatile
 					u := users[prng.IntN(len(users))]
+					kind := prng.IntN(3)
 					msgs := make([]map[string]any, 100)
+					evs := make([]pubEvent, len(msgs))
+					start := time.Now()
 					for k := range msgs {
-						msgs[k] = map[string]any{"userIds": []string{u}, "type": "BURST", "payload": map[string]any{"p": p, "i": i, "k": k, "pad": pad}}
+						evs[k].start = start
+						switch {
+						case kind == 1:
+							evs[k].key = fmt.Sprintf("draft:%d", p)
+						case kind == 2 && k%2 == 1:
+							evs[k].volatile = true
+						}
+						msgs[k] = shape(map[string]any{"userIds": []string{u}, "type": "BURST", "payload": map[string]any{"p": p, "i": i, "k": k, "pad": pad}}, evs[k])
 					}
 					status, body := th.postNoFatal("/api/broadcast/batch", map[string]any{"messages": msgs})
 					results, _ := body["results"].([]any)
@@ -141,24 +208,35 @@ func TestRandomized(t *testing.T) {
 						return
 					}
 					emu.Lock()
-					for _, res := range results {
+					for k, res := range results {
 						m, _ := res.(map[string]any)
-						evs, _ := m["events"].([]any)
-						ev, _ := evs[0].(map[string]any)
+						es, _ := m["events"].([]any)
+						ev, _ := es[0].(map[string]any)
 						id, _ := ev["id"].(string)
-						if id == "" || expected[u][id] {
+						if !record(p, u, id, evs[k]) {
 							fl.fail("publisher %d: bad batch result %v", p, m)
 							continue
 						}
-						order[p][u] = append(order[p][u], id)
-						expected[u][id] = true
+						count(evs[k])
 					}
 					emu.Unlock()
 					published.Add(1)
 					continue
 				}
+				// one event: keyed one time in four, volatile one in eight
+				var ev pubEvent
+				switch r := prng.IntN(8); {
+				case r < 2:
+					ev.key = fmt.Sprintf("k%d", prng.IntN(5))
+				case r == 2:
+					ev.volatile = true
+				}
 				if prng.IntN(10) == 0 {
-					status, body := th.postNoFatal("/api/broadcast", map[string]any{"all": true, "type": "ALL", "payload": map[string]any{"p": p, "i": i, "pad": pad}})
+					if ev.key != "" && prng.IntN(2) == 0 {
+						ev.key = fmt.Sprintf("banner:%d", prng.IntN(2)) // broadcasts' own keys, or a user's
+					}
+					ev.start = time.Now()
+					status, body := th.postNoFatal("/api/broadcast", shape(map[string]any{"all": true, "type": "ALL", "payload": map[string]any{"p": p, "i": i, "pad": pad}}, ev))
 					id, _ := body["id"].(string)
 					if status != http.StatusAccepted || id == "" {
 						fl.fail("publisher %d: broadcast all: %d %v", p, status, body)
@@ -166,9 +244,11 @@ func TestRandomized(t *testing.T) {
 					}
 					emu.Lock()
 					for _, u := range users {
-						order[p][u] = append(order[p][u], id)
-						expected[u][id] = true
+						if !record(p, u, id, ev) {
+							fl.fail("publisher %d: bad or repeated broadcast id %s", p, id)
+						}
 					}
+					count(ev)
 					emu.Unlock()
 					published.Add(1)
 					continue
@@ -177,23 +257,23 @@ func TestRandomized(t *testing.T) {
 				for range 1 + prng.IntN(3) {
 					to = append(to, users[prng.IntN(len(users))])
 				}
-				status, body := th.postNoFatal("/api/broadcast", map[string]any{"userIds": to, "type": "USER", "payload": map[string]any{"p": p, "i": i, "pad": pad}})
+				ev.start = time.Now()
+				status, body := th.postNoFatal("/api/broadcast", shape(map[string]any{"userIds": to, "type": "USER", "payload": map[string]any{"p": p, "i": i, "pad": pad}}, ev))
 				evs, _ := body["events"].([]any)
 				if status != http.StatusAccepted || len(evs) == 0 {
 					fl.fail("publisher %d: broadcast to %v: %d %v", p, to, status, body)
 					return
 				}
 				emu.Lock()
-				for _, ev := range evs {
-					m, _ := ev.(map[string]any)
+				for _, e := range evs {
+					m, _ := e.(map[string]any)
 					u, _ := m["userId"].(string)
 					id, _ := m["id"].(string)
-					if expected[u] == nil || id == "" || expected[u][id] {
+					if !record(p, u, id, ev) {
 						fl.fail("publisher %d: bad or repeated event %v", p, m)
 						continue
 					}
-					order[p][u] = append(order[p][u], id)
-					expected[u][id] = true
+					count(ev)
 				}
 				emu.Unlock()
 				published.Add(1)
@@ -211,18 +291,24 @@ func TestRandomized(t *testing.T) {
 	sentinel := th.publish("END", nil, users...)
 	for _, u := range users {
 		expected[u][sentinel[u]] = true
+		events[u][sentinel[u]] = pubEvent{seq: seqOf(sentinel[u])}
 	}
 	close(fl.end)
 	wg.Wait()
-	t.Logf("seed %d: %d devices, %d publish calls, %d client drops, %d cuts, %d resumes",
-		seed, len(fl.devices), published.Load(), fl.drops.Load(), fl.cuts.Load(), fl.resumes.Load())
+	t.Logf("seed %d: %d devices, %d publish calls (%d keyed and %d volatile events), %d client drops, %d cuts, %d resumes (%d checked per key, %d events replayed)",
+		seed, len(fl.devices), published.Load(), keyedN.Load(), volatileN.Load(), fl.drops.Load(), fl.cuts.Load(), fl.resumes.Load(),
+		fl.stateChecks.Load(), fl.replayed.Load())
 	if f := fl.failures(); f != "" {
 		t.Fatalf("seed %d: %s", seed, f)
 	}
 
-	// Every device has exactly its user's sequence; all devices of a user
-	// agree on the order, which keeps each publisher's order.
-	first := map[string]*simDevice{}
+	// Every device has its user's sequence: each event once at most, in id
+	// order (so in each publisher's order, and all devices of a user agree),
+	// ending with the sentinel; every plain event; a keyed event unless a
+	// newer one of its key reached the device, never one it was sent live;
+	// a volatile event unless the device was away; and its final state of
+	// each key is the newest event of the key.
+	var skippedKeyed, missedVolatile int
 	for _, d := range fl.devices {
 		want := expected[d.user]
 		pos, err := d.check(want)
@@ -232,26 +318,48 @@ func TestRandomized(t *testing.T) {
 		if len(d.seen) == 0 || d.seen[len(d.seen)-1] != sentinel[d.user] {
 			t.Fatalf("seed %d: %s did not end with its sentinel %s", seed, d.name, sentinel[d.user])
 		}
-		if len(d.seen) != len(want) {
-			t.Fatalf("seed %d: %s got %d events, want %d (lost %d)", seed, d.name, len(d.seen), len(want), len(want)-len(d.seen))
-		}
-		for p := range publishers {
-			prev := -1
-			for _, id := range order[p][d.user] {
-				if pos[id] < prev {
-					t.Fatalf("seed %d: %s got publisher %d's %s out of order", seed, d.name, p, id)
-				}
-				prev = pos[id]
+		for i := 1; i < len(d.seen); i++ {
+			if seqOf(d.seen[i]) <= seqOf(d.seen[i-1]) {
+				t.Fatalf("seed %d: %s got %s after %s: not in id order", seed, d.name, d.seen[i], d.seen[i-1])
 			}
 		}
-		if f := first[d.user]; f == nil {
-			first[d.user] = d
-		} else if !slices.Equal(f.seen, d.seen) {
-			i := 0
-			for i < len(f.seen) && f.seen[i] == d.seen[i] {
-				i++
+		seenKey := map[string]uint64{} // key -> newest seq seen
+		for _, id := range d.seen {
+			if ev := events[d.user][id]; ev.key != "" {
+				seenKey[ev.key] = max(seenKey[ev.key], ev.seq)
 			}
-			t.Fatalf("seed %d: %s and %s disagree on the order from event %d: %s vs %s", seed, f.name, d.name, i, f.seen[i], d.seen[i])
+		}
+		for id, ev := range events[d.user] {
+			if _, ok := pos[id]; ok {
+				continue
+			}
+			switch {
+			case ev.key == "" && !ev.volatile:
+				t.Fatalf("seed %d: %s lost %s", seed, d.name, id)
+			case d.liveFor(ev.start, ev.seq):
+				t.Fatalf("seed %d: %s did not get %s (key %q, volatile %v), published while it was connected", seed, d.name, id, ev.key, ev.volatile)
+			case ev.key != "" && seenKey[ev.key] <= ev.seq:
+				t.Fatalf("seed %d: %s skipped %s of key %s, and got no newer event of the key", seed, d.name, id, ev.key)
+			case ev.key != "":
+				skippedKeyed++
+			default:
+				missedVolatile++
+			}
+		}
+		for k, seq := range newest[d.user] {
+			if d.state[k] != seq {
+				t.Fatalf("seed %d: %s ends with key %s at seq %d, the newest published is %d", seed, d.name, k, d.state[k], seq)
+			}
 		}
 	}
+	t.Logf("seed %d: keyed events skipped on resume (superseded): %d; volatile events missed while away: %d", seed, skippedKeyed, missedVolatile)
+}
+
+// pubEvent is what TestRandomized knows of an event it published to a
+// user: its seq, key, volatile flag and when its call began.
+type pubEvent struct {
+	seq      uint64
+	key      string
+	volatile bool
+	start    time.Time
 }
