@@ -77,24 +77,44 @@ type UserEvent struct {
 type PublishOption func(*publishOptions)
 
 type publishOptions struct {
-	key string
+	idem     string
+	key      string
+	volatile bool
 }
 
 // IdempotencyKey makes a publish idempotent: a repeated key within 10
 // minutes (per caller) returns the first answer and publishes nothing new.
 func IdempotencyKey(key string) PublishOption {
+	return func(o *publishOptions) { o.idem = key }
+}
+
+// Keyed gives the event a coalescing key (the syntax of a type, e.g.
+// "draft:42"): the events to one user with the same key supersede each
+// other in that user's history, so a device that resumes gets only the
+// newest of them. Live delivery is unchanged, and the envelope carries the
+// key. Not together with Volatile (the hub answers 400).
+func Keyed(key string) PublishOption {
 	return func(o *publishOptions) { o.key = key }
+}
+
+// Volatile makes the event volatile: it reaches the connections live now
+// and is never stored, so no resume replays it (a "typing" indicator). It
+// still gets an id.
+func Volatile() PublishOption {
+	return func(o *publishOptions) { o.volatile = true }
 }
 
 // Message is one broadcast: to UserIDs, or to every user when All is set.
 // Payload is encoded with encoding/json (a json.RawMessage is sent as is; nil
-// is JSON null).
+// is JSON null). Key and Volatile are the options Keyed and Volatile.
 type Message struct {
 	UserIDs        []string
 	All            bool
 	Type           string
 	Payload        any
 	IdempotencyKey string
+	Key            string
+	Volatile       bool
 }
 
 // wireMessage is a broadcast body as the hub reads it.
@@ -104,6 +124,8 @@ type wireMessage struct {
 	Type           string   `json:"type"`
 	Payload        any      `json:"payload"`
 	IdempotencyKey string   `json:"idempotencyKey,omitempty"`
+	Key            string   `json:"key,omitempty"`
+	Volatile       bool     `json:"volatile,omitempty"`
 }
 
 // MarshalJSON encodes m as a broadcast body of the contract.
@@ -120,13 +142,15 @@ func (m *Message) UnmarshalJSON(b []byte) error {
 		Type           string          `json:"type"`
 		Payload        json.RawMessage `json:"payload"`
 		IdempotencyKey string          `json:"idempotencyKey"`
+		Key            string          `json:"key"`
+		Volatile       bool            `json:"volatile"`
 	}
 	d := json.NewDecoder(bytes.NewReader(b))
 	d.DisallowUnknownFields()
 	if err := d.Decode(&w); err != nil {
 		return fmt.Errorf("decode broadcast message: %w", err)
 	}
-	*m = Message{UserIDs: w.UserIDs, All: w.All, Type: w.Type, IdempotencyKey: w.IdempotencyKey}
+	*m = Message{UserIDs: w.UserIDs, All: w.All, Type: w.Type, IdempotencyKey: w.IdempotencyKey, Key: w.Key, Volatile: w.Volatile}
 	if w.Payload != nil {
 		m.Payload = w.Payload
 	}
@@ -143,7 +167,7 @@ func (c *Client) Publish(ctx context.Context, userIDs []string, typ string, payl
 	var answer struct {
 		Events []UserEvent `json:"events"`
 	}
-	m := Message{UserIDs: userIDs, Type: typ, Payload: payload, IdempotencyKey: o.key}
+	m := Message{UserIDs: userIDs, Type: typ, Payload: payload, IdempotencyKey: o.idem, Key: o.key, Volatile: o.volatile}
 	if err := c.do(ctx, http.MethodPost, "/api/broadcast", m, &answer); err != nil {
 		return nil, fmt.Errorf("publish: %w", err)
 	}
@@ -160,7 +184,7 @@ func (c *Client) PublishAll(ctx context.Context, typ string, payload any, opts .
 	var answer struct {
 		ID string `json:"id"`
 	}
-	m := Message{All: true, Type: typ, Payload: payload, IdempotencyKey: o.key}
+	m := Message{All: true, Type: typ, Payload: payload, IdempotencyKey: o.idem, Key: o.key, Volatile: o.volatile}
 	if err := c.do(ctx, http.MethodPost, "/api/broadcast", m, &answer); err != nil {
 		return "", fmt.Errorf("publish to all: %w", err)
 	}

@@ -95,11 +95,26 @@ func (e *env) connect(user string) *device {
 	return d
 }
 
+// connectFrom registers a connection of user resuming from last.
+func (e *env) connectFrom(user, last string) *device {
+	e.t.Helper()
+	d := &device{t: e.t, woken: make(chan struct{}, 1)}
+	c, err := e.hub.Register(hub.ConnInfo{UserID: user, Transport: hub.TransportWebSocket, LastEventID: last}, d)
+	if err != nil {
+		e.t.Fatalf("register: %v", err)
+	}
+	d.conn = c
+	e.t.Cleanup(func() { e.hub.Unregister(c) })
+	return d
+}
+
 // envelope is a delivered event.
 type envelope struct {
-	ID      string          `json:"id"`
-	Type    string          `json:"type"`
-	Payload json.RawMessage `json:"payload"`
+	ID       string          `json:"id"`
+	Type     string          `json:"type"`
+	Key      string          `json:"key"`
+	Volatile bool            `json:"volatile"`
+	Payload  json.RawMessage `json:"payload"`
 }
 
 // events waits until n application events have been delivered (control
@@ -173,6 +188,57 @@ func TestPublish(t *testing.T) {
 	got, _ := u1.events(1)
 	if string(got[0].Payload) != string(raw) || got[0].ID != first[0].ID {
 		t.Errorf("u1 got %+v, want payload %s id %s", got[0], raw, first[0].ID)
+	}
+}
+
+// TestPublishKeyedAndVolatile: Keyed and Volatile reach the envelope; a
+// device that resumes gets the newest event of the key only and no
+// volatile event; both together are refused by the hub.
+func TestPublishKeyedAndVolatile(t *testing.T) {
+	e := newEnv(t)
+	u1 := e.connect("u1")
+	c := e.client(client.WithAPIKey(apiKey))
+	ctx := context.Background()
+
+	start, err := c.Publish(ctx, []string{"u1"}, "START", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var last []client.UserEvent
+	for i := range 5 {
+		if last, err = c.Publish(ctx, []string{"u1"}, "DRAFT_UPDATED", map[string]int{"rev": i}, client.Keyed("draft:42")); err != nil {
+			t.Fatalf("Publish keyed: %v", err)
+		}
+	}
+	if _, err := c.Publish(ctx, []string{"u1"}, "TYPING", true, client.Volatile()); err != nil {
+		t.Fatalf("Publish volatile: %v", err)
+	}
+	all, err := c.PublishAll(ctx, "BANNER", "hi", client.Keyed("banner"))
+	if err != nil {
+		t.Fatalf("PublishAll keyed: %v", err)
+	}
+	got, _ := u1.events(8)
+	if got[5].Key != "draft:42" || got[5].ID != last[0].ID || got[6].Type != "TYPING" || !got[6].Volatile || got[6].Key != "" ||
+		got[7].ID != all || got[7].Key != "banner" || got[0].Key != "" || got[0].Volatile {
+		t.Fatalf("envelopes %+v", got)
+	}
+	res, err := c.Batch(ctx, []client.Message{
+		{UserIDs: []string{"u1"}, Type: "DRAFT_UPDATED", Payload: 9, Key: "draft:42"},
+		{UserIDs: []string{"u1"}, Type: "TYPING", Volatile: true},
+	})
+	if err != nil || res[0].Err != nil || res[1].Err != nil {
+		t.Fatalf("Batch: %v %+v", err, res)
+	}
+
+	r := e.connectFrom("u1", start[0].ID)
+	replay, _ := r.events(2)
+	if replay[0].ID != all || replay[1].ID != res[0].Events[0].ID {
+		t.Fatalf("resume replayed %+v, want the banner and the newest draft", replay)
+	}
+
+	_, err = c.Publish(ctx, []string{"u1"}, "T", nil, client.Keyed("k"), client.Volatile())
+	if !client.IsCode(err, "invalid_request") || !strings.Contains(err.Error(), "volatile") {
+		t.Fatalf("Keyed and Volatile: %v, want invalid_request naming volatile", err)
 	}
 }
 
@@ -433,6 +499,9 @@ func TestMessageJSON(t *testing.T) {
 	}{
 		{give: `{"userIds":["a","b"],"type":"T","payload":{"x":1}}`, want: client.Message{UserIDs: []string{"a", "b"}, Type: "T", Payload: json.RawMessage(`{"x":1}`)}},
 		{give: `{"all":true,"type":"T","idempotencyKey":"k"}`, want: client.Message{All: true, Type: "T", IdempotencyKey: "k"}},
+		{give: `{"userIds":["a"],"type":"T","key":"draft:42"}`, want: client.Message{UserIDs: []string{"a"}, Type: "T", Key: "draft:42"}},
+		{give: `{"all":true,"type":"T","volatile":true}`, want: client.Message{All: true, Type: "T", Volatile: true}},
+		{give: `{"all":true,"type":"T","volatile":false}`, want: client.Message{All: true, Type: "T"}},
 		{give: `{"all":true,"type":"T","extra":1}`, wantErr: true},
 		{give: `[1]`, wantErr: true},
 	}

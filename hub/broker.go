@@ -24,14 +24,22 @@ type Broker interface {
 	// With an idempotency key in ctx (WithIdempotencyKey), a repeated call
 	// returns the answer of the first one that published (counts
 	// included) and publishes nothing. The same holds for PublishAll.
-	PublishUsers(ctx context.Context, users []string, typ string, payload []byte, ts time.Time) (id string, devices []int, err error)
+	//
+	// With o.Key, the event supersedes, in each user's history, the
+	// user's last event with the same key (atomically with the append);
+	// o.Volatile events are published and counted but never stored.
+	PublishUsers(ctx context.Context, users []string, typ string, payload []byte, ts time.Time, o EventOptions) (id string, devices []int, err error)
 	// PublishAll appends one event to the broadcast history and publishes
 	// it to every node; it returns its id and the number of connections
-	// holding a slot, cluster-wide, when it was published.
-	PublishAll(ctx context.Context, typ string, payload []byte, ts time.Time) (id string, devices int, err error)
+	// holding a slot, cluster-wide, when it was published. A key
+	// supersedes the last broadcast with the same key.
+	PublishAll(ctx context.Context, typ string, payload []byte, ts time.Time, o EventOptions) (id string, devices int, err error)
 	// History returns the events of user after lastID (the user's own and
-	// the broadcasts, in id order) and whether that list is provably
-	// complete; at most max events (more: not complete).
+	// the broadcasts, in id order, coalesced: of each key only the newest,
+	// see Coalesce) and whether that list is provably complete; at most
+	// max events (more: not complete). An id the history does not hold (a
+	// superseded or volatile event's) is taken as a position: complete
+	// when nothing from it on was dropped.
 	History(ctx context.Context, user, lastID string, max int) ([]*Message, bool, error)
 	// Subscribe makes this node receive user's events; it returns once the
 	// subscription is active. Unsubscribe undoes it (it must not block).
@@ -72,16 +80,51 @@ type Broker interface {
 
 // NewMessage builds an application event message from its parts: the
 // envelope frame (one line of JSON) is given as made by the node that
-// published it; seq is the id's position. Brokers use it to turn what they
-// receive into what the hub queues.
-func NewMessage(id string, seq uint64, typ string, frame []byte, accepted time.Time) *Message {
-	return eventFromFrame(id, seq, typ, frame, accepted)
+// published it; seq is the id's position; o is what the broker knows of
+// the event's options (the key of an event read from the history, which
+// Coalesce needs). Brokers use it to turn what they receive into what the
+// hub queues.
+func NewMessage(id string, seq uint64, typ string, o EventOptions, frame []byte, accepted time.Time) *Message {
+	return eventFromFrame(id, seq, typ, o, frame, accepted)
+}
+
+// Coalesce keeps, of the events of msgs (in id order) that share a key,
+// only the last, and every event without a key; the order is kept. It is
+// what a resume replays: the newest event of each key published after the
+// client's last id. It reuses msgs' array.
+func Coalesce(msgs []*Message) []*Message {
+	keyed := 0
+	for _, m := range msgs {
+		if m.key != "" {
+			keyed++
+		}
+	}
+	if keyed < 2 {
+		return msgs
+	}
+	seen := make(map[string]struct{}, keyed)
+	// walk from the newest: the first of each key seen is the one kept
+	w := len(msgs)
+	for i := len(msgs) - 1; i >= 0; i-- {
+		m := msgs[i]
+		if m.key != "" {
+			if _, dup := seen[m.key]; dup {
+				continue
+			}
+			seen[m.key] = struct{}{}
+		}
+		w--
+		msgs[w] = m
+	}
+	n := copy(msgs, msgs[w:])
+	clear(msgs[n:])
+	return msgs[:n]
 }
 
 // Seq returns the message's position in the id order (0 for control events).
 func (m *Message) Seq() uint64 { return m.seq }
 
 // EncodeEnvelope returns the envelope JSON of an event, as the hub frames it.
-func EncodeEnvelope(id, typ string, payload []byte, ts time.Time) []byte {
-	return newEvent(id, typ, payload, ts, 0).Frame
+func EncodeEnvelope(id, typ string, o EventOptions, payload []byte, ts time.Time) []byte {
+	return newEvent(id, typ, o, payload, ts, 0).Frame
 }

@@ -12,9 +12,11 @@ import (
 	"time"
 )
 
-// MaxTypeLen and MaxIDLen bound an envelope's type and id, in bytes.
+// MaxTypeLen, MaxKeyLen and MaxIDLen bound an envelope's type, coalescing
+// key and id, in bytes.
 const (
 	MaxTypeLen = 128
+	MaxKeyLen  = MaxTypeLen
 	MaxIDLen   = 128
 )
 
@@ -37,7 +39,9 @@ type Message struct {
 	// Accepted is when the hub accepted the event (zero for control events).
 	Accepted time.Time
 
-	seq uint64
+	seq      uint64
+	key      string // coalescing key ("" for none): see EventOptions
+	volatile bool
 	// held counts the histories of this node holding the event, plus one
 	// while it is being published (see histIndex).
 	held atomic.Int32
@@ -61,6 +65,14 @@ func (m *Message) Compressed(compress func(frame []byte) []byte) []byte {
 // its envelope as sent.
 func (m *Message) Size() int { return len(m.Frame) }
 
+// Key is the event's coalescing key ("" for none). Messages read back from
+// a broker's history carry it; those a broker delivers live may not (live
+// delivery does not look at it).
+func (m *Message) Key() string { return m.key }
+
+// Volatile reports whether the event was published volatile (never stored).
+func (m *Message) Volatile() bool { return m.volatile }
+
 // Control reports whether m is a control event (its type starts with "hub.").
 func (m *Message) Control() bool { return strings.HasPrefix(m.Type, "hub.") }
 
@@ -70,11 +82,28 @@ func (m *Message) Control() bool { return strings.HasPrefix(m.Type, "hub.") }
 // without regard to case must never take an application event for a
 // control event).
 func ValidateType(t string) error {
+	if err := validName(t, MaxTypeLen); err != nil {
+		return err
+	}
+	if len(t) >= 4 && strings.EqualFold(t[:4], "hub.") {
+		return errors.New(`types starting with "hub." (in any letter case) are reserved`)
+	}
+	return nil
+}
+
+// ValidateKey checks a coalescing key: the syntax of a type, 1 to 128 bytes
+// of [A-Za-z0-9_.:-]. The "hub." reservation is a rule of types, not of
+// their syntax: a key names no control event, so "hub.x" is a key like any
+// other.
+func ValidateKey(k string) error { return validName(k, MaxKeyLen) }
+
+// validName checks 1 to max bytes of [A-Za-z0-9_.:-].
+func validName(t string, max int) error {
 	if t == "" {
 		return errors.New("must not be empty")
 	}
-	if len(t) > MaxTypeLen {
-		return fmt.Errorf("must be at most %d bytes", MaxTypeLen)
+	if len(t) > max {
+		return fmt.Errorf("must be at most %d bytes", max)
 	}
 	for i := 0; i < len(t); i++ {
 		c := t[i]
@@ -82,10 +111,55 @@ func ValidateType(t string) error {
 			return errors.New("may contain only A-Z, a-z, 0-9, '_', '.', ':' and '-'")
 		}
 	}
-	if len(t) >= 4 && strings.EqualFold(t[:4], "hub.") {
-		return errors.New(`types starting with "hub." (in any letter case) are reserved`)
+	return nil
+}
+
+// EventOptions shape what the history keeps of one event (the broadcast
+// API's "key" and "volatile"). The zero value is a plain event.
+type EventOptions struct {
+	// Key is a coalescing key ("" for none): the events to one user with
+	// the same key supersede each other in that user's history (a
+	// broadcast's, in every user's), so a resume replays only the newest
+	// of each key published after the client's last id. Live delivery is
+	// unchanged. The envelope carries it ("key").
+	Key string
+	// Volatile events go to the connections live at the time and are
+	// never stored: no resume replays them. They still get an id, which
+	// a client may resume from like a position. The envelope says so
+	// ("volatile":true).
+	Volatile bool
+}
+
+// Validate checks the key's syntax and that a key and Volatile are not
+// both given; the error names the field.
+func (o EventOptions) Validate() error {
+	if o.Key != "" {
+		if err := ValidateKey(o.Key); err != nil {
+			return fmt.Errorf("key: %w", err)
+		}
+		if o.Volatile {
+			return errors.New("key and volatile: an event is either coalesced by a key or volatile, not both")
+		}
 	}
 	return nil
+}
+
+// EventOption sets one of an event's EventOptions (Publish, BroadcastAll).
+type EventOption func(*EventOptions)
+
+// Keyed gives the event the coalescing key k (EventOptions.Key).
+func Keyed(k string) EventOption { return func(o *EventOptions) { o.Key = k } }
+
+// Volatile makes the event volatile (EventOptions.Volatile).
+func Volatile() EventOption { return func(o *EventOptions) { o.Volatile = true } }
+
+// eventOptions applies opts and validates the result.
+func eventOptions(opts []EventOption) (EventOptions, error) {
+	var o EventOptions
+	for _, f := range opts {
+		f(&o)
+	}
+	return o, o.Validate()
 }
 
 // ValidateID checks an event id as a client may send it back: 1 to 128
@@ -117,9 +191,12 @@ func compactPayload(p json.RawMessage) ([]byte, error) {
 
 // newEvent encodes an application event once per wire format: the SSE
 // record is built around the envelope, and Frame is the envelope's part of
-// it (capacity capped, so nobody can append into the record).
-func newEvent(id, typ string, payload []byte, ts time.Time, seq uint64) *Message {
-	n := len(id) + len(typ) + len(payload) + len(TimeFormat) + 48 // the envelope's fixed text
+// it (capacity capped, so nobody can append into the record). The
+// envelope's fields come in the order id, type, key or volatile (when
+// set), payload, timestamp; the Redis broker's script writes the same
+// bytes.
+func newEvent(id, typ string, o EventOptions, payload []byte, ts time.Time, seq uint64) *Message {
+	n := len(id) + len(typ) + len(o.Key) + len(payload) + len(TimeFormat) + 64 // the envelope's fixed text
 	b := make([]byte, 0, n+len(id)+len(typ)+24)
 	b = appendSSEHead(b, id, typ)
 	start := len(b)
@@ -127,14 +204,23 @@ func newEvent(id, typ string, payload []byte, ts time.Time, seq uint64) *Message
 	b = append(b, id...)
 	b = append(b, `","type":"`...)
 	b = append(b, typ...)
-	b = append(b, `","payload":`...)
+	switch {
+	case o.Key != "":
+		b = append(b, `","key":"`...)
+		b = append(b, o.Key...)
+		b = append(b, `","payload":`...)
+	case o.Volatile:
+		b = append(b, `","volatile":true,"payload":`...)
+	default:
+		b = append(b, `","payload":`...)
+	}
 	b = append(b, payload...)
 	b = append(b, `,"timestamp":"`...)
 	b = ts.UTC().AppendFormat(b, TimeFormat)
 	b = append(b, `"}`...)
 	end := len(b)
 	b = append(b, "\n\n"...)
-	return &Message{ID: id, Type: typ, Frame: b[start:end:end], SSE: b, Accepted: ts, seq: seq}
+	return &Message{ID: id, Type: typ, Frame: b[start:end:end], SSE: b, Accepted: ts, seq: seq, key: o.Key, volatile: o.Volatile}
 }
 
 // appendSSEHead appends the lines of an SSE record that come before the
@@ -151,15 +237,16 @@ func appendSSEHead(b []byte, id, typ string) []byte {
 }
 
 // eventFromFrame builds the message of an envelope received whole (from a
-// broker), with the same layout as newEvent.
-func eventFromFrame(id string, seq uint64, typ string, frame []byte, accepted time.Time) *Message {
+// broker), with the same layout as newEvent; o is what the broker knows of
+// the event's options.
+func eventFromFrame(id string, seq uint64, typ string, o EventOptions, frame []byte, accepted time.Time) *Message {
 	b := make([]byte, 0, len(frame)+len(id)+len(typ)+24)
 	b = appendSSEHead(b, id, typ)
 	start := len(b)
 	b = append(b, frame...)
 	end := len(b)
 	b = append(b, "\n\n"...)
-	return &Message{ID: id, Type: typ, Frame: b[start:end:end], SSE: b, Accepted: accepted, seq: seq}
+	return &Message{ID: id, Type: typ, Frame: b[start:end:end], SSE: b, Accepted: accepted, seq: seq, key: o.Key, volatile: o.Volatile}
 }
 
 func sseRecord(id, typ string, frame []byte) []byte {

@@ -53,3 +53,15 @@ func (h *Hub) HistoryUsage() int64 { return h.ix.usage() }
 
 // HoldOverhead is the bookkeeping counted per place an event is held.
 const HoldOverhead = holdOverhead
+
+// UserRingLen is the number of slots of user's history ring (events and
+// the holes superseded events left).
+func (h *Hub) UserRingLen(user string) int {
+	s := h.shardOf(user)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if us := s.users[user]; us != nil {
+		return len(us.hist.buf)
+	}
+	return 0
+}

@@ -12,55 +12,164 @@ import (
 // the highest seq ever dropped from it: a resume from a position below the
 // floor cannot be proven complete. bytes is the envelope bytes it holds
 // (Message.Size), which the hub bounds per stream (Options.HistoryMaxBytes).
+//
+// Coalescing keys: an event with a key supersedes the stream's event with
+// the same key. The superseded event's slot becomes a hole (nil) at once,
+// found through keys (key -> the absolute index of its event's slot), so
+// superseding costs O(1); the floor does not move (nothing was lost: the
+// newer event stands for it), and the bounds count only the events held
+// (n - holes), one per key. Holes are never at the head, and the ring is
+// compacted when they are more than half of it, which costs O(1)
+// amortised per hole.
 type stream struct {
-	buf   []*Message // ring buffer
+	buf   []*Message // ring buffer; nil slots are holes
 	head  int
-	n     int
+	n     int // slots in use from head, holes included
+	holes int
 	floor uint64
 	bytes int64
+	// base is the absolute index of the head slot: slot i from the head
+	// has the absolute index base+i, which stays the same while the head
+	// moves (compaction renumbers).
+	base uint64
+	keys map[string]uint64 // key -> absolute index of its event; nil until the first key
 }
 
-// push appends m, then drops the oldest events while the stream holds more
-// than size events or more than maxBytes bytes (maxBytes <= 0: no byte
-// bound). An event bigger than maxBytes on its own is dropped at once: it
-// was delivered live, and the floor makes a resume from before it
-// recovered:false. Every event held or dropped is accounted in ix.
+// held is the number of events the stream holds (holes not counted).
+func (s *stream) held() int { return s.n - s.holes }
+
+// push appends m, superseding the stream's event with m's key, then drops
+// the oldest events while the stream holds more than size events or more
+// than maxBytes bytes (maxBytes <= 0: no byte bound). An event bigger than
+// maxBytes on its own is dropped at once: it was delivered live, and the
+// floor makes a resume from before it recovered:false. Every event held or
+// dropped is accounted in ix.
 func (s *stream) push(m *Message, size int, maxBytes int64, ix *histIndex) {
 	if size <= 0 {
 		return
 	}
-	if len(s.buf) < size && s.n == len(s.buf) {
-		// grow the ring gently: most users have few events
-		nb := make([]*Message, min(size, max(4, 2*len(s.buf))))
-		for i := 0; i < s.n; i++ {
-			nb[i] = s.buf[(s.head+i)%len(s.buf)]
+	if m.key != "" {
+		if at, ok := s.keys[m.key]; ok {
+			s.supersede(at, ix)
 		}
-		s.buf, s.head = nb, 0
 	}
-	if s.n == len(s.buf) { // full: drop the oldest
+	if s.held() >= size { // full: drop the oldest
 		s.dropHead(ix)
 	}
+	if s.n == len(s.buf) {
+		limit := size // the ring never needs more slots than events...
+		if s.holes > 0 {
+			limit = 2 * size // ...but holes take slots until compacted
+		}
+		switch {
+		case s.holes > 0 && (2*s.holes >= s.n || len(s.buf) >= limit):
+			s.compact(len(s.buf))
+		default:
+			// grow the ring gently: most users have few events
+			s.compact(min(limit, max(4, 2*len(s.buf))))
+		}
+	}
 	s.buf[(s.head+s.n)%len(s.buf)] = m
+	if m.key != "" {
+		if s.keys == nil {
+			s.keys = make(map[string]uint64)
+		}
+		s.keys[m.key] = s.base + uint64(s.n)
+	}
 	s.n++
 	s.bytes += int64(m.Size())
 	ix.hold(m)
 	for maxBytes > 0 && s.bytes > maxBytes && s.n > 0 {
 		s.dropHead(ix)
 	}
-	if s.n == 0 {
-		s.buf, s.head = nil, 0
+	s.release()
+}
+
+// supersede turns the slot at absolute index at into a hole: its event is
+// no longer held, and the floor stays where it is.
+func (s *stream) supersede(at uint64, ix *histIndex) {
+	i := (s.head + int(at-s.base)) % len(s.buf)
+	old := s.buf[i]
+	s.buf[i] = nil
+	s.holes++
+	s.bytes -= int64(old.Size())
+	delete(s.keys, old.key)
+	ix.drop(old)
+	s.skipHoles()
+	if s.holes >= 16 && 2*s.holes > s.n {
+		s.compact(len(s.buf))
 	}
 }
 
-// dropHead drops the oldest event (the stream is not empty).
+// skipHoles moves the head past the holes at the head.
+func (s *stream) skipHoles() {
+	for s.n > 0 && s.buf[s.head] == nil {
+		s.head = (s.head + 1) % len(s.buf)
+		s.n--
+		s.holes--
+		s.base++
+	}
+}
+
+// compact moves the events to the front of a ring of length size (the
+// same array, in place, when size is its length), without holes, and
+// renumbers keys. The head is an event, so it keeps its absolute index.
+func (s *stream) compact(size int) {
+	if size == len(s.buf) {
+		w := 0
+		for i := 0; i < s.n; i++ {
+			m := s.at(i)
+			if m == nil {
+				continue
+			}
+			if w != i { // w < i: slot w was read already
+				s.buf[(s.head+w)%len(s.buf)] = m
+				s.buf[(s.head+i)%len(s.buf)] = nil
+			}
+			if m.key != "" {
+				s.keys[m.key] = s.base + uint64(w)
+			}
+			w++
+		}
+		s.n, s.holes = w, 0
+		return
+	}
+	nb := make([]*Message, size)
+	w := 0
+	for i := 0; i < s.n; i++ {
+		if m := s.at(i); m != nil {
+			nb[w] = m
+			if m.key != "" {
+				s.keys[m.key] = s.base + uint64(w)
+			}
+			w++
+		}
+	}
+	s.buf, s.head, s.n, s.holes = nb, 0, w, 0
+}
+
+// release lets an empty stream's ring go.
+func (s *stream) release() {
+	if s.n == 0 {
+		s.buf, s.head, s.holes, s.keys = nil, 0, 0, nil
+	}
+}
+
+// dropHead drops the oldest event (the stream is not empty, so the head is
+// an event: holes are never at the head).
 func (s *stream) dropHead(ix *histIndex) {
 	old := s.buf[s.head]
 	s.floor = max(s.floor, old.seq)
 	s.bytes -= int64(old.Size())
+	if old.key != "" && s.keys[old.key] == s.base {
+		delete(s.keys, old.key)
+	}
 	s.buf[s.head] = nil
 	s.head = (s.head + 1) % len(s.buf)
 	s.n--
+	s.base++
 	ix.drop(old)
+	s.skipHoles()
 }
 
 func (s *stream) at(i int) *Message { return s.buf[(s.head+i)%len(s.buf)] }
@@ -70,9 +179,7 @@ func (s *stream) trim(cutoff time.Time, ix *histIndex) {
 	for s.n > 0 && s.at(0).Accepted.Before(cutoff) {
 		s.dropHead(ix)
 	}
-	if s.n == 0 {
-		s.buf, s.head = nil, 0
-	}
+	s.release()
 }
 
 // dropThrough drops the events with seq <= given (the node-wide bound
@@ -81,34 +188,32 @@ func (s *stream) dropThrough(seq uint64, ix *histIndex) {
 	for s.n > 0 && s.at(0).seq <= seq {
 		s.dropHead(ix)
 	}
-	if s.n == 0 {
-		s.buf, s.head = nil, 0
-	}
+	s.release()
 }
 
-// search returns the index of the first event with seq >= given.
-func (s *stream) search(seq uint64) int {
-	lo, hi := 0, s.n
-	for lo < hi {
-		mid := (lo + hi) / 2
-		if s.at(mid).seq < seq {
-			lo = mid + 1
-		} else {
-			hi = mid
-		}
-	}
-	return lo
-}
-
-// after appends to out the events with seq > given, in order.
+// after returns the events with seq > given, in order. It walks back from
+// the newest, so it costs the events returned and the holes among them.
 func (s *stream) after(seq uint64) []*Message {
-	i := s.search(seq + 1)
-	if i >= s.n {
+	i := s.n
+	k := 0
+	for i > 0 {
+		m := s.at(i - 1)
+		if m != nil {
+			if m.seq <= seq {
+				break
+			}
+			k++
+		}
+		i--
+	}
+	if k == 0 {
 		return nil
 	}
-	out := make([]*Message, 0, s.n-i)
+	out := make([]*Message, 0, k)
 	for ; i < s.n; i++ {
-		out = append(out, s.at(i))
+		if m := s.at(i); m != nil {
+			out = append(out, m)
+		}
 	}
 	return out
 }
@@ -131,12 +236,6 @@ func mergeSeq(a, b []*Message) []*Message {
 	}
 	out = append(out, a...)
 	return append(out, b...)
-}
-
-// contains reports whether the event with seq is held.
-func (s *stream) contains(seq uint64) bool {
-	i := s.search(seq)
-	return i < s.n && s.at(i).seq == seq
 }
 
 // A position (hub.connected's, when nothing is replayed) names a place in

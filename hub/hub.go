@@ -443,9 +443,10 @@ type connectedPayload struct {
 }
 
 // recover returns the events after lastID in us's history merged with the
-// broadcasts, and whether that list is provably complete. The shard lock is
-// held, so no event of this user can be published meanwhile; broadcasts hold
-// every shard lock when they append, so the broadcast stream is stable too.
+// broadcasts and coalesced (of each key, only the newest), and whether that
+// list is provably complete. The shard lock is held, so no event of this
+// user can be published meanwhile; broadcasts hold every shard lock when
+// they append, so the broadcast stream is stable too.
 func (h *Hub) recover(us *userState, lastID string) ([]*Message, bool) {
 	if h.opts.HistorySize == 0 {
 		return nil, false
@@ -462,28 +463,30 @@ func (h *Hub) recover(us *userState, lastID string) ([]*Message, bool) {
 	}
 	h.allMu.Lock()
 	defer h.allMu.Unlock()
-	// An event id must be one this user was sent (its own or a
-	// broadcast); a position names no event. Either way, what proves the
-	// list complete is that nothing after it was dropped: from this
-	// user's history, from the broadcasts, or with a history of this user
-	// that was forgotten (newUser).
-	if !isPos && !us.hist.contains(seq) && !h.all.contains(seq) {
+	// What proves the list complete is that nothing after the id was
+	// dropped: from this user's history, from the broadcasts, or with a
+	// history of this user that was forgotten (newUser). The floors are
+	// the highest seqs dropped. A position names the place after an
+	// event, so a floor equal to its seq is fine; an event id must not
+	// have been dropped itself (it would be older than the history). An
+	// id the history no longer holds because it was superseded, or never
+	// held because it was volatile, is not dropped: it counts as a
+	// position, and so does an id that names no event of this user (what
+	// comes after it for the user is all there all the same).
+	if floor := max(us.hist.floor, h.all.floor); floor > seq || (!isPos && floor == seq) {
 		return nil, false
 	}
-	if us.hist.floor > seq || h.all.floor > seq {
-		return nil, false
-	}
-	missed := mergeSeq(us.hist.after(seq), h.all.after(seq))
+	missed := Coalesce(mergeSeq(us.hist.after(seq), h.all.after(seq)))
 	if !h.replayable(missed) {
 		return nil, false
 	}
 	return missed, true
 }
 
-// replayable reports whether a replay fits the user's history bounds: at
-// most HistorySize events and HistoryMaxBytes bytes, broadcasts counted
-// with the user's own events. A replay beyond them needs events that the
-// bounds evicted, so the resume is not recovered.
+// replayable reports whether a replay (coalesced) fits the user's history
+// bounds: at most HistorySize events and HistoryMaxBytes bytes, broadcasts
+// counted with the user's own events, one per key. A replay beyond them
+// needs events that the bounds evicted, so the resume is not recovered.
 func (h *Hub) replayable(missed []*Message) bool {
 	if len(missed) > h.opts.HistorySize {
 		return false
@@ -625,10 +628,18 @@ func (h *Hub) now() time.Time { return time.Now() }
 // order for all of them) and, on this node, one message shared by every
 // recipient's queue and history, so a payload sent to many users is held
 // once.
-func (h *Hub) Publish(ctx context.Context, userIDs []string, typ string, payload json.RawMessage) ([]UserEvent, error) {
+//
+// Keyed(k) makes the event supersede each user's last event with key k in
+// that user's history; Volatile() delivers it to the connections live now
+// and stores it nowhere (EventOptions).
+func (h *Hub) Publish(ctx context.Context, userIDs []string, typ string, payload json.RawMessage, opts ...EventOption) ([]UserEvent, error) {
 	h.activity.Add(1)
 	if err := ValidateType(typ); err != nil {
 		return nil, fmt.Errorf("type: %w", err)
+	}
+	eo, err := eventOptions(opts)
+	if err != nil {
+		return nil, err
 	}
 	p, err := compactPayload(payload)
 	if err != nil {
@@ -661,7 +672,7 @@ func (h *Hub) Publish(ctx context.Context, userIDs []string, typ string, payload
 		out[i].UserID = u
 	}
 	if h.opts.Broker != nil {
-		id, devices, err := h.opts.Broker.PublishUsers(ctx, users, typ, p, h.now())
+		id, devices, err := h.opts.Broker.PublishUsers(ctx, users, typ, p, h.now(), eo)
 		if err != nil {
 			return nil, brokerError(err)
 		}
@@ -673,7 +684,7 @@ func (h *Hub) Publish(ctx context.Context, userIDs []string, typ string, payload
 		}
 		return out, nil
 	}
-	h.publishLocal(users, typ, p, out)
+	h.publishLocal(users, typ, eo, p, out)
 	if h.opts.Observer != nil {
 		h.opts.Observer.Published(len(out))
 	}
@@ -682,9 +693,9 @@ func (h *Hub) Publish(ctx context.Context, userIDs []string, typ string, payload
 
 // publishLocal publishes one event to users (distinct) on a hub without a
 // broker, filling out's ids and device counts. It holds the shard locks of
-// every user while it takes the id, stores the event and queues it, so
-// that each user's events keep the order of their ids.
-func (h *Hub) publishLocal(users []string, typ string, p []byte, out []UserEvent) {
+// every user while it takes the id, stores the event (unless volatile) and
+// queues it, so that each user's events keep the order of their ids.
+func (h *Hub) publishLocal(users []string, typ string, eo EventOptions, p []byte, out []UserEvent) {
 	var one [1]*shard
 	locked := one[:0]
 	if len(users) == 1 {
@@ -704,8 +715,8 @@ func (h *Hub) publishLocal(users []string, typ string, p []byte, out []UserEvent
 		s.mu.Lock()
 	}
 	seq := h.seq.Add(1)
-	m := newEvent(formatID(h.opts.Epoch, seq), typ, p, h.now(), seq)
-	history := h.historyOn()
+	m := newEvent(formatID(h.opts.Epoch, seq), typ, eo, p, h.now(), seq)
+	history := h.historyOn() && !eo.Volatile
 	var holders []holder
 	if history {
 		h.ix.start(m)
@@ -777,18 +788,24 @@ func (h *Hub) evictOverTotal() {
 }
 
 // Broadcast sends one event to every connected user (and into every user's
-// resume history) and returns its id, the same for every recipient.
-func (h *Hub) Broadcast(ctx context.Context, typ string, payload json.RawMessage) (string, error) {
-	ev, err := h.BroadcastAll(ctx, typ, payload)
+// resume history) and returns its id, the same for every recipient. The
+// options are Publish's: a key supersedes the last broadcast with that key
+// (and, on resume, any older event of the user with that key).
+func (h *Hub) Broadcast(ctx context.Context, typ string, payload json.RawMessage, opts ...EventOption) (string, error) {
+	ev, err := h.BroadcastAll(ctx, typ, payload, opts...)
 	return ev.ID, err
 }
 
 // BroadcastAll is Broadcast that also returns the number of connections,
 // cluster-wide, that were live when the event was published.
-func (h *Hub) BroadcastAll(ctx context.Context, typ string, payload json.RawMessage) (AllEvent, error) {
+func (h *Hub) BroadcastAll(ctx context.Context, typ string, payload json.RawMessage, opts ...EventOption) (AllEvent, error) {
 	h.activity.Add(1)
 	if err := ValidateType(typ); err != nil {
 		return AllEvent{}, fmt.Errorf("type: %w", err)
+	}
+	eo, err := eventOptions(opts)
+	if err != nil {
+		return AllEvent{}, err
 	}
 	p, err := compactPayload(payload)
 	if err != nil {
@@ -798,7 +815,7 @@ func (h *Hub) BroadcastAll(ctx context.Context, typ string, payload json.RawMess
 		return AllEvent{}, err
 	}
 	if h.opts.Broker != nil {
-		id, devices, err := h.opts.Broker.PublishAll(ctx, typ, p, h.now())
+		id, devices, err := h.opts.Broker.PublishAll(ctx, typ, p, h.now(), eo)
 		if err != nil {
 			return AllEvent{}, brokerError(err)
 		}
@@ -813,8 +830,8 @@ func (h *Hub) BroadcastAll(ctx context.Context, typ string, payload json.RawMess
 		s.mu.Lock()
 	}
 	seq := h.seq.Add(1)
-	m := newEvent(formatID(h.opts.Epoch, seq), typ, p, h.now(), seq)
-	if h.historyOn() {
+	m := newEvent(formatID(h.opts.Epoch, seq), typ, eo, p, h.now(), seq)
+	if h.historyOn() && !eo.Volatile {
 		h.ix.start(m)
 		h.allMu.Lock()
 		h.all.push(m, h.opts.HistorySize, h.opts.HistoryMaxBytes, &h.ix)

@@ -132,9 +132,11 @@ func TestResumeNotRecovered(t *testing.T) {
 		{name: "more missed than HistorySize", hub: h, user: "over", last: over[0]},
 		{name: "older than the history", hub: h, user: "old", last: old[0]},
 		{name: "broadcasts dropped after the id", hub: dropped, user: "u1", last: floor[0]},
-		{name: "another user's id", hub: h, user: "u1", last: u2[0]},
-		// a position names no event: what came after it for u1 (the two
-		// broadcasts) is all there
+		// an id u1's history does not hold counts as a position (so that
+		// superseded and volatile ids resume): what came after it for u1
+		// (the two broadcasts) is all there
+		{name: "another user's id", hub: h, user: "u1", last: u2[0], wantRecovered: true, wantMissed: 2},
+		// a position names no event: the same
 		{name: "another user's id as a position", hub: h, user: "u1", last: u2[0] + "p", wantRecovered: true, wantMissed: 2},
 		{name: "future seq", hub: h, user: "u1", last: "E1-999999"},
 		{name: "malformed", hub: h, user: "u1", last: "garbage"},

@@ -5,6 +5,14 @@ package modules_test
 // stops reading at random, and always resumes from the last event id it
 // saw. At the end each test compares what every device saw with what was
 // published: no loss, no duplicate, in order.
+//
+// With coalescing keys and volatile events (fleet.snapshot set, as
+// TestRandomized does), a device also keeps, per key, the newest event of
+// the key it saw (its state), and checks on every resume that it is given
+// no volatile event in the replay and that, once the replay is read, its
+// state per key is at least what was published for the key before it
+// reconnected; it records its sessions (when hub.connected came, the
+// highest seq read), from which the test tells what it was sent live.
 
 import (
 	"context"
@@ -25,6 +33,7 @@ import (
 
 	"github.com/coder/websocket"
 
+	"github.com/hubd/hub/hub"
 	"github.com/hubd/hub/internal/auth"
 	"github.com/hubd/hub/internal/hubtest"
 )
@@ -66,6 +75,10 @@ type fleet struct {
 	// expect (not 4008, 4001 or 1001) fails the device instead of
 	// reconnecting.
 	strictClose bool
+	// snapshot, when set, turns the keys part of the model on: it returns
+	// the seq of the newest event published (and answered) so far for each
+	// key of user, which a device's state must reach after a resume.
+	snapshot func(user string) map[string]uint64
 
 	end chan struct{} // closed once the sentinel is published: no more drops or pauses
 
@@ -78,6 +91,9 @@ type fleet struct {
 	// earlyCuts and replayCuts count the cutEarly devices' cuts before
 	// their first event and during a replay.
 	earlyCuts, replayCuts atomic.Int64
+	// stateChecks counts the resumes whose state per key was checked;
+	// replayed the events replayed to them.
+	stateChecks, replayed atomic.Int64
 }
 
 // maxErrs is how many failures a fleet keeps.
@@ -183,6 +199,30 @@ type simDevice struct {
 	readyOnce           sync.Once
 	warm                chan struct{} // closed after its first event (or a failure)
 	warmOnce            sync.Once
+
+	// the keys part of the model (fleet.snapshot set)
+	lastSeq  uint64            // seq of the last event seen: seqs only grow
+	state    map[string]uint64 // key -> seq of the newest event of the key seen
+	sessions []*session
+}
+
+// session is one connection of a device that got its hub.connected.
+type session struct {
+	connectedAt time.Time // when hub.connected was read
+	maxSeq      uint64    // seq of the last event read on it
+}
+
+// liveFor reports whether an event published by a call that started at
+// start, with seq seq, must have reached d live: some session of d had
+// its hub.connected before the call began (so the hub sent it to that
+// connection) and read past seq (so it read it, events coming in order).
+func (d *simDevice) liveFor(start time.Time, seq uint64) bool {
+	for _, s := range d.sessions {
+		if start.After(s.connectedAt) && seq < s.maxSeq {
+			return true
+		}
+	}
+	return false
 }
 
 func (d *simDevice) markReady() { d.readyOnce.Do(func() { close(d.ready) }) }
@@ -352,12 +392,16 @@ func (d *simDevice) run(ctx context.Context) {
 	defer d.markWarm()
 	first := true
 	for ctx.Err() == nil {
+		var snap map[string]uint64
+		if d.f.snapshot != nil {
+			snap = d.f.snapshot(d.user) // before the dial: published before hub.connected
+		}
 		c, err := d.dial(ctx)
 		if err != nil {
 			d.f.fail("%s: %v", d.name, err)
 			return
 		}
-		done, err := d.session(ctx, c, first)
+		done, err := d.session(ctx, c, first, snap)
 		c.close()
 		first = false
 		if err != nil {
@@ -379,8 +423,9 @@ func cutOff(err error) bool {
 
 // session reads one connection until it ends (false, nil: reconnect and
 // resume), the device has its user's sentinel (true, nil) or the contract
-// is broken (error).
-func (d *simDevice) session(ctx context.Context, c deviceConn, first bool) (bool, error) {
+// is broken (error). snap is the fleet's snapshot taken before the dial
+// (keys model only).
+func (d *simDevice) session(ctx context.Context, c deviceConn, first bool, snap map[string]uint64) (bool, error) {
 	f := d.f
 	e, err := c.read(ctx)
 	if err != nil {
@@ -439,6 +484,25 @@ func (d *simDevice) session(ctx context.Context, c deviceConn, first bool) (bool
 		}
 		d.cutReplay = true
 		return false, nil
+	}
+	// the keys model: the replay (missed events, before any live one)
+	// holds no volatile event, and once it is read the state per key has
+	// caught up with snap
+	keys := f.snapshot != nil
+	replay := 0
+	var sess *session
+	if keys {
+		sess = &session{connectedAt: time.Now()}
+		d.sessions = append(d.sessions, sess)
+		if !first {
+			replay = p.Missed
+			f.replayed.Add(int64(p.Missed))
+			if replay == 0 {
+				if err := d.checkState(snap); err != nil {
+					return false, err
+				}
+			}
+		}
 	}
 	if d.short && d.transport == "websocket" {
 		sctx, cancel := context.WithCancel(ctx)
@@ -507,6 +571,31 @@ func (d *simDevice) session(ctx context.Context, c deviceConn, first bool) (bool
 			return false, fmt.Errorf("event without id: %s", e.raw)
 		}
 		events++
+		if keys {
+			_, seq, ok := hub.ParseID(e.ID)
+			switch {
+			case !ok:
+				return false, fmt.Errorf("event id %q is not the hub's", e.ID)
+			case seq <= d.lastSeq:
+				return false, fmt.Errorf("event %s after seq %d: ids must keep increasing, through a replay too", e.ID, d.lastSeq)
+			case replay > 0 && e.Volatile:
+				return false, fmt.Errorf("volatile event %s replayed", e.raw)
+			}
+			d.lastSeq, sess.maxSeq = seq, seq
+			if e.Key != "" {
+				if d.state == nil {
+					d.state = map[string]uint64{}
+				}
+				d.state[e.Key] = seq
+			}
+			if replay > 0 {
+				if replay--; replay == 0 {
+					if err := d.checkState(snap); err != nil {
+						return false, err
+					}
+				}
+			}
+		}
 		d.seen = append(d.seen, e.ID)
 		d.lastID = e.ID
 		if replaying--; replaying > 0 && d.cutReplay {
@@ -521,6 +610,19 @@ func (d *simDevice) session(ctx context.Context, c deviceConn, first bool) (bool
 			return true, nil
 		}
 	}
+}
+
+// checkState checks, after a resume's replay, that the device's state of
+// every key is at least the newest event published for the key before it
+// reconnected (snap): the replay gave it the newest of each key.
+func (d *simDevice) checkState(snap map[string]uint64) error {
+	d.f.stateChecks.Add(1)
+	for k, seq := range snap {
+		if d.state[k] < seq {
+			return fmt.Errorf("after a resume (last id %s) its state of key %s is at seq %d; seq %d was published before it reconnected", d.lastID, k, d.state[k], seq)
+		}
+	}
+	return nil
 }
 
 // refresher sends hub.refresh with a new token at half of each token's

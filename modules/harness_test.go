@@ -95,6 +95,8 @@ func (th *testHub) publish(typ string, payload any, users ...string) map[string]
 type envelope struct {
 	ID        string          `json:"id"`
 	Type      string          `json:"type"`
+	Key       string          `json:"key"`
+	Volatile  bool            `json:"volatile"`
 	Payload   json.RawMessage `json:"payload"`
 	Timestamp string          `json:"timestamp"`
 	raw       []byte

@@ -41,6 +41,15 @@ export interface HubStateChange {
 export interface HubEvent<P = unknown> {
   id: string;
   type: string;
+  /**
+   * The coalescing key the event was published with (the syntax of a type,
+   * e.g. "draft:42"), absent without one. Events to a user with the same key
+   * supersede each other in the user's history: a resume replays only the
+   * newest of each key.
+   */
+  key?: string;
+  /** true when the event was published volatile (never stored, never replayed); absent otherwise. */
+  volatile?: true;
   payload: P;
   /** RFC 3339 with milliseconds, UTC. */
   timestamp: string;

@@ -178,6 +178,50 @@ func TestPublishAndTail(t *testing.T) {
 	}
 }
 
+// TestPublishKeyAndVolatile: --key and --volatile reach the envelope that
+// tail prints, and tail resuming from before them gets the newest event of
+// each key and no volatile one.
+func TestPublishKeyAndVolatile(t *testing.T) {
+	th := app.Start(t, nil)
+	pub := func(args ...string) string {
+		t.Helper()
+		var a struct {
+			ID     string
+			Events []struct{ ID string }
+		}
+		decode(t, mustRun(t, "", append([]string{"publish", "--url", th.URL, "--api-key", hubtest.APIKey}, args...)...), &a)
+		if len(a.Events) > 0 {
+			return a.Events[0].ID
+		}
+		return a.ID
+	}
+	start := pub("--users", "u1", "--type", "START")
+	var draft string
+	for i := range 3 {
+		draft = pub("--users", "u1", "--type", "DRAFT", "--payload", fmt.Sprint(i), "--key", "draft:1")
+	}
+	pub("--users", "u1", "--type", "TYPING", "--volatile")
+	banner := pub("--all", "--type", "BANNER", "--key", "banner")
+
+	tr := startTail(t, "--url", th.URL, "--token", token(t, "u1"), "--last-event-id", start)
+	connected := tr.waitType("hub.connected")
+	if p, _ := connected["payload"].(map[string]any); p["recovered"] != true || p["missed"] != 2.0 {
+		t.Fatalf("hub.connected %v, want recovered with 2 missed", connected)
+	}
+	ev := tr.waitType("BANNER")
+	if ev["id"] != banner || ev["key"] != "banner" {
+		t.Errorf("banner %v", ev)
+	}
+	evs := tr.envelopes()
+	if len(evs) != 3 || evs[1]["id"] != draft || evs[1]["key"] != "draft:1" || evs[1]["payload"] != 2.0 {
+		t.Fatalf("tail printed %v, want hub.connected, the last draft, the banner", evs)
+	}
+	typing := pub("--users", "u1", "--type", "TYPING", "--volatile")
+	if ev := tr.waitType("TYPING"); ev["id"] != typing || ev["volatile"] != true {
+		t.Errorf("live volatile event %v", ev)
+	}
+}
+
 func TestTailResumeInterruptAndShutdown(t *testing.T) {
 	for _, transport := range []string{"ws", "sse"} {
 		t.Run(transport, func(t *testing.T) {
@@ -470,6 +514,10 @@ func TestUsage(t *testing.T) {
 		{"publish no type", []string{"publish", "--all"}, exitUsage, "--type"},
 		{"publish bad payload", []string{"publish", "--all", "--type", "A", "--payload", "{"}, exitUsage, "--payload"},
 		{"publish stdin and flags", []string{"publish", "--stdin", "--type", "A"}, exitUsage, "--type cannot be used with --stdin"},
+		{"publish stdin and key", []string{"publish", "--stdin", "--key", "k"}, exitUsage, "--key cannot be used with --stdin"},
+		{"publish key and volatile", []string{"publish", "--all", "--type", "A", "--key", "k", "--volatile"}, exitUsage, "--key or --volatile, not both"},
+		{"publish empty key", []string{"publish", "--all", "--type", "A", "--key", ""}, exitUsage, "--key must not be empty"},
+		{"publish help names key", []string{"publish", "-h"}, exitOK, "--volatile"},
 		{"tail no token", []string{"tail", "--url", "http://127.0.0.1:1"}, exitUsage, "--token"},
 		{"tail bad transport", []string{"tail", "--token", "t", "--transport", "carrier-pigeon"}, exitUsage, "--transport"},
 		{"tail bad url", []string{"tail", "--token", "t", "--url", "ftp://x"}, exitUsage, "--url"},

@@ -23,7 +23,7 @@ const maxStdinLine = 16 << 20
 // from stdin as batches, and prints the hub's answer.
 func runPublish(ctx context.Context, s *streams, args []string) int {
 	fs := newFlagSet("publish",
-		"[--url U] [--api-key K | --token T] (--user u1 --user u2 | --users u1,u2 | --all) --type T [--payload JSON] [--idempotency-key K]\n"+
+		"[--url U] [--api-key K | --token T] (--user u1 --user u2 | --users u1,u2 | --all) --type T [--payload JSON] [--idempotency-key K] [--key K | --volatile]\n"+
 			"       hubctl publish [--url U] [--api-key K | --token T] --stdin   (one broadcast body per line)", s)
 	cf := addConnFlags(fs)
 	var users listFlag
@@ -32,7 +32,9 @@ func runPublish(ctx context.Context, s *streams, args []string) int {
 	all := fs.Bool("all", false, "publish to every user")
 	typ := fs.String("type", "", "the event type (required without --stdin)")
 	payload := fs.String("payload", "null", "the event payload, any JSON value")
-	key := fs.String("idempotency-key", "", "idempotency key: a repeat within 10 minutes publishes nothing new")
+	idem := fs.String("idempotency-key", "", "idempotency key: a repeat within 10 minutes publishes nothing new")
+	key := fs.String("key", "", "coalescing key (the syntax of a type, e.g. draft:42): a resume replays only the newest event of each key")
+	volatile := fs.Bool("volatile", false, "deliver to the connections live now only: never stored, never replayed")
 	stdin := fs.Bool("stdin", false, "read newline-delimited broadcast bodies from stdin and send them as batches of 1000")
 	if code, done := parseFlags(fs, s, args); done {
 		return code
@@ -40,7 +42,7 @@ func runPublish(ctx context.Context, s *streams, args []string) int {
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
 	if *stdin {
-		for _, n := range []string{"user", "users", "all", "type", "payload", "idempotency-key"} {
+		for _, n := range []string{"user", "users", "all", "type", "payload", "idempotency-key", "key", "volatile"} {
 			if set[n] {
 				return usageError(s, fs, "--"+n+" cannot be used with --stdin (each line is a whole broadcast body)")
 			}
@@ -61,10 +63,20 @@ func runPublish(ctx context.Context, s *streams, args []string) int {
 		return usageError(s, fs, "--type is required")
 	case !json.Valid([]byte(*payload)):
 		return usageError(s, fs, "--payload is not valid JSON")
+	case set["key"] && *volatile:
+		return usageError(s, fs, "give --key or --volatile, not both")
+	case set["key"] && *key == "":
+		return usageError(s, fs, "--key must not be empty")
 	}
 	var opts []client.PublishOption
+	if *idem != "" {
+		opts = append(opts, client.IdempotencyKey(*idem))
+	}
 	if *key != "" {
-		opts = append(opts, client.IdempotencyKey(*key))
+		opts = append(opts, client.Keyed(*key))
+	}
+	if *volatile {
+		opts = append(opts, client.Volatile())
 	}
 	c, done := cf.client()
 	defer done()

@@ -258,11 +258,21 @@ func randomName() string {
 func (b *Broker) userCh(user string) string { return b.opts.Prefix + "c:" + user }
 
 // userStream and allStream are key prefixes; the script appends the epoch.
-// userBytes and allBytes are those of their byte counters.
+// userState and allState are those of their state hashes (bytes, floor,
+// horizon, coalescing keys: see publishScript), checkpoints that of the
+// checkpoint stream.
 func (b *Broker) userStream(user string) string { return b.opts.Prefix + "u:" + user + ":" }
 func (b *Broker) allStream() string             { return b.opts.Prefix + "a:" }
-func (b *Broker) userBytes(user string) string  { return b.opts.Prefix + "ub:" + user + ":" }
-func (b *Broker) allBytes() string              { return b.opts.Prefix + "ab:" }
+func (b *Broker) userState(user string) string  { return b.opts.Prefix + "uh:" + user + ":" }
+func (b *Broker) allState() string              { return b.opts.Prefix + "ah:" }
+func (b *Broker) checkpoints() string           { return b.opts.Prefix + "ck:" }
+
+// checkpointEvery is the granularity of the checkpoint stream: a hundredth
+// of the TTL (at least a millisecond), so that a resume from an id the
+// history does not hold is refused as too old at most 1% of the TTL early.
+func (b *Broker) checkpointEvery() time.Duration {
+	return max(b.opts.HistoryTTL/100, time.Millisecond)
+}
 
 // Start connects (an error if Redis cannot be reached), subscribes to the
 // broadcast and control channels and starts the receive loop, the
@@ -407,15 +417,18 @@ func (b *Broker) Healthy() error {
 // (distinct) and publishes it on their channels, in one atomic script that
 // also counts each user's live connection slots; it returns the id and the
 // counts in the order of users.
-func (b *Broker) PublishUsers(ctx context.Context, users []string, typ string, payload []byte, ts time.Time) (string, []int, error) {
+//
+// A keyed event supersedes each user's entry with the same key in the same
+// script; a volatile one is published and counted, never stored.
+func (b *Broker) PublishUsers(ctx context.Context, users []string, typ string, payload []byte, ts time.Time, o hub.EventOptions) (string, []int, error) {
 	if len(users) == 0 {
 		return "", nil, nil
 	}
 	targets := make([]target, len(users))
 	for i, u := range users {
-		targets[i] = target{stream: b.userStream(u), bytes: b.userBytes(u), channel: b.userCh(u), slots: b.slotKey(u)}
+		targets[i] = target{stream: b.userStream(u), state: b.userState(u), channel: b.userCh(u), slots: b.slotKey(u)}
 	}
-	id, devices, err := b.publish(ctx, targets, typ, payload, ts)
+	id, devices, err := b.publish(ctx, targets, typ, payload, ts, o)
 	if err != nil {
 		return "", nil, fmt.Errorf("publish: %w", err)
 	}
@@ -424,9 +437,9 @@ func (b *Broker) PublishUsers(ctx context.Context, users []string, typ string, p
 
 // PublishAll appends one event to the broadcast stream and publishes it to
 // every node; it returns its id and the cluster's live connection slots.
-func (b *Broker) PublishAll(ctx context.Context, typ string, payload []byte, ts time.Time) (string, int, error) {
-	t := target{stream: b.allStream(), bytes: b.allBytes(), channel: b.allCh, slots: b.allSlotsKey()}
-	id, devices, err := b.publish(ctx, []target{t}, typ, payload, ts)
+func (b *Broker) PublishAll(ctx context.Context, typ string, payload []byte, ts time.Time, o hub.EventOptions) (string, int, error) {
+	t := target{stream: b.allStream(), state: b.allState(), channel: b.allCh, slots: b.allSlotsKey()}
+	id, devices, err := b.publish(ctx, []target{t}, typ, payload, ts, o)
 	if err != nil {
 		return "", 0, fmt.Errorf("broadcast: %w", err)
 	}
@@ -434,16 +447,18 @@ func (b *Broker) PublishAll(ctx context.Context, typ string, payload []byte, ts 
 }
 
 // History returns user's events after lastID (its own and the broadcasts,
-// in id order) and whether the list is provably complete: the id must be of
-// the current epoch, still held (in one of the two streams, younger than
-// HistoryTTL), nothing after it may have been trimmed, and there must be at
-// most max events.
+// in id order, coalesced: of each key only the newest) and whether the
+// list is provably complete: the id must be of the current epoch, nothing
+// from it on may have been dropped (see read), an id held in one of the
+// streams must be younger than HistoryTTL, and there must be at most max
+// events. An id that neither stream holds (a superseded or a volatile
+// event's) is taken as a position.
 func (b *Broker) History(ctx context.Context, user, lastID string, max int) ([]*hub.Message, bool, error) {
 	epoch, last, ok := hub.ParseID(lastID)
 	if !ok {
 		return nil, false, nil
 	}
-	msgs, ok, err := b.read(ctx, user, epoch, last, max, true)
+	msgs, ok, err := b.read(ctx, user, epoch, last, max, false)
 	if err != nil {
 		return nil, false, fmt.Errorf("history: %w", err)
 	}
@@ -452,17 +467,15 @@ func (b *Broker) History(ctx context.Context, user, lastID string, max int) ([]*
 
 // Since returns user's events after pos, a position returned by Position,
 // and whether the list is provably complete: pos must be of the current
-// epoch, nothing after it may have been trimmed, and there must be at most
-// max events. Unlike History it does not ask that pos be held (a position
-// is no event of the user's); it relies on the streams living HistoryTTL
-// after their last event, so what came after pos is still there unless it
-// is older than HistoryTTL.
+// epoch, nothing after it may have been dropped (see read), and there must
+// be at most max events. Unlike History it does not ask that pos be held
+// (a position is no event of the user's).
 func (b *Broker) Since(ctx context.Context, user, pos string, max int) ([]*hub.Message, bool, error) {
 	epoch, last, ok := parsePosition(pos)
 	if !ok {
 		return nil, false, nil
 	}
-	msgs, ok, err := b.read(ctx, user, epoch, last, max, false)
+	msgs, ok, err := b.read(ctx, user, epoch, last, max, true)
 	if err != nil {
 		return nil, false, fmt.Errorf("since: %w", err)
 	}
@@ -497,21 +510,28 @@ func parsePosition(pos string) (epoch string, seq uint64, ok bool) {
 	return hub.ParseID(pos)
 }
 
-// read reads user's events after seq last of epoch from both streams; with
-// needHeld, last must be an entry of one of them younger than HistoryTTL.
-func (b *Broker) read(ctx context.Context, user, epoch string, last uint64, max int, needHeld bool) ([]*hub.Message, bool, error) {
+// read reads user's events after seq last of epoch from both streams,
+// coalesced. What proves them complete is that neither stream may have
+// lost anything after last: each stream's floor (historyScript: the
+// newest entry deleted for the bounds, or the horizon, which covers a
+// stream that expired and everything an expired one held) must be below
+// last, or at most last for a position (isPos), which names the place
+// after its seq. An event id held in a stream must also be younger than
+// HistoryTTL (an older one is outside the history's window); one that is
+// held nowhere counts as a position would, apart from its own seq.
+func (b *Broker) read(ctx context.Context, user, epoch string, last uint64, max int, isPos bool) ([]*hub.Message, bool, error) {
 	if b.opts.HistorySize == 0 || max <= 0 || b.client == nil {
 		return nil, false, nil
 	}
-	keys := []string{b.metaKey, b.userStream(user) + epoch, b.allStream() + epoch}
-	res, err := historyScript.Run(ctx, b.client, keys, epoch, last, max+1).Slice()
+	keys := []string{b.metaKey, b.userStream(user) + epoch, b.userState(user) + epoch,
+		b.allStream() + epoch, b.allState() + epoch, b.checkpoints() + epoch}
+	res, err := historyScript.Run(ctx, b.client, keys, epoch, last, max+1, b.opts.HistoryTTL.Milliseconds()).Slice()
 	if err != nil {
 		return nil, false, err
 	}
 	if len(res) != 3 {
 		return nil, false, nil // another epoch
 	}
-	held := false
 	var out []*hub.Message
 	minAge := time.Now().Add(-b.opts.HistoryTTL).UnixMilli()
 	for _, r := range res[1:] {
@@ -519,45 +539,42 @@ func (b *Broker) read(ctx context.Context, user, epoch string, last uint64, max 
 		if err != nil {
 			return nil, false, err
 		}
-		if (s.trimmed && s.first > last+1) || s.deleted > last {
+		if s.floor > last || (!isPos && s.floor == last) {
 			return nil, false, nil
 		}
-		if s.heldAt >= 0 && (b.opts.HistoryTTL == 0 || s.heldAt >= minAge) {
-			held = true
+		if !isPos && s.heldAt >= 0 && b.opts.HistoryTTL > 0 && s.heldAt < minAge {
+			return nil, false, nil
 		}
 		out = mergeBySeq(out, s.msgs)
 	}
-	if (needHeld && !held) || len(out) > max {
+	out = hub.Coalesce(out)
+	if len(out) > max {
 		return nil, false, nil
 	}
 	return out, true, nil
 }
 
 type streamResult struct {
-	trimmed bool
-	first   uint64
-	deleted uint64 // seq of the newest entry deleted by the bounds
-	heldAt  int64  // -1: the last id is not in this stream
-	msgs    []*hub.Message
+	floor  uint64 // the highest seq the stream may have lost
+	heldAt int64  // -1: the last id is not in this stream
+	msgs   []*hub.Message
 }
 
 func parseStreamResult(v any) (streamResult, error) {
 	r := streamResult{heldAt: -1}
 	a, ok := v.([]any)
-	if !ok || len(a) != 5 {
+	if !ok || len(a) != 3 {
 		return r, fmt.Errorf("unexpected script result %T", v)
 	}
-	r.deleted = uint64(toInt(a[4]))
-	r.trimmed = toInt(a[0]) == 1
-	r.first = uint64(toInt(a[1]))
-	if s, _ := a[2].(string); s != "" {
+	r.floor = uint64(toInt(a[0]))
+	if s, _ := a[1].(string); s != "" {
 		t, err := strconv.ParseInt(s, 10, 64)
 		if err != nil {
 			return r, fmt.Errorf("entry time %q: %w", s, err)
 		}
 		r.heldAt = t
 	}
-	entries, _ := a[3].([]any)
+	entries, _ := a[2].([]any)
 	for _, e := range entries {
 		m, err := parseEntry(e)
 		if err != nil {
@@ -579,15 +596,15 @@ func toInt(v any) int64 {
 	return 0
 }
 
-// parseEntry turns one XRANGE entry [id, [f, frame, t, millis]] into a
-// message.
+// parseEntry turns one XRANGE entry [id, [f, frame, t, millis(, k, key)]]
+// into a message.
 func parseEntry(e any) (*hub.Message, error) {
 	a, ok := e.([]any)
 	if !ok || len(a) != 2 {
 		return nil, fmt.Errorf("unexpected stream entry %T", e)
 	}
 	fields, _ := a[1].([]any)
-	var frame, t string
+	var frame, t, key string
 	for i := 0; i+1 < len(fields); i += 2 {
 		k, _ := fields[i].(string)
 		v, _ := fields[i+1].(string)
@@ -596,6 +613,8 @@ func parseEntry(e any) (*hub.Message, error) {
 			frame = v
 		case "t":
 			t = v
+		case "k":
+			key = v
 		}
 	}
 	var env struct {
@@ -610,7 +629,7 @@ func parseEntry(e any) (*hub.Message, error) {
 		return nil, fmt.Errorf("stream entry id %q", env.ID)
 	}
 	ms, _ := strconv.ParseInt(t, 10, 64)
-	return hub.NewMessage(env.ID, seq, env.Type, []byte(frame), time.UnixMilli(ms)), nil
+	return hub.NewMessage(env.ID, seq, env.Type, hub.EventOptions{Key: key}, []byte(frame), time.UnixMilli(ms)), nil
 }
 
 // mergeBySeq merges two lists sorted by seq.

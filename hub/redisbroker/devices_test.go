@@ -196,7 +196,7 @@ func TestStreamByteBound(t *testing.T) {
 	if l := rc.XLen(bg(t), pfx+"u:u1:"+epoch).Val(); l != 3 {
 		t.Fatalf("u1's stream holds %d entries, want 3", l)
 	}
-	if got := rc.Get(bg(t), pfx+"ub:u1:"+epoch).Val(); got != strconv.FormatInt(3*size, 10) {
+	if got := rc.HGet(bg(t), pfx+"uh:u1:"+epoch, "b").Val(); got != strconv.FormatInt(3*size, 10) {
 		t.Fatalf("u1's byte counter = %s, want %d", got, 3*size)
 	}
 	cl := connect(t, n.hub, "u1", ids[2])

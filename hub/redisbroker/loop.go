@@ -195,7 +195,7 @@ func parsePublished(p string) (*hub.Message, bool) {
 	if err != nil {
 		return nil, false
 	}
-	return hub.NewMessage(parts[0], seq, parts[1], []byte(parts[3]), time.UnixMilli(ms)), true
+	return hub.NewMessage(parts[0], seq, parts[1], hub.EventOptions{}, []byte(parts[3]), time.UnixMilli(ms)), true
 }
 
 // opLoop writes the queued SUBSCRIBE and UNSUBSCRIBE commands in order.

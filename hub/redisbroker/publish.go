@@ -62,18 +62,21 @@ const (
 var errLate = errors.New("redis ran the publish after its deadline and refused it")
 
 // target is where publishScript appends and publishes an event: a stream
-// and its byte counter (key prefixes, the epoch appended by the script), a
+// and its state hash (key prefixes, the epoch appended by the script), a
 // channel, and the slot set whose live members it counts.
 type target struct {
-	stream, bytes, channel, slots string
+	stream, state, channel, slots string
 }
 
-func (b *Broker) publish(ctx context.Context, targets []target, typ string, payload []byte, ts time.Time) (string, []int, error) {
+func (b *Broker) publish(ctx context.Context, targets []target, typ string, payload []byte, ts time.Time, o hub.EventOptions) (string, []int, error) {
 	if b.client == nil {
 		return "", nil, errors.New("not started")
 	}
 	if err := hub.ValidateType(typ); err != nil {
 		return "", nil, fmt.Errorf("type: %w", err)
+	}
+	if err := o.Validate(); err != nil {
+		return "", nil, err
 	}
 	if err := b.healthErr(); err != nil {
 		return "", nil, err
@@ -95,12 +98,17 @@ func (b *Broker) publish(ctx context.Context, targets []target, typ string, payl
 	marker, markerTTL := b.marker(ctx)
 
 	n := len(targets)
-	args := make([]any, 0, 11+4*n)
+	volatile := "0"
+	if o.Volatile {
+		volatile = "1"
+	}
+	args := make([]any, 0, 15+4*n)
 	args = append(args, randomName(), b.opts.HistorySize, b.opts.HistoryTTL.Milliseconds(),
 		typ, string(payload), ts.UTC().Format(hub.TimeFormat), ts.UnixMilli(),
-		b.clock.toRedis(runBy), markerTTL.Milliseconds(), b.opts.HistoryMaxBytes, n)
+		b.clock.toRedis(runBy), markerTTL.Milliseconds(), b.opts.HistoryMaxBytes,
+		o.Key, volatile, b.checkpoints(), b.checkpointEvery().Milliseconds(), n)
 	for _, t := range targets {
-		args = append(args, t.stream, t.bytes, t.channel, t.slots)
+		args = append(args, t.stream, t.state, t.channel, t.slots)
 	}
 	keys := []string{b.metaKey, marker}
 	sctx, cancel := context.WithDeadline(ctx, runBy.Add(settle))

@@ -2,6 +2,36 @@ package redisbroker
 
 import "github.com/redis/go-redis/v9"
 
+// horizonLua defines horizon(), which scripts that need it call at most
+// once (it memoises): an upper bound of the highest seq that was published
+// HistoryTTL or more ago, so of every event of a stream that may have
+// expired since (a stream expires HistoryTTL after its last write). It is
+// read from the checkpoint stream: the oldest checkpoint younger than the
+// TTL names a seq published after now-TTL, so everything older is below
+// it; without one, nothing is known to be younger than the TTL and the
+// bound is the current seq. With no TTL nothing expires: 0.
+//
+// It expects ttl (milliseconds), nowms (Redis's clock), the checkpoint
+// stream's name ckkey and the meta hash's metakey.
+const horizonLua = `
+local hz = nil
+local function horizon()
+  if hz then return hz end
+  hz = 0
+  if ttl > 0 then
+    hz = tonumber(redis.call('HGET', metakey, 'seq') or '0')
+    local c = redis.call('XRANGE', ckkey, string.format('%d', nowms - ttl + 1), '+', 'COUNT', 1)[1]
+    if c then
+      local f = c[2]
+      for j = 1, #f, 2 do
+        if f[j] == 's' then hz = tonumber(f[j + 1]) - 1 end
+      end
+    end
+  end
+  return hz
+end
+`
+
 // publishScript gives one event one id, appends it to each target's
 // stream and publishes it on each target's channel, atomically, and counts
 // each target's live connection slots. Keys are derived inside the script
@@ -16,13 +46,24 @@ import "github.com/redis/go-redis/v9"
 // the marker to the answer, so that the node can find out what happened
 // when the answer is lost.
 //
-// Each stream is bounded by MAXLEN events and by max bytes of envelopes: a
-// counter next to it (the bytes key) holds the envelope bytes it holds, and
-// the oldest entries are deleted (XDEL, which moves the stream's
-// max-deleted-entry-id, read by historyScript) while it is over either
-// bound. An envelope bigger than the byte bound is deleted at once.
+// Each stream has a hash next to it (the state key) with its byte count
+// (b), its floor (f: the seq of the newest entry deleted for the bounds,
+// which no resume may need), the horizon when it was made (z: what an
+// earlier stream of the same name may have held is below it), and, for
+// each coalescing key, the seq and size of the key's entry (k:<key> ->
+// "<seq>:<size>"). A keyed event first deletes the entry of its key (XDEL,
+// O(1)) and takes its place in the hash: the floor does not move, and the
+// bounds count one entry per key. Each stream is bounded by MAXLEN entries
+// and by max bytes of envelopes: the oldest entries are deleted while it
+// is over either bound, moving the floor. An envelope bigger than the byte
+// bound is deleted at once. A volatile event is published and counted,
+// never stored.
 //
-//	KEYS[1]  meta hash (fields epoch, seq)
+// Every publish also keeps the checkpoint stream (one entry "s" = seq per
+// granularity, Redis's time as the entry id, trimmed to the TTL) that
+// horizon() reads.
+//
+//	KEYS[1]  meta hash (fields epoch, seq; ck: time of the last checkpoint)
 //	KEYS[2]  marker
 //	ARGV[1]  candidate epoch (used when the meta hash is missing)
 //	ARGV[2]  MAXLEN (0: no history, publish only)
@@ -34,8 +75,12 @@ import "github.com/redis/go-redis/v9"
 //	ARGV[8]  deadline, Redis's clock in Unix microseconds
 //	ARGV[9]  marker TTL in milliseconds
 //	ARGV[10] max bytes of envelopes per stream (0: no byte bound)
-//	ARGV[11] number of targets n
-//	ARGV[12+4(i-1)..15+4(i-1)]  target i: stream key prefix and bytes key
+//	ARGV[11] coalescing key ("" for none)
+//	ARGV[12] "1" for a volatile event
+//	ARGV[13] checkpoint stream prefix (the epoch is appended)
+//	ARGV[14] checkpoint granularity in milliseconds
+//	ARGV[15] number of targets n
+//	ARGV[16+4(i-1)..19+4(i-1)]  target i: stream key prefix and state key
 //	         prefix (the epoch is appended to both), channel, slot set
 //
 // It returns {"ok", answer} (published), {"dup", answer} (published before
@@ -53,118 +98,163 @@ local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 if now > tonumber(ARGV[8]) then
   return {'late'}
 end
-local nowms = string.format('%d', math.floor(now / 1000))
-local epoch = redis.call('HGET', KEYS[1], 'epoch')
+local nowms = math.floor(now / 1000)
+local nowmss = string.format('%d', nowms)
+local metakey = KEYS[1]
+local epoch = redis.call('HGET', metakey, 'epoch')
 if not epoch then
-  redis.call('HSET', KEYS[1], 'epoch', ARGV[1], 'seq', 0)
+  redis.call('HSET', metakey, 'epoch', ARGV[1], 'seq', 0)
   epoch = ARGV[1]
 end
 local maxlen = tonumber(ARGV[2])
 local ttl = tonumber(ARGV[3])
 local maxbytes = tonumber(ARGV[10])
-local n = tonumber(ARGV[11])
-local seq = string.format('%d', redis.call('HINCRBY', KEYS[1], 'seq', 1))
+local ckey = ARGV[11]
+local volatile = ARGV[12] == '1'
+local ckkey = ARGV[13] .. epoch
+local gran = tonumber(ARGV[14])
+local n = tonumber(ARGV[15])
+local seq = string.format('%d', redis.call('HINCRBY', metakey, 'seq', 1))
 local id = epoch .. '-' .. seq
-local frame = '{"id":"' .. id .. '","type":"' .. ARGV[4] .. '","payload":' .. ARGV[5] .. ',"timestamp":"' .. ARGV[6] .. '"}'
+local mid = ''
+if ckey ~= '' then
+  mid = ',"key":"' .. ckey .. '"'
+elseif volatile then
+  mid = ',"volatile":true'
+end
+local frame = '{"id":"' .. id .. '","type":"' .. ARGV[4] .. '"' .. mid .. ',"payload":' .. ARGV[5] .. ',"timestamp":"' .. ARGV[6] .. '"}'
 local size = string.len(frame)
 local msg = id .. '\n' .. ARGV[4] .. '\n' .. ARGV[7] .. '\n' .. frame
+` + horizonLua + `
+if maxlen > 0 and ttl > 0 then
+  local last = tonumber(redis.call('HGET', metakey, 'ck') or '0')
+  if nowms - last >= gran then
+    redis.call('XADD', ckkey, 'MINID', '~', string.format('%d', nowms - ttl - gran), '*', 's', seq)
+    redis.call('PEXPIRE', ckkey, ttl + gran)
+    redis.call('HSET', metakey, 'ck', nowmss)
+  end
+end
 local devices = {}
 for i = 1, n do
-  local a = 11 + 4 * (i - 1)
-  if maxlen > 0 then
+  local a = 15 + 4 * (i - 1)
+  if maxlen > 0 and not volatile then
     local key = ARGV[a + 1] .. epoch
-    local bkey = ARGV[a + 2] .. epoch
-    redis.call('XADD', key, seq .. '-0', 'f', frame, 't', ARGV[7])
-    local bytes = redis.call('INCRBY', bkey, size)
+    local skey = ARGV[a + 2] .. epoch
+    if redis.call('EXISTS', skey) == 0 then
+      redis.call('HSET', skey, 'z', string.format('%d', horizon()))
+    end
+    local bytes = tonumber(redis.call('HGET', skey, 'b') or '0')
+    if ckey ~= '' then
+      local prev = redis.call('HGET', skey, 'k:' .. ckey)
+      if prev then
+        local pseq, psize = string.match(prev, '^(%d+):(%d+)$')
+        if pseq and redis.call('XDEL', key, pseq .. '-0') == 1 then
+          bytes = bytes - tonumber(psize)
+        end
+      end
+      redis.call('HSET', skey, 'k:' .. ckey, seq .. ':' .. size)
+      redis.call('XADD', key, seq .. '-0', 'f', frame, 't', ARGV[7], 'k', ckey)
+    else
+      redis.call('XADD', key, seq .. '-0', 'f', frame, 't', ARGV[7])
+    end
+    bytes = bytes + size
     local len = redis.call('XLEN', key)
-    local trimmed = false
+    local floor = nil
     while len > maxlen or (maxbytes > 0 and bytes > maxbytes) do
       local head = redis.call('XRANGE', key, '-', '+', 'COUNT', 1)[1]
       if not head then
         break
       end
+      local hseq = string.match(head[1], '^(%d+)')
       local fields = head[2]
+      local hk = nil
       for j = 1, #fields, 2 do
         if fields[j] == 'f' then
           bytes = bytes - string.len(fields[j + 1])
+        elseif fields[j] == 'k' then
+          hk = fields[j + 1]
+        end
+      end
+      if hk then
+        local cur = redis.call('HGET', skey, 'k:' .. hk)
+        if cur and string.match(cur, '^(%d+)') == hseq then
+          redis.call('HDEL', skey, 'k:' .. hk)
         end
       end
       redis.call('XDEL', key, head[1])
       len = len - 1
-      trimmed = true
+      floor = hseq
     end
-    if trimmed then
-      if bytes < 0 then
-        bytes = 0
-      end
-      redis.call('SET', bkey, string.format('%d', bytes))
+    if bytes < 0 then
+      bytes = 0
+    end
+    redis.call('HSET', skey, 'b', string.format('%d', bytes))
+    if floor then -- the head's seq only grows: the floor with it
+      redis.call('HSET', skey, 'f', floor)
     end
     if ttl > 0 then
       redis.call('PEXPIRE', key, ttl)
-      redis.call('PEXPIRE', bkey, ttl)
+      redis.call('PEXPIRE', skey, ttl)
     end
   end
   redis.call('PUBLISH', ARGV[a + 3], msg)
-  devices[i] = redis.call('ZCOUNT', ARGV[a + 4], '(' .. nowms, '+inf')
+  devices[i] = redis.call('ZCOUNT', ARGV[a + 4], '(' .. nowmss, '+inf')
 end
 local answer = id .. ';' .. table.concat(devices, ',')
 redis.call('SET', KEYS[2], answer, 'PX', ARGV[9])
 return {'ok', answer}
 `)
 
-// historyScript reads, atomically, what History needs from the user's
-// stream and the broadcast stream of one epoch.
+// historyScript reads, atomically, what History and Since need from the
+// user's stream and the broadcast stream of one epoch.
 //
 //	KEYS[1]  meta hash
-//	KEYS[2]  user stream, KEYS[3] broadcast stream
+//	KEYS[2]  user stream, KEYS[3] its state hash
+//	KEYS[4]  broadcast stream, KEYS[5] its state hash
+//	KEYS[6]  checkpoint stream
 //	ARGV[1]  epoch of the id
 //	ARGV[2]  last seq
 //	ARGV[3]  COUNT for each stream
+//	ARGV[4]  stream TTL in milliseconds (0: none)
 //
-// It returns {0} when the epoch is not the current one, otherwise
-// {1, s2, s3} where each s is {trimmed, firstSeq, heldMillis, entries,
-// deletedSeq}: trimmed is 1 when entries were removed from the stream's
-// head, firstSeq the seq of its first entry ("0" when empty or missing),
+// It returns {0} when the epoch is not the current one or the seq is ahead
+// of the epoch's (an id from the future proves nothing), otherwise
+// {1, s1, s2} where each s is {floor, heldMillis, entries}: floor is the
+// highest seq the stream may have lost (its state's floor or horizon when
+// it was made, whichever is higher; horizon() now when it has no state),
 // heldMillis the t field of the entry with the last seq (empty when not in
-// this stream), entries the XRANGE result after the last seq, and
-// deletedSeq the seq of the stream's max-deleted-entry-id (the newest entry
-// publishScript deleted for its bounds; "0" when none).
+// this stream), entries the XRANGE result after the last seq.
 var historyScript = redis.NewScript(`
-local ep = redis.call('HGET', KEYS[1], 'epoch')
-if ep ~= ARGV[1] then
+local metakey = KEYS[1]
+local ep = redis.call('HGET', metakey, 'epoch')
+if ep ~= ARGV[1] or tonumber(ARGV[2]) > tonumber(redis.call('HGET', metakey, 'seq') or '0') then
   return {0}
 end
+local t = redis.call('TIME')
+local nowms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[4])
+local ckkey = KEYS[6]
+` + horizonLua + `
 local out = {1}
-for k = 2, 3 do
-  local key = KEYS[k]
-  local res = {0, '0', '', {}, '0'}
-  if redis.call('EXISTS', key) == 1 then
-    local info = redis.call('XINFO', 'STREAM', key)
-    local length, added, first = 0, 0, nil
-    for i = 1, #info, 2 do
-      local f = info[i]
-      if f == 'length' then length = info[i + 1]
-      elseif f == 'entries-added' then added = info[i + 1]
-      elseif f == 'first-entry' then first = info[i + 1]
-      elseif f == 'max-deleted-entry-id' then res[5] = string.match(info[i + 1], '^(%d+)') or '0'
-      end
-    end
-    if added > length then
-      res[1] = 1
-    end
-    if type(first) == 'table' and first[1] then
-      res[2] = string.match(first[1], '^(%d+)')
-    end
-    local held = redis.call('XRANGE', key, ARGV[2] .. '-0', ARGV[2] .. '-0')
-    if #held == 1 then
-      local fields = held[1][2]
-      for i = 1, #fields, 2 do
-        if fields[i] == 't' then res[3] = fields[i + 1] end
-      end
-    end
-    res[4] = redis.call('XRANGE', key, '(' .. ARGV[2] .. '-0', '+', 'COUNT', ARGV[3])
+for k = 0, 1 do
+  local key, skey = KEYS[2 + 2 * k], KEYS[3 + 2 * k]
+  local res = {'0', '', {}}
+  if redis.call('EXISTS', skey) == 1 then
+    local f = tonumber(redis.call('HGET', skey, 'f') or '0')
+    local z = tonumber(redis.call('HGET', skey, 'z') or '0')
+    res[1] = string.format('%d', math.max(f, z))
+  else
+    res[1] = string.format('%d', horizon())
   end
-  out[k] = res
+  local held = redis.call('XRANGE', key, ARGV[2] .. '-0', ARGV[2] .. '-0')
+  if #held == 1 then
+    local fields = held[1][2]
+    for i = 1, #fields, 2 do
+      if fields[i] == 't' then res[2] = fields[i + 1] end
+    end
+  end
+  res[3] = redis.call('XRANGE', key, '(' .. ARGV[2] .. '-0', '+', 'COUNT', ARGV[3])
+  out[2 + k] = res
 end
 return out
 `)

@@ -451,6 +451,14 @@ func TestBroadcastInvalid(t *testing.T) {
 		{"empty idempotencyKey", `{"userIds":["u1"],"type":"T","idempotencyKey":""}`, "invalid_request", "idempotencyKey"},
 		{"long idempotencyKey", `{"userIds":["u1"],"type":"T","idempotencyKey":"` + strings.Repeat("k", 257) + `"}`, "invalid_request", "idempotencyKey"},
 		{"idempotencyKey not string", `{"userIds":["u1"],"type":"T","idempotencyKey":1}`, "invalid_request", "idempotencyKey"},
+		{"key not string", `{"userIds":["u1"],"type":"T","key":1}`, "invalid_request", "key"},
+		{"empty key", `{"userIds":["u1"],"type":"T","key":""}`, "invalid_request", "key"},
+		{"bad key chars", `{"userIds":["u1"],"type":"T","key":"draft 42"}`, "invalid_request", "key"},
+		{"key too long", `{"userIds":["u1"],"type":"T","key":"` + strings.Repeat("k", 129) + `"}`, "invalid_request", "key"},
+		{"key and volatile", `{"userIds":["u1"],"type":"T","key":"draft:42","volatile":true}`, "invalid_request", "volatile"},
+		{"key and volatile names key", `{"all":true,"type":"T","key":"draft:42","volatile":true}`, "invalid_request", "key"},
+		{"volatile not bool", `{"userIds":["u1"],"type":"T","volatile":"yes"}`, "invalid_request", "volatile"},
+		{"volatile a number", `{"userIds":["u1"],"type":"T","volatile":1}`, "invalid_request", "volatile"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -54,12 +54,13 @@ type message struct {
 	all     bool
 	typ     string
 	payload json.RawMessage
-	key     string // idempotency key, "" when none
+	idem    string           // idempotency key, "" when none
+	opts    hub.EventOptions // coalescing key, volatile
 }
 
 // broadcastFields are the fields of a broadcast body, in the order their
 // errors are reported.
-var broadcastFields = []string{"userIds", "all", "type", "payload", "idempotencyKey"}
+var broadcastFields = []string{"userIds", "all", "type", "payload", "idempotencyKey", "key", "volatile"}
 
 // errMediaType is the answer to a body that is not application/json.
 var errMediaType = &apiError{Status: http.StatusUnsupportedMediaType, Code: httpx.CodeUnsupportedMediaType, Message: httpx.MediaTypeMessage}
@@ -241,13 +242,40 @@ func parseMessage(f map[string]json.RawMessage, prefix string) (*message, *apiEr
 
 	if raw := f["idempotencyKey"]; !isNull(raw) {
 		if k, ok := simpleString(raw); ok {
-			m.key = k
-		} else if raw[0] != '"' || json.Unmarshal(raw, &m.key) != nil {
+			m.idem = k
+		} else if raw[0] != '"' || json.Unmarshal(raw, &m.idem) != nil {
 			return nil, invalidRequest("%s: must be a string", path(prefix, "idempotencyKey"))
 		}
-		if m.key == "" || len(m.key) > MaxIdempotencyKeyLen {
+		if m.idem == "" || len(m.idem) > MaxIdempotencyKeyLen {
 			return nil, invalidRequest("%s: must be 1 to %d bytes", path(prefix, "idempotencyKey"), MaxIdempotencyKeyLen)
 		}
+	}
+
+	// The coalescing key has the syntax of a type; volatile is a boolean
+	// (false: a plain event); not both.
+	if raw := f["key"]; !isNull(raw) {
+		if k, ok := simpleString(raw); ok {
+			m.opts.Key = k
+		} else if raw[0] != '"' || json.Unmarshal(raw, &m.opts.Key) != nil {
+			return nil, invalidRequest("%s: must be a string", path(prefix, "key"))
+		}
+		if err := hub.ValidateKey(m.opts.Key); err != nil {
+			return nil, invalidRequest("%s: %v (the syntax of a type)", path(prefix, "key"), err)
+		}
+	}
+	if raw := f["volatile"]; !isNull(raw) {
+		switch string(raw) {
+		case "true":
+			m.opts.Volatile = true
+		case "false":
+		default:
+			if json.Unmarshal(raw, &m.opts.Volatile) != nil {
+				return nil, invalidRequest("%s: must be a boolean", path(prefix, "volatile"))
+			}
+		}
+	}
+	if m.opts.Key != "" && m.opts.Volatile {
+		return nil, invalidRequest("%s and %s: give a coalescing key or volatile:true, not both", path(prefix, "key"), path(prefix, "volatile"))
 	}
 	return m, nil
 }
@@ -270,11 +298,11 @@ func (a *API) publishContext(r *http.Request) (context.Context, context.CancelFu
 // publish applies m (through the idempotency cache when it has a key) and
 // returns the 202 body as JSON. ctx bounds it (publishContext).
 func (a *API) publish(ctx context.Context, caller string, m *message) (json.RawMessage, *apiError) {
-	if m.key == "" {
+	if m.idem == "" {
 		return a.publishNow(ctx, m)
 	}
 	// length-prefixed: no caller and key can spell another pair's entry
-	key := strconv.Itoa(len(caller)) + ":" + caller + ":" + m.key
+	key := strconv.Itoa(len(caller)) + ":" + caller + ":" + m.idem
 	return a.once(ctx, key, func() (json.RawMessage, *apiError) {
 		// the broker remembers the key too, so that a retry after an
 		// answer that never came publishes at most once
@@ -287,11 +315,18 @@ func (a *API) publishNow(ctx context.Context, m *message) (json.RawMessage, *api
 		v   any
 		err error
 	)
+	var opts []hub.EventOption
+	if m.opts.Key != "" {
+		opts = append(opts, hub.Keyed(m.opts.Key))
+	}
+	if m.opts.Volatile {
+		opts = append(opts, hub.Volatile())
+	}
 	if m.all {
-		v, err = a.hub.BroadcastAll(ctx, m.typ, m.payload)
+		v, err = a.hub.BroadcastAll(ctx, m.typ, m.payload, opts...)
 	} else {
 		var evs []hub.UserEvent
-		evs, err = a.hub.Publish(ctx, m.userIDs, m.typ, m.payload)
+		evs, err = a.hub.Publish(ctx, m.userIDs, m.typ, m.payload, opts...)
 		v = usersAnswer{Events: evs}
 	}
 	if err != nil {

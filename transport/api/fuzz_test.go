@@ -159,6 +159,13 @@ func FuzzBroadcastBody(f *testing.F) {
 		`{"userIds":[1],"type":"A"}`,
 		`{"userIds":["u1"],"type":"hub.connected"}`,
 		`{"userIds":["u1"],"type":"A","extra":1}`,
+		`{"userIds":["u1"],"type":"A","key":"draft:42"}`,
+		`{"all":true,"type":"A","key":"a.b_c-D:9","payload":1}`,
+		`{"userIds":["u1"],"type":"A","volatile":true}`,
+		`{"userIds":["u1"],"type":"A","volatile":false,"key":null}`,
+		`{"userIds":["u1"],"type":"A","key":"k","volatile":true}`,
+		`{"userIds":["u1"],"type":"A","key":"has space"}`,
+		`{"userIds":["u1"],"type":"A","volatile":"true"}`,
 		`{"userIds":["u1"],"type":"A","payload":{"a":[1,2,`,
 		`{"userIds":["u1"],"type":"A"}{"x":1}`,
 		`[]`, `null`, `""`, ``, `{`, "\xff",
@@ -184,6 +191,7 @@ func FuzzBatchBody(f *testing.F) {
 		`{"messages":[1,"x",null,[]]}`,
 		`{"messages":[{"userIds":["u1"],"type":"A","idempotencyKey":"k"},{"userIds":["u1"],"type":"A","idempotencyKey":"k"}]}`,
 		`{"messages":[{"userIds":["u1"],"type":"hub.x"}],"other":1}`,
+		`{"messages":[{"userIds":["u1"],"type":"A","key":"k"},{"all":true,"type":"B","volatile":true},{"type":"C","key":"k","volatile":true}]}`,
 		`{"messages":[`, `[]`, ``, `{}`,
 	} {
 		f.Add([]byte(s))

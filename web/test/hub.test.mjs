@@ -88,6 +88,33 @@ test("events reach type and * listeners once, control events only their type", a
   hub.close();
 });
 
+test("keyed and volatile envelopes reach listeners whole, over either transport", async () => {
+  const keyedEv = { ...ev("K-1"), key: "draft:1" };
+  const volatileEv = { ...ev("K-2", "TYPING", true), volatile: true };
+  const ws = setup();
+  const typed = [];
+  ws.hub.on("DRAFT_UPDATED", (e) => typed.push(e));
+  await settle();
+  ws.ws().connected();
+  ws.ws().message(keyedEv);
+  ws.ws().message(volatileEv);
+  await settle();
+  assert.deepEqual(ws.events, [keyedEv, volatileEv]);
+  assert.deepEqual(typed, [keyedEv]);
+  assert.equal(ws.hub.lastEventId, "K-2"); // a volatile id is a place to resume from like any other
+  ws.hub.close();
+
+  const sse = setup({ transports: ["sse"] });
+  await settle();
+  sse.calls[0].respondSSE();
+  sse.calls[0].connected();
+  sse.calls[0].event(keyedEv, "K-1");
+  sse.calls[0].event(volatileEv, "K-2");
+  await settle();
+  assert.deepEqual(sse.events, [keyedEv, volatileEv]);
+  sse.hub.close();
+});
+
 test("reconnect resumes from lastEventId and drops the replay overlap", async () => {
   const { hub, ws, clock, events, states } = setup();
   await settle();
