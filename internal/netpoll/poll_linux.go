@@ -7,6 +7,8 @@ import (
 	"os"
 	"sync"
 	"syscall"
+
+	"golang.org/x/sys/unix"
 )
 
 // Poller tells which idle connections have something to read, so that an
@@ -32,7 +34,7 @@ func New(wg *sync.WaitGroup, dispatch func(Watcher)) *Poller {
 	return &Poller{conns: make(map[int32]Watcher), wg: wg, dispatch: dispatch}
 }
 
-const pollEvents = syscall.EPOLLIN | syscall.EPOLLRDHUP | syscall.EPOLLONESHOT
+const pollEvents = unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLONESHOT
 
 // Add registers the socket fd for w; w is dispatched once the socket is
 // readable (or hung up) and must then be re-armed with Rearm.
@@ -44,8 +46,8 @@ func (p *Poller) Add(c Watcher, fd int) error {
 			return err
 		}
 	}
-	ev := syscall.EpollEvent{Events: pollEvents, Fd: int32(fd)}
-	if err := syscall.EpollCtl(p.epfd, syscall.EPOLL_CTL_ADD, fd, &ev); err != nil {
+	ev := unix.EpollEvent{Events: pollEvents, Fd: int32(fd)}
+	if err := unix.EpollCtl(p.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
 		f := p.detachIfEmptyLocked()
 		p.mu.Unlock()
 		closeFile(f)
@@ -57,12 +59,12 @@ func (p *Poller) Add(c Watcher, fd int) error {
 }
 
 func (p *Poller) startLocked() error {
-	epfd, err := syscall.EpollCreate1(syscall.EPOLL_CLOEXEC)
+	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
 	if err != nil {
 		return os.NewSyscallError("epoll_create1", err)
 	}
-	if err := syscall.SetNonblock(epfd, true); err != nil {
-		_ = syscall.Close(epfd)
+	if err := unix.SetNonblock(epfd, true); err != nil {
+		_ = unix.Close(epfd)
 		return os.NewSyscallError("setnonblock", err)
 	}
 	f := os.NewFile(uintptr(epfd), "netpoll-epoll") // non-blocking: polled by the runtime
@@ -84,8 +86,8 @@ func (p *Poller) Rearm(c Watcher, fd int) {
 	if p.conns[int32(fd)] != c {
 		return // removed (and the descriptor perhaps reused)
 	}
-	ev := syscall.EpollEvent{Events: pollEvents, Fd: int32(fd)}
-	_ = syscall.EpollCtl(p.epfd, syscall.EPOLL_CTL_MOD, fd, &ev)
+	ev := unix.EpollEvent{Events: pollEvents, Fd: int32(fd)}
+	_ = unix.EpollCtl(p.epfd, unix.EPOLL_CTL_MOD, fd, &ev)
 }
 
 // Remove unregisters w's socket; call it before the socket is closed (its
@@ -97,7 +99,7 @@ func (p *Poller) Remove(c Watcher, fd int) {
 		return
 	}
 	delete(p.conns, int32(fd))
-	_ = syscall.EpollCtl(p.epfd, syscall.EPOLL_CTL_DEL, fd, nil)
+	_ = unix.EpollCtl(p.epfd, unix.EPOLL_CTL_DEL, fd, nil)
 	f := p.detachIfEmptyLocked()
 	p.mu.Unlock()
 	closeFile(f)
@@ -124,13 +126,13 @@ func closeFile(f *os.File) {
 
 func (p *Poller) loop(rc syscall.RawConn) {
 	defer p.wg.Done()
-	events := make([]syscall.EpollEvent, 128)
+	events := make([]unix.EpollEvent, 128)
 	var ready []Watcher
 	for {
 		err := rc.Read(func(fd uintptr) bool {
 			for {
-				n, err := syscall.EpollWait(int(fd), events, 0)
-				if errors.Is(err, syscall.EINTR) {
+				n, err := unix.EpollWait(int(fd), events, 0)
+				if errors.Is(err, unix.EINTR) {
 					continue
 				}
 				if n <= 0 {
