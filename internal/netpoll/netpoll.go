@@ -8,8 +8,12 @@ package netpoll
 
 import "syscall"
 
-// Watcher is what a Poller reports readable: the transport's connection.
-type Watcher interface{}
+// Watcher is a connection whose socket waits in a Poller. Readable runs
+// once the socket has something to read, or the peer hung up: once per
+// arming (one-shot), on a goroutine of its own that the poller starts and
+// counts in its WaitGroup, and that lives as long as the read. It must
+// re-arm the socket when it is done reading (Poller.Rearm).
+type Watcher interface{ Readable() }
 
 // FD returns the descriptor of a raw socket (-1 if it has none).
 func FD(rc syscall.RawConn) int {

@@ -85,7 +85,12 @@ func TestTryReadTryWriteNeverWait(t *testing.T) {
 	}
 }
 
-type watcher struct{ name string }
+type watcher struct {
+	name string
+	got  chan<- netpoll.Watcher
+}
+
+func (w *watcher) Readable() { w.got <- w }
 
 // TestPollerReportsReadableOnce: a registered socket is reported once per
 // arming, even while its data stays unread; the loop ends when the last
@@ -98,8 +103,8 @@ func TestPollerReportsReadableOnce(t *testing.T) {
 	}
 	var wg sync.WaitGroup
 	got := make(chan netpoll.Watcher, 1000) // a report per loop turn would fill it
-	p := netpoll.New(&wg, func(w netpoll.Watcher) { got <- w })
-	w := &watcher{"a"}
+	p := netpoll.New(&wg)
+	w := &watcher{name: "a", got: got}
 	fd := netpoll.FD(rc)
 	if err := p.Add(w, fd); err != nil {
 		t.Skipf("no poller here: %v", err)

@@ -19,19 +19,17 @@ import (
 // thread in epoll_wait. The loop runs only while a connection is
 // registered.
 type Poller struct {
-	mu       sync.Mutex
-	f        *os.File // the epoll instance; nil while no connection is registered
-	epfd     int
-	conns    map[int32]Watcher
-	wg       *sync.WaitGroup
-	dispatch func(Watcher)
+	mu    sync.Mutex
+	f     *os.File // the epoll instance; nil while no connection is registered
+	epfd  int
+	conns map[int32]Watcher
+	wg    *sync.WaitGroup
 }
 
-// New returns a poller whose loop is counted in wg; dispatch is called on
-// the loop's goroutine for every watcher reported readable, and must
-// return at once (start a goroutine for the read).
-func New(wg *sync.WaitGroup, dispatch func(Watcher)) *Poller {
-	return &Poller{conns: make(map[int32]Watcher), wg: wg, dispatch: dispatch}
+// New returns a poller whose loop, and the goroutines that run
+// Watcher.Readable, are counted in wg.
+func New(wg *sync.WaitGroup) *Poller {
+	return &Poller{conns: make(map[int32]Watcher), wg: wg}
 }
 
 const pollEvents = unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLONESHOT
@@ -152,7 +150,11 @@ func (p *Poller) loop(rc syscall.RawConn) {
 			return // closed: nothing is registered any more
 		}
 		for _, c := range ready {
-			p.dispatch(c)
+			p.wg.Add(1)
+			go func() {
+				defer p.wg.Done()
+				c.Readable()
+			}()
 		}
 		clear(ready)
 		ready = ready[:0]

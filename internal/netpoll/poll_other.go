@@ -12,7 +12,7 @@ import (
 type Poller struct{}
 
 // New returns a poller that watches nothing.
-func New(*sync.WaitGroup, func(Watcher)) *Poller { return &Poller{} }
+func New(*sync.WaitGroup) *Poller { return &Poller{} }
 
 // Add fails: there is no epoll on this system.
 func (p *Poller) Add(Watcher, int) error { return errors.New("no epoll on this system") }

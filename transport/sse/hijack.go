@@ -120,9 +120,9 @@ func (s *hijacked) end() {
 	s.h.wg.Done() // the stream's own count, from serveHijacked
 }
 
-// readable drops what the client sent (it should send nothing) and notices
-// it leaving; then the socket is re-armed.
-func (s *hijacked) readable() {
+// Readable drops what the client sent (it should send nothing) and
+// notices it leaving; then the socket is re-armed (netpoll.Watcher).
+func (s *hijacked) Readable() {
 	var b [512]byte
 	for range 16 {
 		n, err := netpoll.TryRead(s.raw, b[:])
@@ -140,17 +140,6 @@ func (s *hijacked) readable() {
 	if fd >= 0 {
 		s.h.poll.Rearm(s, fd)
 	}
-}
-
-// dispatch reads a stream the poller reported readable, on a goroutine
-// that lives as long as the read.
-func (h *Handler) dispatch(w netpoll.Watcher) {
-	s := w.(*hijacked)
-	h.wg.Add(1)
-	go func() {
-		defer h.wg.Done()
-		s.readable()
-	}()
 }
 
 var hijackBufs = sync.Pool{New: func() any { b := make([]byte, 0, 4096); return &b }}

@@ -15,17 +15,6 @@ const readBufSize = 4096
 
 var readBufs = sync.Pool{New: func() any { b := make([]byte, readBufSize); return &b }}
 
-// dispatch reads a connection the poller reported readable, on a goroutine
-// that lives as long as the read.
-func (h *Handler) dispatch(w netpoll.Watcher) {
-	c := w.(*conn)
-	h.wg.Add(1)
-	go func() {
-		defer h.wg.Done()
-		c.readable()
-	}()
-}
-
 // start runs once after the upgrade: it handles first, what the client
 // sent along with the upgrade request, then registers the socket with the poller, or,
 // on a connection the poller cannot watch (TLS, or no epoll), reads on this
@@ -54,9 +43,9 @@ func (c *conn) start(first []byte) {
 	c.readBlocking()
 }
 
-// readable reads what the socket holds without waiting, handles every
-// whole frame, and re-arms the socket in the poller.
-func (c *conn) readable() {
+// Readable reads what the socket holds without waiting, handles every
+// whole frame, and re-arms the socket in the poller (netpoll.Watcher).
+func (c *conn) Readable() {
 	if c.torn.Load() {
 		return
 	}

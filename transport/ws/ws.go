@@ -88,7 +88,7 @@ func New(o Options) *Handler {
 	}
 	h := &Handler{o: o, log: o.Logger}
 	h.pool = netpoll.NewPool(runtime.GOMAXPROCS(0), netpoll.WriterSlice, o.Hub.Activity, &h.wg)
-	h.poll = netpoll.New(&h.wg, h.dispatch)
+	h.poll = netpoll.New(&h.wg)
 	h.pinger.h = h
 	return h
 }
