@@ -205,10 +205,14 @@ func (l *Lifecycle[R]) Watch(p *Poller, w Watcher, rc syscall.RawConn) error {
 	if l.State() == StateClosed {
 		return ErrClosed
 	}
+	// The descriptor is known before the socket is in the poller: a socket
+	// readable at once is reported before Add returns, and its read must
+	// find the descriptor to re-arm it.
+	l.fd.Store(int32(fd) + 1)
 	if err := p.Add(w, fd); err != nil {
+		l.fd.Store(0)
 		return err
 	}
-	l.fd.Store(int32(fd) + 1)
 	return nil
 }
 

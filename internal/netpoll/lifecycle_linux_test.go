@@ -151,3 +151,42 @@ func TestLifecycleWatchRacesTeardown(t *testing.T) {
 	}
 	wg.Wait() // nothing is left in the poller: its loop has ended
 }
+
+// TestLifecycleReadableAtWatch: a socket that is readable as it is watched
+// is reported at once, possibly before Watch returns; the read must still
+// re-arm it, or the next bytes (or the client leaving) go unnoticed.
+func TestLifecycleReadableAtWatch(t *testing.T) {
+	var wg sync.WaitGroup
+	p := New(&wg)
+	for i := range 300 {
+		server, client := hubtest.TCPPair(t)
+		rc := Raw(server)
+		var l Lifecycle[int]
+		l.Start()
+		w := &sockWatcher{l: &l, p: p, rc: rc, got: make(chan string, 16), errs: make(chan error, 1)}
+		if _, err := client.Write([]byte("a")); err != nil {
+			t.Fatal(err)
+		}
+		if err := l.Watch(p, w, rc); err != nil {
+			t.Fatal(err)
+		}
+		for _, want := range []string{"a", "b"} {
+			select {
+			case got := <-w.got:
+				if got != want {
+					t.Fatalf("iteration %d: read %q, want %q", i, got, want)
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatalf("iteration %d: %q was not reported (the socket was not re-armed)", i, want)
+			}
+			if want == "a" {
+				if _, err := client.Write([]byte("b")); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		l.Teardown(p, w, server)
+		_ = client.Close()
+	}
+	wg.Wait()
+}
