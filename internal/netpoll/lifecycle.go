@@ -184,7 +184,7 @@ func (l *Lifecycle[R]) Teardown(p *Poller, w Watcher, sock io.Closer) bool {
 	fd := l.fd.Swap(0)
 	l.mu.Unlock()
 	if fd > 0 {
-		p.Remove(w, int(fd-1)) // before the descriptor is closed (and reused)
+		p.remove(w, int(fd-1)) // before the descriptor is closed (and reused)
 	}
 	_ = sock.Close()
 	return true
@@ -199,17 +199,17 @@ func (l *Lifecycle[R]) Watch(p *Poller, w Watcher, rc syscall.RawConn) error {
 	if rc == nil {
 		return ErrNotSocket
 	}
-	fd := FD(rc)
+	fd := rawFD(rc)
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.State() == StateClosed {
 		return ErrClosed
 	}
 	// The descriptor is known before the socket is in the poller: a socket
-	// readable at once is reported before Add returns, and its read must
+	// readable at once is reported before add returns, and its read must
 	// find the descriptor to re-arm it.
 	l.fd.Store(int32(fd) + 1)
-	if err := p.Add(w, fd); err != nil {
+	if err := p.add(w, fd); err != nil {
 		l.fd.Store(0)
 		return err
 	}
@@ -243,7 +243,7 @@ func (l *Lifecycle[R]) Read(p *Poller, w Watcher, rc syscall.RawConn, buf []byte
 		}
 	}
 	if fd := l.fd.Load(); fd > 0 {
-		p.Rearm(w, int(fd-1))
+		p.rearm(w, int(fd-1))
 	}
 	return nil
 }

@@ -63,7 +63,7 @@ func TestLifecycleWatchReadTeardown(t *testing.T) {
 	if err := l.Watch(p, w, rc); err != nil {
 		t.Fatal(err)
 	}
-	fd := FD(rc)
+	fd := rawFD(rc)
 	read := func(want string) {
 		t.Helper()
 		var s string
@@ -126,7 +126,7 @@ func TestLifecycleWatchRacesTeardown(t *testing.T) {
 	for range 100 {
 		server, _ := hubtest.TCPPair(t)
 		rc := Raw(server)
-		fd := FD(rc)
+		fd := rawFD(rc)
 		var l Lifecycle[int]
 		l.Start()
 		w := &sockWatcher{l: &l, p: p, rc: rc, got: make(chan string, 16), errs: make(chan error, 1)}

@@ -34,9 +34,10 @@ func New(wg *sync.WaitGroup) *Poller {
 
 const pollEvents = unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLONESHOT
 
-// Add registers the socket fd for w; w is dispatched once the socket is
-// readable (or hung up) and must then be re-armed with Rearm.
-func (p *Poller) Add(c Watcher, fd int) error {
+// add registers the socket fd for w; w is reported once the socket is
+// readable (or hung up) and must then be re-armed with rearm. Only
+// Lifecycle calls add, rearm and remove.
+func (p *Poller) add(c Watcher, fd int) error {
 	p.mu.Lock()
 	if p.f == nil {
 		if err := p.startLocked(); err != nil {
@@ -77,8 +78,8 @@ func (p *Poller) startLocked() error {
 	return nil
 }
 
-// Rearm asks for the next readiness report of w's socket.
-func (p *Poller) Rearm(c Watcher, fd int) {
+// rearm asks for the next readiness report of w's socket.
+func (p *Poller) rearm(c Watcher, fd int) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.conns[int32(fd)] != c {
@@ -88,9 +89,9 @@ func (p *Poller) Rearm(c Watcher, fd int) {
 	_ = unix.EpollCtl(p.epfd, unix.EPOLL_CTL_MOD, fd, &ev)
 }
 
-// Remove unregisters w's socket; call it before the socket is closed (its
-// descriptor may be reused at once).
-func (p *Poller) Remove(c Watcher, fd int) {
+// remove unregisters w's socket; it must come before the socket is closed
+// (its descriptor may be reused at once): Lifecycle.Teardown.
+func (p *Poller) remove(c Watcher, fd int) {
 	p.mu.Lock()
 	if p.conns[int32(fd)] != c {
 		p.mu.Unlock()
