@@ -58,7 +58,7 @@ func (s State) String() string {
 // quit...): every transition is one atomic step, so two goroutines that
 // race to end a connection (the hub's close, the client's, a failed write,
 // a missing pong) agree on which of them does it. R is the transport's
-// close reason. The zero value is New.
+// close reason. The zero value is New (StateNew).
 //
 // Transitions (anything else leaves the state as it is):
 //
@@ -80,8 +80,9 @@ func (s State) String() string {
 //   - Reading: one reader at a time. A watched socket is reported once
 //     per arming (one-shot epoll): the poller runs Watcher.Readable on a
 //     goroutine, which reads with Read and re-arms the socket when done,
-//     handing reading back to the poller; when the connection stops
-//     reading (Quit, a failed frame) the socket is not re-armed.
+//     handing reading back to the poller; once the reader stops (the
+//     client's close frame, a frame that fails the connection) the socket
+//     is not re-armed.
 //   - Writing: the hub wakes the transport once per empty→non-empty
 //     change of the queue, so there is one writer at a time (a pool
 //     writer, or the goroutine the connection gets when its socket is
