@@ -3,7 +3,6 @@ package netpoll_test
 import (
 	"errors"
 	"io"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -82,53 +81,5 @@ func TestTryReadTryWriteNeverWait(t *testing.T) {
 			t.Fatal("the peer's close was never seen")
 		}
 		time.Sleep(time.Millisecond) // polling interval
-	}
-}
-
-type watcher struct{ name string }
-
-// TestPollerReportsReadableOnce: a registered socket is reported once per
-// arming, even while its data stays unread; the loop ends when the last
-// socket is removed (goleak).
-func TestPollerReportsReadableOnce(t *testing.T) {
-	server, client := hubtest.TCPPair(t)
-	rc := netpoll.Raw(server)
-	if rc == nil {
-		t.Skip("no raw sockets on this system")
-	}
-	var wg sync.WaitGroup
-	got := make(chan netpoll.Watcher, 1000) // a report per loop turn would fill it
-	p := netpoll.New(&wg, func(w netpoll.Watcher) { got <- w })
-	w := &watcher{"a"}
-	fd := netpoll.FD(rc)
-	if err := p.Add(w, fd); err != nil {
-		t.Skipf("no poller here: %v", err)
-	}
-	wait := func(what string) {
-		t.Helper()
-		select {
-		case x := <-got:
-			if x != netpoll.Watcher(w) {
-				t.Fatalf("%s: dispatched %v", what, x)
-			}
-		case <-time.After(5 * time.Second):
-			t.Fatalf("%s: a readable socket was not reported", what)
-		}
-	}
-	if _, err := client.Write([]byte("x")); err != nil {
-		t.Fatal(err)
-	}
-	wait("first")
-	// Nothing is read: the socket stays readable, but is not reported again
-	// until it is re-armed.
-	if _, err := client.Write([]byte("y")); err != nil {
-		t.Fatal(err)
-	}
-	p.Rearm(w, fd)
-	wait("after the re-arm")
-	p.Remove(w, fd)
-	wg.Wait() // the loop ends with its last socket
-	if n := len(got); n != 0 {
-		t.Fatalf("%d more reports: a one-shot registration was reported again without a re-arm", n)
 	}
 }

@@ -7,6 +7,8 @@ import (
 	"os"
 	"sync"
 	"syscall"
+
+	"golang.org/x/sys/unix"
 )
 
 // Poller tells which idle connections have something to read, so that an
@@ -17,26 +19,25 @@ import (
 // thread in epoll_wait. The loop runs only while a connection is
 // registered.
 type Poller struct {
-	mu       sync.Mutex
-	f        *os.File // the epoll instance; nil while no connection is registered
-	epfd     int
-	conns    map[int32]Watcher
-	wg       *sync.WaitGroup
-	dispatch func(Watcher)
+	mu    sync.Mutex
+	f     *os.File // the epoll instance; nil while no connection is registered
+	epfd  int
+	conns map[int32]Watcher
+	wg    *sync.WaitGroup
 }
 
-// New returns a poller whose loop is counted in wg; dispatch is called on
-// the loop's goroutine for every watcher reported readable, and must
-// return at once (start a goroutine for the read).
-func New(wg *sync.WaitGroup, dispatch func(Watcher)) *Poller {
-	return &Poller{conns: make(map[int32]Watcher), wg: wg, dispatch: dispatch}
+// New returns a poller whose loop, and the goroutines that run
+// Watcher.Readable, are counted in wg.
+func New(wg *sync.WaitGroup) *Poller {
+	return &Poller{conns: make(map[int32]Watcher), wg: wg}
 }
 
-const pollEvents = syscall.EPOLLIN | syscall.EPOLLRDHUP | syscall.EPOLLONESHOT
+const pollEvents = unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLONESHOT
 
-// Add registers the socket fd for w; w is dispatched once the socket is
-// readable (or hung up) and must then be re-armed with Rearm.
-func (p *Poller) Add(c Watcher, fd int) error {
+// add registers the socket fd for w; w is reported once the socket is
+// readable (or hung up) and must then be re-armed with rearm. Only
+// Lifecycle calls add, rearm and remove.
+func (p *Poller) add(c Watcher, fd int) error {
 	p.mu.Lock()
 	if p.f == nil {
 		if err := p.startLocked(); err != nil {
@@ -44,8 +45,8 @@ func (p *Poller) Add(c Watcher, fd int) error {
 			return err
 		}
 	}
-	ev := syscall.EpollEvent{Events: pollEvents, Fd: int32(fd)}
-	if err := syscall.EpollCtl(p.epfd, syscall.EPOLL_CTL_ADD, fd, &ev); err != nil {
+	ev := unix.EpollEvent{Events: pollEvents, Fd: int32(fd)}
+	if err := unix.EpollCtl(p.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
 		f := p.detachIfEmptyLocked()
 		p.mu.Unlock()
 		closeFile(f)
@@ -57,12 +58,12 @@ func (p *Poller) Add(c Watcher, fd int) error {
 }
 
 func (p *Poller) startLocked() error {
-	epfd, err := syscall.EpollCreate1(syscall.EPOLL_CLOEXEC)
+	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
 	if err != nil {
 		return os.NewSyscallError("epoll_create1", err)
 	}
-	if err := syscall.SetNonblock(epfd, true); err != nil {
-		_ = syscall.Close(epfd)
+	if err := unix.SetNonblock(epfd, true); err != nil {
+		_ = unix.Close(epfd)
 		return os.NewSyscallError("setnonblock", err)
 	}
 	f := os.NewFile(uintptr(epfd), "netpoll-epoll") // non-blocking: polled by the runtime
@@ -77,27 +78,27 @@ func (p *Poller) startLocked() error {
 	return nil
 }
 
-// Rearm asks for the next readiness report of w's socket.
-func (p *Poller) Rearm(c Watcher, fd int) {
+// rearm asks for the next readiness report of w's socket.
+func (p *Poller) rearm(c Watcher, fd int) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.conns[int32(fd)] != c {
 		return // removed (and the descriptor perhaps reused)
 	}
-	ev := syscall.EpollEvent{Events: pollEvents, Fd: int32(fd)}
-	_ = syscall.EpollCtl(p.epfd, syscall.EPOLL_CTL_MOD, fd, &ev)
+	ev := unix.EpollEvent{Events: pollEvents, Fd: int32(fd)}
+	_ = unix.EpollCtl(p.epfd, unix.EPOLL_CTL_MOD, fd, &ev)
 }
 
-// Remove unregisters w's socket; call it before the socket is closed (its
-// descriptor may be reused at once).
-func (p *Poller) Remove(c Watcher, fd int) {
+// remove unregisters w's socket; it must come before the socket is closed
+// (its descriptor may be reused at once): Lifecycle.Teardown.
+func (p *Poller) remove(c Watcher, fd int) {
 	p.mu.Lock()
 	if p.conns[int32(fd)] != c {
 		p.mu.Unlock()
 		return
 	}
 	delete(p.conns, int32(fd))
-	_ = syscall.EpollCtl(p.epfd, syscall.EPOLL_CTL_DEL, fd, nil)
+	_ = unix.EpollCtl(p.epfd, unix.EPOLL_CTL_DEL, fd, nil)
 	f := p.detachIfEmptyLocked()
 	p.mu.Unlock()
 	closeFile(f)
@@ -124,13 +125,13 @@ func closeFile(f *os.File) {
 
 func (p *Poller) loop(rc syscall.RawConn) {
 	defer p.wg.Done()
-	events := make([]syscall.EpollEvent, 128)
+	events := make([]unix.EpollEvent, 128)
 	var ready []Watcher
 	for {
 		err := rc.Read(func(fd uintptr) bool {
 			for {
-				n, err := syscall.EpollWait(int(fd), events, 0)
-				if errors.Is(err, syscall.EINTR) {
+				n, err := unix.EpollWait(int(fd), events, 0)
+				if errors.Is(err, unix.EINTR) {
 					continue
 				}
 				if n <= 0 {
@@ -150,7 +151,11 @@ func (p *Poller) loop(rc syscall.RawConn) {
 			return // closed: nothing is registered any more
 		}
 		for _, c := range ready {
-			p.dispatch(c)
+			p.wg.Add(1)
+			go func() {
+				defer p.wg.Done()
+				c.Readable()
+			}()
 		}
 		clear(ready)
 		ready = ready[:0]

@@ -7,6 +7,8 @@ import (
 	"io"
 	"net"
 	"syscall"
+
+	"golang.org/x/sys/unix"
 )
 
 // Raw gives the socket of a plain TCP connection, for non-blocking reads
@@ -30,11 +32,11 @@ func TryRead(rc syscall.RawConn, b []byte) (int, error) {
 	var rerr error
 	err := rc.Read(func(fd uintptr) bool {
 		for {
-			k, e := syscall.Read(int(fd), b)
+			k, e := unix.Read(int(fd), b)
 			switch {
-			case e == syscall.EINTR:
+			case e == unix.EINTR:
 				continue
-			case e == syscall.EAGAIN:
+			case e == unix.EAGAIN:
 			case e != nil:
 				rerr = e
 			case k == 0:
@@ -58,14 +60,14 @@ func TryWrite(rc syscall.RawConn, b []byte) (int, error) {
 	var werr error
 	err := rc.Write(func(fd uintptr) bool {
 		for n < len(b) {
-			k, e := syscall.Write(int(fd), b[n:])
+			k, e := unix.Write(int(fd), b[n:])
 			if k > 0 {
 				n += k
 			}
 			switch {
-			case e == syscall.EINTR:
+			case e == unix.EINTR:
 				continue
-			case e == syscall.EAGAIN:
+			case e == unix.EAGAIN:
 				return true
 			case e != nil:
 				werr = e

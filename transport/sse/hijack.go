@@ -2,11 +2,11 @@ package sse
 
 import (
 	"bytes"
+	"errors"
 	"net"
 	"net/http"
 	"strconv"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -29,7 +29,13 @@ import (
 // the stream ends. HTTP/2 streams cannot be taken over and keep the
 // handler-as-writer path of stream.
 
-// hijacked is the hub.Sink of a taken-over HTTP/1.1 stream.
+// hijacked is the hub.Sink of a taken-over HTTP/1.1 stream. Its state is
+// life (netpoll.Lifecycle, whose doc comment has the transitions and who
+// owns the socket when): New until serveHijacked has written the response
+// head, Open while serving, Closing once the hub aborted it (no more
+// writes), Closed once ended. The reader never quits (it only notices the
+// client leaving), and a close reason from the queue is written as the
+// last chunk and ends the stream at once.
 type hijacked struct {
 	h       *Handler
 	conn    *hub.Conn
@@ -38,14 +44,8 @@ type hijacked struct {
 	release func()          // admission slot
 	retry   int64           // the opening retry field, written with the first batch
 
-	ready atomic.Bool
-	early atomic.Pointer[hub.Reason] // an Abort that came before ready
-	dead  atomic.Bool
+	life  netpoll.Lifecycle[hub.Reason]
 	first bool // the opening retry field is still to be written; writer only
-
-	mu    sync.Mutex
-	fd    int  // the socket's descriptor while it is in the poller, else -1
-	ended bool // end ran
 }
 
 var _ hub.Sink = (*hijacked)(nil)
@@ -69,21 +69,22 @@ func canHijack(w http.ResponseWriter, r *http.Request) bool {
 
 // Wake starts a writer (once per empty→non-empty change, see hub.Sink).
 func (s *hijacked) Wake() {
-	if s.ready.Load() {
+	if s.life.State() >= netpoll.StateOpen {
 		s.h.pool.Push(s)
 	}
 }
 
-// Abort ends the stream at once (slow consumer, drain timeout).
+// Abort ends the stream at once (slow consumer, drain timeout); before the
+// head is out, serveHijacked does it once the stream starts.
 func (s *hijacked) Abort(r hub.Reason) {
-	if !s.ready.Load() {
-		s.early.Store(&r)
-		if !s.ready.Load() {
-			return
-		}
+	if _, ok := s.life.Close(r); ok {
+		s.endAsync()
 	}
-	s.dead.Store(true)
-	// not synchronously: the hub may hold its locks, and end unregisters
+}
+
+// endAsync ends the stream on a goroutine: the hub may hold its locks, and
+// end unregisters.
+func (s *hijacked) endAsync() {
 	s.h.wg.Add(1)
 	go func() {
 		defer s.h.wg.Done()
@@ -93,64 +94,29 @@ func (s *hijacked) Abort(r hub.Reason) {
 
 // Heartbeat queues a ": ping" comment every interval.
 func (s *hijacked) Heartbeat(bool) {
-	if s.ready.Load() && !s.dead.Load() {
+	if s.life.State() == netpoll.StateOpen {
 		s.conn.Send(hub.Ping)
 	}
 }
 
-// end ends the stream once: out of the poller, socket closed, unregistered
-// from the hub, admission slot released.
+// end ends the stream once: out of the poller, socket closed
+// (life.Teardown), unregistered from the hub, admission slot released.
 func (s *hijacked) end() {
-	s.mu.Lock()
-	if s.ended {
-		s.mu.Unlock()
+	if !s.life.Teardown(s.h.poll, s, s.nc) {
 		return
 	}
-	s.ended = true
-	fd := s.fd
-	s.fd = -1
-	s.mu.Unlock()
-	s.dead.Store(true)
-	if fd >= 0 {
-		s.h.poll.Remove(s, fd) // before the descriptor is closed (and reused)
-	}
-	_ = s.nc.Close()
 	s.h.o.Hub.Unregister(s.conn)
 	s.release()
 	s.h.wg.Done() // the stream's own count, from serveHijacked
 }
 
-// readable drops what the client sent (it should send nothing) and notices
-// it leaving; then the socket is re-armed.
-func (s *hijacked) readable() {
+// Readable drops what the client sent (it should send nothing) and
+// notices it leaving; then the socket is re-armed (netpoll.Watcher).
+func (s *hijacked) Readable() {
 	var b [512]byte
-	for range 16 {
-		n, err := netpoll.TryRead(s.raw, b[:])
-		if err != nil {
-			s.end() // EOF, a reset: the stream is over
-			return
-		}
-		if n < len(b) {
-			break
-		}
+	if err := s.life.Read(s.h.poll, s, s.raw, b[:], nil); err != nil {
+		s.end() // EOF, a reset: the stream is over
 	}
-	s.mu.Lock()
-	fd := s.fd
-	s.mu.Unlock()
-	if fd >= 0 {
-		s.h.poll.Rearm(s, fd)
-	}
-}
-
-// dispatch reads a stream the poller reported readable, on a goroutine
-// that lives as long as the read.
-func (h *Handler) dispatch(w netpoll.Watcher) {
-	s := w.(*hijacked)
-	h.wg.Add(1)
-	go func() {
-		defer h.wg.Done()
-		s.readable()
-	}()
 }
 
 var hijackBufs = sync.Pool{New: func() any { b := make([]byte, 0, 4096); return &b }}
@@ -169,8 +135,8 @@ func (s *hijacked) drain(own bool) {
 	for {
 		var reason *hub.Reason
 		msgs, reason = s.conn.Next(msgs[:0])
-		if s.dead.Load() {
-			return
+		if s.life.State() >= netpoll.StateClosing {
+			return // aborted, or ended
 		}
 		bp, chunk := s.chunk(msgs, reason)
 		written := 0
@@ -315,48 +281,30 @@ func (h *Handler) serveHijacked(w http.ResponseWriter, s *hijacked, conn *hub.Co
 	// the caller): both go. A write that can wait (write) sets its own
 	// deadline and clears it.
 	_ = nc.SetDeadline(time.Time{})
-	s.nc, s.first, s.release, s.fd = nc, true, release, -1
+	s.nc, s.first, s.release = nc, true, release
 	// Bytes the client sent after its request (it should send none) stay in
 	// net/http's reader, which is dropped with it.
 	_ = brw
 	h.o.Metrics.Handshake(hub.TransportSSE, metrics.OutcomeAccepted, "")
 	h.wg.Add(1) // the stream, until end
 	s.raw = netpoll.Raw(nc)
-	s.ready.Store(true)
-	if r := s.early.Load(); r != nil {
-		s.Abort(*r)
+	if _, aborted := s.life.Start(); aborted {
+		s.endAsync() // the hub aborted it while the head was written
 	}
-	h.pool.Push(s) // hub.connected and what came before ready
-	if s.raw != nil {
-		fd := netpoll.FD(s.raw)
-		s.mu.Lock()
-		var err error
-		if !s.ended { // else it ended already: nothing to watch
-			if err = h.poll.Add(s, fd); err == nil {
-				s.fd = fd
-			}
-		}
-		s.mu.Unlock()
-		if err == nil {
-			return
-		}
+	h.pool.Push(s) // hub.connected and what came before Start
+	switch err := s.life.Watch(h.poll, s, s.raw); {
+	case err == nil, errors.Is(err, netpoll.ErrClosed):
+		return // the poller reports it from now on; or it is over
+	case !errors.Is(err, netpoll.ErrNotSocket):
 		h.log.Debug("sse: reading on a goroutine", "err", err)
 	}
+	// Reading (and dropping) what the client sends until the connection
+	// ends is how a stream notices its client left: EOF, a reset, or our
+	// own close.
 	h.wg.Add(1)
 	go func() {
 		defer h.wg.Done()
-		readUntilGone(nc)
+		_ = netpoll.ReadBlocking(nc, make([]byte, 64), nil)
 		s.end()
 	}()
-}
-
-// readUntilGone reads (and drops) what the client sends until the
-// connection ends: that is how a stream notices its client left.
-func readUntilGone(nc net.Conn) {
-	var b [64]byte
-	for {
-		if _, err := nc.Read(b[:]); err != nil {
-			return // EOF, a reset or our own close: the stream is over
-		}
-	}
 }

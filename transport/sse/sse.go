@@ -119,7 +119,7 @@ func New(o Options) *Handler {
 		o.Logger = slog.Default()
 	}
 	h := &Handler{o: o, log: o.Logger}
-	h.poll = netpoll.New(&h.wg, h.dispatch)
+	h.poll = netpoll.New(&h.wg)
 	h.pool = netpoll.NewPool(runtime.GOMAXPROCS(0), netpoll.WriterSlice, o.Hub.Activity, &h.wg)
 	return h
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/hubd/hub/hub"
 	"github.com/hubd/hub/internal/auth"
 	"github.com/hubd/hub/internal/hubtest"
+	"github.com/hubd/hub/internal/netpoll"
 	"github.com/hubd/hub/internal/wsproto"
 )
 
@@ -35,7 +36,7 @@ func TestSimultaneousCloseKeepsServerCloseFrame(t *testing.T) {
 		h.Wait()
 	})
 	server, client := hubtest.TCPPair(t)
-	c := &conn{h: h, fd: -1, release: func() {}}
+	c := &conn{h: h, release: func() {}}
 	hc, err := hb.Register(hub.ConnInfo{UserID: "u1", Transport: hub.TransportWebSocket}, c)
 	if err != nil {
 		t.Fatal(err)
@@ -44,7 +45,7 @@ func TestSimultaneousCloseKeepsServerCloseFrame(t *testing.T) {
 	c.rd.Limit = MaxFrame
 	h.live.Add(1)
 	h.wg.Add(1) // until teardown
-	c.ready.Store(true)
+	c.life.Start()
 
 	// The client reads nothing: the writer fills the socket, then owns it
 	// and flushes the rest (as drain's flush goroutine does).
@@ -61,11 +62,13 @@ func TestSimultaneousCloseKeepsServerCloseFrame(t *testing.T) {
 	flushed := make(chan error, 1)
 	go func() { flushed <- c.cork.flush(10 * time.Second) }()
 
-	c.close(hub.ReasonDisconnected)                   // the hub closes: its frame queues behind the writer
+	// The hub closes: its frame queues behind the writer.
+	c.life.Close(hub.ReasonDisconnected)
+	c.close(hub.ReasonDisconnected)
 	if more := c.onClose(wsproto.CloseNormal); more { // the client's close arrives meanwhile
 		t.Fatal("reading goes on after the client's close")
 	}
-	if c.torn.Load() {
+	if c.life.State() == netpoll.StateClosed {
 		t.Fatal("torn down while the hub's close frame still waited to be written")
 	}
 
@@ -91,7 +94,9 @@ func TestSimultaneousCloseKeepsServerCloseFrame(t *testing.T) {
 	if err := <-flushed; err != nil {
 		t.Fatal(err)
 	}
-	hubtest.Eventually(t, 10*time.Second, "the connection to be torn down", c.torn.Load)
+	hubtest.Eventually(t, 10*time.Second, "the connection to be torn down", func() bool {
+		return c.life.State() == netpoll.StateClosed
+	})
 	if _, err := r.ReadByte(); err == nil {
 		t.Fatal("a byte after the close frame")
 	}
@@ -211,7 +216,8 @@ func TestPingAfterClose(t *testing.T) {
 	if _, op, _, err := readFrame(r); err != nil || op != wsproto.OpClose {
 		t.Fatalf("after the ping: %v %v, want the close frame", op, err)
 	}
-	c.dead.Store(true)
+	c.life.Start()
+	c.life.Close(hub.ReasonDisconnected)
 	if _, ok := c.ping(); ok {
 		t.Fatal("pinged a closing connection")
 	}

@@ -6,6 +6,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/hubd/hub/internal/netpoll"
 	"github.com/hubd/hub/internal/wsproto"
 )
 
@@ -92,7 +93,7 @@ func (p *pinger) run() {
 			}
 			p.checks[0] = pingCheck{}
 			p.checks = p.checks[1:]
-			if e.c.pongSeq.Load() < e.seq && !e.c.torn.Load() {
+			if e.c.pongSeq.Load() < e.seq && e.c.life.State() != netpoll.StateClosed {
 				dead = append(dead, e.c)
 			}
 		}
@@ -118,7 +119,7 @@ func (p *pinger) run() {
 // ping writes a ping frame; it reports the ping's number, or false when
 // the connection is closing.
 func (c *conn) ping() (uint64, bool) {
-	if c.dead.Load() {
+	if c.life.State() >= netpoll.StateClosing {
 		return 0, false
 	}
 	seq := c.pingSeq.Add(1)

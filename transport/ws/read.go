@@ -15,17 +15,6 @@ const readBufSize = 4096
 
 var readBufs = sync.Pool{New: func() any { b := make([]byte, readBufSize); return &b }}
 
-// dispatch reads a connection the poller reported readable, on a goroutine
-// that lives as long as the read.
-func (h *Handler) dispatch(w netpoll.Watcher) {
-	c := w.(*conn)
-	h.wg.Add(1)
-	go func() {
-		defer h.wg.Done()
-		c.readable()
-	}()
-}
-
 // start runs once after the upgrade: it handles first, what the client
 // sent along with the upgrade request, then registers the socket with the poller, or,
 // on a connection the poller cannot watch (TLS, or no epoll), reads on this
@@ -34,68 +23,24 @@ func (c *conn) start(first []byte) {
 	if len(first) > 0 && !c.consume(first) {
 		return
 	}
-	if c.cork.raw != nil {
-		fd := netpoll.FD(c.cork.raw)
-		c.closeMu.Lock()
-		if c.torn.Load() {
-			c.closeMu.Unlock()
-			return
-		}
-		err := c.h.poll.Add(c, fd)
-		if err == nil {
-			c.fd = fd
-		}
-		c.closeMu.Unlock()
-		if err == nil {
-			return
-		}
+	switch err := c.life.Watch(c.h.poll, c, c.cork.raw); {
+	case err == nil, errors.Is(err, netpoll.ErrClosed):
+		return // the poller reports it from now on; or it is over
+	case !errors.Is(err, netpoll.ErrNotSocket):
 		c.h.log.Debug("websocket: reading on a goroutine", "err", err)
 	}
-	c.readBlocking()
+	if err := netpoll.ReadBlocking(c.cork.Conn, make([]byte, readBufSize), c.consume); err != nil {
+		c.teardown()
+	}
 }
 
-// readable reads what the socket holds without waiting, handles every
-// whole frame, and re-arms the socket in the poller.
-func (c *conn) readable() {
-	if c.torn.Load() {
-		return
-	}
+// Readable reads what the socket holds without waiting, handles every
+// whole frame, and re-arms the socket in the poller (netpoll.Watcher).
+func (c *conn) Readable() {
 	bp := readBufs.Get().(*[]byte)
 	defer readBufs.Put(bp)
-	buf := *bp
-	for range 16 { // then let others have a turn: the socket is re-armed
-		n, err := netpoll.TryRead(c.cork.raw, buf)
-		if n > 0 && !c.consume(buf[:n]) {
-			return
-		}
-		if err != nil {
-			c.teardown() // the client went away
-			return
-		}
-		if n < len(buf) {
-			break
-		}
-	}
-	c.closeMu.Lock()
-	fd := c.fd
-	c.closeMu.Unlock()
-	if fd >= 0 {
-		c.h.poll.Rearm(c, fd)
-	}
-}
-
-// readBlocking reads on the calling goroutine until the connection ends.
-func (c *conn) readBlocking() {
-	buf := make([]byte, readBufSize)
-	for {
-		n, err := c.cork.Conn.Read(buf)
-		if n > 0 && !c.consume(buf[:n]) {
-			return
-		}
-		if err != nil {
-			c.teardown()
-			return
-		}
+	if err := c.life.Read(c.h.poll, c, c.cork.raw, *bp, c.consume); err != nil {
+		c.teardown() // the client went away
 	}
 }
 
@@ -138,7 +83,7 @@ func (c *conn) onEvent(ev wsproto.Event) bool {
 // the connection with 1003.
 func (c *conn) onMessage(op wsproto.Opcode, data []byte) bool {
 	switch {
-	case c.dead.Load() || c.quit.Load():
+	case c.life.State() >= netpoll.StateQuitting:
 	case op == wsproto.OpBinary:
 		c.failAfterAnswers(wsproto.CloseUnsupportedData, "binary messages are not supported")
 		return false
@@ -154,8 +99,7 @@ func (c *conn) onMessage(op wsproto.Opcode, data []byte) bool {
 // hub.refreshed, a rate-limit hub.nack), and the socket is closed right
 // after it.
 func (c *conn) failAfterAnswers(code int, text string) {
-	c.failing.Store(true)
-	c.quit.Store(true)
+	c.life.Quit()
 	c.hc.Close(hub.Reason{Code: code, Text: text})
 }
 
@@ -163,15 +107,13 @@ func (c *conn) failAfterAnswers(code int, text string) {
 // echoing its code, unless the hub's is already out, and closes the
 // socket.
 func (c *conn) onClose(code int) bool {
-	if c.dead.Load() {
+	if !c.life.Quit() {
 		// the hub's close frame is out (or going): this is the answer
 		c.closeThenTeardown(wsproto.ClosePayload(code, ""))
 		return false
 	}
 	// the client closes first: its close is echoed after the answers
 	// already queued, then the socket is closed
-	c.failing.Store(true)
-	c.quit.Store(true)
 	c.hc.Close(hub.Reason{Code: code})
 	return false
 }

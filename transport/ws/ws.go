@@ -88,7 +88,7 @@ func New(o Options) *Handler {
 	}
 	h := &Handler{o: o, log: o.Logger}
 	h.pool = netpoll.NewPool(runtime.GOMAXPROCS(0), netpoll.WriterSlice, o.Hub.Activity, &h.wg)
-	h.poll = netpoll.New(&h.wg, h.dispatch)
+	h.poll = netpoll.New(&h.wg)
 	h.pinger.h = h
 	return h
 }
@@ -139,7 +139,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			release = rel
 		}
 	}
-	c := &conn{h: h, fd: -1}
+	c := &conn{h: h}
 	hc, err := h.o.Hub.Register(hub.ConnInfo{
 		UserID:         id.UserID,
 		Transport:      hub.TransportWebSocket,
@@ -183,9 +183,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	c.head.Store(true)
 	h.live.Add(1)
 	h.wg.Add(1) // until teardown
-	c.ready.Store(true)
-	if r := c.early.Load(); r != nil {
-		c.Abort(*r)
+	if r, aborted := c.life.Start(); aborted {
+		c.closeAsync(r) // the hub aborted it during the upgrade
 	}
 	h.pool.Push(c)
 	// What the client sent right after the upgrade request is read first;
@@ -219,25 +218,25 @@ func registerError(err error) (int, string, string) {
 }
 
 // conn is one WebSocket connection; it is the hub.Sink of its hub.Conn.
+//
+// Its state is life (netpoll.Lifecycle, whose doc comment has the
+// transitions and who owns the socket when): New until ServeHTTP has
+// taken the socket over, Open while serving, Quitting once the reader
+// ended it (the client's close frame, a frame that fails it: the close
+// frame goes out through the hub's queue, after the answers already
+// queued, and the writer closes the socket right after it), Closing once
+// the close is decided and taken by one goroutine (the close frame going
+// out; unless the reader ended it, the client's answer awaited for
+// closeWait), Closed once torn down (teardown). Writes are ordered by cork
+// (corkConn), reads by the poller's one-shot reports.
 type conn struct {
 	h       *Handler
 	cork    *corkConn
 	hc      *hub.Conn
 	user    string
-	fd      int    // the socket's descriptor while it is in the poller, else -1 (closeMu)
 	release func() // admission slot
-	ready   atomic.Bool
-	head    atomic.Bool                // the 101 answer may still wait in the write buffer
-	early   atomic.Pointer[hub.Reason] // an Abort that came before ready
-	dead    atomic.Bool                // closing or closed: no more events are written
-	torn    atomic.Bool                // torn down: socket closed, unregistered
-	// quit is set by the reader when it ends the connection (the client's
-	// close frame, a frame that fails it): no more client messages are
-	// handled, and the close frame goes out through the hub's queue, after
-	// the answers already queued. failing makes the writer tear the socket
-	// down right after that close frame instead of waiting for the client's.
-	quit    atomic.Bool
-	failing atomic.Bool
+	life    netpoll.Lifecycle[hub.Reason]
+	head    atomic.Bool // the 101 answer may still wait in the write buffer
 
 	// read state, owned by whoever reads (one at a time): the reader of
 	// the client's frames (Limit: the largest client message)
@@ -246,29 +245,26 @@ type conn struct {
 	pingSeq atomic.Uint64 // last ping frame sent
 	pongSeq atomic.Uint64 // last ping answered by a pong
 
-	closeMu    sync.Mutex
-	closeTimer *time.Timer // waiting for the peer's close frame
+	closeTimer atomic.Pointer[time.Timer] // waiting for the peer's close frame
 }
 
 // Wake starts a writer; the hub calls it once per empty→non-empty change.
 func (c *conn) Wake() {
-	if c.ready.Load() {
+	if c.life.State() >= netpoll.StateOpen {
 		c.h.pool.Push(c)
 	}
 }
 
-// Abort closes at once (slow consumer, drain timeout).
+// Abort closes at once (slow consumer, drain timeout); before the upgrade
+// finished, ServeHTTP does it once the connection starts.
 func (c *conn) Abort(r hub.Reason) {
-	if !c.ready.Load() {
-		// Cut before the upgrade finished: ServeHTTP closes it once ready.
-		c.early.Store(&r)
-		if !c.ready.Load() {
-			return
-		}
+	if _, ok := c.life.Close(r); ok {
+		c.closeAsync(r)
 	}
-	if !c.dead.CompareAndSwap(false, true) {
-		return
-	}
+}
+
+// closeAsync closes on a goroutine: the hub may hold its locks.
+func (c *conn) closeAsync(r hub.Reason) {
 	c.h.wg.Add(1)
 	go func() {
 		defer c.h.wg.Done()
@@ -279,7 +275,7 @@ func (c *conn) Abort(r hub.Reason) {
 // Heartbeat queues a ping frame (sent by the pinger, outside the hub's
 // locks) and, when the connection was idle, hub.ping.
 func (c *conn) Heartbeat(idle bool) {
-	if !c.ready.Load() || c.dead.Load() {
+	if s := c.life.State(); s < netpoll.StateOpen || s >= netpoll.StateClosing {
 		return
 	}
 	if idle {
@@ -313,13 +309,17 @@ func (c *conn) drain(own bool) {
 			// the 101 answer goes out on its own.
 			msgs = nil
 		} else if len(msgs) == 0 {
-			if reason != nil && c.dead.CompareAndSwap(false, true) {
-				if c.failing.Load() {
-					// 1005: the client's close had no status
-					c.closeThenTeardown(wsproto.ClosePayload(reason.Code, reason.Text))
-				} else {
-					c.close(*reason) // does not wait for the peer
-				}
+			if reason == nil {
+				return
+			}
+			switch from, ok := c.life.Close(*reason); {
+			case !ok: // closing already
+			case from == netpoll.StateQuitting:
+				// the reader ended it: close and do not wait for the
+				// client (1005: the client's close had no status)
+				c.closeThenTeardown(wsproto.ClosePayload(reason.Code, reason.Text))
+			default:
+				c.close(*reason) // does not wait for the peer
 			}
 			return
 		}
@@ -362,11 +362,11 @@ func (c *conn) delivered(msgs []*hub.Message) {
 	c.h.o.Metrics.QueueDepth(hub.TransportWebSocket, len(msgs))
 }
 
-// close starts the closing handshake: the close frame goes out after what
-// is already written, and the socket is closed when the client answers, or
-// after closeWait.
+// close starts the closing handshake of a connection its caller moved to
+// Closing (life.Close): the close frame goes out after what is already
+// written, and the socket is closed when the client answers, or after
+// closeWait.
 func (c *conn) close(r hub.Reason) {
-	c.dead.Store(true)
 	pending, err := c.cork.writeControl(wsproto.OpClose, wsproto.ClosePayload(r.Code, r.Text))
 	if errors.Is(err, errClosed) {
 		return // a close frame is already out
@@ -375,11 +375,11 @@ func (c *conn) close(r hub.Reason) {
 		c.teardown()
 		return
 	}
-	c.closeMu.Lock()
-	if c.closeTimer == nil && !c.torn.Load() {
-		c.closeTimer = time.AfterFunc(closeWait, c.teardown)
+	t := time.AfterFunc(closeWait, c.teardown)
+	c.closeTimer.Store(t)
+	if c.life.State() == netpoll.StateClosed {
+		t.Stop() // torn down meanwhile, perhaps before the timer was there to stop
 	}
-	c.closeMu.Unlock()
 	if pending {
 		c.flushAsync(false)
 	}
@@ -391,10 +391,7 @@ const closeWait = 5 * time.Second
 
 // fail closes the socket at once, without a close frame (a write failed,
 // no pong came).
-func (c *conn) fail() {
-	c.dead.Store(true)
-	c.teardown()
-}
+func (c *conn) fail() { c.teardown() }
 
 // flushAsync lets a goroutine write what the socket did not take; with
 // thenClose the socket is closed after it (a failed connection's last
@@ -410,24 +407,15 @@ func (c *conn) flushAsync(thenClose bool) {
 	}()
 }
 
-// teardown ends the connection once: out of the poller, socket closed,
-// unregistered from the hub, admission slot released.
+// teardown ends the connection once: out of the poller, socket closed
+// (life.Teardown), unregistered from the hub, admission slot released.
 func (c *conn) teardown() {
-	if !c.torn.CompareAndSwap(false, true) {
+	if !c.life.Teardown(c.h.poll, c, c.cork.Conn) {
 		return
 	}
-	c.dead.Store(true)
-	c.closeMu.Lock()
-	if c.closeTimer != nil {
-		c.closeTimer.Stop()
+	if t := c.closeTimer.Load(); t != nil {
+		t.Stop()
 	}
-	fd := c.fd
-	c.fd = -1
-	c.closeMu.Unlock()
-	if fd >= 0 {
-		c.h.poll.Remove(c, fd) // before the descriptor is closed (and reused)
-	}
-	_ = c.cork.Conn.Close()
 	c.h.o.Hub.Unregister(c.hc)
 	c.release()
 	if c.h.live.Add(-1) == 0 {
