@@ -118,10 +118,11 @@ func devTokens(o *auth.Options) (*DevTokens, error) {
 	}
 	alg := o.Algorithms[0] // an HMAC algorithm: config refuses others with a secret
 	var err error
-	if d.UserToken, err = auth.Mint(o.Secret, alg, DevUser, nil, 24*time.Hour); err != nil {
+	// with the configured issuer and audience, which the verifier checks
+	if d.UserToken, err = auth.MintFor(o.Secret, alg, DevUser, nil, 24*time.Hour, o.Issuer, o.Audience); err != nil {
 		return nil, fmt.Errorf("development token: %w", err)
 	}
-	if d.AdminToken, err = auth.Mint(o.Secret, alg, DevAdmin, []string{"admin", "service"}, 24*time.Hour); err != nil {
+	if d.AdminToken, err = auth.MintFor(o.Secret, alg, DevAdmin, []string{"admin", "service"}, 24*time.Hour, o.Issuer, o.Audience); err != nil {
 		return nil, fmt.Errorf("development token: %w", err)
 	}
 	return d, nil

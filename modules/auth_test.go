@@ -130,6 +130,18 @@ func TestDevModeTokens(t *testing.T) {
 		}
 	})
 
+	t.Run("issuer and audience checked", func(t *testing.T) {
+		out.Reset()
+		th := startHub(t, func(c *config.Config) {
+			c.Dev, c.JWTIssuer, c.JWTAudience = true, "https://issuer.example", "hub-test"
+		})
+		_, body := devTokens(th)
+		admin, _ := body["adminToken"].(string)
+		if code := broadcast(th, admin); code != http.StatusAccepted {
+			t.Errorf("broadcast with the dev admin token on a hub that checks iss and aud: %d", code)
+		}
+	})
+
 	t.Run("not development mode", func(t *testing.T) {
 		out.Reset()
 		th := startHub(t, nil)

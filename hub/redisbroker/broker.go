@@ -232,6 +232,7 @@ func New(o Options) (*Broker, error) {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
+	routeGoRedisLog(o.Logger)
 	return &Broker{
 		opts:      o,
 		ropts:     ro,
