@@ -17,6 +17,13 @@ import (
 )
 
 func main() {
+	if ok, err := bench.RawReader(os.Args[1:]); ok { // the rawwrite scenario's readers
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "hubbench:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if err := bench.Run(context.Background(), "hubbench", os.Args[1:], os.Stdout, os.Stderr); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			os.Exit(0)

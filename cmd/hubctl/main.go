@@ -63,6 +63,7 @@ import (
 	"syscall"
 
 	"github.com/hubd/hub/client"
+	"github.com/hubd/hub/cmd/internal/bench"
 )
 
 // Exit statuses.
@@ -94,6 +95,13 @@ type command struct {
 var commands = map[string]*command{}
 
 func main() {
+	if ok, err := bench.RawReader(os.Args[1:]); ok { // `hubctl bench --scenario rawwrite`'s readers
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "hubctl:", err)
+			os.Exit(exitError)
+		}
+		return
+	}
 	os.Exit(run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
 }
 

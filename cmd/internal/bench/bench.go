@@ -69,7 +69,11 @@ type result struct {
 	BytesReceived     int64    `json:"bytesReceived,omitempty"`
 	BytesPerDelivery  float64  `json:"bytesPerDelivery,omitempty"`
 	ServerCPUPerDelUs *float64 `json:"serverCpuMicrosPerDelivery,omitempty"`
-	Error             string   `json:"error,omitempty"`
+	// rawwrite: the machine's ceiling for one small write to one of many
+	// loopback sockets (no hub).
+	WriteRate      float64 `json:"writesPerSecond,omitempty"`
+	MicrosPerWrite float64 `json:"microsPerWrite,omitempty"`
+	Error          string  `json:"error,omitempty"`
 }
 
 // pcts are latency percentiles in milliseconds.
@@ -116,6 +120,10 @@ func (b *bench) run(ctx context.Context) *result {
 	b.http = &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 4, DisableCompression: true}, Timeout: 30 * time.Second}
 	defer b.http.CloseIdleConnections()
 
+	if o.scenario == "rawwrite" {
+		b.runRawWrite(ctx, res)
+		return res
+	}
 	before := b.sample(ctx)
 	if err := b.connect(ctx, res); err != nil {
 		res.Error = err.Error()

@@ -64,7 +64,7 @@ func parseFlags(name string, stderr io.Writer, args []string) (options, error) {
 	fs.StringVar(&o.apiURL, "api-url", "", "base URL of the broadcast API and /metrics (default: --url)")
 	fs.StringVar(&o.secret, "secret", os.Getenv("HUB_JWT_SECRET"), "HS256 secret used to mint user tokens (default $HUB_JWT_SECRET)")
 	fs.StringVar(&o.apiKey, "api-key", os.Getenv("HUB_API_KEY"), "API key for publishing (X-API-Key; default $HUB_API_KEY)")
-	fs.StringVar(&o.scenario, "scenario", "idle", "idle, fanout or unicast")
+	fs.StringVar(&o.scenario, "scenario", "idle", "idle, fanout, unicast or rawwrite (the machine's write ceiling, no hub: --conns sockets, --events writes)")
 	fs.StringVar(&o.tr, "transport", "ws", "ws or sse")
 	fs.StringVar(&o.wsPath, "ws-path", "/ws/realtime", "WebSocket endpoint path")
 	fs.StringVar(&o.ssePath, "sse-path", "/sse/realtime", "SSE endpoint path")
@@ -89,8 +89,8 @@ func parseFlags(name string, stderr io.Writer, args []string) (options, error) {
 		o.apiURL = o.url
 	}
 	switch {
-	case o.scenario != "idle" && o.scenario != "fanout" && o.scenario != "unicast":
-		return o, fmt.Errorf("--scenario %q: want idle, fanout or unicast", o.scenario)
+	case o.scenario != "idle" && o.scenario != "fanout" && o.scenario != "unicast" && o.scenario != "rawwrite":
+		return o, fmt.Errorf("--scenario %q: want idle, fanout, unicast or rawwrite", o.scenario)
 	case o.tr != "ws" && o.tr != "sse":
 		return o, fmt.Errorf("--transport %q: want ws or sse", o.tr)
 	case o.conns < 1 || o.conns > maxConns:
@@ -111,9 +111,9 @@ func parseFlags(name string, stderr io.Writer, args []string) (options, error) {
 		return o, errors.New("--compression is for --transport ws")
 	case o.timeout <= 0 || o.timeout > maxTimeout:
 		return o, fmt.Errorf("--timeout %v: want up to %v", o.timeout, maxTimeout)
-	case o.secret == "":
+	case o.secret == "" && o.scenario != "rawwrite":
 		return o, errors.New("--secret is required (the hub's HUB_JWT_SECRET)")
-	case o.scenario != "idle" && o.apiKey == "":
+	case o.scenario != "idle" && o.scenario != "rawwrite" && o.apiKey == "":
 		return o, errors.New("--api-key is required to publish")
 	case o.dialConcurrency < 1 || o.dialConcurrency > 1000:
 		return o, fmt.Errorf("--dial-concurrency %d: want 1 to 1000", o.dialConcurrency)
