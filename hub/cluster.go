@@ -184,6 +184,15 @@ func (h *Hub) registerCluster(c *Conn, info ConnInfo) (*Conn, error) {
 			c.lastSeq, c.lastID = seq, pos
 		}
 	}
+	// A fresh start is given nothing from before its position: what Pub/Sub
+	// delivers late (published before Position was read) waits in pend and
+	// is dropped here by enqueue's overlap check. lastID stays empty: Resync
+	// reads from the position.
+	if at != "" && !recovered {
+		if _, seq, ok := ParseID(at); ok && seq > c.lastSeq {
+			c.lastSeq = seq
+		}
+	}
 	unreg := c.unreg
 	c.mu.Unlock()
 	if at != "" && !unreg {

@@ -100,7 +100,6 @@ func TestClusterThreeNodes(t *testing.T) {
 		}
 	})
 
-	var announcement string // the id of the broadcast below
 	t.Run("broadcast all from node 2", func(t *testing.T) {
 		var devs []device
 		for i := range 6 {
@@ -110,7 +109,6 @@ func TestClusterThreeNodes(t *testing.T) {
 			devs = append(devs, d)
 		}
 		id := nodes[1].with(t).publishAll("ANNOUNCEMENT", "hello")
-		announcement = id
 		for i, d := range devs {
 			expectIDs(t, d, []string{id}, fmt.Sprintf("device %d", i))
 		}
@@ -124,17 +122,7 @@ func TestClusterThreeNodes(t *testing.T) {
 			d := a.connect(tr[0], tok, "")
 			expectConnected(t, d, false, 0)
 			first := c.publish("FIRST", nil, user)[user]
-			// The previous subtest's broadcast, published before this
-			// device's hub.connected, has once (1 run in ~10) reached it
-			// too: an extra event from before the connect, not a loss or a
-			// duplicate, so the contract holds; why a node delivered it
-			// again is not known yet (closing note). Only that one id is
-			// let through.
-			if e := d.next(5 * time.Second); e.ID != first && e.ID != announcement {
-				t.Fatalf("before the drop: event %s, want id %s", e.raw, first)
-			} else if e.ID == announcement {
-				expectIDs(t, d, []string{first}, "before the drop")
-			}
+			expectIDs(t, d, []string{first}, "before the drop")
 			hangUp(d)
 			var away []string
 			for i := range 7 {
