@@ -27,6 +27,7 @@ func TestBench(t *testing.T) {
 		{"fanout ws", []string{"--scenario", "fanout", "--transport", "ws", "--conns", "20", "--events", "5"}, 100},
 		{"fanout sse", []string{"--scenario", "fanout", "--transport", "sse", "--conns", "20", "--events", "5"}, 100},
 		{"unicast batched", []string{"--scenario", "unicast", "--transport", "ws", "--conns", "20", "--events", "40", "--batch", "10"}, 40},
+		{"unicast, 10 users per broadcast call", []string{"--scenario", "unicast", "--transport", "ws", "--conns", "20", "--events", "40", "--batch", "10", "--unicast-api", "broadcast"}, 40},
 		{"fanout ws compressed, JSON payloads", []string{"--scenario", "fanout", "--transport", "ws", "--conns", "20", "--events", "5",
 			"--compression", "--payload-kind", "json", "--payload-bytes", "1024"}, 100},
 	} {

@@ -51,6 +51,7 @@ type result struct {
 	HeapNote       string   `json:"heapNote,omitempty"`
 	Events         int      `json:"events,omitempty"`
 	Batch          int      `json:"batch,omitempty"`
+	UnicastAPI     string   `json:"unicastApi,omitempty"`
 	Rate           float64  `json:"rate,omitempty"`
 	APICalls       int      `json:"apiCalls,omitempty"`
 	PublishErrors  int      `json:"publishErrors,omitempty"`
@@ -325,15 +326,36 @@ func (b *bench) deliver(ctx context.Context, res *result) {
 	if o.scenario == "unicast" {
 		res.Batch = o.batch
 	}
-	// eventUser[s] is the user of unicast event s.
-	var eventUser []int32
+	// eventUser[s] is the user of unicast event s; wantSeqs[u] the
+	// sequence numbers user u is to receive (unicast).
+	var (
+		eventUser []int32
+		wantSeqs  [][]uint32
+	)
 	if o.scenario == "fanout" {
 		res.Expected = int64(res.Connected) * int64(o.events)
 	} else {
+		res.UnicastAPI = o.unicastAPI
 		eventUser = make([]int32, o.events)
+		wantSeqs = make([][]uint32, len(b.userConns))
+		n := len(b.userConns)
+		distinct := b.broadcastCalls() && o.batch <= n // the users of one call
+		inCall := map[int]bool{}
 		for s := range eventUser {
-			u := rand.IntN(len(b.userConns))
+			if b.eventSeq(s) == s {
+				clear(inCall)
+			}
+			u := rand.IntN(n)
+			for distinct && inCall[u] {
+				u = rand.IntN(n)
+			}
+			inCall[u] = true
 			eventUser[s] = int32(u)
+			seq := uint32(b.eventSeq(s))
+			if w := wantSeqs[u]; len(w) > 0 && w[len(w)-1] == seq {
+				continue // a user named twice in one call gets one event
+			}
+			wantSeqs[u] = append(wantSeqs[u], seq)
 			res.Expected += int64(b.userConns[u])
 		}
 	}
@@ -391,19 +413,12 @@ func (b *bench) deliver(ctx context.Context, res *result) {
 	for s := range allSeqs {
 		allSeqs[s] = uint32(s)
 	}
-	var perUser [][]uint32
-	if eventUser != nil {
-		perUser = make([][]uint32, len(b.userConns))
-		for s, u := range eventUser {
-			perUser[u] = append(perUser[u], uint32(s))
-		}
-	}
 	for _, c := range b.clients {
 		res.Deliveries += int64(len(c.seqs))
 		all = append(all, c.lats...)
 		want := allSeqs
-		if perUser != nil {
-			want = perUser[c.user]
+		if wantSeqs != nil {
+			want = wantSeqs[c.user]
 		}
 		miss, extra := compare(want, c.seqs)
 		res.Missing += miss
@@ -453,6 +468,22 @@ func compare(want, got []uint32) (missing, extra int64) {
 	return missing, extra
 }
 
+// broadcastCalls reports whether unicast events go out as one event to
+// --batch users per /api/broadcast call (--unicast-api broadcast).
+func (b *bench) broadcastCalls() bool {
+	return b.o.scenario == "unicast" && b.o.unicastAPI == "broadcast" && b.o.batch > 1
+}
+
+// eventSeq is the sequence number in the payload that unicast event s is
+// delivered with: s, or with --unicast-api broadcast the first event of
+// its call (one event, one payload, for all the users of the call).
+func (b *bench) eventSeq(s int) int {
+	if b.broadcastCalls() {
+		return s - s%b.o.batch
+	}
+	return s
+}
+
 // publish sends the events through the API, paced by --rate, and returns
 // the API call latencies, the number of calls and of failed calls.
 func (b *bench) publish(ctx context.Context, eventUser []int32) (lats []int64, calls, errs int) {
@@ -482,6 +513,15 @@ func (b *bench) publish(ctx context.Context, eventUser []int32) (lats []int64, c
 			fmt.Fprintf(&body, `{"all":true,"type":"BENCH","payload":%s}`, b.payload(sent, first))
 		case per == 1:
 			fmt.Fprintf(&body, `{"userIds":[%q],"type":"BENCH","payload":%s}`, userID(int(eventUser[first])), b.payload(sent, first))
+		case b.broadcastCalls():
+			body.WriteString(`{"userIds":[`)
+			for s := first; s < last; s++ {
+				if s > first {
+					body.WriteByte(',')
+				}
+				fmt.Fprintf(&body, `%q`, userID(int(eventUser[s])))
+			}
+			fmt.Fprintf(&body, `],"type":"BENCH","payload":%s}`, b.payload(sent, first))
 		default:
 			path = "/api/broadcast/batch"
 			body.WriteString(`{"messages":[`)

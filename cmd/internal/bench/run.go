@@ -54,6 +54,7 @@ type options struct {
 	drain           time.Duration
 	compression     bool
 	payloadKind     string
+	unicastAPI      string
 }
 
 func parseFlags(name string, stderr io.Writer, args []string) (options, error) {
@@ -73,6 +74,7 @@ func parseFlags(name string, stderr io.Writer, args []string) (options, error) {
 	fs.IntVar(&o.events, "events", 100, "events to publish (fanout, unicast)")
 	fs.Float64Var(&o.rate, "rate", 0, "events per second; 0 publishes flat out")
 	fs.IntVar(&o.batch, "batch", 1, fmt.Sprintf("unicast: events (one random user each) per API call, 1 to %d", maxBatch))
+	fs.StringVar(&o.unicastAPI, "unicast-api", "batch", `unicast with --batch B > 1: "batch" (B messages of one user each per /api/broadcast/batch call) or "broadcast" (one event to B users per /api/broadcast call)`)
 	fs.IntVar(&o.payloadBytes, "payload-bytes", 42, "size of each event's JSON payload")
 	fs.DurationVar(&o.timeout, "timeout", 2*time.Minute, "bound of the whole run")
 	fs.DurationVar(&o.settle, "settle", 3*time.Second, "idle: wait this long after the last hub.connected before reading RSS")
@@ -105,6 +107,8 @@ func parseFlags(name string, stderr io.Writer, args []string) (options, error) {
 		return o, fmt.Errorf("--rate %v: want 0 or more", o.rate)
 	case o.payloadBytes < 2 || o.payloadBytes > 60<<10:
 		return o, fmt.Errorf("--payload-bytes %d: want 2 to %d", o.payloadBytes, 60<<10)
+	case o.unicastAPI != "batch" && o.unicastAPI != "broadcast":
+		return o, fmt.Errorf("--unicast-api %q: want batch or broadcast", o.unicastAPI)
 	case o.payloadKind != "x" && o.payloadKind != "json":
 		return o, fmt.Errorf("--payload-kind %q: want x or json", o.payloadKind)
 	case o.compression && o.tr != "ws":
