@@ -310,7 +310,33 @@ func (ix *histIndex) usage() int64 { return ix.bytes.Load() + holdOverhead*ix.re
 // idxEntry is one stored event and the streams that took it.
 type idxEntry struct {
 	m       *Message
-	holders []holder
+	holders holders
+}
+
+// holders are the streams that took an event: the first inline (most
+// events go to one user: no allocation for them), the others in rest.
+type holders struct {
+	first holder
+	rest  []holder
+	n     int
+}
+
+// add appends h.
+func (hs *holders) add(h holder) {
+	if hs.n == 0 {
+		hs.first = h
+	} else {
+		hs.rest = append(hs.rest, h)
+	}
+	hs.n++
+}
+
+// at returns the i-th holder (0 <= i < n).
+func (hs *holders) at(i int) holder {
+	if i == 0 {
+		return hs.first
+	}
+	return hs.rest[i-1]
 }
 
 // holder is a stream that took an event: a user's (us set) or the broadcast
@@ -352,11 +378,11 @@ func (ix *histIndex) release(m *Message) {
 // publisher's reference (which gives its bytes back when no stream kept
 // it). It is called under the holders' shard locks, so no stream can drop
 // the event before it is listed.
-func (ix *histIndex) done(m *Message, holders []holder) {
+func (ix *histIndex) done(m *Message, hs holders) {
 	ix.live.Add(1) // taken back by the release that finds it held by none
-	if len(holders) > 0 {
+	if hs.n > 0 {
 		ix.mu.Lock()
-		ix.q = append(ix.q, idxEntry{m: m, holders: holders})
+		ix.q = append(ix.q, idxEntry{m: m, holders: hs})
 		ix.compactLocked()
 		ix.mu.Unlock()
 	}

@@ -247,6 +247,11 @@ func (h *Hub) Node() string { return h.opts.Node }
 // Heartbeat returns the heartbeat interval.
 func (h *Hub) Heartbeat() time.Duration { return h.opts.Heartbeat }
 
+// Clustered reports whether the hub publishes through a broker (then a
+// publish may wait for it, within its context); without one a publish
+// never waits.
+func (h *Hub) Clustered() bool { return h.opts.Broker != nil }
+
 // Draining reports whether Shutdown has begun.
 func (h *Hub) Draining() bool { return h.draining.Load() }
 
@@ -701,10 +706,16 @@ func (h *Hub) publishLocal(users []string, typ string, eo EventOptions, p []byte
 	if len(users) == 1 {
 		locked = append(locked, h.shardOf(users[0]))
 	} else {
-		idx := make([]bool, len(h.shards))
+		var small [256]bool // the usual shard counts: no allocation
+		idx := small[:]
+		if len(h.shards) > len(small) {
+			idx = make([]bool, len(h.shards))
+		}
+		idx = idx[:len(h.shards)]
 		for _, u := range users {
 			idx[h.shardIndex(u)] = true
 		}
+		locked = make([]*shard, 0, min(len(users), len(h.shards)))
 		for i, on := range idx {
 			if on {
 				locked = append(locked, h.shards[i])
@@ -717,10 +728,12 @@ func (h *Hub) publishLocal(users []string, typ string, eo EventOptions, p []byte
 	seq := h.seq.Add(1)
 	m := newEvent(formatID(h.opts.Epoch, seq), typ, eo, p, h.now(), seq)
 	history := h.historyOn() && !eo.Volatile
-	var holders []holder
+	var hs holders
 	if history {
 		h.ix.start(m)
-		holders = make([]holder, 0, len(users))
+		if len(users) > 1 {
+			hs.rest = make([]holder, 0, len(users)-1)
+		}
 	}
 	for i, u := range users {
 		s := h.shardOf(u)
@@ -736,14 +749,14 @@ func (h *Hub) publishLocal(users []string, typ string, eo EventOptions, p []byte
 		out[i].Devices = len(us.conns)
 		if history {
 			us.hist.push(m, h.opts.HistorySize, h.opts.HistoryMaxBytes, &h.ix)
-			holders = append(holders, holder{s: s, us: us})
+			hs.add(holder{s: s, us: us})
 		}
 		for _, c := range us.conns {
 			c.enqueue(m)
 		}
 	}
 	if history {
-		h.ix.done(m, holders)
+		h.ix.done(m, hs)
 	}
 	for _, s := range locked {
 		s.mu.Unlock()
@@ -773,7 +786,8 @@ func (h *Hub) evictOverTotal() {
 			return
 		}
 		h.evicted.Add(1)
-		for _, ho := range e.holders {
+		for i := range e.holders.n {
+			ho := e.holders.at(i)
 			if ho.us == nil {
 				h.allMu.Lock()
 				h.all.dropThrough(e.m.seq, &h.ix)
@@ -836,7 +850,7 @@ func (h *Hub) BroadcastAll(ctx context.Context, typ string, payload json.RawMess
 		h.allMu.Lock()
 		h.all.push(m, h.opts.HistorySize, h.opts.HistoryMaxBytes, &h.ix)
 		h.allMu.Unlock()
-		h.ix.done(m, []holder{{}})
+		h.ix.done(m, holders{n: 1}) // the broadcast stream
 	}
 	devices := 0
 	for _, s := range h.shards {

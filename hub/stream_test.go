@@ -37,7 +37,7 @@ func TestStreamAgainstModel(t *testing.T) {
 				m := newEvent(formatID("E", seq), "T", o, []byte(fmt.Sprintf("%q", make([]byte, rng.IntN(80)))), time.Now(), seq)
 				ix.start(m)
 				s.push(m, size, maxBytes, &ix)
-				ix.done(m, nil)
+				ix.done(m, holders{})
 
 				// the model: supersede, append, drop the oldest over the bounds
 				if o.Key != "" {

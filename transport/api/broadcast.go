@@ -59,8 +59,29 @@ type message struct {
 }
 
 // broadcastFields are the fields of a broadcast body, in the order their
-// errors are reported.
+// errors are reported; the f* constants are their indexes.
 var broadcastFields = []string{"userIds", "all", "type", "payload", "idempotencyKey", "key", "volatile"}
+
+const (
+	fUserIDs = iota
+	fAll
+	fType
+	fPayload
+	fIdempotencyKey
+	fKey
+	fVolatile
+	nBroadcastFields
+)
+
+// where is the path of a batch's message at index at in error messages
+// ("messages[2]"), "" for the body of /api/broadcast (at < 0). It is built
+// only when an error names it.
+func where(at int) string {
+	if at < 0 {
+		return ""
+	}
+	return "messages[" + strconv.Itoa(at) + "]"
+}
 
 // errMediaType is the answer to a body that is not application/json.
 var errMediaType = &apiError{Status: http.StatusUnsupportedMediaType, Code: httpx.CodeUnsupportedMediaType, Message: httpx.MediaTypeMessage}
@@ -98,20 +119,21 @@ func (a *API) readBody(w http.ResponseWriter, r *http.Request) ([]byte, *apiErro
 	return body, nil
 }
 
-// decodeObject parses body as one JSON object and checks that every key is
-// one of fields. A syntax error or a body that is not valid UTF-8 is
-// invalid_json, anything else an invalid_request whose message starts with
-// prefix (the path of the object). Every later step (the fast paths
-// included) works on this body, so none of them can pass invalid UTF-8 on:
-// encoding/json would accept it and swap in U+FFFD, and a raw payload
-// would carry it into every recipient's frame and the history.
-func decodeObject(body []byte, prefix string, fields []string) (map[string]json.RawMessage, *apiError) {
+// decodeObject parses body as one JSON object and puts the value of each
+// of fields into out (out[i] for fields[i]; nil when absent), refusing
+// every other key. A syntax error or a body that is not valid UTF-8 is
+// invalid_json, anything else an invalid_request. Every later step (the
+// fast paths included) works on this body, so none of them can pass
+// invalid UTF-8 on: encoding/json would accept it and swap in U+FFFD, and
+// a raw payload would carry it into every recipient's frame and the
+// history.
+func decodeObject(body []byte, fields []string, out []json.RawMessage) *apiError {
 	trimmed := bytes.Trim(body, " \t\r\n") // JSON whitespace only
 	if len(trimmed) == 0 {
-		return nil, &apiError{Status: http.StatusBadRequest, Code: codeInvalidJSON, Message: "the request body is empty"}
+		return &apiError{Status: http.StatusBadRequest, Code: codeInvalidJSON, Message: "the request body is empty"}
 	}
 	if !utf8.Valid(trimmed) {
-		return nil, &apiError{Status: http.StatusBadRequest, Code: codeInvalidJSON, Message: "the request body is not valid UTF-8"}
+		return &apiError{Status: http.StatusBadRequest, Code: codeInvalidJSON, Message: "the request body is not valid UTF-8"}
 	}
 	if !json.Valid(trimmed) {
 		var v any
@@ -119,27 +141,33 @@ func decodeObject(body []byte, prefix string, fields []string) (map[string]json.
 		if err := json.Unmarshal(trimmed, &v); err != nil {
 			msg += ": " + err.Error()
 		}
-		return nil, &apiError{Status: http.StatusBadRequest, Code: codeInvalidJSON, Message: msg}
+		return &apiError{Status: http.StatusBadRequest, Code: codeInvalidJSON, Message: msg}
 	}
-	return objectFields(trimmed, prefix, fields)
+	return objectFields(trimmed, -1, fields, out)
 }
 
-// objectFields splits valid JSON raw into the fields of an object, refusing
-// a non-object and unknown (or differently cased) keys.
-func objectFields(raw json.RawMessage, prefix string, fields []string) (map[string]json.RawMessage, *apiError) {
-	what := "the request body"
-	if prefix != "" {
-		what = prefix
+// objectFields splits valid JSON raw, the body (at < 0) or the batch's
+// message at, into the fields of an object (out[i] for fields[i], nil
+// when absent), refusing a non-object and unknown (or differently cased)
+// keys.
+func objectFields(raw json.RawMessage, at int, fields []string, out []json.RawMessage) *apiError {
+	clear(out)
+	what := func() string {
+		if at < 0 {
+			return "the request body"
+		}
+		return where(at)
 	}
 	if len(raw) == 0 || raw[0] != '{' {
-		return nil, invalidRequest("%s must be a JSON object", what)
+		return invalidRequest("%s must be a JSON object", what())
 	}
-	if m, ok := fastFields(raw, fields); ok {
-		return m, nil
+	if fastFields(raw, fields, out) {
+		return nil
 	}
+	clear(out)
 	var m map[string]json.RawMessage
 	if err := json.Unmarshal(raw, &m); err != nil {
-		return nil, invalidRequest("%s must be a JSON object", what)
+		return invalidRequest("%s must be a JSON object", what())
 	}
 	var unknown []string
 	for k := range m {
@@ -149,9 +177,12 @@ func objectFields(raw json.RawMessage, prefix string, fields []string) (map[stri
 	}
 	if len(unknown) > 0 {
 		slices.Sort(unknown)
-		return nil, invalidRequest("%s: unknown field (expected one of %s)", path(prefix, strconv.Quote(unknown[0])), quoteList(fields))
+		return invalidRequest("%s: unknown field (expected one of %s)", path(where(at), strconv.Quote(unknown[0])), quoteList(fields))
 	}
-	return m, nil
+	for i, f := range fields {
+		out[i] = m[f]
+	}
+	return nil
 }
 
 func quoteList(fields []string) string {
@@ -177,107 +208,135 @@ func isNull(raw json.RawMessage) bool {
 	return raw == nil || string(raw) == "null"
 }
 
-// parseMessage validates one broadcast body (already split into fields);
-// prefix is its path in a batch ("" for /api/broadcast).
-func parseMessage(f map[string]json.RawMessage, prefix string) (*message, *apiError) {
-	m := &message{}
+// parseMessage validates one broadcast body (already split into fields,
+// indexed by the f* constants) into m; at is its index in a batch (-1 for
+// /api/broadcast). ids, when not nil, is where the user ids are appended
+// (a batch's messages share one array); prevType is a type string that m
+// may share when it is the same (the type of the batch's previous
+// message).
+func parseMessage(f []json.RawMessage, at int, m *message, ids *[]string, prevType string) *apiError {
+	*m = message{}
+	field := func(name string) string { return path(where(at), name) }
 
-	hasIDs := !isNull(f["userIds"])
-	if raw := f["all"]; !isNull(raw) && string(raw) != "false" {
+	hasIDs := !isNull(f[fUserIDs])
+	if raw := f[fAll]; !isNull(raw) && string(raw) != "false" {
 		if string(raw) == "true" {
 			m.all = true
 		} else if err := json.Unmarshal(raw, &m.all); err != nil {
-			return nil, invalidRequest("%s: must be a boolean", path(prefix, "all"))
+			return invalidRequest("%s: must be a boolean", field("all"))
 		}
 	}
 	switch {
 	case hasIDs && m.all:
-		return nil, invalidRequest("%s and %s: give exactly one of userIds and all:true, not both", path(prefix, "userIds"), path(prefix, "all"))
+		return invalidRequest("%s and %s: give exactly one of userIds and all:true, not both", field("userIds"), field("all"))
 	case !hasIDs && !m.all:
-		return nil, invalidRequest("%s: required (1 to %d user ids), or all:true", path(prefix, "userIds"), MaxUserIDs)
+		return invalidRequest("%s: required (1 to %d user ids), or all:true", field("userIds"), MaxUserIDs)
 	case hasIDs:
-		raw := f["userIds"]
+		raw := f[fUserIDs]
 		if raw[0] != '[' {
-			return nil, invalidRequest("%s: must be an array of strings", path(prefix, "userIds"))
+			return invalidRequest("%s: must be an array of strings", field("userIds"))
 		}
-		elems, ok := fastArray(raw)
-		if !ok {
+		var dst []string
+		if ids != nil {
+			dst = *ids
+		}
+		start := len(dst)
+		list, ok := fastStrings(raw, dst)
+		if ok {
+			if n := len(list) - start; n == 0 || n > MaxUserIDs {
+				return invalidRequest("%s: must hold 1 to %d user ids (got %d)", field("userIds"), MaxUserIDs, n)
+			}
+		} else {
+			var elems []json.RawMessage
 			if err := json.Unmarshal(raw, &elems); err != nil {
-				return nil, invalidRequest("%s: must be an array of strings", path(prefix, "userIds"))
+				return invalidRequest("%s: must be an array of strings", field("userIds"))
+			}
+			if len(elems) == 0 || len(elems) > MaxUserIDs {
+				return invalidRequest("%s: must hold 1 to %d user ids (got %d)", field("userIds"), MaxUserIDs, len(elems))
+			}
+			list = dst
+			for i, e := range elems {
+				var id string
+				if len(e) == 0 || e[0] != '"' || json.Unmarshal(e, &id) != nil {
+					return invalidRequest("%s[%d]: must be a string", field("userIds"), i)
+				}
+				if id == "" || len(id) > MaxUserIDLen {
+					return invalidRequest("%s[%d]: must be 1 to %d bytes", field("userIds"), i, MaxUserIDLen)
+				}
+				list = append(list, id)
 			}
 		}
-		if len(elems) == 0 || len(elems) > MaxUserIDs {
-			return nil, invalidRequest("%s: must hold 1 to %d user ids (got %d)", path(prefix, "userIds"), MaxUserIDs, len(elems))
+		m.userIDs = list[start:len(list):len(list)]
+		for i, id := range m.userIDs {
+			if id == "" || len(id) > MaxUserIDLen {
+				return invalidRequest("%s[%d]: must be 1 to %d bytes", field("userIds"), i, MaxUserIDLen)
+			}
 		}
-		m.userIDs = make([]string, len(elems))
-		for i, e := range elems {
-			if id, ok := simpleString(e); ok {
-				m.userIDs[i] = id
-			} else if len(e) == 0 || e[0] != '"' || json.Unmarshal(e, &m.userIDs[i]) != nil {
-				return nil, invalidRequest("%s[%d]: must be a string", path(prefix, "userIds"), i)
-			}
-			if id := m.userIDs[i]; id == "" || len(id) > MaxUserIDLen {
-				return nil, invalidRequest("%s[%d]: must be 1 to %d bytes", path(prefix, "userIds"), i, MaxUserIDLen)
-			}
+		if ids != nil {
+			*ids = list
 		}
 	}
 
-	raw := f["type"]
+	raw := f[fType]
 	if isNull(raw) {
-		return nil, invalidRequest("%s: required", path(prefix, "type"))
+		return invalidRequest("%s: required", field("type"))
 	}
-	if t, ok := simpleString(raw); ok {
-		m.typ = t
-	} else if raw[0] != '"' || json.Unmarshal(raw, &m.typ) != nil {
-		return nil, invalidRequest("%s: must be a string", path(prefix, "type"))
-	}
-	if err := hub.ValidateType(m.typ); err != nil {
-		return nil, invalidRequest("%s: %v", path(prefix, "type"), err)
+	if prevType != "" && len(raw) == len(prevType)+2 && raw[0] == '"' && string(raw[1:len(raw)-1]) == prevType {
+		m.typ = prevType // already validated
+	} else {
+		if t, ok := simpleString(raw); ok {
+			m.typ = t
+		} else if raw[0] != '"' || json.Unmarshal(raw, &m.typ) != nil {
+			return invalidRequest("%s: must be a string", field("type"))
+		}
+		if err := hub.ValidateType(m.typ); err != nil {
+			return invalidRequest("%s: %v", field("type"), err)
+		}
 	}
 
-	m.payload = f["payload"]
+	m.payload = f[fPayload]
 	if m.payload == nil {
 		m.payload = json.RawMessage("null")
 	}
 
-	if raw := f["idempotencyKey"]; !isNull(raw) {
+	if raw := f[fIdempotencyKey]; !isNull(raw) {
 		if k, ok := simpleString(raw); ok {
 			m.idem = k
 		} else if raw[0] != '"' || json.Unmarshal(raw, &m.idem) != nil {
-			return nil, invalidRequest("%s: must be a string", path(prefix, "idempotencyKey"))
+			return invalidRequest("%s: must be a string", field("idempotencyKey"))
 		}
 		if m.idem == "" || len(m.idem) > MaxIdempotencyKeyLen {
-			return nil, invalidRequest("%s: must be 1 to %d bytes", path(prefix, "idempotencyKey"), MaxIdempotencyKeyLen)
+			return invalidRequest("%s: must be 1 to %d bytes", field("idempotencyKey"), MaxIdempotencyKeyLen)
 		}
 	}
 
 	// The coalescing key has the syntax of a type; volatile is a boolean
 	// (false: a plain event); not both.
-	if raw := f["key"]; !isNull(raw) {
+	if raw := f[fKey]; !isNull(raw) {
 		if k, ok := simpleString(raw); ok {
 			m.opts.Key = k
 		} else if raw[0] != '"' || json.Unmarshal(raw, &m.opts.Key) != nil {
-			return nil, invalidRequest("%s: must be a string", path(prefix, "key"))
+			return invalidRequest("%s: must be a string", field("key"))
 		}
 		if err := hub.ValidateKey(m.opts.Key); err != nil {
-			return nil, invalidRequest("%s: %v (the syntax of a type)", path(prefix, "key"), err)
+			return invalidRequest("%s: %v (the syntax of a type)", field("key"), err)
 		}
 	}
-	if raw := f["volatile"]; !isNull(raw) {
+	if raw := f[fVolatile]; !isNull(raw) {
 		switch string(raw) {
 		case "true":
 			m.opts.Volatile = true
 		case "false":
 		default:
 			if json.Unmarshal(raw, &m.opts.Volatile) != nil {
-				return nil, invalidRequest("%s: must be a boolean", path(prefix, "volatile"))
+				return invalidRequest("%s: must be a boolean", field("volatile"))
 			}
 		}
 	}
 	if m.opts.Key != "" && m.opts.Volatile {
-		return nil, invalidRequest("%s and %s: give a coalescing key or volatile:true, not both", path(prefix, "key"), path(prefix, "volatile"))
+		return invalidRequest("%s and %s: give a coalescing key or volatile:true, not both", field("key"), field("volatile"))
 	}
-	return m, nil
+	return nil
 }
 
 // usersAnswer and hub.AllEvent are the 202 bodies of a broadcast: the
@@ -296,23 +355,30 @@ func (a *API) publishContext(r *http.Request) (context.Context, context.CancelFu
 }
 
 // publish applies m (through the idempotency cache when it has a key) and
-// returns the 202 body as JSON. ctx bounds it (publishContext).
-func (a *API) publish(ctx context.Context, caller string, m *message) (json.RawMessage, *apiError) {
+// appends the 202 body, as JSON, to dst. ctx bounds it (publishContext).
+func (a *API) publish(ctx context.Context, caller string, m *message, dst []byte) ([]byte, *apiError) {
 	if m.idem == "" {
-		return a.publishNow(ctx, m)
+		return a.publishNow(ctx, m, dst)
 	}
 	// length-prefixed: no caller and key can spell another pair's entry
 	key := strconv.Itoa(len(caller)) + ":" + caller + ":" + m.idem
-	return a.once(ctx, key, func() (json.RawMessage, *apiError) {
+	answer, e := a.once(ctx, key, func() (json.RawMessage, *apiError) {
 		// the broker remembers the key too, so that a retry after an
 		// answer that never came publishes at most once
-		return a.publishNow(hub.WithIdempotencyKey(ctx, key, IdempotencyTTL), m)
+		return a.publishNow(hub.WithIdempotencyKey(ctx, key, IdempotencyTTL), m, nil)
 	})
+	if e != nil {
+		return dst, e
+	}
+	return append(dst, answer...), nil
 }
 
-func (a *API) publishNow(ctx context.Context, m *message) (json.RawMessage, *apiError) {
+// publishNow publishes m and appends the 202 body to dst (dst unchanged on
+// an error).
+func (a *API) publishNow(ctx context.Context, m *message, dst []byte) ([]byte, *apiError) {
 	var (
 		v   any
+		evs []hub.UserEvent
 		err error
 	)
 	var opts []hub.EventOption
@@ -325,35 +391,34 @@ func (a *API) publishNow(ctx context.Context, m *message) (json.RawMessage, *api
 	if m.all {
 		v, err = a.hub.BroadcastAll(ctx, m.typ, m.payload, opts...)
 	} else {
-		var evs []hub.UserEvent
 		evs, err = a.hub.Publish(ctx, m.userIDs, m.typ, m.payload, opts...)
-		v = usersAnswer{Events: evs}
 	}
 	if err != nil {
 		if errors.Is(err, hub.ErrOutcomeUnknown) {
 			a.log.Error("publish outcome unknown: the broker's answer was lost; the call is left unanswered", "err", err)
-			return nil, errOutcomeUnknown
+			return dst, errOutcomeUnknown
 		}
 		if errors.Is(err, hub.ErrUnavailable) {
 			a.log.Error("publish failed: broker unavailable", "err", err)
-			return nil, errUnavailable
+			return dst, errUnavailable
 		}
 		if a.hub.Draining() {
-			return nil, &apiError{Status: http.StatusServiceUnavailable, Code: codeShuttingDown, Message: "the node is draining"}
+			return dst, &apiError{Status: http.StatusServiceUnavailable, Code: codeShuttingDown, Message: "the node is draining"}
 		}
 		a.log.Error("publish failed", "type", m.typ, "all", m.all, "users", len(m.userIDs), "err", err)
-		return nil, &apiError{Status: http.StatusInternalServerError, Code: codeInternal, Message: "the event could not be published"}
+		return dst, &apiError{Status: http.StatusInternalServerError, Code: codeInternal, Message: "the event could not be published"}
 	}
-	if ua, ok := v.(usersAnswer); ok {
-		if body, ok := appendUsersAnswer(nil, ua.Events); ok {
-			return body, nil
+	if !m.all {
+		if out, ok := appendUsersAnswer(dst, evs); ok {
+			return out, nil
 		}
+		v = usersAnswer{Events: evs}
 	}
 	body, err := json.Marshal(v)
 	if err != nil { // our own types: cannot happen
-		return nil, &apiError{Status: http.StatusInternalServerError, Code: codeInternal, Message: "could not encode the answer"}
+		return dst, &apiError{Status: http.StatusInternalServerError, Code: codeInternal, Message: "could not encode the answer"}
 	}
-	return body, nil
+	return append(dst, body...), nil
 }
 
 var (
@@ -397,37 +462,39 @@ func (a *API) authenticate(w http.ResponseWriter, r *http.Request) (*auth.Identi
 }
 
 // request authenticates a service call and decodes its body, a JSON
-// object with the given fields; on failure it has answered and ok is false.
-func (a *API) request(w http.ResponseWriter, r *http.Request, fields []string) (caller string, f map[string]json.RawMessage, ok bool) {
+// object with the given fields, into f (f[i] for fields[i]); on failure it
+// has answered and ok is false.
+func (a *API) request(w http.ResponseWriter, r *http.Request, fields []string, f []json.RawMessage) (caller string, ok bool) {
 	id, ok := a.authenticate(w, r)
 	if !ok {
-		return "", nil, false
+		return "", false
 	}
 	body, e := a.readBody(w, r)
 	if e == nil {
-		f, e = decodeObject(body, "", fields)
+		e = decodeObject(body, fields, f)
 	}
 	if e != nil {
 		e.write(w)
-		return "", nil, false
+		return "", false
 	}
-	return id.Caller, f, true
+	return id.Caller, true
 }
 
 // broadcast serves POST /api/broadcast.
 func (a *API) broadcast(w http.ResponseWriter, r *http.Request) {
-	caller, f, ok := a.request(w, r, broadcastFields)
+	var f [nBroadcastFields]json.RawMessage
+	caller, ok := a.request(w, r, broadcastFields, f[:])
 	if !ok {
 		return
 	}
-	m, e := parseMessage(f, "")
-	if e != nil {
+	m := new(message)
+	if e := parseMessage(f[:], -1, m, nil, ""); e != nil {
 		e.write(w)
 		return
 	}
 	ctx, cancel := a.publishContext(r)
 	defer cancel()
-	answer, e := a.publish(ctx, caller, m)
+	answer, e := a.publish(ctx, caller, m, nil)
 	if e != nil {
 		if e.unknown {
 			abortUnanswered()
@@ -438,29 +505,19 @@ func (a *API) broadcast(w http.ResponseWriter, r *http.Request) {
 	writeRaw(w, http.StatusAccepted, answer)
 }
 
-// batchResult is one entry of a batch answer: the message's 202 body, or
-// an error object.
-type batchResult struct {
-	answer json.RawMessage
-	err    *apiError
-}
+// batchFields are the fields of a batch body.
+var batchFields = []string{"messages"}
 
-func (b batchResult) MarshalJSON() ([]byte, error) {
-	if b.err != nil {
-		return json.Marshal(struct {
-			Error *apiError `json:"error"`
-		}{b.err})
-	}
-	return b.answer, nil
-}
-
-// batch serves POST /api/broadcast/batch.
+// batch serves POST /api/broadcast/batch. The answers are appended to the
+// batch's answer as they come (each is compact JSON already, so the
+// result is the bytes json.Marshal would give).
 func (a *API) batch(w http.ResponseWriter, r *http.Request) {
-	caller, f, ok := a.request(w, r, []string{"messages"})
+	var bf [1]json.RawMessage
+	caller, ok := a.request(w, r, batchFields, bf[:])
 	if !ok {
 		return
 	}
-	raw := f["messages"]
+	raw := bf[0]
 	if isNull(raw) {
 		invalidRequest("messages: required (1 to %d messages)", MaxBatch).write(w)
 		return
@@ -481,58 +538,65 @@ func (a *API) batch(w http.ResponseWriter, r *http.Request) {
 	// Each message has the publish timeout; after the broker failed on
 	// one, the next ones are not tried (so a hung broker costs one
 	// timeout, not one per message), and after an unknown outcome the
-	// batch is left unanswered like a single call.
-	results := make([]batchResult, len(msgs))
-	var brokerFailed, unknown bool
+	// batch is left unanswered like a single call. Without a broker a
+	// publish never waits, and the messages share one context.
+	var (
+		brokerFailed, unknown bool
+		f                     [nBroadcastFields]json.RawMessage
+		m                     = new(message) // reused: parseMessage resets it
+		ids                   = make([]string, 0, len(msgs))
+		typ                   string
+	)
+	shared, cancelShared := context.Context(nil), context.CancelFunc(nil)
+	if !a.hub.Clustered() {
+		shared, cancelShared = a.publishContext(r)
+		defer cancelShared()
+	}
+	out := make([]byte, 0, 16+len(msgs)*96)
+	out = append(out, `{"results":[`...)
 	for i, raw := range msgs {
-		prefix := "messages[" + strconv.Itoa(i) + "]"
-		fields, e := objectFields(raw, prefix, broadcastFields)
+		if i > 0 {
+			out = append(out, ',')
+		}
+		e := objectFields(raw, i, broadcastFields, f[:])
 		if e == nil {
-			var m *message
-			if m, e = parseMessage(fields, prefix); e == nil {
+			if e = parseMessage(f[:], i, m, &ids, typ); e == nil {
+				typ = m.typ
 				if brokerFailed {
 					e = errBatchStopped
+				} else if shared != nil {
+					out, e = a.publish(shared, caller, m, out)
 				} else {
 					ctx, cancel := a.publishContext(r)
-					results[i].answer, e = a.publish(ctx, caller, m)
+					out, e = a.publish(ctx, caller, m, out)
 					cancel()
 				}
 			}
 		}
-		if e != nil && e.broker {
-			brokerFailed = true
-			unknown = unknown || e.unknown
+		if e != nil {
+			if e.broker {
+				brokerFailed = true
+				unknown = unknown || e.unknown
+			}
+			out = appendBatchError(out, e)
 		}
-		results[i].err = e
 	}
 	if unknown {
 		abortUnanswered()
 	}
-	out, err := joinResults(results)
-	if err != nil { // our own types: cannot happen
-		httpx.WriteError(w, http.StatusInternalServerError, codeInternal, "could not encode the answer")
-		return
-	}
-	writeRaw(w, http.StatusAccepted, out)
+	writeRaw(w, http.StatusAccepted, append(out, "]}"...))
 }
 
-// joinResults is the batch answer, {"results":[...]}. The answers are
-// compact JSON already: joining them gives the bytes json.Marshal would,
-// without re-scanning each.
-func joinResults(results []batchResult) ([]byte, error) {
-	out := make([]byte, 0, 16+len(results)*96)
-	out = append(out, `{"results":[`...)
-	for i, r := range results {
-		if i > 0 {
-			out = append(out, ',')
-		}
-		b, err := r.MarshalJSON()
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, b...)
+// appendBatchError appends the entry of a refused message to a batch
+// answer: {"error":{"code":...,"message":...}}, as json.Marshal writes it.
+func appendBatchError(dst []byte, e *apiError) []byte {
+	b, err := json.Marshal(struct {
+		Error *apiError `json:"error"`
+	}{e})
+	if err != nil { // our own type: cannot happen
+		return append(dst, `{"error":{"code":"internal_error","message":"could not encode the answer"}}`...)
 	}
-	return append(out, "]}"...), nil
+	return append(dst, b...)
 }
 
 // writeRaw writes a JSON body that is already encoded.

@@ -37,7 +37,7 @@ func FuzzFastJSON(f *testing.F) {
 		if !json.Valid(data) {
 			return
 		}
-		if m, ok := fastFields(data, broadcastFields); ok {
+		if m, ok := fastFieldMap(data); ok {
 			var want map[string]json.RawMessage
 			if err := json.Unmarshal(data, &want); err != nil {
 				t.Fatalf("fastFields accepted %q, encoding/json: %v", data, err)
@@ -55,6 +55,12 @@ func FuzzFastJSON(f *testing.F) {
 				t.Fatalf("fastArray(%q) = %q, encoding/json %q", data, a, want)
 			}
 		}
+		if got, ok := fastStrings(data, []string{"before"}); ok {
+			var want []string
+			if err := json.Unmarshal(data, &want); err != nil || !slices.Equal(got, append([]string{"before"}, want...)) {
+				t.Fatalf("fastStrings(%q) = %q, encoding/json %q (%v)", data, got, want, err)
+			}
+		}
 		if s, ok := simpleString(data); ok {
 			var want string
 			if err := json.Unmarshal(data, &want); err != nil || s != want {
@@ -64,45 +70,70 @@ func FuzzFastJSON(f *testing.F) {
 	})
 }
 
+// fastFieldMap is fastFields with broadcastFields as a map, the form
+// encoding/json gives.
+func fastFieldMap(data []byte) (map[string]json.RawMessage, bool) {
+	out := make([]json.RawMessage, len(broadcastFields))
+	if !fastFields(data, broadcastFields, out) {
+		return nil, false
+	}
+	m := map[string]json.RawMessage{}
+	for i, v := range out {
+		if v != nil {
+			m[broadcastFields[i]] = v
+		}
+	}
+	return m, true
+}
+
 func TestFastPathsFallBack(t *testing.T) {
 	// escaped keys, unknown keys and escaped strings go to encoding/json
-	if _, ok := fastFields([]byte(`{"us\u0065rIds":["x"]}`), broadcastFields); ok {
+	if _, ok := fastFieldMap([]byte(`{"us\u0065rIds":["x"]}`)); ok {
 		t.Fatal("an escaped key took the fast path")
 	}
-	if _, ok := fastFields([]byte(`{"UserIds":["x"]}`), broadcastFields); ok {
+	if _, ok := fastFieldMap([]byte(`{"UserIds":["x"]}`)); ok {
 		t.Fatal("an unknown key took the fast path")
 	}
 	if _, ok := simpleString([]byte(`"a\nb"`)); ok {
 		t.Fatal("an escaped string took the fast path")
 	}
-	m, ok := fastFields([]byte(`{"type":"A","payload":{"a":"}"},"type":"B"}`), broadcastFields)
+	m, ok := fastFieldMap([]byte(`{"type":"A","payload":{"a":"}"},"type":"B"}`))
 	if !ok || string(m["type"]) != `"B"` || string(m["payload"]) != `{"a":"}"}` {
 		t.Fatalf("got %q %v", m, ok)
 	}
 }
 
-func TestJoinResultsIsMarshal(t *testing.T) {
-	// answers are json.Marshal's output (HTML characters escaped)
-	first, err := json.Marshal(usersAnswer{Events: []hub.UserEvent{{UserID: "a<b&c", ID: "E-1"}}})
+func TestBatchAnswerIsMarshal(t *testing.T) {
+	// a batch answer appended piece by piece is json.Marshal's output
+	// (HTML characters escaped)
+	evs := []hub.UserEvent{{UserID: "a<b&c", ID: "E-1"}}
+	e := invalidRequest("messages[1].type: must be a string")
+	got := []byte(`{"results":[`)
+	got, ok := appendUsersAnswer(got, evs)
+	if ok {
+		t.Fatal("an id with HTML characters took the fast path")
+	}
+	first, err := json.Marshal(usersAnswer{Events: evs})
 	if err != nil {
 		t.Fatal(err)
 	}
-	results := []batchResult{
-		{answer: first},
-		{err: invalidRequest("messages[1].type: must be a string")},
-		{answer: json.RawMessage(`{"id":"E-2"}`)},
+	got = append(got, first...)
+	got = appendBatchError(append(got, ','), e)
+	got, ok = appendUsersAnswer(append(got, ','), []hub.UserEvent{{UserID: "u2", ID: "E-2", Devices: 3}})
+	if !ok {
+		t.Fatal("a plain id did not take the fast path")
 	}
-	got, err := joinResults(results)
-	if err != nil {
-		t.Fatal(err)
+	got = append(got, "]}"...)
+	type errEntry struct {
+		Error *apiError `json:"error"`
 	}
 	want, err := json.Marshal(struct {
-		Results []batchResult `json:"results"`
-	}{results})
+		Results []any `json:"results"`
+	}{[]any{usersAnswer{Events: evs}, errEntry{e}, usersAnswer{Events: []hub.UserEvent{{UserID: "u2", ID: "E-2", Devices: 3}}}}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if !bytes.Equal(got, want) {
-		t.Fatalf("joined %s\nmarshal %s", got, want)
+		t.Fatalf("appended %s\nmarshal  %s", got, want)
 	}
 }
