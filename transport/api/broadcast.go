@@ -103,7 +103,7 @@ func (a *API) readBody(w http.ResponseWriter, r *http.Request) ([]byte, *apiErro
 	if r.ContentLength > a.maxPayload {
 		return nil, tooLarge
 	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, a.maxPayload))
+	body, err := readAll(http.MaxBytesReader(w, r.Body, a.maxPayload), r.ContentLength)
 	if err != nil {
 		if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
 			if !isJSON {
@@ -117,6 +117,30 @@ func (a *API) readBody(w http.ResponseWriter, r *http.Request) ([]byte, *apiErro
 		return nil, errMediaType
 	}
 	return body, nil
+}
+
+// readAll is io.ReadAll into a buffer of the announced length (plus one
+// byte, to see the end without growing): a batch body is read with one
+// allocation instead of a dozen growing copies.
+func readAll(r io.Reader, length int64) ([]byte, error) {
+	if length <= 0 {
+		return io.ReadAll(r)
+	}
+	b := make([]byte, 0, length+1)
+	for {
+		n, err := r.Read(b[len(b):cap(b)])
+		b = b[:len(b)+n]
+		if err == io.EOF {
+			return b, nil
+		}
+		if err != nil {
+			return b, err
+		}
+		if len(b) == cap(b) { // longer than announced: let ReadAll go on
+			rest, err := io.ReadAll(r)
+			return append(b, rest...), err
+		}
+	}
 }
 
 // decodeObject parses body as one JSON object and puts the value of each
