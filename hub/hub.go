@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"hash/maphash"
 	"log/slog"
-	"runtime"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -853,65 +852,19 @@ func (h *Hub) BroadcastAll(ctx context.Context, typ string, payload json.RawMess
 		h.allMu.Unlock()
 		h.ix.done(m, holders{n: 1}) // the broadcast stream
 	}
-	devices := h.enqueueAll(m)
-	h.evictOverTotal()
-	if h.opts.Observer != nil {
-		h.opts.Observer.Published(1)
-	}
-	return AllEvent{ID: m.ID, Devices: devices}, nil
-}
-
-// parallelFanout is how many connections a broadcast reaches before it
-// splits its walk over the processors (GOMAXPROCS > 1): below it, the
-// goroutines cost more than they save.
-const parallelFanout = 4096
-
-// enqueueAll queues m on every connection of the hub and unlocks each
-// shard (all locked by the caller) once its connections have it; it
-// returns how many connections it reached. With more than one processor
-// and many connections, the shards are split into one run per processor,
-// walked side by side: each connection's order is kept (m is queued on a
-// shard's connections under its lock, as when walked alone), and the
-// writers draining the first shards run meanwhile (docs/DECISIONS.md,
-// "Publishing across cores").
-func (h *Hub) enqueueAll(m *Message) int {
-	procs := runtime.GOMAXPROCS(0)
-	if procs < 2 || h.total.Load() < parallelFanout || len(h.shards) < 2 {
-		return walkShards(h.shards, m)
-	}
-	procs = min(procs, len(h.shards))
-	per := (len(h.shards) + procs - 1) / procs
-	counts := make([]int, procs)
-	var wg sync.WaitGroup
-	for i := 1; i < procs; i++ {
-		part := h.shards[min(i*per, len(h.shards)):min((i+1)*per, len(h.shards))]
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			counts[i] = walkShards(part, m)
-		}()
-	}
-	counts[0] = walkShards(h.shards[:per], m)
-	wg.Wait()
 	devices := 0
-	for _, n := range counts {
-		devices += n
-	}
-	return devices
-}
-
-// walkShards queues m on the connections of shards (locked) and unlocks
-// each after its walk.
-func walkShards(shards []*shard, m *Message) int {
-	devices := 0
-	for _, s := range shards {
+	for _, s := range h.shards {
 		devices += len(s.all)
 		for _, c := range s.all {
 			c.enqueue(m)
 		}
 		s.mu.Unlock()
 	}
-	return devices
+	h.evictOverTotal()
+	if h.opts.Observer != nil {
+		h.opts.Observer.Published(1)
+	}
+	return AllEvent{ID: m.ID, Devices: devices}, nil
 }
 
 // Activity counts the publishes made on this hub and the events its broker
