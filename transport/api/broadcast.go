@@ -563,7 +563,8 @@ func (a *API) batch(w http.ResponseWriter, r *http.Request) {
 	// one, the next ones are not tried (so a hung broker costs one
 	// timeout, not one per message), and after an unknown outcome the
 	// batch is left unanswered like a single call. Without a broker a
-	// publish never waits, and the messages share one context.
+	// publish without an idempotency key never waits: those messages
+	// share one context without a deadline (and without a timer each).
 	var (
 		brokerFailed, unknown bool
 		f                     [nBroadcastFields]json.RawMessage
@@ -571,10 +572,9 @@ func (a *API) batch(w http.ResponseWriter, r *http.Request) {
 		ids                   = make([]string, 0, len(msgs))
 		typ                   string
 	)
-	shared, cancelShared := context.Context(nil), context.CancelFunc(nil)
+	var plain context.Context
 	if !a.hub.Clustered() {
-		shared, cancelShared = a.publishContext(r)
-		defer cancelShared()
+		plain = context.WithoutCancel(r.Context())
 	}
 	out := make([]byte, 0, 16+len(msgs)*96)
 	out = append(out, `{"results":[`...)
@@ -588,8 +588,8 @@ func (a *API) batch(w http.ResponseWriter, r *http.Request) {
 				typ = m.typ
 				if brokerFailed {
 					e = errBatchStopped
-				} else if shared != nil {
-					out, e = a.publish(shared, caller, m, out)
+				} else if plain != nil && m.idem == "" {
+					out, e = a.publish(plain, caller, m, out)
 				} else {
 					ctx, cancel := a.publishContext(r)
 					out, e = a.publish(ctx, caller, m, out)
