@@ -3,7 +3,9 @@ package hub_test
 import (
 	"context"
 	"encoding/json"
+	"math/rand/v2"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -343,5 +345,31 @@ func TestCompressedOnce(t *testing.T) {
 	}
 	if c := calls.Load(); c != 2 {
 		t.Fatalf("%d calls, want 2", c)
+	}
+}
+
+// The envelope's timestamp and id are appended by hand: the bytes must be
+// those of time.Format and of the plain concatenation.
+func TestTimestampAndIDByHand(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	east := time.FixedZone("east", 5*3600+1800)
+	for i := range 10000 {
+		ts := time.Unix(rng.Int64N(400e9)-200e9, rng.Int64N(1e9)) // years 0 to 8300 or so
+		if i%2 == 1 {
+			ts = ts.In(east)
+		}
+		want := ts.UTC().Format(hub.TimeFormat)
+		if got := string(hub.AppendTimestamp([]byte("x"), ts)); got != "x"+want {
+			t.Fatalf("%v: %q, want %q", ts, got, "x"+want)
+		}
+		seq := rng.Uint64() >> rng.IntN(64)
+		if got, want := hub.FormatID("EPOCH", seq), "EPOCH-"+strconv.FormatUint(seq, 10); got != want {
+			t.Fatalf("id %q, want %q", got, want)
+		}
+	}
+	for _, ts := range []time.Time{time.Date(-5, 1, 1, 0, 0, 0, 0, time.UTC), time.Date(12000, 1, 1, 0, 0, 0, 999999999, time.UTC), {}} {
+		if got, want := string(hub.AppendTimestamp(nil, ts)), ts.UTC().Format(hub.TimeFormat); got != want {
+			t.Fatalf("%v: %q, want %q", ts, got, want)
+		}
 	}
 }

@@ -65,3 +65,9 @@ func (h *Hub) UserRingLen(user string) int {
 	}
 	return 0
 }
+
+// AppendTimestamp is appendTimestamp, for its test.
+func AppendTimestamp(b []byte, t time.Time) []byte { return appendTimestamp(b, t) }
+
+// FormatID is formatID, for its test.
+func FormatID(epoch string, seq uint64) string { return formatID(epoch, seq) }
