@@ -179,24 +179,29 @@ func (h *Hub) registerCluster(c *Conn, info ConnInfo) (*Conn, error) {
 	pend := c.pend
 	c.pend, c.pending = nil, false
 	c.limit += int32(len(missed) + 1)
+	// from is the position the connection starts from when no event names
+	// it: the cluster's (a fresh start) or the one it resumed from with
+	// nothing replayed. Resync reads from it until an event arrives, and
+	// nothing from before it is queued: what Pub/Sub delivers late
+	// (published before the position was taken) waits in pend and is
+	// dropped by enqueue's overlap check.
+	from := at
 	if pos != "" && len(missed) == 0 {
 		if _, seq, ok := ParseID(pos); ok {
 			c.lastSeq, c.lastID = seq, pos
+		} else if p, ok := IsPosition(pos); ok {
+			from = p
 		}
 	}
-	// A fresh start is given nothing from before its position: what Pub/Sub
-	// delivers late (published before Position was read) waits in pend and
-	// is dropped here by enqueue's overlap check. lastID stays empty: Resync
-	// reads from the position.
-	if at != "" && !recovered {
-		if _, seq, ok := ParseID(at); ok && seq > c.lastSeq {
+	if from != "" {
+		if _, seq, ok := parsePosition(FormatPosition(from)); ok && seq > c.lastSeq {
 			c.lastSeq = seq
 		}
 	}
 	unreg := c.unreg
 	c.mu.Unlock()
-	if at != "" && !unreg {
-		us.cluster(c).pos = at
+	if from != "" && !unreg {
+		us.cluster(c).pos = from
 	}
 	position := ""
 	if h.historyOn() {
@@ -337,8 +342,8 @@ func (h *Hub) Resync(ctx context.Context) {
 	}
 }
 
-// positionOf returns the cluster position c went live at ("" when it
-// resumed from an id).
+// positionOf returns the cluster position c went live at, or resumed from
+// with nothing replayed ("" when it resumed from an id).
 func (h *Hub) positionOf(c *Conn) string {
 	s := h.shardOf(c.user)
 	s.mu.Lock()
