@@ -156,8 +156,8 @@ type Hub struct {
 	// afterPosition, when set (tests), runs in registerCluster once the
 	// history or the position was read.
 	afterPosition func()
-	drained  chan struct{} // closed when draining and no connection is left
-	once     sync.Once
+	drained       chan struct{} // closed when draining and no connection is left
+	once          sync.Once
 
 	stop chan struct{}
 	wg   sync.WaitGroup
