@@ -64,8 +64,18 @@ const (
 
 // Options configure a Broker.
 type Options struct {
-	// URL is the Redis URL, e.g. redis://127.0.0.1:6379/0.
+	// URL is the Redis URL, e.g. redis://127.0.0.1:6379/0; with Cluster,
+	// a cluster URL in go-redis's syntax (redis.ParseClusterURL), e.g.
+	// redis://127.0.0.1:7000?addr=127.0.0.1:7001&addr=127.0.0.1:7002.
 	URL string
+	// Cluster makes the broker a client of a Redis Cluster (go-redis's
+	// ClusterClient) rather than of one server. Groundwork of issue 18:
+	// every key and channel of a user is in that user's hash slot, but the
+	// publish, position and history scripts still use the global keys
+	// (meta, the broadcast stream, the checkpoints) with the user's, which
+	// a cluster refuses (CROSSSLOT), so publishing does not work on a
+	// cluster yet.
+	Cluster bool
 	// Prefix is put before every key and channel (default "hub:").
 	Prefix string
 	// Node is this node's name (stats).
@@ -128,16 +138,17 @@ type NodeStats struct {
 // and stop it with Close.
 type Broker struct {
 	opts  Options
-	ropts *redis.Options
+	ropts *redis.Options        // one server, or
+	copts *redis.ClusterOptions // a cluster (Options.Cluster)
 	log   *slog.Logger
 	// client serves the idempotent calls (reads, slots, stats) and the
 	// Pub/Sub connection, with go-redis's retries; pub serves the publish
 	// script, which must never be sent twice, so it has none; probe
 	// serves the health loop and the check of a publish whose answer was
 	// lost, on connections of its own (none of them retries either).
-	client *redis.Client
-	pub    *redis.Client
-	probe  *redis.Client
+	client redis.UniversalClient
+	pub    redis.UniversalClient
+	probe  redis.UniversalClient
 	ps     *redis.PubSub
 	recv   Receiver
 	clock  clock
@@ -190,12 +201,23 @@ var _ hub.Broker = (*Broker)(nil)
 
 // New checks the options and parses the URL; it does not connect.
 func New(o Options) (*Broker, error) {
-	ro, err := redis.ParseURL(o.URL)
+	var ro *redis.Options
+	var co *redis.ClusterOptions
+	var err error
+	if o.Cluster {
+		co, err = redis.ParseClusterURL(o.URL)
+	} else {
+		ro, err = redis.ParseURL(o.URL)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("redis url: %w", err)
 	}
-	ro.MaintNotificationsConfig = &maintnotifications.Config{Mode: maintnotifications.ModeDisabled}
-	ro.DisableIdentity = true
+	noMaint := maintnotifications.Config{Mode: maintnotifications.ModeDisabled}
+	if co != nil {
+		co.MaintNotificationsConfig, co.DisableIdentity = &noMaint, true
+	} else {
+		ro.MaintNotificationsConfig, ro.DisableIdentity = &noMaint, true
+	}
 	if o.Prefix == "" {
 		o.Prefix = DefaultPrefix
 	}
@@ -236,6 +258,7 @@ func New(o Options) (*Broker, error) {
 	return &Broker{
 		opts:      o,
 		ropts:     ro,
+		copts:     co,
 		log:       o.Logger,
 		metaKey:   o.Prefix + "meta",
 		nodesKey:  o.Prefix + "nodes",
@@ -256,15 +279,22 @@ func randomName() string {
 	return strings.ToLower(base32.HexEncoding.WithPadding(base32.NoPadding).EncodeToString(b[:]))
 }
 
-func (b *Broker) userCh(user string) string { return b.opts.Prefix + "c:" + user }
+// userKey is the name of user's key or channel of a kind: the prefix,
+// the kind, and the user as a hash tag ("hub:c:{alice}"), so that every
+// key and channel of one user is in one hash slot of a Redis Cluster.
+func (b *Broker) userKey(kind, user string) string {
+	return b.opts.Prefix + kind + ":{" + user + "}"
+}
+
+func (b *Broker) userCh(user string) string { return b.userKey("c", user) }
 
 // userStream and allStream are key prefixes; the script appends the epoch.
 // userState and allState are those of their state hashes (bytes, floor,
 // horizon, coalescing keys: see publishScript), checkpoints that of the
 // checkpoint stream.
-func (b *Broker) userStream(user string) string { return b.opts.Prefix + "u:" + user + ":" }
+func (b *Broker) userStream(user string) string { return b.userKey("u", user) + ":" }
 func (b *Broker) allStream() string             { return b.opts.Prefix + "a:" }
-func (b *Broker) userState(user string) string  { return b.opts.Prefix + "uh:" + user + ":" }
+func (b *Broker) userState(user string) string  { return b.userKey("uh", user) + ":" }
 func (b *Broker) allState() string              { return b.opts.Prefix + "ah:" }
 func (b *Broker) checkpoints() string           { return b.opts.Prefix + "ck:" }
 
@@ -285,13 +315,7 @@ func (b *Broker) Start(ctx context.Context, r Receiver) error {
 	b.recv = r
 	// Context deadlines bound every socket read and write (go-redis
 	// otherwise waits its own ReadTimeout whatever the context says).
-	base := *b.ropts
-	base.ContextTimeoutEnabled = true
-	noRetry := base
-	noRetry.MaxRetries = -1
-	probeOpts := noRetry
-	probeOpts.PoolSize = 4
-	client, pub, probe := redis.NewClient(&base), redis.NewClient(&noRetry), redis.NewClient(&probeOpts)
+	client, pub, probe := b.newClient(false, 0), b.newClient(true, 0), b.newClient(true, 4)
 	closeAll := func() {
 		_ = client.Close()
 		_ = pub.Close()
@@ -322,6 +346,32 @@ func (b *Broker) Start(ctx context.Context, r Receiver) error {
 	go b.slotLoop()
 	go b.healthLoop()
 	return nil
+}
+
+// newClient makes a client of the server or the cluster whose socket reads
+// and writes are bounded by the context's deadline; noRetry turns
+// go-redis's retries off, pool > 0 sets the pool size.
+func (b *Broker) newClient(noRetry bool, pool int) redis.UniversalClient {
+	if b.copts != nil {
+		o := *b.copts
+		o.ContextTimeoutEnabled = true
+		if noRetry {
+			o.MaxRetries = -1
+		}
+		if pool > 0 {
+			o.PoolSize = pool
+		}
+		return redis.NewClusterClient(&o)
+	}
+	o := *b.ropts
+	o.ContextTimeoutEnabled = true
+	if noRetry {
+		o.MaxRetries = -1
+	}
+	if pool > 0 {
+		o.PoolSize = pool
+	}
+	return redis.NewClient(&o)
 }
 
 // subscribeBase subscribes to the broadcast and control channels and waits

@@ -412,7 +412,7 @@ func TestStreamExpiry(t *testing.T) {
 		t.Fatal(err)
 	}
 	rc := hubtest.RedisClient(t, url)
-	for _, pat := range []string{pfx + "u:u1:*", pfx + "a:*", pfx + "uh:u1:*", pfx + "ah:*"} {
+	for _, pat := range []string{pfx + "u:{u1}:*", pfx + "a:*", pfx + "uh:{u1}:*", pfx + "ah:*"} {
 		keys, err := rc.Keys(bg(t), pat).Result()
 		if err != nil || len(keys) != 1 {
 			t.Fatalf("keys %s = %v, %v", pat, keys, err)

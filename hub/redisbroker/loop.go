@@ -159,7 +159,10 @@ func (b *Broker) dispatch(m *redis.Message) {
 	}
 	user := ""
 	if m.Channel != b.allCh {
-		u, ok := strings.CutPrefix(m.Channel, b.opts.Prefix+"c:")
+		u, ok := strings.CutPrefix(m.Channel, b.opts.Prefix+"c:{")
+		if ok {
+			u, ok = strings.CutSuffix(u, "}")
+		}
 		if !ok {
 			return
 		}
