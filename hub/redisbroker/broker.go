@@ -352,25 +352,22 @@ func (b *Broker) Start(ctx context.Context, r Receiver) error {
 // and writes are bounded by the context's deadline; noRetry turns
 // go-redis's retries off, pool > 0 sets the pool size.
 func (b *Broker) newClient(noRetry bool, pool int) redis.UniversalClient {
-	if b.copts != nil {
-		o := *b.copts
-		o.ContextTimeoutEnabled = true
+	tune := func(ctxTimeout *bool, retries, poolSize *int) {
+		*ctxTimeout = true
 		if noRetry {
-			o.MaxRetries = -1
+			*retries = -1
 		}
 		if pool > 0 {
-			o.PoolSize = pool
+			*poolSize = pool
 		}
+	}
+	if b.copts != nil {
+		o := *b.copts
+		tune(&o.ContextTimeoutEnabled, &o.MaxRetries, &o.PoolSize)
 		return redis.NewClusterClient(&o)
 	}
 	o := *b.ropts
-	o.ContextTimeoutEnabled = true
-	if noRetry {
-		o.MaxRetries = -1
-	}
-	if pool > 0 {
-		o.PoolSize = pool
-	}
+	tune(&o.ContextTimeoutEnabled, &o.MaxRetries, &o.PoolSize)
 	return redis.NewClient(&o)
 }
 
