@@ -8,7 +8,10 @@
 // sequence is global, so ids of a user's own events and of broadcasts are
 // in one order. A node keeps one Pub/Sub connection, subscribed to the
 // broadcast and control channels and to one channel per user that holds a
-// connection on it; Redis delivers on it in publish order.
+// connection on it; Redis delivers on it in publish order. The channels
+// are sharded ones (SSUBSCRIBE, SPUBLISH: Redis 7 or later), so that on a
+// Redis Cluster a user's channel lives in the user's hash slot, with the
+// user's keys (the user is a hash tag in each name: userKey).
 //
 // Pub/Sub is at-most-once: after the connection to Redis broke and came
 // back, the broker asks the hub to Resync, which reads what its
@@ -330,11 +333,11 @@ func (b *Broker) Start(ctx context.Context, r Receiver) error {
 		closeAll()
 		return fmt.Errorf("load script: %w", err)
 	}
-	ps := client.Subscribe(ctx)
+	ps := client.SSubscribe(ctx)
 	if err := subscribeBase(ctx, ps, b.allCh, b.ctlCh); err != nil {
 		_ = ps.Close()
 		closeAll()
-		return err
+		return fmt.Errorf("%w (sharded Pub/Sub needs Redis 7 or later)", err)
 	}
 	b.client, b.pub, b.probe, b.ps = client, pub, probe, ps
 	b.ctx, b.cancel = context.WithCancel(context.Background())
@@ -371,10 +374,11 @@ func (b *Broker) newClient(noRetry bool, pool int) redis.UniversalClient {
 	return redis.NewClient(&o)
 }
 
-// subscribeBase subscribes to the broadcast and control channels and waits
-// for both confirmations.
+// subscribeBase subscribes to the broadcast and control channels (sharded
+// channels, as every channel of the broker) and waits for both
+// confirmations.
 func subscribeBase(ctx context.Context, ps *redis.PubSub, channels ...string) error {
-	if err := ps.Subscribe(ctx, channels...); err != nil {
+	if err := ps.SSubscribe(ctx, channels...); err != nil {
 		return fmt.Errorf("subscribe: %w", err)
 	}
 	for n := 0; n < len(channels); {
@@ -382,7 +386,7 @@ func subscribeBase(ctx context.Context, ps *redis.PubSub, channels ...string) er
 		if err != nil {
 			return fmt.Errorf("subscribe: %w", err)
 		}
-		if s, ok := msg.(*redis.Subscription); ok && s.Kind == "subscribe" {
+		if s, ok := msg.(*redis.Subscription); ok && s.Kind == "ssubscribe" {
 			n++
 		}
 	}
@@ -709,7 +713,7 @@ func (b *Broker) DisconnectUser(ctx context.Context, user string) error {
 	if b.client == nil {
 		return errors.New("redisbroker: not started")
 	}
-	if err := b.client.Publish(ctx, b.ctlCh, "disconnect\n"+user).Err(); err != nil {
+	if err := b.client.SPublish(ctx, b.ctlCh, "disconnect\n"+user).Err(); err != nil {
 		return fmt.Errorf("publish disconnect: %w", err)
 	}
 	return nil
