@@ -337,7 +337,10 @@ func (b *Broker) Start(ctx context.Context, r Receiver) error {
 	if err := subscribeBase(ctx, ps, b.allCh, b.ctlCh); err != nil {
 		_ = ps.Close()
 		closeAll()
-		return fmt.Errorf("%w (sharded Pub/Sub needs Redis 7 or later)", err)
+		if strings.Contains(err.Error(), "unknown command") {
+			err = fmt.Errorf("%w (sharded Pub/Sub needs Redis 7 or later)", err)
+		}
+		return err
 	}
 	b.client, b.pub, b.probe, b.ps = client, pub, probe, ps
 	b.ctx, b.cancel = context.WithCancel(context.Background())
