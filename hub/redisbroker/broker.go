@@ -48,6 +48,14 @@ import (
 	"github.com/hubd/hub/hub"
 )
 
+// metaName is the name of the meta hash (epoch, sequence) under the
+// prefix. It is "meta:2" since the user keys carry hash tags
+// (docs/DECISIONS.md 23): a hub of the earlier layout and one of this one
+// never share an epoch, so an id from before an upgrade is of another
+// epoch (recovered:false) rather than resumed from a user stream of the
+// new name that never held its events.
+const metaName = "meta:2"
+
 // Defaults.
 const (
 	DefaultPrefix = "hub:"
@@ -263,7 +271,7 @@ func New(o Options) (*Broker, error) {
 		ropts:     ro,
 		copts:     co,
 		log:       o.Logger,
-		metaKey:   o.Prefix + "meta",
+		metaKey:   o.Prefix + metaName,
 		nodesKey:  o.Prefix + "nodes",
 		allCh:     o.Prefix + "all",
 		ctlCh:     o.Prefix + "ctl",

@@ -422,7 +422,7 @@ func TestStreamExpiry(t *testing.T) {
 			t.Errorf("%s ttl %v, want (0, 90s]", keys[0], ttl)
 		}
 	}
-	if ttl := rc.PTTL(bg(t), pfx+"meta").Val(); ttl != -1 {
+	if ttl := rc.PTTL(bg(t), pfx+"meta:2").Val(); ttl != -1 {
 		t.Errorf("meta ttl %v, want none", ttl)
 	}
 }

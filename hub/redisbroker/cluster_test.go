@@ -2,9 +2,11 @@ package redisbroker
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -101,5 +103,42 @@ func TestStartNeedsShardedPubSub(t *testing.T) {
 	}
 	if !strings.Contains(err.Error(), "Redis 7 or later") {
 		t.Errorf("Start: %v, want it to say Redis 7 or later is needed", err)
+	}
+}
+
+// A Redis still holding the keys of the layout before the hash tags (a
+// user stream "u:<user>:<epoch>" that the hub no longer reads) does not
+// make the hub resume an id of that layout as if the user's stream of the
+// new name held everything after it: the new layout has an epoch of its
+// own, and such an id is not recovered.
+func TestEarlierLayoutIsAnotherEpoch(t *testing.T) {
+	url := hubtest.RedisURL(t)
+	pfx := hubtest.RedisPrefix(t, url)
+	rc := hubtest.RedisClient(t, url)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	// The earlier layout: epoch "old" at seq 100, a checkpoint of seq 10
+	// made just now (nothing lost after it), u1's stream holding 60 to 100.
+	now := time.Now().UnixMilli()
+	rc.HSet(ctx, pfx+"meta", "epoch", "old", "seq", 100, "ck", now)
+	rc.XAdd(ctx, &redis.XAddArgs{Stream: pfx + "ck:old", ID: strconv.FormatInt(now, 10) + "-0", Values: []string{"s", "10"}})
+	for seq := 60; seq <= 100; seq++ {
+		frame := fmt.Sprintf(`{"id":"old-%d","type":"T","payload":1,"timestamp":"2026-12-06T00:00:00Z"}`, seq)
+		rc.XAdd(ctx, &redis.XAddArgs{Stream: pfx + "u:u1:old", ID: fmt.Sprintf("%d-0", seq), Values: []string{"f", frame, "t", strconv.FormatInt(now, 10)}})
+	}
+	b, err := New(Options{URL: url, Prefix: pfx, HistorySize: 1000, HistoryTTL: time.Minute, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Start(ctx, nopReceiver{}); err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	msgs, ok, err := b.History(ctx, "u1", "old-50", 100)
+	if err != nil || ok {
+		t.Errorf("History from old-50: %d events, recovered %v, %v; want not recovered", len(msgs), ok, err)
+	}
+	if pos, err := b.Position(ctx); err != nil || strings.HasPrefix(pos, "old-") {
+		t.Errorf("Position %q, %v: want a new epoch", pos, err)
 	}
 }
