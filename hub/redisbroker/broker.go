@@ -50,7 +50,7 @@ import (
 
 // metaName is the name of the meta hash (epoch, sequence) under the
 // prefix. It is "meta:2" since the user keys carry hash tags
-// (docs/DECISIONS.md 23): a hub of the earlier layout and one of this one
+// (docs/DECISIONS.md 24): a hub of the earlier layout and one of this one
 // never share an epoch, so an id from before an upgrade is of another
 // epoch (recovered:false) rather than resumed from a user stream of the
 // new name that never held its events.
@@ -82,10 +82,10 @@ type Options struct {
 	// Cluster makes the broker a client of a Redis Cluster (go-redis's
 	// ClusterClient) rather than of one server. Groundwork of issue 18:
 	// every key and channel of a user is in that user's hash slot, but the
-	// publish, position and history scripts still use the global keys
-	// (meta, the broadcast stream, the checkpoints) with the user's, which
-	// a cluster refuses (CROSSSLOT), so publishing does not work on a
-	// cluster yet.
+	// broker does not work on a cluster yet: Start fails (the broadcast
+	// and control channels are in two slots: CROSSSLOT), and the publish,
+	// history and slot scripts use the global keys (meta, the broadcast
+	// stream, the checkpoints, the cluster's slot set) with the user's.
 	Cluster bool
 	// Prefix is put before every key and channel (default "hub:").
 	Prefix string

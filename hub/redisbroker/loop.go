@@ -17,9 +17,9 @@ import (
 // reconnects it and resubscribes its channels by itself after an error;
 // the first subscription confirmation after an error means the node is
 // subscribed again (every channel is a sharded one, so go-redis subscribes
-// them all again in one SSUBSCRIBE), and the loop then runs the hub's Resync before it
-// delivers anything else, so that the events published during the outage
-// are queued before the live ones that follow.
+// them all again in one SSUBSCRIBE), and the loop then runs the hub's
+// Resync before it delivers anything else, so that the events published
+// during the outage are queued before the live ones that follow.
 //
 // A connection that stops answering without closing raises no error: when
 // nothing came for PingInterval the loop sends a PING, and when nothing
