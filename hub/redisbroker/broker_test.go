@@ -412,7 +412,7 @@ func TestStreamExpiry(t *testing.T) {
 		t.Fatal(err)
 	}
 	rc := hubtest.RedisClient(t, url)
-	for _, pat := range []string{pfx + "u:u1:*", pfx + "a:*", pfx + "uh:u1:*", pfx + "ah:*"} {
+	for _, pat := range []string{pfx + "u:{u1}:*", pfx + "a:*", pfx + "uh:{u1}:*", pfx + "ah:*"} {
 		keys, err := rc.Keys(bg(t), pat).Result()
 		if err != nil || len(keys) != 1 {
 			t.Fatalf("keys %s = %v, %v", pat, keys, err)
@@ -422,7 +422,7 @@ func TestStreamExpiry(t *testing.T) {
 			t.Errorf("%s ttl %v, want (0, 90s]", keys[0], ttl)
 		}
 	}
-	if ttl := rc.PTTL(bg(t), pfx+"meta").Val(); ttl != -1 {
+	if ttl := rc.PTTL(bg(t), pfx+"meta:2").Val(); ttl != -1 {
 		t.Errorf("meta ttl %v, want none", ttl)
 	}
 }

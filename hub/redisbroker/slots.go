@@ -24,7 +24,7 @@ const refreshBatch = 500
 // id (the member in the cluster's set).
 type slotRef struct{ user, conn, member string }
 
-func (b *Broker) slotKey(user string) string { return b.opts.Prefix + "uc:" + user }
+func (b *Broker) slotKey(user string) string { return b.userKey("uc", user) }
 
 // allSlotsKey is the cluster's slot set: the connection ids of every
 // user's slots, which a broadcast counts.
