@@ -118,6 +118,9 @@ type Options struct {
 	// as a lost connection, which is redialled (default
 	// DefaultPingInterval).
 	PingInterval time.Duration
+	// Metrics is told of publishes, reconnections, resyncs and failed
+	// Redis calls (nil: nobody).
+	Metrics Observer
 }
 
 // Receiver is what the broker delivers to; *hub.Hub implements it.
@@ -143,6 +146,7 @@ type ClusterTotals struct {
 type NodeStats struct {
 	hub.Stats
 	ReportedAt time.Time `json:"reportedAt"`
+	broker     string    // the reporting broker's Options.Node
 }
 
 // Broker is a hub.Broker on Redis. Create it with New, start it with Start
@@ -264,6 +268,9 @@ func New(o Options) (*Broker, error) {
 	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
+	}
+	if o.Metrics == nil {
+		o.Metrics = nopObserver{}
 	}
 	routeGoRedisLog(o.Logger)
 	return &Broker{
@@ -419,6 +426,7 @@ func (b *Broker) Close() error {
 		b.wg.Wait()
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		_ = b.client.HDel(ctx, b.nodesKey, b.opts.Node).Err()
+		_ = b.client.Del(ctx, b.usersKey(b.opts.Node)).Err()
 		b.flushReleases(ctx)
 		cancel()
 		b.mu.Lock()
@@ -491,7 +499,9 @@ func (b *Broker) PublishUsers(ctx context.Context, users []string, typ string, p
 	for i, u := range users {
 		targets[i] = target{stream: b.userStream(u), state: b.userState(u), channel: b.userCh(u), slots: b.slotKey(u)}
 	}
+	start := time.Now()
 	id, devices, err := b.publish(ctx, targets, typ, payload, ts, o)
+	b.opts.Metrics.PublishDone(OpPublish, time.Since(start), err)
 	if err != nil {
 		return "", nil, fmt.Errorf("publish: %w", err)
 	}
@@ -502,7 +512,9 @@ func (b *Broker) PublishUsers(ctx context.Context, users []string, typ string, p
 // every node; it returns its id and the cluster's live connection slots.
 func (b *Broker) PublishAll(ctx context.Context, typ string, payload []byte, ts time.Time, o hub.EventOptions) (string, int, error) {
 	t := target{stream: b.allStream(), state: b.allState(), channel: b.allCh, slots: b.allSlotsKey()}
+	start := time.Now()
 	id, devices, err := b.publish(ctx, []target{t}, typ, payload, ts, o)
+	b.opts.Metrics.PublishDone(OpBroadcast, time.Since(start), err)
 	if err != nil {
 		return "", 0, fmt.Errorf("broadcast: %w", err)
 	}
@@ -523,6 +535,7 @@ func (b *Broker) History(ctx context.Context, user, lastID string, max int) ([]*
 	}
 	msgs, ok, err := b.read(ctx, user, epoch, last, max, false)
 	if err != nil {
+		b.opts.Metrics.Error(OpHistory)
 		return nil, false, fmt.Errorf("history: %w", err)
 	}
 	return msgs, ok, nil
@@ -540,6 +553,7 @@ func (b *Broker) Since(ctx context.Context, user, pos string, max int) ([]*hub.M
 	}
 	msgs, ok, err := b.read(ctx, user, epoch, last, max, true)
 	if err != nil {
+		b.opts.Metrics.Error(OpHistory)
 		return nil, false, fmt.Errorf("since: %w", err)
 	}
 	return msgs, ok, nil
@@ -554,6 +568,7 @@ func (b *Broker) Position(ctx context.Context) (string, error) {
 	}
 	res, err := positionScript.Run(ctx, b.client, []string{b.metaKey}, randomName()).StringSlice()
 	if err != nil {
+		b.opts.Metrics.Error(OpPosition)
 		return "", fmt.Errorf("position: %w", err)
 	}
 	if len(res) != 2 {
@@ -725,6 +740,7 @@ func (b *Broker) DisconnectUser(ctx context.Context, user string) error {
 		return errors.New("redisbroker: not started")
 	}
 	if err := b.client.SPublish(ctx, b.ctlCh, "disconnect\n"+user).Err(); err != nil {
+		b.opts.Metrics.Error(OpDisconnect)
 		return fmt.Errorf("publish disconnect: %w", err)
 	}
 	return nil
@@ -790,19 +806,33 @@ func (b *Broker) queue(o op) {
 }
 
 // ClusterStats sums the stats of the nodes that reported within the last
-// ten seconds, and lists each of them (Members).
+// ten seconds, and lists each of them (Members). ActiveUsers counts a user
+// connected to several nodes once: it is the PFCOUNT of the nodes'
+// HyperLogLogs (hll.go), exact for small counts and within about 1% for
+// large ones; should that read fail, it is the sum of the nodes' counts.
 func (b *Broker) ClusterStats(ctx context.Context) (any, error) {
 	nodes, err := b.NodeStats(ctx)
 	if err != nil {
 		return nil, err
 	}
 	tot := ClusterTotals{Connections: map[string]int{hub.TransportWebSocket: 0, hub.TransportSSE: 0}, Members: nodes}
+	keys := make([]string, 0, len(nodes))
 	for _, r := range nodes {
 		tot.Nodes++
 		tot.TotalConnections += r.TotalConnections
 		tot.ActiveUsers += r.ActiveUsers
 		for k, n := range r.Connections {
 			tot.Connections[k] += n
+		}
+		keys = append(keys, b.usersKey(r.broker))
+	}
+	if len(keys) > 0 {
+		n, err := b.client.PFCount(ctx, keys...).Result()
+		if err != nil {
+			b.opts.Metrics.Error(OpStats)
+			b.log.Debug("redis count of the cluster's users failed; summing the nodes' counts", "err", err)
+		} else {
+			tot.ActiveUsers = int(n)
 		}
 	}
 	return tot, nil
@@ -816,16 +846,17 @@ func (b *Broker) NodeStats(ctx context.Context) ([]NodeStats, error) {
 	}
 	all, err := b.client.HGetAll(ctx, b.nodesKey).Result()
 	if err != nil {
+		b.opts.Metrics.Error(OpStats)
 		return nil, fmt.Errorf("cluster stats: %w", err)
 	}
 	nodes := []NodeStats{}
 	cutoff := time.Now().Add(-statsTTL).UnixMilli()
-	for _, v := range all {
+	for name, v := range all {
 		var r nodeReport
 		if json.Unmarshal([]byte(v), &r) != nil || r.At < cutoff {
 			continue
 		}
-		nodes = append(nodes, NodeStats{Stats: r.Stats, ReportedAt: time.UnixMilli(r.At).UTC()})
+		nodes = append(nodes, NodeStats{Stats: r.Stats, ReportedAt: time.UnixMilli(r.At).UTC(), broker: name})
 	}
 	slices.SortFunc(nodes, func(a, b NodeStats) int { return strings.Compare(a.Node, b.Node) })
 	return nodes, nil

@@ -117,6 +117,7 @@ func (b *Broker) setHealth(err error) {
 	old := b.healthErr()
 	if err != nil {
 		err = fmt.Errorf("redis unresponsive: %w", err)
+		b.opts.Metrics.Error(OpHealth)
 		if old == nil {
 			b.log.Warn("redis health probe failed", "err", err)
 		}

@@ -76,9 +76,11 @@ func (b *Broker) receiveLoop() {
 			if broken && m.Kind == "ssubscribe" {
 				broken = false
 				b.log.Info("redis pubsub reconnected; resyncing")
+				b.opts.Metrics.Reconnected()
 				ctx, cancel := context.WithTimeout(b.ctx, resyncTimeout)
 				b.recv.Resync(ctx)
 				cancel()
+				b.opts.Metrics.Resynced()
 				b.live.Store(true)
 			}
 			b.confirmed(m)
@@ -103,6 +105,7 @@ func (b *Broker) dropPubSubConn() {
 // confirmations will not come (the new connection subscribes only to what
 // is wanted).
 func (b *Broker) lost() {
+	b.opts.Metrics.Error(OpPubSub)
 	b.live.Store(false)
 	b.kick()
 	b.mu.Lock()
@@ -231,6 +234,7 @@ func (b *Broker) opLoop() {
 			} else {
 				ctx, cancel := context.WithTimeout(b.ctx, 5*time.Second)
 				if err := b.ps.SUnsubscribe(ctx, o.ch); err != nil {
+					b.opts.Metrics.Error(OpSubscribe)
 					b.unsent(o.ch)
 				}
 				cancel()
@@ -248,6 +252,7 @@ func (b *Broker) doSubscribe(o op) {
 	}
 	// The command did not go out: fail the waiters now rather than at their
 	// timeout, and drop the channel that go-redis would resubscribe.
+	b.opts.Metrics.Error(OpSubscribe)
 	b.mu.Lock()
 	if b.subs[o.ch] == o.st {
 		delete(b.subs, o.ch)
@@ -297,9 +302,16 @@ func (b *Broker) report() {
 	if err != nil {
 		return
 	}
+	users := b.usersHLL() // the users it counts, for ClusterStats (hll.go)
 	ctx, cancel := context.WithTimeout(b.ctx, time.Second)
 	defer cancel()
-	if err := b.client.HSet(ctx, b.nodesKey, b.opts.Node, v).Err(); err != nil && b.ctx.Err() == nil {
+	_, err = b.client.Pipelined(ctx, func(p redis.Pipeliner) error {
+		p.HSet(ctx, b.nodesKey, b.opts.Node, v)
+		p.Set(ctx, b.usersKey(b.opts.Node), users, statsTTL)
+		return nil
+	})
+	if err != nil && b.ctx.Err() == nil {
+		b.opts.Metrics.Error(OpStats)
 		b.log.Debug("redis stats report failed", "err", err)
 	}
 }
