@@ -60,3 +60,16 @@ func TestHLLMatchesRedis(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkHLLAdd is the node's cost per user and report.
+func BenchmarkHLLAdd(b *testing.B) {
+	users := make([]string, 1024)
+	for i := range users {
+		users[i] = fmt.Sprintf("hub:c:user-%08d", i)
+	}
+	h := newHLL()
+	b.ResetTimer()
+	for i := range b.N {
+		hllAdd(h, users[i%len(users)])
+	}
+}
