@@ -61,6 +61,42 @@ func TestHLLMatchesRedis(t *testing.T) {
 	}
 }
 
+// TestHLLKeysOnCluster checks, on a real Redis Cluster, that the nodes'
+// HyperLogLog keys share a slot, so that ClusterStats's one PFCOUNT over
+// them is allowed, and that it counts a user of two nodes once.
+func TestHLLKeysOnCluster(t *testing.T) {
+	rc := hubtest.StartRedisCluster(t, 3)
+	c := rc.Client()
+	b := &Broker{opts: Options{Prefix: "hubtest:hll:"}}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var keys []string
+	for i, users := range [][]string{{"u1", "u2"}, {"u1", "u3"}, {"u4"}, {}} {
+		h := newHLL()
+		for _, u := range users {
+			hllAdd(h, b.userCh(u))
+		}
+		k := b.usersKey(fmt.Sprintf("node-%d", i))
+		if err := c.Set(ctx, k, h, time.Minute).Err(); err != nil {
+			t.Fatal(err)
+		}
+		keys = append(keys, k)
+	}
+	for _, k := range keys[1:] {
+		if rc.Slot(k) != rc.Slot(keys[0]) {
+			t.Fatalf("%s in slot %d, %s in %d", k, rc.Slot(k), keys[0], rc.Slot(keys[0]))
+		}
+	}
+	n, err := c.PFCount(ctx, keys...).Result()
+	if err != nil {
+		t.Fatalf("PFCOUNT over the nodes' keys: %v", err)
+	}
+	if n != 4 {
+		t.Errorf("PFCOUNT %d, want 4 users", n)
+	}
+	c.Del(ctx, keys...)
+}
+
 // BenchmarkHLLAdd is the node's cost per user and report.
 func BenchmarkHLLAdd(b *testing.B) {
 	users := make([]string, 1024)
