@@ -9,6 +9,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net"
 	"net/http"
@@ -202,6 +203,7 @@ type hello struct {
 // stormRun is the state of one storm.
 type stormRun struct {
 	b       *bench
+	log     io.Writer // b.stderr, for the hubd children and the storm
 	nodes   []*hubNode
 	bases   []*url.URL
 	devs    []*device
@@ -219,13 +221,12 @@ type stormRun struct {
 	dialErrs  map[string]int
 	retryAt   []int64
 	retryWait []int64
-	attempts  int
 }
 
 func (b *bench) runStorm(ctx context.Context, res *result) {
 	sr := &stormResult{Mode: b.o.storm.mode, Devices: b.o.conns, MissedPerDevice: b.o.storm.missed + 1}
 	res.Storm = sr
-	s := &stormRun{b: b, network: make(chan struct{}), refusals: map[string]int{}, raSecs: map[string]int{}, dialErrs: map[string]int{}}
+	s := &stormRun{b: b, log: &lockedWriter{w: b.stderr}, network: make(chan struct{}), refusals: map[string]int{}, raSecs: map[string]int{}, dialErrs: map[string]int{}}
 	defer s.stopNodes()
 	sctx, cancel := context.WithCancel(ctx)
 	err := s.run(sctx, res, sr)
@@ -264,7 +265,7 @@ func (s *stormRun) run(ctx context.Context, res *result, sr *stormResult) error 
 	}
 	if o.storm.hubd != "" {
 		for i, u := range s.bases {
-			n := &hubNode{b: b, base: u, name: "storm-" + strconv.Itoa(i+1)}
+			n := &hubNode{b: b, base: u, name: "storm-" + strconv.Itoa(i+1), out: s.log}
 			s.nodes = append(s.nodes, n)
 			if err := n.start(ctx); err != nil {
 				return err
@@ -689,7 +690,7 @@ func (s *stormRun) monitor(ctx context.Context, sr *stormResult) {
 	if path := s.b.o.storm.csv; path != "" {
 		f, err := os.Create(path)
 		if err != nil {
-			fmt.Fprintln(s.b.stderr, s.b.name+": --csv:", err)
+			fmt.Fprintln(s.log, s.b.name+": --csv:", err)
 		} else {
 			defer f.Close()
 			bw := bufio.NewWriter(f)
@@ -723,7 +724,7 @@ func (s *stormRun) monitor(ctx context.Context, sr *stormResult) {
 		if live != last {
 			last, lastChange = live, time.Now()
 		} else if time.Since(lastChange) > 45*time.Second {
-			fmt.Fprintf(s.b.stderr, "%s: storm: no device went live for 45 s (%d of %d live)\n", s.b.name, live, sr.Reconnecting)
+			fmt.Fprintf(s.log, "%s: storm: no device went live for 45 s (%d of %d live)\n", s.b.name, live, sr.Reconnecting)
 			return
 		}
 		select {
@@ -905,6 +906,7 @@ type hubNode struct {
 	b    *bench
 	base *url.URL
 	name string
+	out  io.Writer // its stdout and stderr
 	cmd  *exec.Cmd
 	done chan struct{}
 }
@@ -918,7 +920,7 @@ func (n *hubNode) start(ctx context.Context) error {
 	}
 	cmd := exec.Command(args[0], args[1:]...)
 	cmd.Env = append(os.Environ(), "HUB_ADDR="+n.base.Host, "HUB_NODE_NAME="+n.name, "HUB_INTERNAL_ADDR=")
-	cmd.Stdout, cmd.Stderr = n.b.stderr, n.b.stderr
+	cmd.Stdout, cmd.Stderr = n.out, n.out
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("start %s: %w", n.name, err)
 	}
@@ -963,4 +965,16 @@ func (n *hubNode) stop() {
 		_ = n.cmd.Process.Kill()
 		<-n.done
 	}
+}
+
+// lockedWriter serialises the writes of several goroutines to w.
+type lockedWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
 }
