@@ -209,7 +209,7 @@ type stormRun struct {
 	devs    []*device
 	tokens  []string
 	t0      time.Time
-	network chan struct{} // drop: closed when the network is back
+	started chan struct{} // closed at t0 (drop: the network is back)
 	missed  []uint32      // the seqs every device misses
 	live    atomic.Int64
 	conned  atomic.Int64
@@ -226,7 +226,7 @@ type stormRun struct {
 func (b *bench) runStorm(ctx context.Context, res *result) {
 	sr := &stormResult{Mode: b.o.storm.mode, Devices: b.o.conns, MissedPerDevice: b.o.storm.missed + 1}
 	res.Storm = sr
-	s := &stormRun{b: b, log: &lockedWriter{w: b.stderr}, network: make(chan struct{}), refusals: map[string]int{}, raSecs: map[string]int{}, dialErrs: map[string]int{}}
+	s := &stormRun{b: b, log: &lockedWriter{w: b.stderr}, started: make(chan struct{}), refusals: map[string]int{}, raSecs: map[string]int{}, dialErrs: map[string]int{}}
 	defer s.stopNodes()
 	sctx, cancel := context.WithCancel(ctx)
 	err := s.run(sctx, res, sr)
@@ -292,17 +292,20 @@ func (s *stormRun) run(ctx context.Context, res *result, sr *stormResult) error 
 	overflow0, ovOK := listenOverflows()
 	cpu0, cpuOK := procCPU(b.o.pid)
 
+	var monitored <-chan struct{}
 	if o.storm.mode == "drop" {
 		s.drop(sr)
 		if err := s.publishMissed(ctx); err != nil {
 			return err
 		}
-		s.t0 = time.Now()
-		close(s.network)
-	} else if err := s.restart(ctx, sr); err != nil {
-		return err
+		monitored = s.begin(ctx, sr)
+	} else {
+		var err error
+		if monitored, err = s.restart(ctx, sr); err != nil {
+			return err
+		}
 	}
-	s.monitor(ctx, sr)
+	<-monitored
 
 	if v, ok := listenOverflows(); ok && ovOK {
 		v -= overflow0
@@ -519,14 +522,14 @@ func closeCode(err error) (int, bool) {
 
 // reconnect waits as hub.js would and dials until the device is connected.
 func (s *stormRun) reconnect(ctx context.Context, d *device) error {
+	select { // drop: the network is back at t0
+	case <-s.started:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 	var delay time.Duration
 	switch {
 	case s.b.o.storm.mode == "drop":
-		select { // the network is back at t0
-		case <-s.network:
-		case <-ctx.Done():
-			return ctx.Err()
-		}
 		delay = jsBackoff(0)
 	case d.sse && d.shutdownMs >= 0:
 		delay = time.Duration(d.shutdownMs) * time.Millisecond
@@ -654,7 +657,7 @@ func (s *stormRun) drop(sr *stormResult) {
 // restart sends SIGTERM to the second node (t0), waits for it to exit,
 // publishes the missed events through the first node and starts the
 // second again.
-func (s *stormRun) restart(ctx context.Context, sr *stormResult) error {
+func (s *stormRun) restart(ctx context.Context, sr *stormResult) (<-chan struct{}, error) {
 	n := s.nodes[1]
 	for _, d := range s.devs {
 		if d.node == 1 {
@@ -662,30 +665,44 @@ func (s *stormRun) restart(ctx context.Context, sr *stormResult) error {
 			sr.Reconnecting++
 		}
 	}
-	s.t0 = time.Now()
+	monitored := s.begin(ctx, sr)
 	if err := n.cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		return fmt.Errorf("SIGTERM: %w", err)
+		return nil, fmt.Errorf("SIGTERM: %w", err)
 	}
 	select {
 	case <-n.done:
 	case <-ctx.Done():
-		return ctx.Err()
+		return nil, ctx.Err()
 	}
 	sr.DrainMs = ms(time.Since(s.t0))
 	down := time.Now()
 	if err := s.publishMissed(ctx); err != nil {
-		return err
+		return nil, err
 	}
 	if err := n.start(ctx); err != nil {
-		return err
+		return nil, err
 	}
 	sr.RestartMs = ms(time.Since(down))
-	return nil
+	return monitored, nil
+}
+
+// begin is t0: it starts the monitor, whose channel is closed when it
+// ends.
+func (s *stormRun) begin(ctx context.Context, sr *stormResult) <-chan struct{} {
+	s.t0 = time.Now()
+	close(s.started)
+	done := make(chan struct{})
+	reconnecting := sr.Reconnecting
+	go func() {
+		defer close(done)
+		s.monitor(ctx, reconnecting)
+	}()
+	return done
 }
 
 // monitor waits until every storm device is live (or the run's bound),
 // writing the live count every 10 ms to --csv.
-func (s *stormRun) monitor(ctx context.Context, sr *stormResult) {
+func (s *stormRun) monitor(ctx context.Context, reconnecting int) {
 	var w *csv.Writer
 	if path := s.b.o.storm.csv; path != "" {
 		f, err := os.Create(path)
@@ -718,13 +735,13 @@ func (s *stormRun) monitor(ctx context.Context, sr *stormResult) {
 			_ = w.Write([]string{strconv.FormatInt(time.Since(s.t0).Milliseconds(), 10), strconv.FormatInt(live, 10),
 				strconv.FormatInt(s.conned.Load(), 10), strconv.Itoa(ref), strconv.Itoa(de)})
 		}
-		if live >= int64(sr.Reconnecting) {
+		if live >= int64(reconnecting) {
 			return
 		}
 		if live != last {
 			last, lastChange = live, time.Now()
 		} else if time.Since(lastChange) > 45*time.Second {
-			fmt.Fprintf(s.log, "%s: storm: no device went live for 45 s (%d of %d live)\n", s.b.name, live, sr.Reconnecting)
+			fmt.Fprintf(s.log, "%s: storm: no device went live for 45 s (%d of %d live)\n", s.b.name, live, reconnecting)
 			return
 		}
 		select {
