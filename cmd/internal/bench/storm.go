@@ -73,6 +73,10 @@ const (
 	jsThrottle    = 5 * time.Second // 429
 )
 
+// personalBatch is the number of personal events per API call: about 90
+// bytes each, under the hub's default 64 KiB body limit.
+const personalBatch = 500
+
 // stormSeqBase is the sequence number of the first storm event; the
 // personal event of the missed ones is stormSeqBase+missed+1, the live
 // check after the storm one more.
@@ -445,7 +449,9 @@ func (s *stormRun) serve(ctx context.Context, d *device) {
 	defer d.done.Store(true)
 	for {
 		err := s.read(d)
-		if ctx.Err() != nil || !d.storm.CompareAndSwap(true, false) { // one storm per device
+		_ = d.c.Load().nc.Close() // the hub closed it (restart), or the cut did
+		// one storm per device
+		if ctx.Err() != nil || !d.storm.CompareAndSwap(true, false) {
 			d.err = err
 			return
 		}
@@ -861,7 +867,7 @@ func (s *stormRun) publishAll(ctx context.Context, seq int) error {
 }
 
 // publishMissed publishes what every device misses: the broadcasts, then
-// one personal event per user (batches of 1000).
+// one personal event per user (batches of personalBatch).
 func (s *stormRun) publishMissed(ctx context.Context) error {
 	for _, seq := range s.missed[:len(s.missed)-1] {
 		if err := s.publishAll(ctx, int(seq)); err != nil {
@@ -870,10 +876,10 @@ func (s *stormRun) publishMissed(ctx context.Context) error {
 	}
 	personal := s.missed[len(s.missed)-1]
 	users := len(s.tokens)
-	for first := 0; first < users; first += maxBatch {
+	for first := 0; first < users; first += personalBatch {
 		var body bytes.Buffer
 		body.WriteString(`{"messages":[`)
-		for u := first; u < min(first+maxBatch, users); u++ {
+		for u := first; u < min(first+personalBatch, users); u++ {
 			if u > first {
 				body.WriteByte(',')
 			}
