@@ -295,6 +295,7 @@ func (s *stormRun) run(ctx context.Context, res *result, sr *stormResult) error 
 	}
 	overflow0, ovOK := listenOverflows()
 	cpu0, cpuOK := procCPU(b.o.pid)
+	self0, selfOK := procCPU(os.Getpid())
 
 	var monitored <-chan struct{}
 	if o.storm.mode == "drop" {
@@ -318,6 +319,10 @@ func (s *stormRun) run(ctx context.Context, res *result, sr *stormResult) error 
 	if cpu1, ok := procCPU(b.o.pid); ok && cpuOK {
 		v := cpu1 - cpu0
 		res.ServerCPUSecs = &v
+	}
+	if self1, ok := procCPU(os.Getpid()); ok && selfOK {
+		v := self1 - self0
+		res.ClientCPUSecs = &v
 	}
 	// The live check: one more broadcast reaches every device.
 	check := s.check()

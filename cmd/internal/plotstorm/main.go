@@ -41,8 +41,8 @@ func run(args []string) error {
 	fs := flag.NewFlagSet("plotstorm", flag.ContinueOnError)
 	out := fs.String("o", "storm.png", "the PNG to write")
 	title := fs.String("title", "Reconnect storm", "the plot's title")
-	width := fs.Float64("width", 18, "width in cm")
-	height := fs.Float64("height", 10, "height in cm")
+	width := fs.Float64("width", 20, "width in cm")
+	height := fs.Float64("height", 13, "height in cm")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -53,7 +53,7 @@ func run(args []string) error {
 	p.Title.Text = *title
 	p.X.Label.Text = "seconds after the cut (drop) or SIGTERM (restart)"
 	p.Y.Label.Text = "devices"
-	p.Legend.Top, p.Legend.Left = false, false
+	p.Legend.Top, p.Legend.Left = true, true
 	p.Add(plotter.NewGrid())
 	colours := []color.Color{
 		color.RGBA{R: 0x1f, G: 0x77, B: 0xb4, A: 0xff},
@@ -61,6 +61,7 @@ func run(args []string) error {
 		color.RGBA{R: 0x2c, G: 0xa0, B: 0x2c, A: 0xff},
 		color.RGBA{R: 0x94, G: 0x67, B: 0xbd, A: 0xff},
 	}
+	top := 0.0
 	for i, arg := range fs.Args() {
 		path, label, ok := strings.Cut(arg, "=")
 		if !ok {
@@ -69,6 +70,9 @@ func run(args []string) error {
 		s, err := read(path, label)
 		if err != nil {
 			return err
+		}
+		for _, xy := range append(s.live, s.refusals...) {
+			top = max(top, xy.Y)
 		}
 		c := colours[i%len(colours)]
 		live, err := plotter.NewLine(s.live)
@@ -83,13 +87,13 @@ func run(args []string) error {
 		ref.Color, ref.Width, ref.Dashes = c, vg.Points(1), []vg.Length{vg.Points(4), vg.Points(3)}
 		p.Add(live, ref)
 		p.Legend.Add(s.label+": live", live)
-		p.Legend.Add(s.label+": refusals so far", ref)
+		p.Legend.Add(s.label+": refusals", ref)
 	}
-	p.Y.Min = 0
-	p.X.Min = 0
+	p.Y.Min, p.X.Min = 0, 0
+	p.Y.Max = top * 1.7 // room for the legend above the lines
 	p.Legend.ThumbnailWidth = vg.Points(24)
-	p.Legend.Padding = vg.Points(2)
-	p.Legend.XOffs, p.Legend.YOffs = -vg.Points(6), vg.Points(30)
+	p.Legend.Padding = vg.Points(1)
+	p.Legend.XOffs, p.Legend.YOffs = vg.Points(6), -vg.Points(4)
 	return p.Save(vg.Length(*width)*vg.Centimeter, vg.Length(*height)*vg.Centimeter, *out)
 }
 
