@@ -164,6 +164,9 @@ type stormResult struct {
 	RetryDelayMs   *pcts  `json:"retryDelayMs,omitempty"`
 	RetriesPer500  []int  `json:"retriesPer500ms,omitempty"`
 	ListenOverflow *int64 `json:"listenOverflows,omitempty"`
+	// drop: the connections the hub still held at t0 (hub_connections),
+	// cut sockets it had not torn down yet.
+	HeldAtT0 *int64 `json:"hubConnectionsAtT0,omitempty"`
 	// restart: SIGTERM → exit, and exit → ready again.
 	DrainMs   float64 `json:"drainMs,omitempty"`
 	RestartMs float64 `json:"restartMs,omitempty"`
@@ -302,6 +305,9 @@ func (s *stormRun) run(ctx context.Context, res *result, sr *stormResult) error 
 		s.drop(sr)
 		if err := s.publishMissed(ctx); err != nil {
 			return err
+		}
+		if n, ok := s.hubConnections(ctx); ok {
+			sr.HeldAtT0 = &n
 		}
 		monitored = s.begin(ctx, sr)
 	} else {
@@ -905,6 +911,34 @@ func (s *stormRun) stopNodes() {
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+// hubConnections is the sum of the hub's hub_connections gauges.
+func (s *stormRun) hubConnections(ctx context.Context) (int64, bool) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, s.b.api.JoinPath("/metrics").String(), nil)
+	if err != nil {
+		return 0, false
+	}
+	resp, err := s.b.http.Do(req)
+	if err != nil {
+		return 0, false
+	}
+	defer resp.Body.Close()
+	var n int64
+	found := false
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(nil, 1<<20)
+	for sc.Scan() {
+		if rest, ok := bytes.CutPrefix(sc.Bytes(), []byte("hub_connections{")); ok {
+			if i := bytes.LastIndexByte(rest, ' '); i >= 0 {
+				if v, err := strconv.ParseFloat(string(rest[i+1:]), 64); err == nil {
+					n += int64(v)
+					found = true
+				}
+			}
+		}
+	}
+	return n, found && resp.StatusCode == http.StatusOK
+}
 
 // listenOverflows is the machine's TcpExt ListenOverflows counter: SYNs
 // dropped because a listen queue was full.

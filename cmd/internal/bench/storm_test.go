@@ -87,6 +87,9 @@ func TestStormDrop(t *testing.T) {
 		t.Errorf("refusals %v (%d without Retry-After, Retry-After %v, retry delays %+v): want 503 overloaded, each with Retry-After",
 			s.Refusals, s.RefusalsNoRetryAfter, s.RetryAfterSeconds, s.RetryDelayMs)
 	}
+	if s.HeldAtT0 == nil {
+		t.Error("no hubConnectionsAtT0: the hub's hub_connections gauge was not read")
+	}
 	f, err := os.Open(csvPath)
 	if err != nil {
 		t.Fatal(err)
