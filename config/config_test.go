@@ -410,6 +410,11 @@ func TestParseErrorsNameKey(t *testing.T) {
 		{"HUB_WS_PATH", "/", "used by the hub itself"},
 		{"HUB_TOKEN_COOKIE", "a b", "valid cookie name"},
 		{"HUB_REDIS_URL", "http://127.0.0.1:6379", "redis:// or rediss://"},
+		{"HUB_REDIS_URL", "redis://127.0.0.1:6379/abc", `invalid database number: "abc"`},
+		{"HUB_REDIS_URL", "redis://127.0.0.1:6379/0/1", "invalid URL path"},
+		{"HUB_REDIS_URL", "redis://127.0.0.1:6379/0?db=x", "invalid database number"},
+		{"HUB_REDIS_URL", "redis://127.0.0.1:6379/0?dial_timeout=soon", "invalid dial_timeout duration"},
+		{"HUB_REDIS_URL", "redis://127.0.0.1:6379/0?colour=blue", "unexpected option: colour"},
 		{"HUB_UPSTREAM_URL", "ftp://app.example", "http:// or https://"},
 		{"HUB_JWT_JWKS_URL", "/jwks.json", "http:// or https://"},
 		{"HUB_JWT_ALGORITHMS", "none", `"none" is never allowed`},
@@ -665,6 +670,8 @@ func TestSecretsNeverShown(t *testing.T) {
 		{name: "short api key", env: map[string]string{"HUB_API_KEYS": "topsecret"}, secret: "topsecret"},
 		{name: "short upper-case api key", env: map[string]string{"HUB_API_KEYS": "TOPSECRET"}, secret: "TOPSECRET"},
 		{name: "redis password", env: map[string]string{"HUB_REDIS_URL": "redis://u:topsecret@/0"}, secret: "topsecret"},
+		{name: "redis password, bad database", env: map[string]string{"HUB_REDIS_URL": "redis://u:topsecret@127.0.0.1/abc"}, secret: "topsecret"},
+		{name: "redis password, bad option", env: map[string]string{"HUB_REDIS_URL": "redis://:topsecret@127.0.0.1/0?pool_size=many"}, secret: "topsecret"},
 		{name: "upstream password", env: map[string]string{"HUB_UPSTREAM_URL": "ftp://u:topsecret@x"}, secret: "topsecret"},
 	}
 	for _, tt := range tests {

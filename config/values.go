@@ -11,6 +11,8 @@ import (
 	"strings"
 	"unicode"
 	"unicode/utf8"
+
+	"github.com/redis/go-redis/v9"
 )
 
 // sizeUnits maps a lower-case unit to its multiplier: the IEC units (KiB,
@@ -134,11 +136,18 @@ func checkHTTPURL(s string) error {
 	return nil
 }
 
-// checkRedisURL accepts a redis:// or rediss:// URL with a host.
+// checkRedisURL accepts a redis:// or rediss:// URL with a host that the
+// Redis client's parser accepts as well (the broker's and the idempotency
+// stores' clients parse it with redis.ParseURL): a bad database number or
+// an unknown option is refused here, naming the key, rather than when the
+// app starts.
 func checkRedisURL(s string) error {
 	u, err := url.Parse(s)
 	if err != nil || (u.Scheme != "redis" && u.Scheme != "rediss") || u.Host == "" {
 		return errors.New("must be a redis:// or rediss:// URL with a host")
+	}
+	if _, err := redis.ParseURL(s); err != nil {
+		return errors.New(strings.TrimPrefix(err.Error(), "redis: "))
 	}
 	return nil
 }

@@ -97,6 +97,9 @@ func (h *Hub) registerCluster(c *Conn, info ConnInfo) (*Conn, error) {
 	s.mu.Unlock()
 	h.transportCounter(info.Transport).Add(1)
 
+	// A Resync that begins from now on may find c still pending and skip
+	// it: then c closes its own gap once registered (below).
+	resyncs := h.resyncs.Load()
 	ctx, cancel := context.WithTimeout(context.Background(), h.opts.BrokerTimeout)
 	defer cancel()
 	if err := h.acquireSlot(ctx, c, us); err != nil {
@@ -174,29 +177,38 @@ func (h *Hub) registerCluster(c *Conn, info ConnInfo) (*Conn, error) {
 		}
 	}
 
+	if h.afterPosition != nil {
+		h.afterPosition()
+	}
+
 	s.mu.Lock()
 	c.mu.Lock()
 	pend := c.pend
 	c.pend, c.pending = nil, false
 	c.limit += int32(len(missed) + 1)
+	// from is the position the connection starts from when no event names
+	// it: the cluster's (a fresh start) or the one it resumed from with
+	// nothing replayed. Resync reads from it until an event arrives, and
+	// nothing from before it is queued: what Pub/Sub delivers late
+	// (published before the position was taken) waits in pend and is
+	// dropped by enqueue's overlap check.
+	from := at
 	if pos != "" && len(missed) == 0 {
 		if _, seq, ok := ParseID(pos); ok {
 			c.lastSeq, c.lastID = seq, pos
+		} else if p, ok := IsPosition(pos); ok {
+			from = p
 		}
 	}
-	// A fresh start is given nothing from before its position: what Pub/Sub
-	// delivers late (published before Position was read) waits in pend and
-	// is dropped here by enqueue's overlap check. lastID stays empty: Resync
-	// reads from the position.
-	if at != "" && !recovered {
-		if _, seq, ok := ParseID(at); ok && seq > c.lastSeq {
+	if from != "" {
+		if _, seq, ok := parsePosition(FormatPosition(from)); ok && seq > c.lastSeq {
 			c.lastSeq = seq
 		}
 	}
 	unreg := c.unreg
 	c.mu.Unlock()
-	if at != "" && !unreg {
-		us.cluster(c).pos = at
+	if from != "" && !unreg {
+		us.cluster(c).pos = from
 	}
 	position := ""
 	if h.historyOn() {
@@ -213,6 +225,12 @@ func (h *Hub) registerCluster(c *Conn, info ConnInfo) (*Conn, error) {
 		c.enqueue(m)
 	}
 	s.mu.Unlock()
+	if h.resyncs.Load() != resyncs {
+		// The backplane broke and came back while c was registering: what
+		// it published meanwhile may have been read neither by the
+		// history read above nor by the Resync, which skipped c.
+		h.resyncConn(ctx, c)
+	}
 	return c, nil
 }
 
@@ -291,54 +309,61 @@ func (h *Hub) Resync(ctx context.Context) {
 	if h.opts.Broker == nil {
 		return
 	}
+	h.resyncs.Add(1)
 	for _, c := range h.connections() {
-		c.mu.Lock()
-		last, pending := c.lastID, c.pending
-		c.mu.Unlock()
-		if pending {
-			continue
-		}
-		if h.opts.HistorySize == 0 {
-			c.Close(ReasonShutdown) // no history: nothing can be proven
-			continue
-		}
-		var (
-			missed []*Message
-			ok     bool
-			err    error
-		)
-		if last != "" {
-			missed, ok, err = h.opts.Broker.History(ctx, c.user, last, h.opts.HistorySize)
-		} else if at := h.positionOf(c); at != "" {
-			// nothing received since it connected: from its position
-			missed, ok, err = h.opts.Broker.Since(ctx, c.user, at, h.opts.HistorySize)
-		} else {
-			continue // nothing to compare from
-		}
-		if err != nil {
-			// the gap cannot be closed from here: the client resumes itself
-			h.log.Warn("resync: history", "err", err)
-			c.Close(ReasonShutdown)
-			continue
-		}
-		if !ok {
-			c.Close(ReasonShutdown)
-			continue
-		}
-		s := h.shardOf(c.user)
-		s.mu.Lock()
-		c.mu.Lock()
-		c.limit += int32(len(missed)) // a replay does not count against the queue's bound
-		c.mu.Unlock()
-		for _, m := range missed {
-			c.enqueue(m)
-		}
-		s.mu.Unlock()
+		h.resyncConn(ctx, c)
 	}
 }
 
-// positionOf returns the cluster position c went live at ("" when it
-// resumed from an id).
+// resyncConn is Resync for one connection; a pending one (still
+// registering) is left to its registration.
+func (h *Hub) resyncConn(ctx context.Context, c *Conn) {
+	c.mu.Lock()
+	last, pending := c.lastID, c.pending
+	c.mu.Unlock()
+	if pending {
+		return
+	}
+	if h.opts.HistorySize == 0 {
+		c.Close(ReasonShutdown) // no history: nothing can be proven
+		return
+	}
+	var (
+		missed []*Message
+		ok     bool
+		err    error
+	)
+	if last != "" {
+		missed, ok, err = h.opts.Broker.History(ctx, c.user, last, h.opts.HistorySize)
+	} else if at := h.positionOf(c); at != "" {
+		// nothing received since it connected: from its position
+		missed, ok, err = h.opts.Broker.Since(ctx, c.user, at, h.opts.HistorySize)
+	} else {
+		return // nothing to compare from
+	}
+	if err != nil {
+		// the gap cannot be closed from here: the client resumes itself
+		h.log.Warn("resync: history", "err", err)
+		c.Close(ReasonShutdown)
+		return
+	}
+	if !ok {
+		c.Close(ReasonShutdown)
+		return
+	}
+	s := h.shardOf(c.user)
+	s.mu.Lock()
+	c.mu.Lock()
+	c.limit += int32(len(missed)) // a replay does not count against the queue's bound
+	c.mu.Unlock()
+	for _, m := range missed {
+		c.enqueue(m)
+	}
+	s.mu.Unlock()
+}
+
+// positionOf returns the cluster position c went live at, or resumed from
+// with nothing replayed ("" when it resumed from an id).
 func (h *Hub) positionOf(c *Conn) string {
 	s := h.shardOf(c.user)
 	s.mu.Lock()

@@ -66,6 +66,11 @@ func (h *Hub) UserRingLen(user string) int {
 	return 0
 }
 
+// SetAfterPosition makes every registration through the broker call f once
+// it read the history or the cluster's position (before hub.connected is
+// queued). Set it before the first registration.
+func (h *Hub) SetAfterPosition(f func()) { h.afterPosition = f }
+
 // AppendTimestamp is appendTimestamp, for its test.
 func AppendTimestamp(b []byte, t time.Time) []byte { return appendTimestamp(b, t) }
 

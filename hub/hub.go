@@ -150,8 +150,14 @@ type Hub struct {
 
 	draining atomic.Bool
 	activity atomic.Uint64 // publishes and broker deliveries, see Activity
-	drained  chan struct{} // closed when draining and no connection is left
-	once     sync.Once
+	// resyncs counts the Resyncs begun: a registration that saw it move
+	// closes its own gap (registerCluster).
+	resyncs atomic.Uint64
+	// afterPosition, when set (tests), runs in registerCluster once the
+	// history or the position was read.
+	afterPosition func()
+	drained       chan struct{} // closed when draining and no connection is left
+	once          sync.Once
 
 	stop chan struct{}
 	wg   sync.WaitGroup

@@ -235,9 +235,11 @@ func TestClusterThreeNodes(t *testing.T) {
 
 // clusterStatsAgree reads every node's stats and reports whether each
 // node's "cluster" totals count three nodes and add up to the sum of the
-// nodes' own figures.
+// nodes' own figures, but for activeUsers: the user cl-stats, connected to
+// every node, counts once, so the cluster has at least two users fewer
+// than the nodes' sum.
 func clusterStatsAgree(nodes []*testHub, admin string) (bool, string) {
-	var sumTotal, sumWS, sumSSE int
+	var sumTotal, sumWS, sumSSE, sumUsers int
 	var clusters []map[string]any
 	for _, n := range nodes {
 		st, body := getStatus(n.API+"/api/websocket/stats", admin)
@@ -254,6 +256,8 @@ func clusterStatsAgree(nodes []*testHub, admin string) (bool, string) {
 		sumTotal += int(total)
 		sumWS += int(ws)
 		sumSSE += int(sse)
+		users, _ := body["activeUsers"].(float64)
+		sumUsers += int(users)
 		c, _ := body["cluster"].(map[string]any)
 		if c == nil {
 			return false, fmt.Sprintf("%s stats without cluster: %v", n.Config.NodeName, body)
@@ -262,10 +266,12 @@ func clusterStatsAgree(nodes []*testHub, admin string) (bool, string) {
 	}
 	for i, c := range clusters {
 		conns, _ := c["connections"].(map[string]any)
+		users, _ := c["activeUsers"].(float64)
 		if c["nodes"] != float64(len(nodes)) || c["totalConnections"] != float64(sumTotal) ||
-			conns["websocket"] != float64(sumWS) || conns["sse"] != float64(sumSSE) {
-			return false, fmt.Sprintf("node %d cluster %v; nodes' own: total %d websocket %d sse %d",
-				i+1, c, sumTotal, sumWS, sumSSE)
+			conns["websocket"] != float64(sumWS) || conns["sse"] != float64(sumSSE) ||
+			users < 1 || int(users) > sumUsers-2 {
+			return false, fmt.Sprintf("node %d cluster %v; nodes' own: total %d websocket %d sse %d users %d",
+				i+1, c, sumTotal, sumWS, sumSSE, sumUsers)
 		}
 	}
 	return true, ""

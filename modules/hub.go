@@ -24,7 +24,8 @@ func hubModule(cfg config.Config) fx.Option {
 	return fx.Module("hub", opts...)
 }
 
-func newBroker(cfg config.Config, log *slog.Logger) (*redisbroker.Broker, error) {
+func newBroker(cfg config.Config, log *slog.Logger, m *metrics.Metrics) (*redisbroker.Broker, error) {
+	bm := m.Broker(redisbroker.Ops...) // hub_broker_*
 	b, err := redisbroker.New(redisbroker.Options{
 		URL:         cfg.RedisURL,
 		Node:        cfg.NodeName,
@@ -35,10 +36,12 @@ func newBroker(cfg config.Config, log *slog.Logger) (*redisbroker.Broker, error)
 		Logger:          log,
 		// every Redis call of a publish and of /readyz within it
 		PublishTimeout: cfg.PublishTimeout,
+		Metrics:        bm,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("HUB_REDIS_URL: %w", err)
 	}
+	bm.SetSubscribedUsers(b.SubscribedUsers)
 	return b, nil
 }
 

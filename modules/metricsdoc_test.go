@@ -80,23 +80,7 @@ func scrapeMetrics(t *testing.T, url string) (map[string]*dto.MetricFamily, stri
 // seriesValue returns the value of the series of fam whose labels include
 // want (a histogram's sample count), or -1.
 func seriesValue(fam *dto.MetricFamily, want map[string]string) float64 {
-next:
-	for _, m := range fam.GetMetric() {
-		for _, l := range m.GetLabel() {
-			if v, ok := want[l.GetName()]; ok && v != l.GetValue() {
-				continue next
-			}
-		}
-		switch {
-		case m.Counter != nil:
-			return m.GetCounter().GetValue()
-		case m.Gauge != nil:
-			return m.GetGauge().GetValue()
-		case m.Histogram != nil:
-			return float64(m.GetHistogram().GetSampleCount())
-		}
-	}
-	return -1
+	return hubtest.SeriesValue(fam, want)
 }
 
 // TestMetricsAsDocumented runs the app through a connection on each
@@ -145,34 +129,12 @@ func TestMetricsAsDocumented(t *testing.T) {
 			seriesValue(d, map[string]string{"transport": "sse"}) >= 1
 	})
 
-	doc := documentedMetrics(t)
-	for name, d := range doc {
-		f := fams[name]
-		if f == nil {
-			t.Errorf("%s is documented in METRICS.md but not served at /metrics", name)
-			continue
-		}
-		if got := strings.ToLower(f.GetType().String()); got != d.typ {
-			t.Errorf("%s: type %s, documented %s", name, got, d.typ)
-		}
-		labels := map[string]bool{}
-		for _, m := range f.GetMetric() {
-			for _, l := range m.GetLabel() {
-				labels[l.GetName()] = true
-			}
-		}
-		var got []string
-		for l := range labels {
-			got = append(got, l)
-		}
-		sort.Strings(got)
-		if !slices.Equal(got, d.labels) {
-			t.Errorf("%s: labels %q, documented %q", name, got, d.labels)
-		}
-	}
+	// the hub_broker_* families are served with the Redis broker only
+	// (TestBrokerMetricsAsDocumented)
+	checkDocumented(t, fams, func(name string) bool { return !strings.HasPrefix(name, "hub_broker_") })
 	for name := range fams {
-		if strings.HasPrefix(name, "hub_") && doc[name].name == "" {
-			t.Errorf("%s is served but not documented in METRICS.md", name)
+		if strings.HasPrefix(name, "hub_broker_") {
+			t.Errorf("%s is served without the Redis broker", name)
 		}
 	}
 
@@ -201,6 +163,84 @@ func TestMetricsAsDocumented(t *testing.T) {
 	t.Run("grafana dashboard", func(t *testing.T) {
 		checkDashboard(t, "../deploy/grafana/hub.json", fams)
 	})
+}
+
+// TestBrokerMetricsAsDocumented runs a node with the Redis broker through a
+// connection, a publish and a broadcast, and checks that GET /metrics
+// serves the hub_broker_* families as docs/METRICS.md lists them, and that
+// they moved.
+func TestBrokerMetricsAsDocumented(t *testing.T) {
+	th := startNode(t, clusterRedisURL(t), "metrics-node", func(c *config.Config) { c.InternalAddr = "127.0.0.1:0" })
+	const user = "broker-metrics-user"
+	ws := th.mustWS(th.token(user, time.Hour), "")
+	ws.connected()
+	id := th.publish("METRICS_CHECK", 1, user)[user]
+	if e := ws.next(5 * time.Second); e.ID != id {
+		t.Fatalf("got %q, want the event %s", e.ID, id)
+	}
+	th.publishAll("METRICS_ALL", 2)
+	fams, text := scrapeMetrics(t, th.API+"/metrics")
+	checkDocumented(t, fams, func(name string) bool { return strings.HasPrefix(name, "hub_broker_") })
+	for _, tt := range []struct {
+		name   string
+		labels map[string]string
+		want   float64
+	}{
+		{"hub_broker_subscribed_users", nil, 1},
+		{"hub_broker_publish_duration_seconds", map[string]string{"op": "publish"}, 1},
+		{"hub_broker_publish_duration_seconds", map[string]string{"op": "broadcast"}, 1},
+		{"hub_broker_errors_total", map[string]string{"op": "publish"}, 0},
+		{"hub_broker_pubsub_reconnects_total", nil, 0},
+	} {
+		if f := fams[tt.name]; f == nil {
+			t.Errorf("%s not served", tt.name)
+		} else if got := seriesValue(f, tt.labels); got != tt.want {
+			t.Errorf("%s%v = %v, want %v", tt.name, tt.labels, got, tt.want)
+		}
+	}
+	if strings.Contains(text, user) {
+		t.Errorf("the user id %s appears in /metrics", user)
+	}
+}
+
+// checkDocumented compares the families served with the metrics documented
+// in docs/METRICS.md both ways (name, type, label names), for the names
+// only accepts.
+func checkDocumented(t *testing.T, fams map[string]*dto.MetricFamily, only func(name string) bool) {
+	t.Helper()
+	doc := documentedMetrics(t)
+	for name, d := range doc {
+		if !only(name) {
+			continue
+		}
+		f := fams[name]
+		if f == nil {
+			t.Errorf("%s is documented in METRICS.md but not served at /metrics", name)
+			continue
+		}
+		if got := strings.ToLower(f.GetType().String()); got != d.typ {
+			t.Errorf("%s: type %s, documented %s", name, got, d.typ)
+		}
+		labels := map[string]bool{}
+		for _, m := range f.GetMetric() {
+			for _, l := range m.GetLabel() {
+				labels[l.GetName()] = true
+			}
+		}
+		var got []string
+		for l := range labels {
+			got = append(got, l)
+		}
+		sort.Strings(got)
+		if !slices.Equal(got, d.labels) {
+			t.Errorf("%s: labels %q, documented %q", name, got, d.labels)
+		}
+	}
+	for name := range fams {
+		if strings.HasPrefix(name, "hub_") && only(name) && doc[name].name == "" {
+			t.Errorf("%s is served but not documented in METRICS.md", name)
+		}
+	}
 }
 
 // promQLName matches an identifier of a PromQL expression.

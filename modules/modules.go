@@ -15,6 +15,7 @@ package modules
 import (
 	"log/slog"
 
+	"go.uber.org/dig"
 	"go.uber.org/fx"
 	"go.uber.org/fx/fxevent"
 
@@ -36,10 +37,24 @@ func App(cfg config.Config) fx.Option {
 	)
 }
 
-// FxLogger sends fx's own events to the hub's logger at debug level
-// (errors stay errors). Use it with fx.WithLogger.
+// FxLogger sends fx's own events to the hub's logger at debug level, its
+// errors too: they carry fx's whole dependency chain, and the caller of
+// fx.New, Start or Stop gets the same error back and reports its Cause
+// (cmd/hubd prints one line). Use it with fx.WithLogger.
 func FxLogger(log *slog.Logger) fxevent.Logger {
 	l := &fxevent.SlogLogger{Logger: log}
 	l.UseLogLevel(slog.LevelDebug)
+	l.UseErrorLevel(slog.LevelDebug)
 	return l
+}
+
+// Cause is the error of the constructor or hook that made fx fail,
+// without the chain of the types that needed it ("could not build
+// arguments for function ...: failed to build ..."); an error that is
+// not fx's is returned as it is.
+func Cause(err error) error {
+	if err == nil {
+		return nil
+	}
+	return dig.RootCause(err)
 }

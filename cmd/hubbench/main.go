@@ -1,9 +1,12 @@
 // Command hubbench measures a running hub over loopback (idle connection
-// cost, fan-out, unicast) and prints one JSON line of results; see package
-// cmd/internal/bench and docs/BENCHMARKS.md. `hubctl bench` is the same tool.
+// cost, fan-out, unicast, a reconnect storm) and prints one JSON line of
+// results; see package cmd/internal/bench and docs/BENCHMARKS.md. `hubctl
+// bench` is the same tool.
 //
 //	hubbench --url http://127.0.0.1:18181 --secret S --api-key K --pid 1234 \
 //	    --scenario fanout --transport ws --conns 10000 --events 200
+//	hubbench --url http://127.0.0.1:18181 --secret S --api-key K --hubd ./hubd \
+//	    --scenario storm --mode drop --conns 19900 --devices-per-user 4 --csv storm.csv
 package main
 
 import (

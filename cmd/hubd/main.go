@@ -59,7 +59,7 @@ func run(args []string) error {
 		fx.StopTimeout(cfg.ShutdownTimeout+10*time.Second),
 	)
 	if err := app.Err(); err != nil {
-		return err
+		return modules.Cause(err)
 	}
 	// Catch signals before starting: the listener accepts (and development
 	// mode prints its banner) during Start, and a SIGTERM that comes right
@@ -70,7 +70,7 @@ func run(args []string) error {
 	startCtx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if err := app.Start(startCtx); err != nil {
-		return err
+		return modules.Cause(err)
 	}
 	select {
 	case <-sig:

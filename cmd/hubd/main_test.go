@@ -197,6 +197,10 @@ func mintHS256(t *testing.T, secret, sub string, roles ...string) string {
 	return signing + "." + enc.EncodeToString(mac.Sum(nil))
 }
 
+// TestStartupErrorsNameTheKey starts hubd with bad settings and checks
+// that it exits 1 with a last line that names the key (or the cause) and
+// is short: a configuration error is that one line alone, and an error of
+// the app's start carries no fx dependency chain.
 func TestStartupErrorsNameTheKey(t *testing.T) {
 	bin := buildHubd(t)
 	busy, err := net.Listen("tcp", "127.0.0.1:0")
@@ -204,23 +208,37 @@ func TestStartupErrorsNameTheKey(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer busy.Close()
+	badPEM := filepath.Join(t.TempDir(), "key.pem")
+	if err := os.WriteFile(badPEM, []byte("not a key\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	const secret = "HUB_JWT_SECRET=x-secret-0123456789abcdef-0123456789"
 	tests := []struct {
-		name string
-		env  []string
-		args []string
-		want string
+		name    string
+		env     []string
+		args    []string
+		want    string
+		oneLine bool // a configuration error: nothing else is printed
 	}{
-		{"bad duration", []string{"HUB_HEARTBEAT_INTERVAL=soon"}, nil, "HUB_HEARTBEAT_INTERVAL"},
-		{"bad size flag", nil, []string{"--max-payload", "lots"}, "max_payload"},
-		{"bad broker", []string{"HUB_BROKER=kafka"}, nil, "HUB_BROKER"},
-		{"busy port", []string{"HUB_ADDR=" + busy.Addr().String(), "HUB_JWT_SECRET=x-secret-0123456789abcdef-0123456789"}, nil, "HUB_ADDR"},
+		{"bad duration", []string{"HUB_HEARTBEAT_INTERVAL=soon"}, nil, "HUB_HEARTBEAT_INTERVAL", false},
+		{"bad size flag", nil, []string{"--max-payload", "lots"}, "max_payload", false},
+		{"bad broker", []string{"HUB_BROKER=kafka"}, nil, "HUB_BROKER", false},
+		{"busy port", []string{"HUB_ADDR=" + busy.Addr().String(), secret}, nil, "HUB_ADDR", false},
+		{"bad redis database", []string{"HUB_BROKER=redis", "HUB_REDIS_URL=redis://127.0.0.1:6379/abc", secret}, nil,
+			`hubd: config: HUB_REDIS_URL (redis_url): invalid value "redis://127.0.0.1:6379/abc": invalid database number: "abc"`, true},
+		{"bad redis option", []string{"HUB_BROKER=redis", "HUB_REDIS_URL=redis://127.0.0.1:6379/0?pool=9", secret}, nil,
+			"hubd: config: HUB_REDIS_URL (redis_url): invalid value", true},
+		{"redis unreachable", []string{"HUB_BROKER=redis", "HUB_REDIS_URL=redis://" + hubtest.FreeAddr(t) + "/0", secret}, nil,
+			"hubd: HUB_REDIS_URL: connect redis:", false},
+		{"bad public key", []string{"HUB_JWT_PUBLIC_KEY_FILE=" + badPEM, "HUB_JWT_ALGORITHMS=RS256"}, nil,
+			"hubd: auth: auth: no PEM public key", false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
 			cmd := exec.CommandContext(ctx, bin, tt.args...)
-			cmd.Env = cleanEnv(tt.env...)
+			cmd.Env = cleanEnv(append([]string{"HUB_ADDR=127.0.0.1:0"}, tt.env...)...)
 			out, err := cmd.CombinedOutput()
 			var ee *exec.ExitError
 			if !errors.As(err, &ee) || ee.ExitCode() != 1 {
@@ -228,6 +246,19 @@ func TestStartupErrorsNameTheKey(t *testing.T) {
 			}
 			if !strings.Contains(string(out), tt.want) {
 				t.Fatalf("message does not name %s:\n%s", tt.want, out)
+			}
+			lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+			last := lines[len(lines)-1]
+			if !strings.HasPrefix(last, "hubd: ") || len(last) > 200 {
+				t.Errorf("last line is not hubd's short message:\n%s", out)
+			}
+			if tt.oneLine && len(lines) != 1 {
+				t.Errorf("%d lines, want the message alone:\n%s", len(lines), out)
+			}
+			for _, fx := range []string{"could not build", "failed to build", "non-nil error from function", `"stack"`} {
+				if strings.Contains(string(out), fx) {
+					t.Errorf("output holds fx's dependency chain (%q):\n%s", fx, out)
+				}
 			}
 		})
 	}

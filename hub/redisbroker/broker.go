@@ -8,7 +8,10 @@
 // sequence is global, so ids of a user's own events and of broadcasts are
 // in one order. A node keeps one Pub/Sub connection, subscribed to the
 // broadcast and control channels and to one channel per user that holds a
-// connection on it; Redis delivers on it in publish order.
+// connection on it; Redis delivers on it in publish order. The channels
+// are sharded ones (SSUBSCRIBE, SPUBLISH: Redis 7 or later), so that on a
+// Redis Cluster a user's channel lives in the user's hash slot, with the
+// user's keys (the user is a hash tag in each name: userKey).
 //
 // Pub/Sub is at-most-once: after the connection to Redis broke and came
 // back, the broker asks the hub to Resync, which reads what its
@@ -45,6 +48,14 @@ import (
 	"github.com/hubd/hub/hub"
 )
 
+// metaName is the name of the meta hash (epoch, sequence) under the
+// prefix. It is "meta:2" since the user keys carry hash tags
+// (docs/DECISIONS.md 24): a hub of the earlier layout and one of this one
+// never share an epoch, so an id from before an upgrade is of another
+// epoch (recovered:false) rather than resumed from a user stream of the
+// new name that never held its events.
+const metaName = "meta:2"
+
 // Defaults.
 const (
 	DefaultPrefix = "hub:"
@@ -64,8 +75,18 @@ const (
 
 // Options configure a Broker.
 type Options struct {
-	// URL is the Redis URL, e.g. redis://127.0.0.1:6379/0.
+	// URL is the Redis URL, e.g. redis://127.0.0.1:6379/0; with Cluster,
+	// a cluster URL in go-redis's syntax (redis.ParseClusterURL), e.g.
+	// redis://127.0.0.1:7000?addr=127.0.0.1:7001&addr=127.0.0.1:7002.
 	URL string
+	// Cluster makes the broker a client of a Redis Cluster (go-redis's
+	// ClusterClient) rather than of one server. Groundwork of issue 18:
+	// every key and channel of a user is in that user's hash slot, but the
+	// broker does not work on a cluster yet: Start fails (the broadcast
+	// and control channels are in two slots: CROSSSLOT), and the publish,
+	// history and slot scripts use the global keys (meta, the broadcast
+	// stream, the checkpoints, the cluster's slot set) with the user's.
+	Cluster bool
 	// Prefix is put before every key and channel (default "hub:").
 	Prefix string
 	// Node is this node's name (stats).
@@ -97,6 +118,9 @@ type Options struct {
 	// as a lost connection, which is redialled (default
 	// DefaultPingInterval).
 	PingInterval time.Duration
+	// Metrics is told of publishes, reconnections, resyncs and failed
+	// Redis calls (nil: nobody).
+	Metrics Observer
 }
 
 // Receiver is what the broker delivers to; *hub.Hub implements it.
@@ -122,22 +146,24 @@ type ClusterTotals struct {
 type NodeStats struct {
 	hub.Stats
 	ReportedAt time.Time `json:"reportedAt"`
+	broker     string    // the reporting broker's Options.Node
 }
 
 // Broker is a hub.Broker on Redis. Create it with New, start it with Start
 // and stop it with Close.
 type Broker struct {
 	opts  Options
-	ropts *redis.Options
+	ropts *redis.Options        // one server, or
+	copts *redis.ClusterOptions // a cluster (Options.Cluster)
 	log   *slog.Logger
 	// client serves the idempotent calls (reads, slots, stats) and the
 	// Pub/Sub connection, with go-redis's retries; pub serves the publish
 	// script, which must never be sent twice, so it has none; probe
 	// serves the health loop and the check of a publish whose answer was
 	// lost, on connections of its own (none of them retries either).
-	client *redis.Client
-	pub    *redis.Client
-	probe  *redis.Client
+	client redis.UniversalClient
+	pub    redis.UniversalClient
+	probe  redis.UniversalClient
 	ps     *redis.PubSub
 	recv   Receiver
 	clock  clock
@@ -190,12 +216,23 @@ var _ hub.Broker = (*Broker)(nil)
 
 // New checks the options and parses the URL; it does not connect.
 func New(o Options) (*Broker, error) {
-	ro, err := redis.ParseURL(o.URL)
+	var ro *redis.Options
+	var co *redis.ClusterOptions
+	var err error
+	if o.Cluster {
+		co, err = redis.ParseClusterURL(o.URL)
+	} else {
+		ro, err = redis.ParseURL(o.URL)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("redis url: %w", err)
 	}
-	ro.MaintNotificationsConfig = &maintnotifications.Config{Mode: maintnotifications.ModeDisabled}
-	ro.DisableIdentity = true
+	noMaint := maintnotifications.Config{Mode: maintnotifications.ModeDisabled}
+	if co != nil {
+		co.MaintNotificationsConfig, co.DisableIdentity = &noMaint, true
+	} else {
+		ro.MaintNotificationsConfig, ro.DisableIdentity = &noMaint, true
+	}
 	if o.Prefix == "" {
 		o.Prefix = DefaultPrefix
 	}
@@ -232,12 +269,16 @@ func New(o Options) (*Broker, error) {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
+	if o.Metrics == nil {
+		o.Metrics = nopObserver{}
+	}
 	routeGoRedisLog(o.Logger)
 	return &Broker{
 		opts:      o,
 		ropts:     ro,
+		copts:     co,
 		log:       o.Logger,
-		metaKey:   o.Prefix + "meta",
+		metaKey:   o.Prefix + metaName,
 		nodesKey:  o.Prefix + "nodes",
 		allCh:     o.Prefix + "all",
 		ctlCh:     o.Prefix + "ctl",
@@ -256,15 +297,22 @@ func randomName() string {
 	return strings.ToLower(base32.HexEncoding.WithPadding(base32.NoPadding).EncodeToString(b[:]))
 }
 
-func (b *Broker) userCh(user string) string { return b.opts.Prefix + "c:" + user }
+// userKey is the name of user's key or channel of a kind: the prefix,
+// the kind, and the user as a hash tag ("hub:c:{alice}"), so that every
+// key and channel of one user is in one hash slot of a Redis Cluster.
+func (b *Broker) userKey(kind, user string) string {
+	return b.opts.Prefix + kind + ":{" + user + "}"
+}
+
+func (b *Broker) userCh(user string) string { return b.userKey("c", user) }
 
 // userStream and allStream are key prefixes; the script appends the epoch.
 // userState and allState are those of their state hashes (bytes, floor,
 // horizon, coalescing keys: see publishScript), checkpoints that of the
 // checkpoint stream.
-func (b *Broker) userStream(user string) string { return b.opts.Prefix + "u:" + user + ":" }
+func (b *Broker) userStream(user string) string { return b.userKey("u", user) + ":" }
 func (b *Broker) allStream() string             { return b.opts.Prefix + "a:" }
-func (b *Broker) userState(user string) string  { return b.opts.Prefix + "uh:" + user + ":" }
+func (b *Broker) userState(user string) string  { return b.userKey("uh", user) + ":" }
 func (b *Broker) allState() string              { return b.opts.Prefix + "ah:" }
 func (b *Broker) checkpoints() string           { return b.opts.Prefix + "ck:" }
 
@@ -285,13 +333,7 @@ func (b *Broker) Start(ctx context.Context, r Receiver) error {
 	b.recv = r
 	// Context deadlines bound every socket read and write (go-redis
 	// otherwise waits its own ReadTimeout whatever the context says).
-	base := *b.ropts
-	base.ContextTimeoutEnabled = true
-	noRetry := base
-	noRetry.MaxRetries = -1
-	probeOpts := noRetry
-	probeOpts.PoolSize = 4
-	client, pub, probe := redis.NewClient(&base), redis.NewClient(&noRetry), redis.NewClient(&probeOpts)
+	client, pub, probe := b.newClient(false, 0), b.newClient(true, 0), b.newClient(true, 4)
 	closeAll := func() {
 		_ = client.Close()
 		_ = pub.Close()
@@ -306,10 +348,13 @@ func (b *Broker) Start(ctx context.Context, r Receiver) error {
 		closeAll()
 		return fmt.Errorf("load script: %w", err)
 	}
-	ps := client.Subscribe(ctx)
+	ps := client.SSubscribe(ctx)
 	if err := subscribeBase(ctx, ps, b.allCh, b.ctlCh); err != nil {
 		_ = ps.Close()
 		closeAll()
+		if strings.Contains(err.Error(), "unknown command") {
+			err = fmt.Errorf("%w (sharded Pub/Sub needs Redis 7 or later)", err)
+		}
 		return err
 	}
 	b.client, b.pub, b.probe, b.ps = client, pub, probe, ps
@@ -324,10 +369,34 @@ func (b *Broker) Start(ctx context.Context, r Receiver) error {
 	return nil
 }
 
-// subscribeBase subscribes to the broadcast and control channels and waits
-// for both confirmations.
+// newClient makes a client of the server or the cluster whose socket reads
+// and writes are bounded by the context's deadline; noRetry turns
+// go-redis's retries off, pool > 0 sets the pool size.
+func (b *Broker) newClient(noRetry bool, pool int) redis.UniversalClient {
+	tune := func(ctxTimeout *bool, retries, poolSize *int) {
+		*ctxTimeout = true
+		if noRetry {
+			*retries = -1
+		}
+		if pool > 0 {
+			*poolSize = pool
+		}
+	}
+	if b.copts != nil {
+		o := *b.copts
+		tune(&o.ContextTimeoutEnabled, &o.MaxRetries, &o.PoolSize)
+		return redis.NewClusterClient(&o)
+	}
+	o := *b.ropts
+	tune(&o.ContextTimeoutEnabled, &o.MaxRetries, &o.PoolSize)
+	return redis.NewClient(&o)
+}
+
+// subscribeBase subscribes to the broadcast and control channels (sharded
+// channels, as every channel of the broker) and waits for both
+// confirmations.
 func subscribeBase(ctx context.Context, ps *redis.PubSub, channels ...string) error {
-	if err := ps.Subscribe(ctx, channels...); err != nil {
+	if err := ps.SSubscribe(ctx, channels...); err != nil {
 		return fmt.Errorf("subscribe: %w", err)
 	}
 	for n := 0; n < len(channels); {
@@ -335,7 +404,7 @@ func subscribeBase(ctx context.Context, ps *redis.PubSub, channels ...string) er
 		if err != nil {
 			return fmt.Errorf("subscribe: %w", err)
 		}
-		if s, ok := msg.(*redis.Subscription); ok && s.Kind == "subscribe" {
+		if s, ok := msg.(*redis.Subscription); ok && s.Kind == "ssubscribe" {
 			n++
 		}
 	}
@@ -357,6 +426,7 @@ func (b *Broker) Close() error {
 		b.wg.Wait()
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		_ = b.client.HDel(ctx, b.nodesKey, b.opts.Node).Err()
+		_ = b.client.Del(ctx, b.usersKey(b.opts.Node)).Err()
 		b.flushReleases(ctx)
 		cancel()
 		b.mu.Lock()
@@ -429,7 +499,9 @@ func (b *Broker) PublishUsers(ctx context.Context, users []string, typ string, p
 	for i, u := range users {
 		targets[i] = target{stream: b.userStream(u), state: b.userState(u), channel: b.userCh(u), slots: b.slotKey(u)}
 	}
+	start := time.Now()
 	id, devices, err := b.publish(ctx, targets, typ, payload, ts, o)
+	b.opts.Metrics.PublishDone(OpPublish, time.Since(start), err)
 	if err != nil {
 		return "", nil, fmt.Errorf("publish: %w", err)
 	}
@@ -440,7 +512,9 @@ func (b *Broker) PublishUsers(ctx context.Context, users []string, typ string, p
 // every node; it returns its id and the cluster's live connection slots.
 func (b *Broker) PublishAll(ctx context.Context, typ string, payload []byte, ts time.Time, o hub.EventOptions) (string, int, error) {
 	t := target{stream: b.allStream(), state: b.allState(), channel: b.allCh, slots: b.allSlotsKey()}
+	start := time.Now()
 	id, devices, err := b.publish(ctx, []target{t}, typ, payload, ts, o)
+	b.opts.Metrics.PublishDone(OpBroadcast, time.Since(start), err)
 	if err != nil {
 		return "", 0, fmt.Errorf("broadcast: %w", err)
 	}
@@ -461,6 +535,7 @@ func (b *Broker) History(ctx context.Context, user, lastID string, max int) ([]*
 	}
 	msgs, ok, err := b.read(ctx, user, epoch, last, max, false)
 	if err != nil {
+		b.opts.Metrics.Error(OpHistory)
 		return nil, false, fmt.Errorf("history: %w", err)
 	}
 	return msgs, ok, nil
@@ -478,6 +553,7 @@ func (b *Broker) Since(ctx context.Context, user, pos string, max int) ([]*hub.M
 	}
 	msgs, ok, err := b.read(ctx, user, epoch, last, max, true)
 	if err != nil {
+		b.opts.Metrics.Error(OpHistory)
 		return nil, false, fmt.Errorf("since: %w", err)
 	}
 	return msgs, ok, nil
@@ -492,6 +568,7 @@ func (b *Broker) Position(ctx context.Context) (string, error) {
 	}
 	res, err := positionScript.Run(ctx, b.client, []string{b.metaKey}, randomName()).StringSlice()
 	if err != nil {
+		b.opts.Metrics.Error(OpPosition)
 		return "", fmt.Errorf("position: %w", err)
 	}
 	if len(res) != 2 {
@@ -662,7 +739,8 @@ func (b *Broker) DisconnectUser(ctx context.Context, user string) error {
 	if b.client == nil {
 		return errors.New("redisbroker: not started")
 	}
-	if err := b.client.Publish(ctx, b.ctlCh, "disconnect\n"+user).Err(); err != nil {
+	if err := b.client.SPublish(ctx, b.ctlCh, "disconnect\n"+user).Err(); err != nil {
+		b.opts.Metrics.Error(OpDisconnect)
 		return fmt.Errorf("publish disconnect: %w", err)
 	}
 	return nil
@@ -728,19 +806,33 @@ func (b *Broker) queue(o op) {
 }
 
 // ClusterStats sums the stats of the nodes that reported within the last
-// ten seconds, and lists each of them (Members).
+// ten seconds, and lists each of them (Members). ActiveUsers counts a user
+// connected to several nodes once: it is the PFCOUNT of the nodes'
+// HyperLogLogs (hll.go), exact for small counts and within about 1% for
+// large ones; should that read fail, it is the sum of the nodes' counts.
 func (b *Broker) ClusterStats(ctx context.Context) (any, error) {
 	nodes, err := b.NodeStats(ctx)
 	if err != nil {
 		return nil, err
 	}
 	tot := ClusterTotals{Connections: map[string]int{hub.TransportWebSocket: 0, hub.TransportSSE: 0}, Members: nodes}
+	keys := make([]string, 0, len(nodes))
 	for _, r := range nodes {
 		tot.Nodes++
 		tot.TotalConnections += r.TotalConnections
 		tot.ActiveUsers += r.ActiveUsers
 		for k, n := range r.Connections {
 			tot.Connections[k] += n
+		}
+		keys = append(keys, b.usersKey(r.broker))
+	}
+	if len(keys) > 0 {
+		n, err := b.client.PFCount(ctx, keys...).Result()
+		if err != nil {
+			b.opts.Metrics.Error(OpStats)
+			b.log.Debug("redis count of the cluster's users failed; summing the nodes' counts", "err", err)
+		} else {
+			tot.ActiveUsers = int(n)
 		}
 	}
 	return tot, nil
@@ -754,16 +846,17 @@ func (b *Broker) NodeStats(ctx context.Context) ([]NodeStats, error) {
 	}
 	all, err := b.client.HGetAll(ctx, b.nodesKey).Result()
 	if err != nil {
+		b.opts.Metrics.Error(OpStats)
 		return nil, fmt.Errorf("cluster stats: %w", err)
 	}
 	nodes := []NodeStats{}
 	cutoff := time.Now().Add(-statsTTL).UnixMilli()
-	for _, v := range all {
+	for name, v := range all {
 		var r nodeReport
 		if json.Unmarshal([]byte(v), &r) != nil || r.At < cutoff {
 			continue
 		}
-		nodes = append(nodes, NodeStats{Stats: r.Stats, ReportedAt: time.UnixMilli(r.At).UTC()})
+		nodes = append(nodes, NodeStats{Stats: r.Stats, ReportedAt: time.UnixMilli(r.At).UTC(), broker: name})
 	}
 	slices.SortFunc(nodes, func(a, b NodeStats) int { return strings.Compare(a.Node, b.Node) })
 	return nodes, nil

@@ -412,7 +412,7 @@ func TestStreamExpiry(t *testing.T) {
 		t.Fatal(err)
 	}
 	rc := hubtest.RedisClient(t, url)
-	for _, pat := range []string{pfx + "u:u1:*", pfx + "a:*", pfx + "uh:u1:*", pfx + "ah:*"} {
+	for _, pat := range []string{pfx + "u:{u1}:*", pfx + "a:*", pfx + "uh:{u1}:*", pfx + "ah:*"} {
 		keys, err := rc.Keys(bg(t), pat).Result()
 		if err != nil || len(keys) != 1 {
 			t.Fatalf("keys %s = %v, %v", pat, keys, err)
@@ -422,7 +422,7 @@ func TestStreamExpiry(t *testing.T) {
 			t.Errorf("%s ttl %v, want (0, 90s]", keys[0], ttl)
 		}
 	}
-	if ttl := rc.PTTL(bg(t), pfx+"meta").Val(); ttl != -1 {
+	if ttl := rc.PTTL(bg(t), pfx+"meta:2").Val(); ttl != -1 {
 		t.Errorf("meta ttl %v, want none", ttl)
 	}
 }
@@ -492,7 +492,8 @@ func TestClusterStats(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := redisbroker.ClusterTotals{Nodes: 2, TotalConnections: 4, ActiveUsers: 4,
+	// u1 is on both nodes: one user of three
+	want := redisbroker.ClusterTotals{Nodes: 2, TotalConnections: 4, ActiveUsers: 3,
 		Connections: map[string]int{hub.TransportWebSocket: 3, hub.TransportSSE: 1}}
 	var got redisbroker.ClusterTotals
 	hubtest.Eventually(t, 15*time.Second, "cluster stats", func() bool {
@@ -506,7 +507,7 @@ func TestClusterStats(t *testing.T) {
 		return fmt.Sprint(totals) == fmt.Sprint(want)
 	})
 	buf, _ := json.Marshal(got)
-	if !strings.Contains(string(buf), `"nodes":2,"totalConnections":4,"activeUsers":4,"connections":{`) {
+	if !strings.Contains(string(buf), `"nodes":2,"totalConnections":4,"activeUsers":3,"connections":{`) {
 		t.Errorf("json %s", buf)
 	}
 	// Members: each node's own stats, by name.
@@ -526,9 +527,59 @@ func TestClusterStats(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := v.(redisbroker.ClusterTotals); got.Nodes != 1 || got.TotalConnections != 2 || len(got.Members) != 1 || got.Members[0].Node != "a" {
-		t.Errorf("after closing b: %+v, want 1 node 2 connections", got)
+	if got := v.(redisbroker.ClusterTotals); got.Nodes != 1 || got.TotalConnections != 2 || got.ActiveUsers != 2 || len(got.Members) != 1 || got.Members[0].Node != "a" {
+		t.Errorf("after closing b: %+v, want 1 node 2 connections 2 users", got)
 	}
+}
+
+// TestClusterActiveUsers checks that the cluster's activeUsers counts each
+// user once however many nodes hold a connection of theirs, adds up the
+// users of different nodes, and drops a user who left every node at the
+// nodes' next report.
+func TestClusterActiveUsers(t *testing.T) {
+	url := hubtest.RedisURL(t)
+	pfx := hubtest.RedisPrefix(t, url)
+	a := startNode(t, url, pfx, "a", 0, 0)
+	b := startNode(t, url, pfx, "b", 0, 0)
+	c := startNode(t, url, pfx, "c", 0, 0)
+	// users waits until activeUsers is want, give or take slack
+	users := func(want, slack int, what string) {
+		t.Helper()
+		got := -1
+		hubtest.Eventually(t, 15*time.Second, what, func() bool {
+			v, err := c.broker.ClusterStats(bg(t))
+			if err != nil {
+				t.Fatal(err)
+			}
+			tot := v.(redisbroker.ClusterTotals)
+			got = tot.ActiveUsers
+			return tot.Nodes == 3 && got >= want-slack && got <= want+slack
+		})
+		t.Logf("%s: activeUsers %d", what, got)
+	}
+	a1 := connect(t, a.hub, "u1", "")
+	b1 := connect(t, b.hub, "u1", "")
+	users(1, 0, "u1 on a and b counts once")
+	connect(t, a.hub, "u2", "")
+	connect(t, b.hub, "u3", "")
+	c4 := connect(t, c.hub, "u4", "")
+	connect(t, c.hub, "u4", "")
+	users(4, 0, "u1 on a and b, u2 on a, u3 on b, u4 twice on c: four users")
+	b.hub.Unregister(b1.c)
+	users(4, 0, "u1 still on a")
+	a.hub.Unregister(a1.c)
+	users(3, 0, "u1 gone from every node")
+	c.hub.Unregister(c4.c)
+	users(3, 0, "u4 still on c once")
+	// many users spread over the nodes, each on two of them
+	for i := range 300 {
+		u := fmt.Sprintf("m%d", i)
+		connect(t, []node{a, b, c}[i%3].hub, u, "")
+		connect(t, []node{a, b, c}[(i+1)%3].hub, u, "")
+	}
+	// a HyperLogLog is exact for a few users, within about 1% beyond
+	// (the nodes' sum would be 606)
+	users(303, 6, "300 more users, each on two nodes")
 }
 
 // Subscribe and Unsubscribe of the same user in quick succession leave the

@@ -156,7 +156,7 @@ func TestPublishToManyUsersIsOneEvent(t *testing.T) {
 	rc := hubtest.RedisClient(t, url)
 	epoch, seq, _ := hub.ParseID(evs[0].ID)
 	for i := range 4 {
-		entries, err := rc.XRange(bg(t), fmt.Sprintf("%su:m%d:%s", pfx, i, epoch), "-", "+").Result()
+		entries, err := rc.XRange(bg(t), fmt.Sprintf("%su:{m%d}:%s", pfx, i, epoch), "-", "+").Result()
 		if err != nil || len(entries) != 1 || entries[0].ID != strconv.FormatUint(seq, 10)+"-0" {
 			t.Fatalf("m%d's stream = %v, %v; want one entry %d-0", i, entries, err, seq)
 		}
@@ -193,10 +193,10 @@ func TestStreamByteBound(t *testing.T) {
 	}
 	rc := hubtest.RedisClient(t, url)
 	epoch, _, _ := hub.ParseID(ids[0])
-	if l := rc.XLen(bg(t), pfx+"u:u1:"+epoch).Val(); l != 3 {
+	if l := rc.XLen(bg(t), pfx+"u:{u1}:"+epoch).Val(); l != 3 {
 		t.Fatalf("u1's stream holds %d entries, want 3", l)
 	}
-	if got := rc.HGet(bg(t), pfx+"uh:u1:"+epoch, "b").Val(); got != strconv.FormatInt(3*size, 10) {
+	if got := rc.HGet(bg(t), pfx+"uh:{u1}:"+epoch, "b").Val(); got != strconv.FormatInt(3*size, 10) {
 		t.Fatalf("u1's byte counter = %s, want %d", got, 3*size)
 	}
 	cl := connect(t, n.hub, "u1", ids[2])
@@ -224,7 +224,7 @@ func TestStreamByteBound(t *testing.T) {
 	if got := c2.waitEvents(1); got[0].ID != evs[0].ID {
 		t.Fatalf("the big event was not delivered: %v", idsOf(got))
 	}
-	if l := rc.XLen(bg(t), pfx+"u:u2:"+epoch).Val(); l != 0 {
+	if l := rc.XLen(bg(t), pfx+"u:{u2}:"+epoch).Val(); l != 0 {
 		t.Fatalf("u2's stream holds %d entries, want 0", l)
 	}
 	if rec, _ := connect(t, n.hub, "u2", hub.FormatPosition(pos)).connected(); rec {

@@ -52,7 +52,7 @@ func (c *clock) toRedis(t time.Time) int64 {
 // sampleClock asks Redis for its time through client and records a sample;
 // in the same round trip it reads the cluster's epoch and sequence from the
 // meta hash for Latest.
-func (b *Broker) sampleClock(ctx context.Context, client *redis.Client) error {
+func (b *Broker) sampleClock(ctx context.Context, client redis.UniversalClient) error {
 	ctx, cancel := context.WithTimeout(ctx, b.opts.PublishTimeout)
 	defer cancel()
 	var tc *redis.TimeCmd
@@ -117,6 +117,7 @@ func (b *Broker) setHealth(err error) {
 	old := b.healthErr()
 	if err != nil {
 		err = fmt.Errorf("redis unresponsive: %w", err)
+		b.opts.Metrics.Error(OpHealth)
 		if old == nil {
 			b.log.Warn("redis health probe failed", "err", err)
 		}

@@ -126,7 +126,7 @@ func TestKeyedSupersede(t *testing.T) {
 
 	rc := hubtest.RedisClient(t, url)
 	epoch, _, _ := hub.ParseID(start)
-	entries := rc.XRange(bg(t), pfx+"u:u1:"+epoch, "-", "+").Val()
+	entries := rc.XRange(bg(t), pfx+"u:{u1}:"+epoch, "-", "+").Val()
 	if len(entries) != 1+len(want) {
 		t.Fatalf("u1's stream holds %d entries, want %d (start, plain, one per key)", len(entries), 1+len(want))
 	}
@@ -134,7 +134,7 @@ func TestKeyedSupersede(t *testing.T) {
 	for _, e := range entries {
 		bytes += len(e.Values["f"].(string))
 	}
-	st := rc.HGetAll(bg(t), pfx+"uh:u1:"+epoch).Val()
+	st := rc.HGetAll(bg(t), pfx+"uh:{u1}:"+epoch).Val()
 	if st["b"] != strconv.Itoa(bytes) {
 		t.Errorf("state bytes %s, want %d", st["b"], bytes)
 	}
@@ -207,7 +207,7 @@ func TestVolatile(t *testing.T) {
 	}
 	rc := hubtest.RedisClient(t, url)
 	epoch, _, _ := hub.ParseID(first[0].ID)
-	if n := rc.XLen(bg(t), pfx+"u:u1:"+epoch).Val(); n != 1 {
+	if n := rc.XLen(bg(t), pfx+"u:{u1}:"+epoch).Val(); n != 1 {
 		t.Fatalf("u1's stream holds %d entries, want 1", n)
 	}
 	after, err := a.hub.Publish(bg(t), []string{"u1"}, "T", nil)
@@ -261,7 +261,7 @@ func TestKeyedBound(t *testing.T) {
 	_, newest, _ := keyedRun(t, n.hub, "u1", 400, 4, 0) // its start event is pushed out
 	rc := hubtest.RedisClient(t, url)
 	epoch, _, _ := hub.ParseID(first[0].ID)
-	if l := rc.XLen(bg(t), pfx+"u:u1:"+epoch).Val(); l != 4 {
+	if l := rc.XLen(bg(t), pfx+"u:{u1}:"+epoch).Val(); l != 4 {
 		t.Fatalf("stream holds %d entries, want 4", l)
 	}
 	var want []string
@@ -292,7 +292,7 @@ func TestKeyedBound(t *testing.T) {
 	if msgs, ok, _ := n.broker.History(bg(t), "u1", want[1], 10); !ok || !slices.Equal(idsOf(msgs), []string{want[2], want[3], k4[0].ID}) {
 		t.Fatalf("from the oldest key held: %v %v", idsOf(msgs), ok)
 	}
-	st := rc.HGetAll(bg(t), pfx+"uh:u1:"+epoch).Val()
+	st := rc.HGetAll(bg(t), pfx+"uh:{u1}:"+epoch).Val()
 	if len(st) != 3+4 { // b, f, z and four keys: the dropped key's index went with it
 		t.Fatalf("state hash %v, want b, f, z and 4 keys", st)
 	}
@@ -357,7 +357,7 @@ func TestExpiredStreamNotRecovered(t *testing.T) {
 	epoch, _, _ := hub.ParseID(ids[0])
 	rc := hubtest.RedisClient(t, url)
 	hubtest.Eventually(t, 10*time.Second, "u1's stream to expire", func() bool {
-		return rc.Exists(bg(t), pfx+"u:u1:"+epoch, pfx+"uh:u1:"+epoch).Val() == 0
+		return rc.Exists(bg(t), pfx+"u:{u1}:"+epoch, pfx+"uh:{u1}:"+epoch).Val() == 0
 	})
 	pos, err := n.broker.Position(bg(t))
 	if err != nil {

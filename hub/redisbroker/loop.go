@@ -16,9 +16,10 @@ import (
 // receiveLoop reads the shared Pub/Sub connection until Close. go-redis
 // reconnects it and resubscribes its channels by itself after an error;
 // the first subscription confirmation after an error means the node is
-// subscribed again, and the loop then runs the hub's Resync before it
-// delivers anything else, so that the events published during the outage
-// are queued before the live ones that follow.
+// subscribed again (every channel is a sharded one, so go-redis subscribes
+// them all again in one SSUBSCRIBE), and the loop then runs the hub's
+// Resync before it delivers anything else, so that the events published
+// during the outage are queued before the live ones that follow.
 //
 // A connection that stops answering without closing raises no error: when
 // nothing came for PingInterval the loop sends a PING, and when nothing
@@ -72,12 +73,14 @@ func (b *Broker) receiveLoop() {
 		failures, pinged = 0, time.Time{}
 		switch m := msg.(type) {
 		case *redis.Subscription:
-			if broken && m.Kind == "subscribe" {
+			if broken && m.Kind == "ssubscribe" {
 				broken = false
 				b.log.Info("redis pubsub reconnected; resyncing")
+				b.opts.Metrics.Reconnected()
 				ctx, cancel := context.WithTimeout(b.ctx, resyncTimeout)
 				b.recv.Resync(ctx)
 				cancel()
+				b.opts.Metrics.Resynced()
 				b.live.Store(true)
 			}
 			b.confirmed(m)
@@ -102,6 +105,7 @@ func (b *Broker) dropPubSubConn() {
 // confirmations will not come (the new connection subscribes only to what
 // is wanted).
 func (b *Broker) lost() {
+	b.opts.Metrics.Error(OpPubSub)
 	b.live.Store(false)
 	b.kick()
 	b.mu.Lock()
@@ -133,13 +137,13 @@ func (b *Broker) confirmed(s *redis.Subscription) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	switch s.Kind {
-	case "unsubscribe":
+	case "sunsubscribe":
 		if b.unsubPend[s.Channel] > 1 {
 			b.unsubPend[s.Channel]--
 		} else {
 			delete(b.unsubPend, s.Channel)
 		}
-	case "subscribe":
+	case "ssubscribe":
 		if b.unsubPend[s.Channel] > 0 {
 			return
 		}
@@ -159,7 +163,10 @@ func (b *Broker) dispatch(m *redis.Message) {
 	}
 	user := ""
 	if m.Channel != b.allCh {
-		u, ok := strings.CutPrefix(m.Channel, b.opts.Prefix+"c:")
+		u, ok := strings.CutPrefix(m.Channel, b.opts.Prefix+"c:{")
+		if ok {
+			u, ok = strings.CutSuffix(u, "}")
+		}
 		if !ok {
 			return
 		}
@@ -198,7 +205,7 @@ func parsePublished(p string) (*hub.Message, bool) {
 	return hub.NewMessage(parts[0], seq, parts[1], hub.EventOptions{}, []byte(parts[3]), time.UnixMilli(ms)), true
 }
 
-// opLoop writes the queued SUBSCRIBE and UNSUBSCRIBE commands in order.
+// opLoop writes the queued SSUBSCRIBE and SUNSUBSCRIBE commands in order.
 func (b *Broker) opLoop() {
 	defer b.wg.Done()
 	for {
@@ -226,7 +233,8 @@ func (b *Broker) opLoop() {
 				b.doSubscribe(o)
 			} else {
 				ctx, cancel := context.WithTimeout(b.ctx, 5*time.Second)
-				if err := b.ps.Unsubscribe(ctx, o.ch); err != nil {
+				if err := b.ps.SUnsubscribe(ctx, o.ch); err != nil {
+					b.opts.Metrics.Error(OpSubscribe)
 					b.unsent(o.ch)
 				}
 				cancel()
@@ -238,12 +246,13 @@ func (b *Broker) opLoop() {
 func (b *Broker) doSubscribe(o op) {
 	ctx, cancel := context.WithTimeout(b.ctx, 5*time.Second)
 	defer cancel()
-	err := b.ps.Subscribe(ctx, o.ch)
+	err := b.ps.SSubscribe(ctx, o.ch)
 	if err == nil {
 		return // the receive loop sees the confirmation
 	}
 	// The command did not go out: fail the waiters now rather than at their
 	// timeout, and drop the channel that go-redis would resubscribe.
+	b.opts.Metrics.Error(OpSubscribe)
 	b.mu.Lock()
 	if b.subs[o.ch] == o.st {
 		delete(b.subs, o.ch)
@@ -254,7 +263,7 @@ func (b *Broker) doSubscribe(o op) {
 	}
 	b.unsubPend[o.ch]++
 	b.mu.Unlock()
-	if b.ps.Unsubscribe(ctx, o.ch) != nil {
+	if b.ps.SUnsubscribe(ctx, o.ch) != nil {
 		b.unsent(o.ch)
 	}
 }
@@ -293,9 +302,16 @@ func (b *Broker) report() {
 	if err != nil {
 		return
 	}
+	users := b.usersHLL() // the users it counts, for ClusterStats (hll.go)
 	ctx, cancel := context.WithTimeout(b.ctx, time.Second)
 	defer cancel()
-	if err := b.client.HSet(ctx, b.nodesKey, b.opts.Node, v).Err(); err != nil && b.ctx.Err() == nil {
+	_, err = b.client.Pipelined(ctx, func(p redis.Pipeliner) error {
+		p.HSet(ctx, b.nodesKey, b.opts.Node, v)
+		p.Set(ctx, b.usersKey(b.opts.Node), users, statsTTL)
+		return nil
+	})
+	if err != nil && b.ctx.Err() == nil {
+		b.opts.Metrics.Error(OpStats)
 		b.log.Debug("redis stats report failed", "err", err)
 	}
 }

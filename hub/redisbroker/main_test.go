@@ -34,11 +34,17 @@ func startNode(t testing.TB, url, pfx, name string, size int, ttl time.Duration)
 		hub.Options{HistorySize: size, HistoryTTL: ttl, Node: name})
 }
 
-// startWith starts a hub of ho with a broker of bo (both logging nowhere);
+// startWith starts a hub of ho with a broker of bo (logging nowhere unless
+// given a logger);
 // both stop when t ends.
 func startWith(t testing.TB, bo redisbroker.Options, ho hub.Options) node {
 	t.Helper()
-	bo.Logger, ho.Logger = quiet, quiet
+	if bo.Logger == nil {
+		bo.Logger = quiet
+	}
+	if ho.Logger == nil {
+		ho.Logger = quiet
+	}
 	b, err := redisbroker.New(bo)
 	if err != nil {
 		t.Fatalf("New: %v", err)

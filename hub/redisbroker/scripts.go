@@ -197,7 +197,7 @@ for i = 1, n do
       redis.call('PEXPIRE', skey, ttl)
     end
   end
-  redis.call('PUBLISH', ARGV[a + 3], msg)
+  redis.call('SPUBLISH', ARGV[a + 3], msg)
   devices[i] = redis.call('ZCOUNT', ARGV[a + 4], '(' .. nowmss, '+inf')
 end
 local answer = id .. ';' .. table.concat(devices, ',')

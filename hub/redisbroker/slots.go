@@ -24,7 +24,7 @@ const refreshBatch = 500
 // id (the member in the cluster's set).
 type slotRef struct{ user, conn, member string }
 
-func (b *Broker) slotKey(user string) string { return b.opts.Prefix + "uc:" + user }
+func (b *Broker) slotKey(user string) string { return b.userKey("uc", user) }
 
 // allSlotsKey is the cluster's slot set: the connection ids of every
 // user's slots, which a broadcast counts.
@@ -68,6 +68,7 @@ func (b *Broker) AcquireConn(ctx context.Context, user string, c hub.Connection,
 	if err != nil {
 		// The script may have run with its answer lost: give the slot back
 		// rather than let it live out its lifetime.
+		b.opts.Metrics.Error(OpSlots)
 		b.queueRelease(ref)
 		return false, fmt.Errorf("acquire connection slot: %w", err)
 	}
@@ -110,6 +111,7 @@ func (b *Broker) Connections(ctx context.Context, user string) ([]hub.Connection
 	}
 	members, err := connsScript.Run(ctx, b.client, []string{b.slotKey(user)}).StringSlice()
 	if err != nil {
+		b.opts.Metrics.Error(OpSlots)
 		return nil, fmt.Errorf("connections: %w", err)
 	}
 	out := make([]hub.Connection, 0, len(members))
@@ -174,6 +176,7 @@ func (b *Broker) flushReleases(parent context.Context) {
 		pipe.ZRem(ctx, b.allSlotsKey(), r.conn)
 	}
 	if _, err := pipe.Exec(ctx); err != nil && parent.Err() == nil {
+		b.opts.Metrics.Error(OpSlots)
 		b.log.Debug("redis slot release failed; the slots will expire", "err", err)
 	}
 }
@@ -199,6 +202,7 @@ func (b *Broker) refreshSlots() {
 		batch := append([]string{b.allSlotsKey()}, keys[i:j]...)
 		if err := refreshScript.Run(ctx, b.client, batch, args...).Err(); err != nil {
 			if b.ctx.Err() == nil {
+				b.opts.Metrics.Error(OpSlots)
 				b.log.Debug("redis slot refresh failed", "err", err)
 			}
 			return

@@ -54,7 +54,7 @@ func TestConnLimitAcrossNodes(t *testing.T) {
 	if _, err := register(t, a.hub, "u1", hub.TransportSSE); err != nil {
 		t.Fatalf("second connection: %v", err)
 	}
-	if n := rc.ZCard(bg(t), pfx+"uc:u1").Val(); n != 2 {
+	if n := rc.ZCard(bg(t), pfx+"uc:{u1}").Val(); n != 2 {
 		t.Fatalf("slots of u1 = %d, want 2", n)
 	}
 	for _, tr := range []string{hub.TransportWebSocket, hub.TransportSSE} {
@@ -83,7 +83,7 @@ func TestConnLimitAcrossNodes(t *testing.T) {
 		t.Fatalf("third connection back on a: err %v, want the user limit", err)
 	}
 	b.hub.Unregister(b1)
-	hubtest.Eventually(t, 15*time.Second, "the slot to be given back", func() bool { return rc.ZCard(bg(t), pfx+"uc:u1").Val() == 1 })
+	hubtest.Eventually(t, 15*time.Second, "the slot to be given back", func() bool { return rc.ZCard(bg(t), pfx+"uc:{u1}").Val() == 1 })
 }
 
 // The slots of a node that stopped without giving them back (a crash)
@@ -107,7 +107,7 @@ func TestSlotsOfStoppedNodeExpire(t *testing.T) {
 		}
 		return float64(tm.UnixMilli())
 	}
-	first, err := rc.ZRangeWithScores(bg(t), pfx+"uc:u1", 0, -1).Result()
+	first, err := rc.ZRangeWithScores(bg(t), pfx+"uc:{u1}", 0, -1).Result()
 	if err != nil || len(first) != 2 {
 		t.Fatalf("slots = %v, %v", first, err)
 	}

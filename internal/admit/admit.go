@@ -10,7 +10,10 @@
 // The node bucket answers 503 rather than 429 because the client did nothing
 // wrong: the node as a whole is taking connections faster than it allows, and
 // another node (or the same one a little later) will take it. Retry-After is
-// the time until a token is available for that client, at least 1 s.
+// the time until a token is available for that client behind the clients
+// refused before it that have not come due yet (a storm of N refusals at
+// rate R is told to come back over N/R seconds, up to 30 s, not all after
+// the same second), at least 1 s.
 //
 // The reserve lets resuming clients in first after a restart: a fresh client
 // may take a token only while the bucket holds at least ResumeShare*Burst
@@ -79,8 +82,12 @@ type Controller struct {
 
 	mu     sync.Mutex
 	tokens float64
-	last   time.Time
-	byIP   map[string]int
+	// owed counts the refused clients told to come back that are not due
+	// yet: each refusal adds one, time pays them off at rate. A refusal's
+	// Retry-After places it behind them.
+	owed float64
+	last time.Time
+	byIP map[string]int
 }
 
 // New builds a Controller; its bucket starts full.
@@ -185,6 +192,7 @@ func (c *Controller) take(resuming bool) (wait time.Duration, ok bool) {
 	now := c.now()
 	if el := now.Sub(c.last); el > 0 {
 		c.tokens = min(c.burst, c.tokens+el.Seconds()*c.rate)
+		c.owed = max(0, c.owed-el.Seconds()*c.rate)
 	}
 	c.last = now
 	floor := 0.0 // tokens that must remain after the take
@@ -195,9 +203,14 @@ func (c *Controller) take(resuming bool) (wait time.Duration, ok bool) {
 		c.tokens--
 		return 0, true
 	}
-	need := max(floor+1-c.tokens, 0)
+	need := max(floor+1-c.tokens, 0) + c.owed
+	c.owed = min(c.owed+1, maxOwed*c.rate)
 	return time.Duration(math.Ceil(need / c.rate * float64(time.Second))), false
 }
+
+// maxOwed bounds, in seconds of the rate, how far ahead refusals are
+// spread: no client is told to wait longer than that behind others.
+const maxOwed = 30
 
 func (c *Controller) release(ip string) {
 	c.mu.Lock()

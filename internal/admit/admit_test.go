@@ -2,6 +2,7 @@ package admit_test
 
 import (
 	"fmt"
+	"math"
 	"net/http"
 	"net/http/httptest"
 	"sync"
@@ -323,4 +324,68 @@ func TestConcurrent(t *testing.T) {
 			t.Errorf("admitted %d, want 20", got)
 		}
 	})
+}
+
+// A storm of refusals is told to come back spread over the time the bucket
+// needs to admit them all, not all after the same second: each refused
+// client waits behind the ones refused before it that are not due yet, and
+// when everyone comes back at the time they were told, the bucket admits
+// them (every refusal is at least 1 s, none beyond the bound).
+func TestRetryAfterSpreadsAStorm(t *testing.T) {
+	clk := newClock()
+	const rate = 100
+	c := admit.New(admit.Options{Rate: rate, Burst: rate, ResumeShare: -1, Now: clk.Now})
+	perSecond := map[time.Duration]int{}
+	var refusedAfter []time.Duration
+	for range 5 * rate { // 500 clients at once; 100 tokens in the bucket
+		if _, ok, _, _, after := c.Acquire("192.0.2.1", true); !ok {
+			// as the header tells it: whole seconds, rounded up
+			secs := time.Duration(math.Ceil(after.Seconds())) * time.Second
+			perSecond[secs]++
+			refusedAfter = append(refusedAfter, after)
+		}
+	}
+	if len(refusedAfter) != 4*rate {
+		t.Fatalf("%d refused, want %d", len(refusedAfter), 4*rate)
+	}
+	// 400 refused at 100/s: told 1 s, 2 s, 3 s, 4 s, about 100 each
+	for s := time.Second; s <= 4*time.Second; s += time.Second {
+		if n := perSecond[s]; n < rate-1 || n > rate+1 {
+			t.Errorf("%d clients told %v, want about %d (all: %v)", n, s, rate, perSecond)
+		}
+	}
+	for i := 1; i < len(refusedAfter); i++ {
+		if refusedAfter[i] < refusedAfter[i-1] {
+			t.Fatalf("refusal %d told %v after one told %v", i, refusedAfter[i], refusedAfter[i-1])
+		}
+	}
+	// each group comes back when told: the bucket has refilled for it
+	admitted := 0
+	for s := time.Second; s <= 4*time.Second; s += time.Second {
+		clk.Advance(time.Second)
+		for range perSecond[s] {
+			if _, ok, _, _, _ := c.Acquire("192.0.2.1", true); ok {
+				admitted++
+			}
+		}
+	}
+	if admitted < 4*rate-4 {
+		t.Errorf("%d of %d admitted when they came back as told", admitted, 4*rate)
+	}
+}
+
+// The spread is bounded: however many are refused, none is told to wait
+// more than 30 s of the rate (plus the one token it needs).
+func TestRetryAfterBounded(t *testing.T) {
+	clk := newClock()
+	c := admit.New(admit.Options{Rate: 10, Burst: 10, ResumeShare: -1, Now: clk.Now})
+	var longest time.Duration
+	for range 10000 {
+		if _, ok, _, _, after := c.Acquire("192.0.2.1", true); !ok {
+			longest = max(longest, after)
+		}
+	}
+	if longest > 31*time.Second || longest < 30*time.Second {
+		t.Errorf("longest Retry-After %v, want 30-31 s", longest)
+	}
 }

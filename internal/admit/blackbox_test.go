@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -75,8 +76,9 @@ func handshake(client *http.Client, url string, resuming bool) (result, error) {
 
 // TestFloodOverHTTP fires 2,000 handshakes from 50 goroutines at a bucket of
 // 20 with a frozen clock: exactly 20 are admitted (at most 10 fresh, the rest
-// held for resuming clients), every other gets 503 overloaded with
-// Retry-After: 1, and /healthz keeps answering meanwhile.
+// held for resuming clients), every other gets 503 overloaded with a
+// Retry-After that spreads them over the time the bucket needs (at most 50
+// told 1 s, the last ones 30 s), and /healthz keeps answering meanwhile.
 func TestFloodOverHTTP(t *testing.T) {
 	clk := newClock()
 	c := admit.New(admit.Options{Rate: 50, Burst: 20, Now: clk.Now})
@@ -134,13 +136,19 @@ func TestFloodOverHTTP(t *testing.T) {
 	}
 
 	var fresh, resumed, refused int
+	told := map[int]int{} // refusals by Retry-After
 	for res := range results {
 		switch {
 		case res.status == http.StatusOK && res.resuming:
 			resumed++
 		case res.status == http.StatusOK:
 			fresh++
-		case res.status == http.StatusServiceUnavailable && res.code == "overloaded" && res.retryAfter == "1":
+		case res.status == http.StatusServiceUnavailable && res.code == "overloaded" && res.retryAfter != "":
+			secs, err := strconv.Atoi(res.retryAfter)
+			if err != nil || secs < 1 || secs > 31 {
+				t.Fatalf("Retry-After %q, want 1 to 31 s", res.retryAfter)
+			}
+			told[secs]++
 			refused++
 		default:
 			t.Fatalf("unexpected answer %+v", res)
@@ -149,6 +157,12 @@ func TestFloodOverHTTP(t *testing.T) {
 	if fresh+resumed != 20 || fresh > 10 || refused != total-20 {
 		t.Errorf("fresh=%d resumed=%d refused=%d, want 20 admitted (<= 10 fresh) and %d refused",
 			fresh, resumed, refused, total-20)
+	}
+
+	// the refused are told to come back spread over the time the bucket
+	// needs for them (50/s), up to 30 s: not all after the same second
+	if told[1] > 50 || told[30]+told[31] == 0 {
+		t.Errorf("Retry-After not spread: %v", told)
 	}
 
 	// once Retry-After has passed, a client gets in again

@@ -1,7 +1,7 @@
 // Package hubtest is the test harness shared by every package's tests:
 // wait for a condition with a deadline (Eventually), mint tokens (Token,
 // ExpiredToken), reach the test Redis (RedisURL, RedisDB, RedisPrefix,
-// StartRedisServer), and the network bits tests need: a free loopback
+// StartRedisServer, StartRedisCluster), and the network bits tests need: a free loopback
 // address, a loopback TCP pair and a TCP proxy the test can cut. It is
 // test support only: no production code imports it.
 //

@@ -159,17 +159,25 @@ type RedisServer struct {
 // HUB_REQUIRE_REDIS=1.
 func StartRedisServer(t testing.TB, args ...string) *RedisServer {
 	t.Helper()
-	bin, err := exec.LookPath("redis-server")
-	if err != nil {
-		if _, err2 := os.Stat("/usr/bin/redis-server"); err2 != nil {
-			noRedis(t, "redis-server not installed: %v", err)
-		}
-		bin = "/usr/bin/redis-server"
-	}
-	r := &RedisServer{t: t, bin: bin, addr: FreeAddr(t), args: args}
+	r := &RedisServer{t: t, bin: redisBin(t, "redis-server"), addr: FreeAddr(t), args: args}
 	t.Cleanup(r.Kill)
 	r.Start()
 	return r
+}
+
+// redisBin returns the path of a Redis program (redis-server, redis-cli)
+// from PATH, else /usr/bin. Without it, it skips t, or fails it when
+// HUB_REQUIRE_REDIS=1.
+func redisBin(t testing.TB, name string) string {
+	t.Helper()
+	bin, err := exec.LookPath(name)
+	if err != nil {
+		bin = "/usr/bin/" + name
+		if _, err2 := os.Stat(bin); err2 != nil {
+			noRedis(t, "%s not installed: %v", name, err)
+		}
+	}
+	return bin
 }
 
 // Addr is the server's host:port.

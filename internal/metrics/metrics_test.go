@@ -15,6 +15,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/hubd/hub/hub"
+	"github.com/hubd/hub/internal/hubtest"
 	"github.com/hubd/hub/internal/metrics"
 )
 
@@ -54,31 +55,7 @@ func scrape(t *testing.T, h http.Handler) (map[string]*dto.MetricFamily, string)
 // value returns the value of the series of name whose labels include want:
 // a counter's or gauge's value, a histogram's sample count; -1 when absent.
 func value(fams map[string]*dto.MetricFamily, name string, want map[string]string) float64 {
-	f := fams[name]
-	if f == nil {
-		return -1
-	}
-next:
-	for _, m := range f.GetMetric() {
-		got := map[string]string{}
-		for _, l := range m.GetLabel() {
-			got[l.GetName()] = l.GetValue()
-		}
-		for k, v := range want {
-			if got[k] != v {
-				continue next
-			}
-		}
-		switch {
-		case m.Counter != nil:
-			return m.GetCounter().GetValue()
-		case m.Gauge != nil:
-			return m.GetGauge().GetValue()
-		case m.Histogram != nil:
-			return float64(m.GetHistogram().GetSampleCount())
-		}
-	}
-	return -1
+	return hubtest.SeriesValue(fams[name], want)
 }
 
 func lbl(kv ...string) map[string]string {

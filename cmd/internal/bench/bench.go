@@ -75,6 +75,9 @@ type result struct {
 	WriteRate      float64 `json:"writesPerSecond,omitempty"`
 	MicrosPerWrite float64 `json:"microsPerWrite,omitempty"`
 	Error          string  `json:"error,omitempty"`
+
+	// storm: the reconnect storm (storm.go).
+	Storm *stormResult `json:"storm,omitempty"`
 }
 
 // pcts are latency percentiles in milliseconds.
@@ -123,6 +126,10 @@ func (b *bench) run(ctx context.Context) *result {
 
 	if o.scenario == "rawwrite" {
 		b.runRawWrite(ctx, res)
+		return res
+	}
+	if o.scenario == "storm" {
+		b.runStorm(ctx, res)
 		return res
 	}
 	before := b.sample(ctx)

@@ -31,6 +31,8 @@ type client struct {
 	ws      bool
 	deflate bool // permessage-deflate negotiated
 	user    int
+	lastID  string // resume from this id (storm)
+	hello   []byte // the hub.connected message
 
 	frame []byte // WebSocket message being assembled
 	zbuf  []byte // an inflated message
@@ -50,9 +52,9 @@ var (
 	payloadMark   = []byte(`"payload":[`)
 )
 
-// dial opens the connection from local, performs the handshake and reads
-// until hub.connected.
-func dial(ctx context.Context, base *url.URL, path, token string, local net.IP, ws, deflate bool, bufSize int) (*client, error) {
+// dial opens the connection from local, performs the handshake (resuming
+// from lastID when one is given) and reads until hub.connected.
+func dial(ctx context.Context, base *url.URL, path, token string, local net.IP, ws, deflate bool, bufSize int, lastID ...string) (*client, error) {
 	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: local}, Timeout: 10 * time.Second, Control: controlSocket}
 	nc, err := d.DialContext(ctx, "tcp", base.Host)
 	if err != nil {
@@ -62,6 +64,9 @@ func dial(ctx context.Context, base *url.URL, path, token string, local net.IP, 
 		_ = nc.SetDeadline(dl)
 	}
 	c := &client{nc: nc, ws: ws}
+	if len(lastID) > 0 {
+		c.lastID = lastID[0]
+	}
 	c.br = bufio.NewReaderSize(countingReader{nc, &c.rx}, bufSize)
 	if err := c.handshake(base, path, token, deflate, bufSize); err != nil {
 		nc.Close()
@@ -89,6 +94,9 @@ const chromiumOffer = "permessage-deflate; client_max_window_bits"
 
 func (c *client) handshake(base *url.URL, path, token string, deflate bool, bufSize int) error {
 	target := path + "?token=" + url.QueryEscape(token)
+	if c.ws && c.lastID != "" {
+		target += "&last_event_id=" + url.QueryEscape(c.lastID)
+	}
 	var req bytes.Buffer
 	fmt.Fprintf(&req, "GET %s HTTP/1.1\r\nHost: %s\r\n", target, base.Host)
 	if c.ws {
@@ -101,6 +109,9 @@ func (c *client) handshake(base *url.URL, path, token string, deflate bool, bufS
 		}
 	} else {
 		req.WriteString("Accept: text/event-stream\r\n")
+		if c.lastID != "" {
+			req.WriteString("Last-Event-ID: " + c.lastID + "\r\n")
+		}
 	}
 	req.WriteString("\r\n")
 	if _, err := c.nc.Write(req.Bytes()); err != nil {
@@ -117,7 +128,7 @@ func (c *client) handshake(base *url.URL, path, token string, deflate bool, bufS
 	}
 	if resp.StatusCode != want {
 		b, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
-		return fmt.Errorf("handshake: status %d: %s", resp.StatusCode, bytes.TrimSpace(b))
+		return &refusedError{status: resp.StatusCode, retryAfter: resp.Header.Get("Retry-After"), body: string(bytes.TrimSpace(b))}
 	}
 	if ext := resp.Header.Get("Sec-WebSocket-Extensions"); c.ws && ext != "" {
 		if !deflate || !strings.HasPrefix(ext, "permessage-deflate") || !strings.Contains(ext, "client_no_context_takeover") {
@@ -139,6 +150,7 @@ func (c *client) handshake(base *url.URL, path, token string, deflate bool, bufS
 			return fmt.Errorf("wait for hub.connected: %w", err)
 		}
 		if bytes.Contains(msg, connectedMark) {
+			c.hello = bytes.Clone(msg)
 			return nil
 		}
 	}

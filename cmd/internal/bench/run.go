@@ -55,6 +55,7 @@ type options struct {
 	compression     bool
 	payloadKind     string
 	unicastAPI      string
+	storm           stormOptions
 }
 
 func parseFlags(name string, stderr io.Writer, args []string) (options, error) {
@@ -65,7 +66,7 @@ func parseFlags(name string, stderr io.Writer, args []string) (options, error) {
 	fs.StringVar(&o.apiURL, "api-url", "", "base URL of the broadcast API and /metrics (default: --url)")
 	fs.StringVar(&o.secret, "secret", os.Getenv("HUB_JWT_SECRET"), "HS256 secret used to mint user tokens (default $HUB_JWT_SECRET)")
 	fs.StringVar(&o.apiKey, "api-key", os.Getenv("HUB_API_KEY"), "API key for publishing (X-API-Key; default $HUB_API_KEY)")
-	fs.StringVar(&o.scenario, "scenario", "idle", "idle, fanout, unicast or rawwrite (the machine's write ceiling, no hub: --conns sockets, --events writes)")
+	fs.StringVar(&o.scenario, "scenario", "idle", "idle, fanout, unicast, storm (reconnect storm: --mode) or rawwrite (the machine's write ceiling, no hub: --conns sockets, --events writes)")
 	fs.StringVar(&o.tr, "transport", "ws", "ws or sse")
 	fs.StringVar(&o.wsPath, "ws-path", "/ws/realtime", "WebSocket endpoint path")
 	fs.StringVar(&o.ssePath, "sse-path", "/sse/realtime", "SSE endpoint path")
@@ -84,6 +85,7 @@ func parseFlags(name string, stderr io.Writer, args []string) (options, error) {
 	fs.DurationVar(&o.drain, "drain", 30*time.Second, "how long to wait for deliveries after the last publish")
 	fs.BoolVar(&o.compression, "compression", false, "ws: offer permessage-deflate as Chromium does, and fail unless the hub accepts it")
 	fs.StringVar(&o.payloadKind, "payload-kind", "x", `padding of each payload: "x" (one repeated letter) or "json" (records of ids, names and numbers, compressible like real data)`)
+	addStormFlags(fs, &o)
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
@@ -91,8 +93,8 @@ func parseFlags(name string, stderr io.Writer, args []string) (options, error) {
 		o.apiURL = o.url
 	}
 	switch {
-	case o.scenario != "idle" && o.scenario != "fanout" && o.scenario != "unicast" && o.scenario != "rawwrite":
-		return o, fmt.Errorf("--scenario %q: want idle, fanout, unicast or rawwrite", o.scenario)
+	case o.scenario != "idle" && o.scenario != "fanout" && o.scenario != "unicast" && o.scenario != "rawwrite" && o.scenario != "storm":
+		return o, fmt.Errorf("--scenario %q: want idle, fanout, unicast, storm or rawwrite", o.scenario)
 	case o.tr != "ws" && o.tr != "sse":
 		return o, fmt.Errorf("--transport %q: want ws or sse", o.tr)
 	case o.conns < 1 || o.conns > maxConns:
@@ -123,6 +125,9 @@ func parseFlags(name string, stderr io.Writer, args []string) (options, error) {
 		return o, fmt.Errorf("--dial-concurrency %d: want 1 to 1000", o.dialConcurrency)
 	case o.perSource < 1 || o.perSource > 20000:
 		return o, fmt.Errorf("--per-source %d: want 1 to 20000", o.perSource)
+	}
+	if o.scenario == "storm" {
+		return o, o.storm.check(o)
 	}
 	if o.scenario == "fanout" && o.conns*o.events > maxDeliveries {
 		return o, fmt.Errorf("--conns × --events = %d deliveries: at most %d", o.conns*o.events, maxDeliveries)
