@@ -36,6 +36,10 @@ type result struct {
 	ConnectSeconds float64 `json:"connectSeconds"`
 	ConnectRate    float64 `json:"connectsPerSecond"`
 	ConnectErrors  int     `json:"connectErrors"`
+	// CPU time of the hub and of hubbench while connecting (the load
+	// generator must have room to spare for the rate to be the hub's).
+	ConnectServerCPU *float64 `json:"connectServerCpuSeconds,omitempty"`
+	ConnectClientCPU *float64 `json:"connectClientCpuSeconds,omitempty"`
 
 	RSSBefore      int64    `json:"rssBeforeBytes,omitempty"`
 	RSSAfter       int64    `json:"rssAfterBytes,omitempty"`
@@ -171,6 +175,8 @@ func (b *bench) connect(ctx context.Context, res *result) error {
 		errs     int
 		wg       sync.WaitGroup
 	)
+	cpu0, cpuOK := procCPU(o.pid)
+	self0, selfOK := procCPU(os.Getpid())
 	start := time.Now()
 	for range o.dialConcurrency {
 		wg.Add(1)
@@ -205,6 +211,8 @@ func (b *bench) connect(ctx context.Context, res *result) error {
 	}
 	wg.Wait()
 	d := time.Since(start)
+	res.ConnectServerCPU = cpuSince(o.pid, cpu0, cpuOK)
+	res.ConnectClientCPU = cpuSince(os.Getpid(), self0, selfOK)
 	for _, c := range b.clients {
 		if c != nil {
 			res.Connected++
@@ -361,14 +369,8 @@ func (b *bench) deliver(ctx context.Context, res *result) {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-	if cpu1, ok := procCPU(o.pid); ok && cpuOK {
-		v := cpu1 - cpu0
-		res.ServerCPUSecs = &v
-	}
-	if self1, ok := procCPU(os.Getpid()); ok && selfOK {
-		v := self1 - self0
-		res.ClientCPUSecs = &v
-	}
+	res.ServerCPUSecs = cpuSince(o.pid, cpu0, cpuOK)
+	res.ClientCPUSecs = cpuSince(os.Getpid(), self0, selfOK)
 	// Extra deliveries may still be in flight: give them a moment.
 	time.Sleep(200 * time.Millisecond)
 	for _, c := range b.clients {
@@ -686,6 +688,17 @@ func procCPU(pid int) (float64, bool) {
 		return 0, false
 	}
 	return float64(ut+st) / 100, true // USER_HZ is 100 on Linux
+}
+
+// cpuSince is the CPU time pid used since it had used before (nil when
+// either reading failed).
+func cpuSince(pid int, before float64, ok bool) *float64 {
+	now, ok2 := procCPU(pid)
+	if !ok || !ok2 {
+		return nil
+	}
+	v := now - before
+	return &v
 }
 
 // readProc reads /proc/PID/name.
