@@ -124,7 +124,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		auth.WriteError(w, aerr)
 		return
 	}
-	last := r.URL.Query().Get("last_event_id")
+	last := httpx.QueryValue(r.URL.RawQuery, "last_event_id")
 	release := func() {}
 	if h.o.Acquire != nil {
 		// only an id the hub could have issued counts as a resume: a flood
