@@ -3,6 +3,7 @@ package bench
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -121,7 +122,9 @@ func (b *bench) run(ctx context.Context) *result {
 	if o.payloadKind != "x" {
 		res.PayloadKind = o.payloadKind
 	}
-	b.http = &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 4, DisableCompression: true}, Timeout: 30 * time.Second}
+	b.http = &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 4, DisableCompression: true,
+		TLSClientConfig: &tls.Config{InsecureSkipVerify: o.insecure}}, // --insecure: the caller's choice, loopback only
+		Timeout: 30 * time.Second}
 	defer b.http.CloseIdleConnections()
 
 	if o.scenario == "rawwrite" {
@@ -155,19 +158,26 @@ func (b *bench) connect(ctx context.Context, res *result) error {
 	b.clients = make([]*client, o.conns)
 	users := (o.conns + o.perUser - 1) / o.perUser
 	b.userConns = make([]int, users)
-	tokens := make([]string, users)
+	path := o.wsPath
+	if o.tr == "sse" {
+		path = o.ssePath
+	}
+	// every user's handshake request, built once
+	reqs := make([][]byte, users)
 	for u := range users {
 		tok, err := auth.Mint(o.secret, "HS256", userID(u), nil, 2*maxTimeout)
 		if err != nil {
 			return err
 		}
-		tokens[u] = tok
-	}
-	path := o.wsPath
-	if o.tr == "sse" {
-		path = o.ssePath
+		reqs[u] = request(b.base, path, tok, o.tr == "ws", o.compression)
 	}
 	bufSize := max(4096, 2*o.payloadBytes+1024)
+	var tlsConf *tls.Config
+	if b.base.Scheme == "https" {
+		// HTTP/1.1 as a WebSocket client asks; no session cache: every
+		// connection makes a full handshake, as a fleet of devices does
+		tlsConf = &tls.Config{InsecureSkipVerify: o.insecure, NextProtos: []string{"http/1.1"}}
+	}
 	var (
 		next     atomic.Int64
 		mu       sync.Mutex
@@ -189,7 +199,7 @@ func (b *bench) connect(ctx context.Context, res *result) error {
 				}
 				u := i / o.perUser
 				dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-				c, err := dial(dctx, b.base, path, tokens[u], sourceAddr(i, o.perSource), o.tr == "ws", o.compression, bufSize)
+				c, err := dial(dctx, b.base, tlsConf, reqs[u], sourceAddr(i, o.perSource), o.tr == "ws", o.compression, bufSize)
 				cancel()
 				if err != nil {
 					mu.Lock()
@@ -617,15 +627,19 @@ func loopbackURL(ctx context.Context, raw string) (*url.URL, error) {
 	if err != nil {
 		return nil, fmt.Errorf("parse %q: %w", raw, err)
 	}
-	if u.Scheme != "http" {
-		return nil, fmt.Errorf("%q: only http:// over loopback is supported", raw)
+	if u.Scheme != "http" && u.Scheme != "https" {
+		return nil, fmt.Errorf("%q: only http:// or https:// over loopback is supported", raw)
 	}
 	host := u.Hostname()
 	if host == "" {
 		return nil, fmt.Errorf("%q: no host", raw)
 	}
 	if u.Port() == "" {
-		u.Host = net.JoinHostPort(host, "80")
+		port := "80"
+		if u.Scheme == "https" {
+			port = "443"
+		}
+		u.Host = net.JoinHostPort(host, port)
 	}
 	addrs, err := net.DefaultResolver.LookupIPAddr(ctx, host)
 	if err != nil {
