@@ -8,7 +8,7 @@ import (
 )
 
 // DefaultTokenCache is the number of verified tokens a Verifier remembers
-// (Options.TokenCache); about 200 bytes each.
+// (Options.TokenCache); about 250 bytes each.
 const DefaultTokenCache = 4096
 
 // tokenCache remembers the identities of tokens that passed verification,
