@@ -198,9 +198,7 @@ func (b *bench) connect(ctx context.Context, res *result) error {
 					return
 				}
 				u := i / o.perUser
-				dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-				c, err := dial(dctx, b.base, tlsConf, reqs[u], sourceAddr(i, o.perSource), o.tr == "ws", o.compression, bufSize)
-				cancel()
+				c, err := dial(ctx, b.base, tlsConf, reqs[u], sourceAddr(i, o.perSource), o.tr == "ws", o.compression, bufSize)
 				if err != nil {
 					mu.Lock()
 					errs++

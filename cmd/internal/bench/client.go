@@ -52,6 +52,9 @@ var (
 	payloadMark   = []byte(`"payload":[`)
 )
 
+// dialTimeout bounds one connection's TCP, TLS and hub handshakes.
+const dialTimeout = 30 * time.Second
+
 // dial opens the connection from local, performs the handshake and reads
 // until hub.connected.
 func dial(ctx context.Context, base *url.URL, tlsConf *tls.Config, req []byte, local net.IP, ws, deflate bool, bufSize int) (*client, error) {
@@ -60,9 +63,9 @@ func dial(ctx context.Context, base *url.URL, tlsConf *tls.Config, req []byte, l
 	if err != nil {
 		return nil, fmt.Errorf("dial: %w", err)
 	}
-	if dl, ok := ctx.Deadline(); ok {
-		_ = nc.SetDeadline(dl)
-	}
+	// the whole handshake within dialTimeout (a deadline, not a context:
+	// no timer per connection)
+	_ = nc.SetDeadline(time.Now().Add(dialTimeout))
 	if tlsConf != nil {
 		tc := tls.Client(nc, tlsConf)
 		if err := tc.HandshakeContext(ctx); err != nil {
