@@ -176,7 +176,7 @@ func (b *bench) connect(ctx context.Context, res *result) error {
 	if b.base.Scheme == "https" {
 		// HTTP/1.1 as a WebSocket client asks; no session cache: every
 		// connection makes a full handshake, as a fleet of devices does
-		tlsConf = &tls.Config{InsecureSkipVerify: o.insecure, NextProtos: []string{"http/1.1"}}
+		tlsConf = &tls.Config{ServerName: b.base.Hostname(), InsecureSkipVerify: o.insecure, NextProtos: []string{"http/1.1"}}
 	}
 	var (
 		next     atomic.Int64
