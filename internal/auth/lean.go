@@ -6,6 +6,7 @@ import (
 	"crypto/sha512"
 	"hash"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -365,7 +366,9 @@ func (s *jsonScanner) skipString() bool {
 	return false
 }
 
-// skipNumber skips a number of the JSON grammar.
+// skipNumber skips a number of the JSON grammar that encoding/json can
+// also read as a float64 (jwx decodes other claims that way, and refuses
+// a token with a number beyond its range, such as 1e400).
 func (s *jsonScanner) skipNumber() bool {
 	digits := func() int {
 		n := 0
@@ -375,11 +378,13 @@ func (s *jsonScanner) skipNumber() bool {
 		}
 		return n
 	}
+	numStart := s.i
 	if s.i < len(s.b) && s.b[s.i] == '-' {
 		s.i++
 	}
 	start := s.i
-	if n := digits(); n == 0 || (n > 1 && s.b[start] == '0') {
+	n := digits()
+	if n == 0 || (n > 1 && s.b[start] == '0') {
 		return false
 	}
 	if s.i < len(s.b) && s.b[s.i] == '.' {
@@ -388,12 +393,20 @@ func (s *jsonScanner) skipNumber() bool {
 			return false
 		}
 	}
+	exp := false
 	if s.i < len(s.b) && (s.b[s.i] == 'e' || s.b[s.i] == 'E') {
+		exp = true
 		s.i++
 		if s.i < len(s.b) && (s.b[s.i] == '+' || s.b[s.i] == '-') {
 			s.i++
 		}
 		if digits() == 0 {
+			return false
+		}
+	}
+	if exp || n > 300 {
+		// the only numbers that may be out of a float64's range
+		if _, err := strconv.ParseFloat(string(s.b[numStart:s.i]), 64); err != nil {
 			return false
 		}
 	}

@@ -3,6 +3,7 @@ package auth
 import (
 	"slices"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 )
@@ -101,6 +102,8 @@ func TestLeanLeavesTheRest(t *testing.T) {
 		{"two objects", `{"alg":"HS256"}`, `{"sub":"u1","exp":` + exp + `}{}`},
 		{"not an object", `{"alg":"HS256"}`, `["sub"]`},
 		{"bad JSON in another claim", `{"alg":"HS256"}`, `{"sub":"u1","exp":` + exp + `,"x":01}`},
+		{"another claim beyond a float64", `{"alg":"HS256"}`, `{"sub":"u1","exp":` + exp + `,"x":1e400}`},
+		{"another claim of 400 digits", `{"alg":"HS256"}`, `{"sub":"u1","exp":` + exp + `,"x":` + strings.Repeat("9", 400) + `}`},
 		{"crit", `{"alg":"HS256","crit":["exp"]}`, `{"sub":"u1","exp":` + exp + `}`},
 		{"alg none", `{"alg":"none"}`, `{"sub":"u1","exp":` + exp + `}`},
 		{"alg not configured", `{"alg":"HS384"}`, `{"sub":"u1","exp":` + exp + `}`},
@@ -159,6 +162,7 @@ func FuzzLeanMatchesFull(f *testing.F) {
 		{`{"alg":"HS256"}`, `{"sub":"u1","exp":` + exp + `,"iss":"idp","aud":["hub"],"x":{"y":[1,2.5e-3,"\n"]}}`},
 		{`{"alg":"HS256"}`, `{"sub":"u1","exp":` + exp + `,"nbf":1,"iat":1}`},
 		{`{"alg":"HS256"}`, `{"sub":"u1","exp":` + exp + `.0}`},
+		{`{"alg":"HS256"}`, `{"sub":"u1","exp":` + exp + `,"x":[1e308,-2.5E-400,0.1]}`},
 	} {
 		f.Add(s[0], s[1])
 	}
