@@ -132,7 +132,7 @@ func newServers(p serverParams) *Servers {
 				s.TLS = true
 				certs.start(5 * time.Second)
 			}
-			ln, err := (&net.ListenConfig{Control: listenControl}).Listen(ctx, "tcp", p.Cfg.Addr)
+			ln, err := (&net.ListenConfig{Control: listenControl, KeepAlive: listenKeepAlive}).Listen(ctx, "tcp", p.Cfg.Addr)
 			if err != nil {
 				return fmt.Errorf("listen on HUB_ADDR %s: %w", p.Cfg.Addr, err)
 			}

@@ -11,10 +11,11 @@ import (
 )
 
 // TestListenDefersAccept: the public listener's socket has TCP_DEFER_ACCEPT,
-// and a connection that sends its request is accepted with the bytes
-// there to read.
+// a connection that sends its request is accepted with the bytes there to
+// read, and it has TCP keep-alive as Go would have set it (inherited from
+// the listener).
 func TestListenDefersAccept(t *testing.T) {
-	ln, err := (&net.ListenConfig{Control: listenControl}).Listen(context.Background(), "tcp", "127.0.0.1:0")
+	ln, err := (&net.ListenConfig{Control: listenControl, KeepAlive: listenKeepAlive}).Listen(context.Background(), "tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -52,5 +53,28 @@ func TestListenDefersAccept(t *testing.T) {
 	buf := make([]byte, 3)
 	if n, err := s.Read(buf); err != nil || string(buf[:n]) != "GET" {
 		t.Fatalf("read %q, %v", buf[:n], err)
+	}
+	src, err := s.(syscall.Conn).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, o := range []struct {
+		name       string
+		level, opt int
+		want       int
+	}{
+		{"SO_KEEPALIVE", unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1},
+		{"TCP_KEEPIDLE", unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, 15},
+		{"TCP_KEEPINTVL", unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, 15},
+		{"TCP_KEEPCNT", unix.IPPROTO_TCP, unix.TCP_KEEPCNT, 9},
+	} {
+		var v int
+		var verr error
+		if err := src.Control(func(fd uintptr) { v, verr = unix.GetsockoptInt(int(fd), o.level, o.opt) }); err != nil || verr != nil {
+			t.Fatal(err, verr)
+		}
+		if v != o.want {
+			t.Errorf("accepted socket: %s = %d, want %d", o.name, v, o.want)
+		}
 	}
 }
