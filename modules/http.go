@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -131,7 +132,7 @@ func newServers(p serverParams) *Servers {
 				s.TLS = true
 				certs.start(5 * time.Second)
 			}
-			ln, err := net.Listen("tcp", p.Cfg.Addr)
+			ln, err := (&net.ListenConfig{Control: listenControl, KeepAlive: listenKeepAlive}).Listen(ctx, "tcp", p.Cfg.Addr)
 			if err != nil {
 				return fmt.Errorf("listen on HUB_ADDR %s: %w", p.Cfg.Addr, err)
 			}
@@ -266,9 +267,15 @@ func accessLog(next http.Handler, log *slog.Logger, clientIP func(*http.Request)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		id := r.Header.Get("X-Request-Id")
 		if id == "" || len(id) > 64 || strings.ContainsAny(id, " \t\r\n") {
-			id = fmt.Sprintf("%s-%d", p, reqSeq.Add(1))
+			id = p + "-" + strconv.FormatUint(reqSeq.Add(1), 10)
 		}
 		w.Header().Set("X-Request-Id", id)
+		if !log.Enabled(r.Context(), slog.LevelDebug) {
+			// nothing to log: no status to record, no line to build (a
+			// storm of handshakes pays for neither)
+			next.ServeHTTP(w, r)
+			return
+		}
 		start := time.Now()
 		rw := &statusWriter{ResponseWriter: w}
 		next.ServeHTTP(rw, r)

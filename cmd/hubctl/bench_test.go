@@ -3,11 +3,21 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
 	"encoding/json"
+	"encoding/pem"
+	"math/big"
+	"net"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/hubd/hub/config"
 	"github.com/hubd/hub/internal/hubtest"
 	"github.com/hubd/hub/internal/hubtest/app"
 )
@@ -75,4 +85,82 @@ func TestBench(t *testing.T) {
 			t.Fatalf("exit %d, %q", code, errOut.String())
 		}
 	})
+}
+
+// TestBenchTLSAndRefusals: hubbench connects over TLS (https:// with
+// --insecure; without it the self-signed certificate is refused), and a
+// refused handshake is reported with its status.
+func TestBenchTLSAndRefusals(t *testing.T) {
+	dir := t.TempDir()
+	certFile, keyFile := writeSelfSigned(t, dir)
+	tlsHub := app.Start(t, func(c *config.Config) {
+		c.TLSCertFile, c.TLSKeyFile = certFile, keyFile
+	})
+	plain := app.Start(t, nil)
+	run := func(t *testing.T, url, secret string, extra ...string) (int, string) {
+		t.Helper()
+		var out, errOut bytes.Buffer
+		args := append([]string{"bench", "--url", url, "--secret", secret, "--timeout", "1m", "--settle", "100ms", "--conns", "10"}, extra...)
+		ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+		defer cancel()
+		code := runContext(ctx, args, strings.NewReader(""), &out, &errOut)
+		return code, out.String() + errOut.String()
+	}
+	https := "https://" + tlsHub.Servers.Addr()
+	for _, tr := range []string{"ws", "sse"} {
+		t.Run("TLS "+tr, func(t *testing.T) {
+			code, out := run(t, https, hubtest.Secret, "--insecure", "--transport", tr)
+			var res struct{ Conns, Connected int }
+			_ = json.Unmarshal([]byte(out[:strings.IndexByte(out, '\n')+1]), &res)
+			if code != exitOK || res.Connected != 10 {
+				t.Fatalf("exit %d, connected %d: %s", code, res.Connected, out)
+			}
+		})
+	}
+	t.Run("TLS certificate verified without --insecure", func(t *testing.T) {
+		code, out := run(t, https, hubtest.Secret)
+		if code == exitOK || !strings.Contains(out, "certificate") {
+			t.Fatalf("exit %d: %s", code, out)
+		}
+	})
+	t.Run("refused handshake", func(t *testing.T) {
+		for _, tr := range []string{"ws", "sse"} {
+			code, out := run(t, plain.URL, "another-secret-0123456789abcdef0123", "--transport", tr)
+			if code == exitOK || !strings.Contains(out, "status 401") {
+				t.Fatalf("%s: exit %d: %s", tr, code, out)
+			}
+		}
+	})
+}
+
+// writeSelfSigned writes a self-signed ECDSA certificate for 127.0.0.1 and
+// its key, and returns the two paths.
+func writeSelfSigned(t *testing.T, dir string) (certFile, keyFile string) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1),
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(time.Hour),
+		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1)},
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kb, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	certFile, keyFile = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	for f, b := range map[string]*pem.Block{certFile: {Type: "CERTIFICATE", Bytes: der}, keyFile: {Type: "EC PRIVATE KEY", Bytes: kb}} {
+		if err := os.WriteFile(f, pem.EncodeToMemory(b), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return certFile, keyFile
 }

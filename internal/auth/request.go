@@ -59,7 +59,7 @@ func tokenFrom(r *http.Request, cookie string, set Sources) (string, Sources) {
 		}
 	}
 	if set&FromQuery != 0 {
-		if tok := r.URL.Query().Get("token"); tok != "" {
+		if tok := httpx.QueryValue(r.URL.RawQuery, "token"); tok != "" {
 			return tok, FromQuery
 		}
 	}

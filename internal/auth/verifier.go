@@ -15,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"os"
 	"slices"
@@ -73,6 +74,11 @@ type Options struct {
 	// APIKeys are the keys accepted in X-API-Key (compared in constant time;
 	// empty strings are ignored).
 	APIKeys []string
+	// TokenCache is how many verified tokens are remembered, so that a
+	// reconnecting device's token is not verified again (keyed by the
+	// token's SHA-256, dropped at its exp and on a new key set). Zero means
+	// DefaultTokenCache; negative turns the cache off.
+	TokenCache int
 	// HTTPClient fetches the JWKS; nil means a client with a 10 s timeout.
 	// The JWKS cache gives a fetch no context, so a client without a timeout
 	// can hang a refresh.
@@ -88,6 +94,15 @@ type Verifier struct {
 
 	// single key (secret or PEM): one jwtauth.JWTAuth per accepted algorithm.
 	byAlg map[string]*jwtauth.JWTAuth
+	// secret: the lean path's keyed hashes per accepted algorithm (lean.go).
+	hmacAlgs map[string]*hmacAlg
+	// what the lean path checks as jwt.Validate does with validate
+	issuer, audience string
+	leeway           time.Duration
+	// verified tokens (nil: off)
+	tokens *tokenCache
+	// now is the clock of every time check (tests move it)
+	now func() time.Time
 
 	// JWKS.
 	jwksURL      string
@@ -126,10 +141,15 @@ func New(ctx context.Context, o Options) (*Verifier, error) {
 	v := &Verifier{
 		cookie:      o.Cookie,
 		missRefresh: defaultMissRefresh,
-		validate: []jwt.ValidateOption{
-			jwt.WithRequiredClaim("exp"),
-			jwt.WithAcceptableSkew(o.Leeway),
-		},
+		issuer:      o.Issuer,
+		audience:    o.Audience,
+		leeway:      o.Leeway,
+		now:         time.Now,
+	}
+	v.validate = []jwt.ValidateOption{
+		jwt.WithRequiredClaim("exp"),
+		jwt.WithAcceptableSkew(o.Leeway),
+		jwt.WithClock(jwt.ClockFunc(func() time.Time { return v.now() })),
 	}
 	if v.cookie == "" {
 		v.cookie = DefaultCookie
@@ -151,6 +171,7 @@ func New(ctx context.Context, o Options) (*Verifier, error) {
 		if err := v.useKey([]byte(o.Secret), "HS256", hmacAlgs, algs); err != nil {
 			return nil, err
 		}
+		v.hmacAlgs = newHMACAlgs([]byte(o.Secret), slices.Collect(maps.Keys(v.byAlg)))
 	case o.PublicKeyFile != "":
 		key, err := loadPublicKey(o.PublicKeyFile)
 		if err != nil {
@@ -164,6 +185,12 @@ func New(ctx context.Context, o Options) (*Verifier, error) {
 		if err := v.startJWKS(ctx, o, algs); err != nil {
 			return nil, err
 		}
+	}
+	switch {
+	case o.TokenCache == 0:
+		v.tokens = newTokenCache(DefaultTokenCache)
+	case o.TokenCache > 0:
+		v.tokens = newTokenCache(o.TokenCache)
 	}
 	return v, nil
 }
@@ -451,7 +478,10 @@ func peekHeader(token string) (header, bool) {
 
 // Verify checks a token's signature and claims and returns its identity.
 // Every failure is a 401: token_expired when exp has passed (beyond the
-// leeway), invalid_token otherwise.
+// leeway), invalid_token otherwise. A token verified before is answered
+// from the token cache while its exp holds and the keys are the same; a
+// common HMAC token takes the lean path (lean.go); every other token,
+// and every refusal, the full path through jwx.
 func (v *Verifier) Verify(token string) (*Identity, *Error) {
 	if token == "" {
 		return nil, invalid("the token is empty")
@@ -459,36 +489,82 @@ func (v *Verifier) Verify(token string) (*Identity, *Error) {
 	if len(token) > maxTokenLen {
 		return nil, invalid("the token is too long")
 	}
+	var (
+		key  [sha256.Size]byte
+		keys any // the key set verified with: cached entries must match it
+	)
+	if v.tokens != nil {
+		key = sha256.Sum256([]byte(token))
+		keys = v.currentKeys()
+		if id, ok := v.tokens.get(key, keys, v.now()); ok {
+			return id, nil
+		}
+	}
+	var (
+		id *Identity
+		e  *Error
+		ok bool
+	)
+	if v.hmacAlgs != nil {
+		id, ok = v.verifyLean(token)
+	}
+	if !ok {
+		id, keys, e = v.verifyFull(token)
+	}
+	if e == nil && v.tokens != nil {
+		v.tokens.put(key, id, keys, id.ExpiresAt.Add(v.leeway))
+	}
+	return id, e
+}
+
+// currentKeys is the key set tokens are verified with now: the JWKS as
+// last fetched (a new fetch is a new set), nil for a fixed key.
+func (v *Verifier) currentKeys() any {
+	if v.cache == nil {
+		return nil
+	}
+	set, err := v.cache.Get(v.ctx, v.jwksURL)
+	if err != nil {
+		return nil
+	}
+	return set
+}
+
+// verifyFull verifies through jwx and returns the identity and the key set
+// used (nil for a fixed key).
+func (v *Verifier) verifyFull(token string) (*Identity, any, *Error) {
 	h, ok := peekHeader(token)
 	if !ok {
-		return nil, invalid("the token is malformed (not a signed JWT)")
+		return nil, nil, invalid("the token is malformed (not a signed JWT)")
 	}
 	if h.Alg == "" || strings.EqualFold(h.Alg, "none") {
-		return nil, invalid("unsigned tokens (alg none) are not accepted")
+		return nil, nil, invalid("unsigned tokens (alg none) are not accepted")
 	}
 	if h.Crit != nil {
-		return nil, invalid("the token names critical header extensions (crit), which the hub does not understand")
+		return nil, nil, invalid("the token names critical header extensions (crit), which the hub does not understand")
 	}
 
 	var (
-		tok jwt.Token
-		e   *Error
+		tok  jwt.Token
+		keys any
+		e    *Error
 	)
 	if v.cache != nil {
-		tok, e = v.parseJWKS(token, h)
+		tok, keys, e = v.parseJWKS(token, h)
 	} else {
 		tok, e = v.parseSingle(token, h)
 	}
 	if e != nil {
-		return nil, e
+		return nil, nil, e
 	}
 	if e := numericTimes(token); e != nil {
-		return nil, e
+		return nil, nil, e
 	}
 	if err := jwt.Validate(tok, v.validate...); err != nil {
-		return nil, validationError(err)
+		return nil, nil, validationError(err)
 	}
-	return identity(tok)
+	id, e := identity(tok)
+	return id, keys, e
 }
 
 func errAlgNotAccepted() *Error { return invalid("the token's signing algorithm is not accepted") }
@@ -505,23 +581,23 @@ func (v *Verifier) parseSingle(token string, h header) (jwt.Token, *Error) {
 	return tok, nil
 }
 
-func (v *Verifier) parseJWKS(token string, h header) (jwt.Token, *Error) {
+func (v *Verifier) parseJWKS(token string, h header) (jwt.Token, jwk.Set, *Error) {
 	set, key, e := v.findKey(h.Kid)
 	if e != nil {
-		return nil, e
+		return nil, nil, e
 	}
 	// jwx verifies with the key's alg, whatever the header says: insist that
 	// they agree, so the header can never pick another algorithm.
 	if key.Algorithm().String() != h.Alg {
-		return nil, errAlgNotAccepted()
+		return nil, nil, errAlgNotAccepted()
 	}
 	tok, err := jwt.Parse([]byte(token),
 		jwt.WithKeySet(set, jws.WithUseDefault(true)),
 		jwt.WithValidate(false))
 	if err != nil {
-		return nil, invalid("the token's signature is invalid or the token is malformed")
+		return nil, nil, invalid("the token's signature is invalid or the token is malformed")
 	}
-	return tok, nil
+	return tok, set, nil
 }
 
 // findKey returns the current key set and the key named kid (the only key

@@ -175,7 +175,7 @@ func (h *Handler) serveStream(w http.ResponseWriter, r *http.Request) {
 	}
 	lastID := r.Header.Get("Last-Event-ID")
 	if lastID == "" {
-		lastID = r.URL.Query().Get("last_event_id")
+		lastID = httpx.QueryValue(r.URL.RawQuery, "last_event_id")
 	}
 	// An id that is not valid cannot be known: the hub answers
 	// recovered:false, so it is passed on rather than refused.

@@ -15,20 +15,27 @@ const readBufSize = 4096
 
 var readBufs = sync.Pool{New: func() any { b := make([]byte, readBufSize); return &b }}
 
-// start runs once after the upgrade: it handles first, what the client
-// sent along with the upgrade request, then registers the socket with the poller, or,
-// on a connection the poller cannot watch (TLS, or no epoll), reads on this
-// goroutine until the connection ends.
-func (c *conn) start(first []byte) {
+// start runs once after the upgrade, on the handshake's goroutine: it
+// handles first, what the client sent along with the upgrade request,
+// then registers the socket with the poller. It reports true for a
+// connection the poller cannot watch (TLS, or no epoll): readBlocking must
+// then read it on a goroutine of its own until the connection ends.
+func (c *conn) start(first []byte) (blocking bool) {
 	if len(first) > 0 && !c.consume(first) {
-		return
+		return false
 	}
 	switch err := c.life.Watch(c.h.poll, c, c.cork.raw); {
 	case err == nil, errors.Is(err, netpoll.ErrClosed):
-		return // the poller reports it from now on; or it is over
+		return false // the poller reports it from now on; or it is over
 	case !errors.Is(err, netpoll.ErrNotSocket):
 		c.h.log.Debug("websocket: reading on a goroutine", "err", err)
 	}
+	return true
+}
+
+// readBlocking reads the client's frames on the calling goroutine until
+// the connection ends (a socket the poller cannot watch).
+func (c *conn) readBlocking() {
 	if err := netpoll.ReadBlocking(c.cork.Conn, make([]byte, readBufSize), c.consume); err != nil {
 		c.teardown()
 	}

@@ -124,7 +124,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		auth.WriteError(w, aerr)
 		return
 	}
-	last := r.URL.Query().Get("last_event_id")
+	last := httpx.QueryValue(r.URL.RawQuery, "last_event_id")
 	release := func() {}
 	if h.o.Acquire != nil {
 		// only an id the hub could have issued counts as a resume: a flood
@@ -188,12 +188,17 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	h.pool.Push(c)
 	// What the client sent right after the upgrade request is read first;
-	// then the socket waits in the poller (no goroutine while idle), or, on
-	// a connection the poller cannot watch (TLS), on a reader goroutine.
+	// then the socket waits in the poller (no goroutine while idle, none
+	// started for it), or, on a connection the poller cannot watch (TLS),
+	// on a reader goroutine.
 	h.wg.Add(1)
+	if !c.start(first) {
+		h.wg.Done()
+		return
+	}
 	go func() {
 		defer h.wg.Done()
-		c.start(first)
+		c.readBlocking()
 	}()
 }
 

@@ -3,6 +3,7 @@ package bench
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -36,6 +37,10 @@ type result struct {
 	ConnectSeconds float64 `json:"connectSeconds"`
 	ConnectRate    float64 `json:"connectsPerSecond"`
 	ConnectErrors  int     `json:"connectErrors"`
+	// CPU time of the hub and of hubbench while connecting (the load
+	// generator must have room to spare for the rate to be the hub's).
+	ConnectServerCPU *float64 `json:"connectServerCpuSeconds,omitempty"`
+	ConnectClientCPU *float64 `json:"connectClientCpuSeconds,omitempty"`
 
 	RSSBefore      int64    `json:"rssBeforeBytes,omitempty"`
 	RSSAfter       int64    `json:"rssAfterBytes,omitempty"`
@@ -121,7 +126,9 @@ func (b *bench) run(ctx context.Context) *result {
 	if o.payloadKind != "x" {
 		res.PayloadKind = o.payloadKind
 	}
-	b.http = &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 4, DisableCompression: true}, Timeout: 30 * time.Second}
+	b.http = &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 4, DisableCompression: true,
+		TLSClientConfig: &tls.Config{InsecureSkipVerify: o.insecure}}, // --insecure: the caller's choice, loopback only
+		Timeout: 30 * time.Second}
 	defer b.http.CloseIdleConnections()
 
 	if o.scenario == "rawwrite" {
@@ -159,19 +166,26 @@ func (b *bench) connect(ctx context.Context, res *result) error {
 	b.clients = make([]*client, o.conns)
 	users := (o.conns + o.perUser - 1) / o.perUser
 	b.userConns = make([]int, users)
-	tokens := make([]string, users)
+	path := o.wsPath
+	if o.tr == "sse" {
+		path = o.ssePath
+	}
+	// every user's handshake request, built once
+	reqs := make([][]byte, users)
 	for u := range users {
 		tok, err := auth.Mint(o.secret, "HS256", userID(u), nil, 2*maxTimeout)
 		if err != nil {
 			return err
 		}
-		tokens[u] = tok
-	}
-	path := o.wsPath
-	if o.tr == "sse" {
-		path = o.ssePath
+		reqs[u] = request(b.base, path, tok, "", o.tr == "ws", o.compression)
 	}
 	bufSize := max(4096, 2*o.payloadBytes+1024)
+	var tlsConf *tls.Config
+	if b.base.Scheme == "https" {
+		// HTTP/1.1 as a WebSocket client asks; no session cache: every
+		// connection makes a full handshake, as a fleet of devices does
+		tlsConf = &tls.Config{ServerName: b.base.Hostname(), InsecureSkipVerify: o.insecure, NextProtos: []string{"http/1.1"}}
+	}
 	var (
 		next     atomic.Int64
 		mu       sync.Mutex
@@ -179,6 +193,8 @@ func (b *bench) connect(ctx context.Context, res *result) error {
 		errs     int
 		wg       sync.WaitGroup
 	)
+	cpu0, cpuOK := procCPU(o.pid)
+	self0, selfOK := procCPU(os.Getpid())
 	start := time.Now()
 	for range o.dialConcurrency {
 		wg.Add(1)
@@ -190,9 +206,7 @@ func (b *bench) connect(ctx context.Context, res *result) error {
 					return
 				}
 				u := i / o.perUser
-				dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-				c, err := dial(dctx, b.base, path, tokens[u], sourceAddr(i, o.perSource), o.tr == "ws", o.compression, bufSize)
-				cancel()
+				c, err := dial(ctx, b.base, tlsConf, reqs[u], sourceAddr(i, o.perSource), o.tr == "ws", o.compression, bufSize)
 				if err != nil {
 					mu.Lock()
 					errs++
@@ -213,6 +227,8 @@ func (b *bench) connect(ctx context.Context, res *result) error {
 	}
 	wg.Wait()
 	d := time.Since(start)
+	res.ConnectServerCPU = cpuSince(o.pid, cpu0, cpuOK)
+	res.ConnectClientCPU = cpuSince(os.Getpid(), self0, selfOK)
 	for _, c := range b.clients {
 		if c != nil {
 			res.Connected++
@@ -390,14 +406,8 @@ func (b *bench) deliver(ctx context.Context, res *result) {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-	if cpu1, ok := procCPU(o.pid); ok && cpuOK {
-		v := cpu1 - cpu0
-		res.ServerCPUSecs = &v
-	}
-	if self1, ok := procCPU(os.Getpid()); ok && selfOK {
-		v := self1 - self0
-		res.ClientCPUSecs = &v
-	}
+	res.ServerCPUSecs = cpuSince(o.pid, cpu0, cpuOK)
+	res.ClientCPUSecs = cpuSince(os.Getpid(), self0, selfOK)
 	// Extra deliveries may still be in flight: give them a moment.
 	time.Sleep(200 * time.Millisecond)
 	for _, c := range b.clients {
@@ -662,15 +672,19 @@ func loopbackURL(ctx context.Context, raw string) (*url.URL, error) {
 	if err != nil {
 		return nil, fmt.Errorf("parse %q: %w", raw, err)
 	}
-	if u.Scheme != "http" {
-		return nil, fmt.Errorf("%q: only http:// over loopback is supported", raw)
+	if u.Scheme != "http" && u.Scheme != "https" {
+		return nil, fmt.Errorf("%q: only http:// or https:// over loopback is supported", raw)
 	}
 	host := u.Hostname()
 	if host == "" {
 		return nil, fmt.Errorf("%q: no host", raw)
 	}
 	if u.Port() == "" {
-		u.Host = net.JoinHostPort(host, "80")
+		port := "80"
+		if u.Scheme == "https" {
+			port = "443"
+		}
+		u.Host = net.JoinHostPort(host, port)
 	}
 	addrs, err := net.DefaultResolver.LookupIPAddr(ctx, host)
 	if err != nil {
@@ -733,6 +747,17 @@ func procCPU(pid int) (float64, bool) {
 		return 0, false
 	}
 	return float64(ut+st) / 100, true // USER_HZ is 100 on Linux
+}
+
+// cpuSince is the CPU time pid used since it had used before (nil when
+// either reading failed).
+func cpuSince(pid int, before float64, ok bool) *float64 {
+	now, ok2 := procCPU(pid)
+	if !ok || !ok2 {
+		return nil
+	}
+	v := now - before
+	return &v
 }
 
 // readProc reads /proc/PID/name.

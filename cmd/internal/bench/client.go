@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/base64"
 	"encoding/binary"
 	"errors"
@@ -12,6 +13,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httputil"
 	"net/url"
 	"strconv"
 	"strings"
@@ -31,7 +33,6 @@ type client struct {
 	ws      bool
 	deflate bool // permessage-deflate negotiated
 	user    int
-	lastID  string // resume from this id (storm)
 	hello   []byte // the hub.connected message
 
 	frame []byte // WebSocket message being assembled
@@ -52,23 +53,33 @@ var (
 	payloadMark   = []byte(`"payload":[`)
 )
 
-// dial opens the connection from local, performs the handshake (resuming
-// from lastID when one is given) and reads until hub.connected.
-func dial(ctx context.Context, base *url.URL, path, token string, local net.IP, ws, deflate bool, bufSize int, lastID ...string) (*client, error) {
-	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: local}, Timeout: 10 * time.Second, Control: controlSocket}
+// dialTimeout bounds one connection's TCP, TLS and hub handshakes.
+const dialTimeout = 30 * time.Second
+
+// dial opens the connection from local, performs the handshake of req
+// (built by request) and reads until hub.connected.
+func dial(ctx context.Context, base *url.URL, tlsConf *tls.Config, req []byte, local net.IP, ws, deflate bool, bufSize int) (*client, error) {
+	// no TCP keep-alive: four system calls per connection fewer, and the
+	// hub's pings check the connection anyway
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: local}, Timeout: 10 * time.Second, Control: controlSocket, KeepAlive: -1}
 	nc, err := d.DialContext(ctx, "tcp", base.Host)
 	if err != nil {
 		return nil, fmt.Errorf("dial: %w", err)
 	}
-	if dl, ok := ctx.Deadline(); ok {
-		_ = nc.SetDeadline(dl)
+	// the whole handshake within dialTimeout (a deadline, not a context:
+	// no timer per connection)
+	_ = nc.SetDeadline(time.Now().Add(dialTimeout))
+	if tlsConf != nil {
+		tc := tls.Client(nc, tlsConf)
+		if err := tc.HandshakeContext(ctx); err != nil {
+			nc.Close()
+			return nil, fmt.Errorf("TLS handshake: %w", err)
+		}
+		nc = tc
 	}
 	c := &client{nc: nc, ws: ws}
-	if len(lastID) > 0 {
-		c.lastID = lastID[0]
-	}
 	c.br = bufio.NewReaderSize(countingReader{nc, &c.rx}, bufSize)
-	if err := c.handshake(base, path, token, deflate, bufSize); err != nil {
+	if err := c.handshake(base, req, deflate, bufSize); err != nil {
 		nc.Close()
 		return nil, err
 	}
@@ -92,45 +103,64 @@ func (r countingReader) Read(p []byte) (int, error) {
 // chromiumOffer is the extension offer Chromium makes.
 const chromiumOffer = "permessage-deflate; client_max_window_bits"
 
-func (c *client) handshake(base *url.URL, path, token string, deflate bool, bufSize int) error {
+// request builds the handshake request for token, resuming from lastID
+// when it is not empty (a WebSocket key of zeros is replaced by handshake).
+func request(base *url.URL, path, token, lastID string, ws, deflate bool) []byte {
+	var req []byte
 	target := path + "?token=" + url.QueryEscape(token)
-	if c.ws && c.lastID != "" {
-		target += "&last_event_id=" + url.QueryEscape(c.lastID)
+	if ws && lastID != "" {
+		target += "&last_event_id=" + url.QueryEscape(lastID)
 	}
-	var req bytes.Buffer
-	fmt.Fprintf(&req, "GET %s HTTP/1.1\r\nHost: %s\r\n", target, base.Host)
-	if c.ws {
-		var key [16]byte
-		_, _ = rand.Read(key[:])
-		fmt.Fprintf(&req, "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: %s\r\n",
-			base64.StdEncoding.EncodeToString(key[:]))
+	req = append(req, "GET "+target+" HTTP/1.1\r\nHost: "+base.Host+"\r\n"...)
+	if ws {
+		req = append(req, "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: "...)
+		req = append(req, keyPlaceholder...)
+		req = append(req, "\r\n"...)
 		if deflate {
-			req.WriteString("Sec-WebSocket-Extensions: " + chromiumOffer + "\r\n")
+			req = append(req, "Sec-WebSocket-Extensions: "+chromiumOffer+"\r\n"...)
 		}
 	} else {
-		req.WriteString("Accept: text/event-stream\r\n")
-		if c.lastID != "" {
-			req.WriteString("Last-Event-ID: " + c.lastID + "\r\n")
+		req = append(req, "Accept: text/event-stream\r\n"...)
+		if lastID != "" {
+			req = append(req, "Last-Event-ID: "+lastID+"\r\n"...)
 		}
 	}
-	req.WriteString("\r\n")
-	if _, err := c.nc.Write(req.Bytes()); err != nil {
+	return append(req, "\r\n"...)
+}
+
+// keyPlaceholder stands for the Sec-WebSocket-Key in a built request.
+const keyPlaceholder = "AAAAAAAAAAAAAAAAAAAAAA=="
+
+func (c *client) handshake(base *url.URL, req []byte, deflate bool, bufSize int) error {
+	if c.ws {
+		// a fresh key each time, in a copy of the request
+		var key [16]byte
+		_, _ = rand.Read(key[:])
+		req = bytes.Clone(req)
+		i := bytes.Index(req, []byte(keyPlaceholder))
+		base64.StdEncoding.Encode(req[i:i+len(keyPlaceholder)], key[:])
+	}
+	if _, err := c.nc.Write(req); err != nil {
 		return fmt.Errorf("write handshake: %w", err)
 	}
-	hreq, _ := http.NewRequest(http.MethodGet, base.String(), nil)
-	resp, err := http.ReadResponse(c.br, hreq)
-	if err != nil {
-		return fmt.Errorf("read handshake: %w", err)
-	}
-	want := http.StatusOK
+	want := "200"
 	if c.ws {
-		want = http.StatusSwitchingProtocols
+		want = "101"
 	}
-	if resp.StatusCode != want {
+	ext, chunked, err := readHead(c.br, want)
+	if errors.Is(err, errOtherStatus) {
+		hreq, _ := http.NewRequest(http.MethodGet, base.String(), nil)
+		resp, err := http.ReadResponse(c.br, hreq)
+		if err != nil {
+			return fmt.Errorf("read handshake: %w", err)
+		}
 		b, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
 		return &refusedError{status: resp.StatusCode, retryAfter: resp.Header.Get("Retry-After"), body: string(bytes.TrimSpace(b))}
 	}
-	if ext := resp.Header.Get("Sec-WebSocket-Extensions"); c.ws && ext != "" {
+	if err != nil {
+		return fmt.Errorf("read handshake: %w", err)
+	}
+	if c.ws && ext != "" {
 		if !deflate || !strings.HasPrefix(ext, "permessage-deflate") || !strings.Contains(ext, "client_no_context_takeover") {
 			return fmt.Errorf("handshake: unexpected extensions %q", ext)
 		}
@@ -140,9 +170,11 @@ func (c *client) handshake(base *url.URL, path, token string, deflate bool, bufS
 		return errors.New("handshake: the hub did not accept permessage-deflate")
 	}
 	if !c.ws {
-		// The stream is chunked (HTTP/1.1, no length): resp.Body de-chunks
-		// it, reading from c.br.
-		c.rd = bufio.NewReaderSize(resp.Body, bufSize)
+		var body io.Reader = c.br
+		if chunked {
+			body = httputil.NewChunkedReader(c.br)
+		}
+		c.rd = bufio.NewReaderSize(body, bufSize)
 	}
 	for {
 		msg, err := c.next()
@@ -152,6 +184,47 @@ func (c *client) handshake(base *url.URL, path, token string, deflate bool, bufS
 		if bytes.Contains(msg, connectedMark) {
 			c.hello = bytes.Clone(msg)
 			return nil
+		}
+	}
+}
+
+// errOtherStatus: the answer's status is not the one wanted (nothing of
+// it was consumed).
+var errOtherStatus = errors.New("another status")
+
+// readHead reads a response head whose status is want, without building an
+// http.Response (the load generator must stay light), and returns its
+// Sec-WebSocket-Extensions and whether its body is chunked.
+func readHead(br *bufio.Reader, want string) (ext string, chunked bool, err error) {
+	status, err := br.Peek(len("HTTP/1.1 200"))
+	if err != nil {
+		return "", false, err
+	}
+	if !bytes.HasPrefix(status, []byte("HTTP/1.")) || string(status[9:]) != want {
+		return "", false, errOtherStatus
+	}
+	for first := true; ; first = false {
+		line, err := br.ReadSlice('\n')
+		if err != nil {
+			return "", false, err
+		}
+		line = bytes.TrimRight(line, "\r\n")
+		if first {
+			continue
+		}
+		if len(line) == 0 {
+			return ext, chunked, nil
+		}
+		name, value, ok := bytes.Cut(line, []byte(":"))
+		if !ok {
+			return "", false, fmt.Errorf("malformed header line %q", line)
+		}
+		value = bytes.TrimSpace(value)
+		switch {
+		case bytes.EqualFold(name, []byte("Sec-WebSocket-Extensions")):
+			ext = string(value)
+		case bytes.EqualFold(name, []byte("Transfer-Encoding")):
+			chunked = bytes.EqualFold(value, []byte("chunked"))
 		}
 	}
 }

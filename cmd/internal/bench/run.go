@@ -26,6 +26,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime/debug"
 	"time"
 )
 
@@ -56,13 +57,14 @@ type options struct {
 	payloadKind     string
 	unicastAPI      string
 	storm           stormOptions
+	insecure        bool
 }
 
 func parseFlags(name string, stderr io.Writer, args []string) (options, error) {
 	var o options
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.StringVar(&o.url, "url", envOr("HUB_URL", "http://127.0.0.1:8080"), "hub base URL (must resolve to 127.0.0.0/8; default $HUB_URL)")
+	fs.StringVar(&o.url, "url", envOr("HUB_URL", "http://127.0.0.1:8080"), "hub base URL, http:// or https:// (TLS; see --insecure); must resolve to 127.0.0.0/8; default $HUB_URL")
 	fs.StringVar(&o.apiURL, "api-url", "", "base URL of the broadcast API and /metrics (default: --url)")
 	fs.StringVar(&o.secret, "secret", os.Getenv("HUB_JWT_SECRET"), "HS256 secret used to mint user tokens (default $HUB_JWT_SECRET)")
 	fs.StringVar(&o.apiKey, "api-key", os.Getenv("HUB_API_KEY"), "API key for publishing (X-API-Key; default $HUB_API_KEY)")
@@ -84,6 +86,7 @@ func parseFlags(name string, stderr io.Writer, args []string) (options, error) {
 	fs.IntVar(&o.perSource, "per-source", 10000, "connections per source address 127.0.0.2, 127.0.0.3, ...")
 	fs.DurationVar(&o.drain, "drain", 30*time.Second, "how long to wait for deliveries after the last publish")
 	fs.BoolVar(&o.compression, "compression", false, "ws: offer permessage-deflate as Chromium does, and fail unless the hub accepts it")
+	fs.BoolVar(&o.insecure, "insecure", false, "https:// URLs: do not verify the hub's certificate (a self-signed one on loopback)")
 	fs.StringVar(&o.payloadKind, "payload-kind", "x", `padding of each payload: "x" (one repeated letter) or "json" (records of ids, names and numbers, compressible like real data)`)
 	addStormFlags(fs, &o)
 	if err := fs.Parse(args); err != nil {
@@ -171,6 +174,9 @@ func Run(ctx context.Context, name string, args []string, stdout, stderr io.Writ
 	if err := raiseFileLimit(); err != nil {
 		fmt.Fprintln(stderr, name+": warning:", err)
 	}
+	// The generator holds thousands of connections and allocates on every
+	// one: fewer collections leave its one core to the work measured.
+	defer debug.SetGCPercent(debug.SetGCPercent(400))
 	b := &bench{name: name, stderr: stderr, o: o, base: base, api: apiBase}
 	res := b.run(ctx)
 	line, err := json.Marshal(res)

@@ -434,7 +434,8 @@ func (s *stormRun) dial(ctx context.Context, d *device) (*client, error) {
 	}
 	dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	return dial(dctx, s.bases[d.node], path, s.tokens[d.user], d.src, !d.sse, false, 4096, d.lastID)
+	req := request(s.bases[d.node], path, s.tokens[d.user], d.lastID, !d.sse, false)
+	return dial(dctx, s.bases[d.node], nil, req, d.src, !d.sse, false, 4096)
 }
 
 // position reads hub.connected: the device's id to resume from.
