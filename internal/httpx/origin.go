@@ -60,6 +60,12 @@ func matchHost(pattern, host string) bool {
 	return false
 }
 
+// UnavailableRetry is the Retry-After of a handshake refused with 503
+// because the node is draining or its broker is unreachable: long enough
+// for a load balancer to have taken a draining node out, or for a restart,
+// short enough that a device does not stay away for nothing.
+const UnavailableRetry = 2 * time.Second
+
 // RetryAfter sets the Retry-After header to d rounded up to whole seconds
 // (at least 1); it does nothing for d <= 0.
 func RetryAfter(w http.ResponseWriter, d time.Duration) {

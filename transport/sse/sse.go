@@ -395,8 +395,10 @@ func (h *Handler) refuse(w http.ResponseWriter, err error) {
 	var le *hub.LimitError
 	switch {
 	case errors.Is(err, hub.ErrShuttingDown):
+		httpx.RetryAfter(w, httpx.UnavailableRetry)
 		httpx.WriteError(w, http.StatusServiceUnavailable, "shutting_down", "the node is draining; reconnect to another node")
 	case errors.Is(err, hub.ErrUnavailable):
+		httpx.RetryAfter(w, httpx.UnavailableRetry)
 		httpx.WriteError(w, http.StatusServiceUnavailable, "unavailable", "the broker is unreachable; retry later")
 	case errors.As(err, &le):
 		httpx.WriteError(w, http.StatusTooManyRequests, "too_many_connections",

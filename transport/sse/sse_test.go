@@ -802,6 +802,9 @@ func TestShutdown(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if ra := resp.Header.Get("Retry-After"); ra != "2" {
+		t.Errorf("503 shutting_down: Retry-After %q, want 2", ra)
+	}
 	expectJSONError(t, resp, http.StatusServiceUnavailable, "shutting_down")
 }
 

@@ -519,3 +519,33 @@ func TestRawHandshake(t *testing.T) {
 	// the upgraded one goes with its socket; the refused ones never came
 	hubtest.Eventually(t, 10*time.Second, "no connection left", func() bool { return e.hub.Stats().TotalConnections == 0 })
 }
+
+// A handshake refused because the node is draining says when to come back
+// (503 shutting_down with Retry-After), so that a fleet coming back after a
+// restart does not return at once to a node that is going away.
+func TestDrainingRefusalHasRetryAfter(t *testing.T) {
+	e := newRawEnv(t, time.Hour, time.Hour)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := e.hub.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	req, _ := http.NewRequest(http.MethodGet, e.srv.URL+"/", nil)
+	req.Header.Set("Upgrade", "websocket")
+	req.Header.Set("Connection", "Upgrade")
+	req.Header.Set("Sec-WebSocket-Version", "13")
+	req.Header.Set("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
+	req.Header.Set("Authorization", "Bearer "+hubtest.Token(t, "u1", time.Hour))
+	resp, err := e.srv.Client().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(string(body), `"shutting_down"`) {
+		t.Fatalf("handshake while draining: %d %s, want 503 shutting_down", resp.StatusCode, body)
+	}
+	if ra := resp.Header.Get("Retry-After"); ra != "2" {
+		t.Errorf("Retry-After %q, want 2", ra)
+	}
+}

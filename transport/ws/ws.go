@@ -149,6 +149,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		release()
 		status, code, msg := registerError(err)
+		if status == http.StatusServiceUnavailable {
+			// draining or the broker unreachable: another node, or this
+			// one a moment later, will take it
+			httpx.RetryAfter(w, httpx.UnavailableRetry)
+		}
 		h.refuse(w, status, code, msg)
 		return
 	}
