@@ -26,7 +26,7 @@ func (h *Hub) MaintainAt(now time.Time) { h.maintain(now) }
 
 // HistoryBytes is the node-wide count of the envelope bytes held by the
 // history (each event once).
-func (h *Hub) HistoryBytes() int64 { return h.ix.bytes.Load() }
+func (h *Hub) HistoryBytes() int64 { return h.ix.heldBytes() }
 
 // HistoryIndexLen is the number of entries of the node-wide eviction queue
 // (events held, and dropped ones not compacted away yet).

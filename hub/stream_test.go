@@ -35,9 +35,10 @@ func TestStreamAgainstModel(t *testing.T) {
 					o.Key = fmt.Sprint("k", rng.IntN(keys))
 				}
 				m := newEvent(formatID("E", seq), "T", o, []byte(fmt.Sprintf("%q", make([]byte, rng.IntN(80)))), time.Now(), seq)
-				ix.start(m)
-				s.push(m, size, maxBytes, &ix)
-				ix.done(m, holders{})
+				a := ix.stripe(0)
+				a.start(m)
+				s.push(m, size, maxBytes, a)
+				ix.done(m, holders{}, a)
 
 				// the model: supersede, append, drop the oldest over the bounds
 				if o.Key != "" {
@@ -94,8 +95,8 @@ func TestStreamAgainstModel(t *testing.T) {
 			for _, x := range model {
 				held += int64(x.Size())
 			}
-			if ix.bytes.Load() != held || ix.refs.Load() != int64(len(model)) {
-				t.Fatalf("index: %d bytes %d refs, want %d %d", ix.bytes.Load(), ix.refs.Load(), held, len(model))
+			if ix.heldBytes() != held || ix.heldRefs() != int64(len(model)) {
+				t.Fatalf("index: %d bytes %d refs, want %d %d", ix.heldBytes(), ix.heldRefs(), held, len(model))
 			}
 		})
 	}
