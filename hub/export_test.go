@@ -33,7 +33,7 @@ func (h *Hub) HistoryBytes() int64 { return h.ix.heldBytes() }
 func (h *Hub) HistoryIndexLen() int {
 	h.ix.mu.Lock()
 	defer h.ix.mu.Unlock()
-	return len(h.ix.q) - h.ix.head
+	return h.ix.q.n
 }
 
 // UserHistoryBytes is the envelope bytes held by user's own history.

@@ -286,9 +286,8 @@ func parsePosition(id string) (epoch string, seq uint64, ok bool) {
 // none; mu is never held while a shard lock is taken (evict takes the shard
 // locks after pop returned), so the order is shard locks, then mu.
 type histIndex struct {
-	mu   sync.Mutex
-	q    []idxEntry // stored events, oldest first from head
-	head int
+	mu sync.Mutex
+	q  idxQueue // stored events, oldest first
 	// queue is set when the history has a node-wide bound
 	// (HistoryTotalBytes): without one nothing is ever evicted, so done
 	// lists nothing and publishes share no lock here.
@@ -430,7 +429,7 @@ func (ix *histIndex) done(m *Message, hs holders, a *histAcct) {
 	a.live.Add(1) // taken back by the release that finds it held by none
 	if hs.n > 0 && ix.queue {
 		ix.mu.Lock()
-		ix.q = append(ix.q, idxEntry{m: m, holders: hs})
+		ix.q.push(idxEntry{m: m, holders: hs})
 		ix.compactLocked()
 		ix.mu.Unlock()
 	}
@@ -440,23 +439,19 @@ func (ix *histIndex) done(m *Message, hs holders, a *histAcct) {
 // compactLocked drops the entries of events that no stream holds any more
 // (dropped by a stream's own bounds or by its TTL) once they are more than
 // half of the queue, so that the queue keeps no dropped event alive for
-// long, and gives back the space of the entries popped so far.
+// long. (The space of the entries popped goes back chunk by chunk.)
 func (ix *histIndex) compactLocked() {
-	n := len(ix.q) - ix.head
+	n := ix.q.n
 	if live := ix.live(); n >= 64 && live*2 < int64(n) {
-		kept := make([]idxEntry, 0, max(64, 2*live))
-		for _, e := range ix.q[ix.head:] {
-			if e.m.held.Load() > 0 {
-				kept = append(kept, e)
+		var kept idxQueue
+		for c, i := 0, ix.q.head; c < len(ix.q.chunks); c, i = c+1, 0 {
+			for _, e := range ix.q.chunks[c][i:] {
+				if e.m.held.Load() > 0 {
+					kept.push(e)
+				}
 			}
 		}
-		ix.q, ix.head = kept, 0
-		return
-	}
-	if ix.head >= 64 && ix.head*2 >= len(ix.q) {
-		k := copy(ix.q, ix.q[ix.head:])
-		clear(ix.q[k:])
-		ix.q, ix.head = ix.q[:k], 0
+		ix.q = kept
 	}
 }
 
@@ -464,16 +459,50 @@ func (ix *histIndex) compactLocked() {
 func (ix *histIndex) pop() (idxEntry, bool) {
 	ix.mu.Lock()
 	defer ix.mu.Unlock()
-	for ix.head < len(ix.q) {
-		e := ix.q[ix.head]
-		ix.q[ix.head] = idxEntry{}
-		ix.head++
-		if ix.head == len(ix.q) {
-			ix.q, ix.head = ix.q[:0], 0
-		}
-		if e.m.held.Load() > 0 {
+	for ix.q.n > 0 {
+		if e := ix.q.pop(); e.m.held.Load() > 0 {
 			return e, true
 		}
 	}
 	return idxEntry{}, false
+}
+
+// idxQueue is a FIFO of entries in chunks of idxChunk: a push never copies
+// the queue (one slice grown by append copied all of it, under the lock
+// every publish takes, once per doubling), and the popped chunks go.
+type idxQueue struct {
+	chunks [][]idxEntry // every chunk is full but the last
+	head   int          // next entry of chunks[0]
+	n      int          // entries from head
+}
+
+// idxChunk is the number of entries of a chunk of idxQueue (56 bytes each).
+const idxChunk = 1024
+
+func (q *idxQueue) push(e idxEntry) {
+	if k := len(q.chunks); k == 0 || len(q.chunks[k-1]) == idxChunk {
+		q.chunks = append(q.chunks, make([]idxEntry, 0, idxChunk))
+	}
+	k := len(q.chunks) - 1
+	q.chunks[k] = append(q.chunks[k], e)
+	q.n++
+}
+
+// pop removes and returns the oldest entry (q.n > 0).
+func (q *idxQueue) pop() idxEntry {
+	c := q.chunks[0]
+	e := c[q.head]
+	c[q.head] = idxEntry{}
+	q.head++
+	q.n--
+	if q.head == len(c) { // chunk done: the only one left is reused
+		q.head = 0
+		if len(q.chunks) == 1 {
+			q.chunks[0] = c[:0]
+		} else {
+			q.chunks[0] = nil
+			q.chunks = q.chunks[1:]
+		}
+	}
+	return e
 }

@@ -137,3 +137,35 @@ func TestCoalesce(t *testing.T) {
 		t.Fatalf("Coalesce(nil) = %v", got)
 	}
 }
+
+// TestIdxQueueFIFO: the chunked eviction queue gives entries back in the
+// order they were pushed, across chunk boundaries, interleaved pushes and
+// pops, and after running empty.
+func TestIdxQueueFIFO(t *testing.T) {
+	var q idxQueue
+	var next, want uint64
+	push := func(k int) {
+		for range k {
+			next++
+			q.push(idxEntry{m: &Message{seq: next}})
+		}
+	}
+	pop := func(k int) {
+		for range k {
+			want++
+			if e := q.pop(); e.m.seq != want {
+				t.Fatalf("popped seq %d, want %d", e.m.seq, want)
+			}
+		}
+	}
+	for _, step := range [][2]int{{1, 1}, {idxChunk + 5, 3}, {2 * idxChunk, idxChunk}, {7, 2*idxChunk + 9}, {idxChunk, idxChunk}} {
+		push(step[0])
+		pop(step[1])
+		if q.n != int(next-want) {
+			t.Fatalf("n = %d, want %d", q.n, next-want)
+		}
+	}
+	if q.n != 0 || len(q.chunks) != 1 {
+		t.Fatalf("empty queue: n %d, %d chunks", q.n, len(q.chunks))
+	}
+}
