@@ -26,14 +26,14 @@ func (h *Hub) MaintainAt(now time.Time) { h.maintain(now) }
 
 // HistoryBytes is the node-wide count of the envelope bytes held by the
 // history (each event once).
-func (h *Hub) HistoryBytes() int64 { return h.ix.bytes.Load() }
+func (h *Hub) HistoryBytes() int64 { return h.ix.heldBytes() }
 
 // HistoryIndexLen is the number of entries of the node-wide eviction queue
 // (events held, and dropped ones not compacted away yet).
 func (h *Hub) HistoryIndexLen() int {
 	h.ix.mu.Lock()
 	defer h.ix.mu.Unlock()
-	return len(h.ix.q) - h.ix.head
+	return h.ix.q.n
 }
 
 // UserHistoryBytes is the envelope bytes held by user's own history.

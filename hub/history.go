@@ -43,18 +43,18 @@ func (s *stream) held() int { return s.n - s.holes }
 // than maxBytes bytes (maxBytes <= 0: no byte bound). An event bigger than
 // maxBytes on its own is dropped at once: it was delivered live, and the
 // floor makes a resume from before it recovered:false. Every event held or
-// dropped is accounted in ix.
-func (s *stream) push(m *Message, size int, maxBytes int64, ix *histIndex) {
+// dropped is accounted in a.
+func (s *stream) push(m *Message, size int, maxBytes int64, a *histAcct) {
 	if size <= 0 {
 		return
 	}
 	if m.key != "" {
 		if at, ok := s.keys[m.key]; ok {
-			s.supersede(at, ix)
+			s.supersede(at, a)
 		}
 	}
 	if s.held() >= size { // full: drop the oldest
-		s.dropHead(ix)
+		s.dropHead(a)
 	}
 	if s.n == len(s.buf) {
 		limit := size // the ring never needs more slots than events...
@@ -78,23 +78,23 @@ func (s *stream) push(m *Message, size int, maxBytes int64, ix *histIndex) {
 	}
 	s.n++
 	s.bytes += int64(m.Size())
-	ix.hold(m)
+	a.hold(m)
 	for maxBytes > 0 && s.bytes > maxBytes && s.n > 0 {
-		s.dropHead(ix)
+		s.dropHead(a)
 	}
 	s.release()
 }
 
 // supersede turns the slot at absolute index at into a hole: its event is
 // no longer held, and the floor stays where it is.
-func (s *stream) supersede(at uint64, ix *histIndex) {
+func (s *stream) supersede(at uint64, a *histAcct) {
 	i := (s.head + int(at-s.base)) % len(s.buf)
 	old := s.buf[i]
 	s.buf[i] = nil
 	s.holes++
 	s.bytes -= int64(old.Size())
 	delete(s.keys, old.key)
-	ix.drop(old)
+	a.drop(old)
 	s.skipHoles()
 	if s.holes >= 16 && 2*s.holes > s.n {
 		s.compact(len(s.buf))
@@ -157,7 +157,7 @@ func (s *stream) release() {
 
 // dropHead drops the oldest event (the stream is not empty, so the head is
 // an event: holes are never at the head).
-func (s *stream) dropHead(ix *histIndex) {
+func (s *stream) dropHead(a *histAcct) {
 	old := s.buf[s.head]
 	s.floor = max(s.floor, old.seq)
 	s.bytes -= int64(old.Size())
@@ -168,25 +168,25 @@ func (s *stream) dropHead(ix *histIndex) {
 	s.head = (s.head + 1) % len(s.buf)
 	s.n--
 	s.base++
-	ix.drop(old)
+	a.drop(old)
 	s.skipHoles()
 }
 
 func (s *stream) at(i int) *Message { return s.buf[(s.head+i)%len(s.buf)] }
 
 // trim drops events accepted before cutoff.
-func (s *stream) trim(cutoff time.Time, ix *histIndex) {
+func (s *stream) trim(cutoff time.Time, a *histAcct) {
 	for s.n > 0 && s.at(0).Accepted.Before(cutoff) {
-		s.dropHead(ix)
+		s.dropHead(a)
 	}
 	s.release()
 }
 
 // dropThrough drops the events with seq <= given (the node-wide bound
 // evicting its oldest event from this stream).
-func (s *stream) dropThrough(seq uint64, ix *histIndex) {
+func (s *stream) dropThrough(seq uint64, a *histAcct) {
 	for s.n > 0 && s.at(0).seq <= seq {
-		s.dropHead(ix)
+		s.dropHead(a)
 	}
 	s.release()
 }
@@ -286,13 +286,60 @@ func parsePosition(id string) (epoch string, seq uint64, ok bool) {
 // none; mu is never held while a shard lock is taken (evict takes the shard
 // locks after pop returned), so the order is shard locks, then mu.
 type histIndex struct {
-	mu   sync.Mutex
-	q    []idxEntry // stored events, oldest first from head
-	head int
+	mu sync.Mutex
+	q  idxQueue // stored events, oldest first
+	// queue is set when the history has a node-wide bound
+	// (HistoryTotalBytes): without one nothing is ever evicted, so done
+	// lists nothing and publishes share no lock here.
+	queue bool
 
+	// The counters are split in stripes, one per run of shards, each on
+	// cache lines of its own: publishes to users of different shards on
+	// different cores do not write the same line. A stripe's counters can
+	// go below zero (an event held in one stripe, dropped in another);
+	// only their sums mean something.
+	acct [acctStripes]histAcct
+}
+
+// acctStripes is the number of stripes of histIndex's counters.
+const acctStripes = 8
+
+// histAcct is one stripe of histIndex's counters, padded to two cache
+// lines (the processor fetches lines in adjacent pairs).
+type histAcct struct {
 	bytes atomic.Int64 // envelope bytes of the events held by some stream
 	refs  atomic.Int64 // (stream, event) pairs held
 	live  atomic.Int64 // entries of q whose event is still held
+	_     [128 - 24]byte
+}
+
+// stripe is the stripe for shard number i.
+func (ix *histIndex) stripe(i int) *histAcct { return &ix.acct[i%acctStripes] }
+
+// heldBytes and heldRefs sum the stripes; live is the entries of q whose
+// event is still held.
+func (ix *histIndex) heldBytes() int64 {
+	var n int64
+	for i := range ix.acct {
+		n += ix.acct[i].bytes.Load()
+	}
+	return n
+}
+
+func (ix *histIndex) heldRefs() int64 {
+	var n int64
+	for i := range ix.acct {
+		n += ix.acct[i].refs.Load()
+	}
+	return n
+}
+
+func (ix *histIndex) live() int64 {
+	var n int64
+	for i := range ix.acct {
+		n += ix.acct[i].live.Load()
+	}
+	return n
 }
 
 // holdOverhead is what the history spends, besides the envelope, for each
@@ -305,7 +352,7 @@ const holdOverhead = 32
 
 // usage is what HistoryTotalBytes bounds: the envelopes, each once, and the
 // overhead of every place they are held.
-func (ix *histIndex) usage() int64 { return ix.bytes.Load() + holdOverhead*ix.refs.Load() }
+func (ix *histIndex) usage() int64 { return ix.heldBytes() + holdOverhead*ix.heldRefs() }
 
 // idxEntry is one stored event and the streams that took it.
 type idxEntry struct {
@@ -348,67 +395,63 @@ type holder struct {
 
 // start accounts a new event before the streams take it: it counts once
 // against the node and holds one reference (the publisher's) until done.
-func (ix *histIndex) start(m *Message) {
+func (a *histAcct) start(m *Message) {
 	m.held.Store(1)
-	ix.bytes.Add(int64(m.Size()))
+	a.bytes.Add(int64(m.Size()))
 }
 
 // hold records that one more stream holds m.
-func (ix *histIndex) hold(m *Message) {
+func (a *histAcct) hold(m *Message) {
 	m.held.Add(1)
-	ix.refs.Add(1)
+	a.refs.Add(1)
 }
 
 // drop records that a stream dropped m.
-func (ix *histIndex) drop(m *Message) {
-	ix.refs.Add(-1)
-	ix.release(m)
+func (a *histAcct) drop(m *Message) {
+	a.refs.Add(-1)
+	a.release(m)
 }
 
 // release drops one reference to m (a stream's, or the publisher's); the
 // last one gives its bytes back.
-func (ix *histIndex) release(m *Message) {
+func (a *histAcct) release(m *Message) {
 	if m.held.Add(-1) == 0 {
-		ix.bytes.Add(-int64(m.Size()))
-		ix.live.Add(-1)
+		a.bytes.Add(-int64(m.Size()))
+		a.live.Add(-1)
 	}
 }
 
-// done lists the event, taken by holders, for eviction and drops the
-// publisher's reference (which gives its bytes back when no stream kept
-// it). It is called under the holders' shard locks, so no stream can drop
-// the event before it is listed.
-func (ix *histIndex) done(m *Message, hs holders) {
-	ix.live.Add(1) // taken back by the release that finds it held by none
-	if hs.n > 0 {
+// done lists the event, taken by holders, for eviction (when the history
+// has a node-wide bound) and drops the publisher's reference (which gives
+// its bytes back when no stream kept it). It is called under the holders'
+// shard locks, so no stream can drop the event before it is listed.
+func (ix *histIndex) done(m *Message, hs holders, a *histAcct) {
+	a.live.Add(1) // taken back by the release that finds it held by none
+	if hs.n > 0 && ix.queue {
 		ix.mu.Lock()
-		ix.q = append(ix.q, idxEntry{m: m, holders: hs})
+		ix.q.push(idxEntry{m: m, holders: hs})
 		ix.compactLocked()
 		ix.mu.Unlock()
 	}
-	ix.release(m)
+	a.release(m)
 }
 
 // compactLocked drops the entries of events that no stream holds any more
 // (dropped by a stream's own bounds or by its TTL) once they are more than
 // half of the queue, so that the queue keeps no dropped event alive for
-// long, and gives back the space of the entries popped so far.
+// long. (The space of the entries popped goes back chunk by chunk.)
 func (ix *histIndex) compactLocked() {
-	n := len(ix.q) - ix.head
-	if n >= 64 && ix.live.Load()*2 < int64(n) {
-		kept := make([]idxEntry, 0, max(64, 2*ix.live.Load()))
-		for _, e := range ix.q[ix.head:] {
-			if e.m.held.Load() > 0 {
-				kept = append(kept, e)
+	n := ix.q.n
+	if live := ix.live(); n >= 64 && live*2 < int64(n) {
+		var kept idxQueue
+		for c, i := 0, ix.q.head; c < len(ix.q.chunks); c, i = c+1, 0 {
+			for _, e := range ix.q.chunks[c][i:] {
+				if e.m.held.Load() > 0 {
+					kept.push(e)
+				}
 			}
 		}
-		ix.q, ix.head = kept, 0
-		return
-	}
-	if ix.head >= 64 && ix.head*2 >= len(ix.q) {
-		k := copy(ix.q, ix.q[ix.head:])
-		clear(ix.q[k:])
-		ix.q, ix.head = ix.q[:k], 0
+		ix.q = kept
 	}
 }
 
@@ -416,16 +459,50 @@ func (ix *histIndex) compactLocked() {
 func (ix *histIndex) pop() (idxEntry, bool) {
 	ix.mu.Lock()
 	defer ix.mu.Unlock()
-	for ix.head < len(ix.q) {
-		e := ix.q[ix.head]
-		ix.q[ix.head] = idxEntry{}
-		ix.head++
-		if ix.head == len(ix.q) {
-			ix.q, ix.head = ix.q[:0], 0
-		}
-		if e.m.held.Load() > 0 {
+	for ix.q.n > 0 {
+		if e := ix.q.pop(); e.m.held.Load() > 0 {
 			return e, true
 		}
 	}
 	return idxEntry{}, false
+}
+
+// idxQueue is a FIFO of entries in chunks of idxChunk: a push never copies
+// the queue (one slice grown by append copied all of it, under the lock
+// every publish takes, once per doubling), and the popped chunks go.
+type idxQueue struct {
+	chunks [][]idxEntry // every chunk is full but the last
+	head   int          // next entry of chunks[0]
+	n      int          // entries from head
+}
+
+// idxChunk is the number of entries of a chunk of idxQueue (56 bytes each).
+const idxChunk = 1024
+
+func (q *idxQueue) push(e idxEntry) {
+	if k := len(q.chunks); k == 0 || len(q.chunks[k-1]) == idxChunk {
+		q.chunks = append(q.chunks, make([]idxEntry, 0, idxChunk))
+	}
+	k := len(q.chunks) - 1
+	q.chunks[k] = append(q.chunks[k], e)
+	q.n++
+}
+
+// pop removes and returns the oldest entry (q.n > 0).
+func (q *idxQueue) pop() idxEntry {
+	c := q.chunks[0]
+	e := c[q.head]
+	c[q.head] = idxEntry{}
+	q.head++
+	q.n--
+	if q.head == len(c) { // chunk done: the only one left is reused
+		q.head = 0
+		if len(q.chunks) == 1 {
+			q.chunks[0] = c[:0]
+		} else {
+			q.chunks[0] = nil
+			q.chunks = q.chunks[1:]
+		}
+	}
+	return e
 }

@@ -119,6 +119,13 @@ type Stats struct {
 	UptimeSeconds    int64          `json:"uptimeSeconds"`
 }
 
+// paddedUint64 is an atomic.Uint64 alone on its pair of cache lines.
+type paddedUint64 struct {
+	_ [128]byte
+	atomic.Uint64
+	_ [120]byte
+}
+
 // Hub is the per-user registry and publisher. Create it with New, start its
 // maintenance with Start, and stop it with Shutdown.
 type Hub struct {
@@ -128,7 +135,9 @@ type Hub struct {
 	shards  []*shard
 	started time.Time
 
-	seq    atomic.Uint64
+	// seq is written by every publish, on whichever core: it has its cache
+	// lines to itself, so that the fields read beside it do not move with it.
+	seq    paddedUint64
 	connID atomic.Uint64
 	// forgotten is the highest floor of a user history dropped by
 	// maintain: a user's new history starts with it as its floor, so that
@@ -149,7 +158,7 @@ type Hub struct {
 	byTransp sync.Map // transport name -> *atomic.Int64
 
 	draining atomic.Bool
-	activity atomic.Uint64 // publishes and broker deliveries, see Activity
+	activity atomic.Uint64 // publishes through the broker and its deliveries (local publishes count in seq), see Activity
 	// resyncs counts the Resyncs begun: a registration that saw it move
 	// closes its own gap (registerCluster).
 	resyncs atomic.Uint64
@@ -166,10 +175,15 @@ type Hub struct {
 type shard struct {
 	mu    sync.Mutex
 	users map[string]*userState
+	acct  *histAcct // its stripe of the history's counters
 	// all is every connection of the shard, for a broadcast to walk one
 	// flat slice: walking the users map and then each user's slice was a
 	// large share of a fan-out's cost (docs/BENCHMARKS.md, history).
 	all []*Conn
+	// Shards are allocated one by one, side by side: the padding keeps
+	// each shard's lock off its neighbours' cache lines (128 bytes with the
+	// fields above, the processor fetching lines in pairs).
+	_ [128 - 48]byte
 }
 
 // addLocked and removeLocked keep s.all (s.mu held).
@@ -241,8 +255,9 @@ func New(o Options) *Hub {
 		drained: make(chan struct{}),
 		stop:    make(chan struct{}),
 	}
+	h.ix.queue = o.HistoryTotalBytes > 0
 	for i := range h.shards {
-		h.shards[i] = &shard{users: make(map[string]*userState)}
+		h.shards[i] = &shard{users: make(map[string]*userState), acct: h.ix.stripe(i)}
 	}
 	return h
 }
@@ -304,7 +319,7 @@ func (h *Hub) maintain(now time.Time) {
 	// behind what a user history dropped below had seen.
 	if h.opts.HistoryTTL > 0 {
 		h.allMu.Lock()
-		h.all.trim(now.Add(-h.opts.HistoryTTL), &h.ix)
+		h.all.trim(now.Add(-h.opts.HistoryTTL), h.ix.stripe(0))
 		h.allMu.Unlock()
 	}
 	var beats []beat
@@ -323,7 +338,7 @@ func (h *Hub) maintain(now time.Time) {
 				}
 			}
 			if h.opts.HistoryTTL > 0 {
-				us.hist.trim(now.Add(-h.opts.HistoryTTL), &h.ix)
+				us.hist.trim(now.Add(-h.opts.HistoryTTL), s.acct)
 			}
 			if len(us.conns) == 0 && us.hist.n == 0 {
 				h.forget(us.hist.floor)
@@ -644,7 +659,6 @@ func (h *Hub) now() time.Time { return time.Now() }
 // that user's history; Volatile() delivers it to the connections live now
 // and stores it nowhere (EventOptions).
 func (h *Hub) Publish(ctx context.Context, userIDs []string, typ string, payload json.RawMessage, opts ...EventOption) ([]UserEvent, error) {
-	h.activity.Add(1)
 	if err := ValidateType(typ); err != nil {
 		return nil, fmt.Errorf("type: %w", err)
 	}
@@ -683,6 +697,7 @@ func (h *Hub) Publish(ctx context.Context, userIDs []string, typ string, payload
 		out[i].UserID = u
 	}
 	if h.opts.Broker != nil {
+		h.activity.Add(1)
 		id, devices, err := h.opts.Broker.PublishUsers(ctx, users, typ, p, h.now(), eo)
 		if err != nil {
 			return nil, brokerError(err)
@@ -735,8 +750,9 @@ func (h *Hub) publishLocal(users []string, typ string, eo EventOptions, p []byte
 	m := newEvent(formatID(h.opts.Epoch, seq), typ, eo, p, h.now(), seq)
 	history := h.historyOn() && !eo.Volatile
 	var hs holders
+	acct := locked[0].acct
 	if history {
-		h.ix.start(m)
+		acct.start(m)
 		if len(users) > 1 {
 			hs.rest = make([]holder, 0, len(users)-1)
 		}
@@ -754,7 +770,7 @@ func (h *Hub) publishLocal(users []string, typ string, eo EventOptions, p []byte
 		}
 		out[i].Devices = len(us.conns)
 		if history {
-			us.hist.push(m, h.opts.HistorySize, h.opts.HistoryMaxBytes, &h.ix)
+			us.hist.push(m, h.opts.HistorySize, h.opts.HistoryMaxBytes, s.acct)
 			hs.add(holder{s: s, us: us})
 		}
 		for _, c := range us.conns {
@@ -762,7 +778,7 @@ func (h *Hub) publishLocal(users []string, typ string, eo EventOptions, p []byte
 		}
 	}
 	if history {
-		h.ix.done(m, hs)
+		h.ix.done(m, hs, acct)
 	}
 	for _, s := range locked {
 		s.mu.Unlock()
@@ -796,12 +812,12 @@ func (h *Hub) evictOverTotal() {
 			ho := e.holders.at(i)
 			if ho.us == nil {
 				h.allMu.Lock()
-				h.all.dropThrough(e.m.seq, &h.ix)
+				h.all.dropThrough(e.m.seq, h.ix.stripe(0))
 				h.allMu.Unlock()
 				continue
 			}
 			ho.s.mu.Lock()
-			ho.us.hist.dropThrough(e.m.seq, &h.ix)
+			ho.us.hist.dropThrough(e.m.seq, ho.s.acct)
 			ho.s.mu.Unlock()
 		}
 	}
@@ -819,7 +835,6 @@ func (h *Hub) Broadcast(ctx context.Context, typ string, payload json.RawMessage
 // BroadcastAll is Broadcast that also returns the number of connections,
 // cluster-wide, that were live when the event was published.
 func (h *Hub) BroadcastAll(ctx context.Context, typ string, payload json.RawMessage, opts ...EventOption) (AllEvent, error) {
-	h.activity.Add(1)
 	if err := ValidateType(typ); err != nil {
 		return AllEvent{}, fmt.Errorf("type: %w", err)
 	}
@@ -835,6 +850,7 @@ func (h *Hub) BroadcastAll(ctx context.Context, typ string, payload json.RawMess
 		return AllEvent{}, err
 	}
 	if h.opts.Broker != nil {
+		h.activity.Add(1)
 		id, devices, err := h.opts.Broker.PublishAll(ctx, typ, p, h.now(), eo)
 		if err != nil {
 			return AllEvent{}, brokerError(err)
@@ -852,11 +868,12 @@ func (h *Hub) BroadcastAll(ctx context.Context, typ string, payload json.RawMess
 	seq := h.seq.Add(1)
 	m := newEvent(formatID(h.opts.Epoch, seq), typ, eo, p, h.now(), seq)
 	if h.historyOn() && !eo.Volatile {
-		h.ix.start(m)
+		acct := h.ix.stripe(0)
+		acct.start(m)
 		h.allMu.Lock()
-		h.all.push(m, h.opts.HistorySize, h.opts.HistoryMaxBytes, &h.ix)
+		h.all.push(m, h.opts.HistorySize, h.opts.HistoryMaxBytes, acct)
 		h.allMu.Unlock()
-		h.ix.done(m, holders{n: 1}) // the broadcast stream
+		h.ix.done(m, holders{n: 1}, acct) // the broadcast stream
 	}
 	devices := 0
 	for _, s := range h.shards {
@@ -875,8 +892,10 @@ func (h *Hub) BroadcastAll(ctx context.Context, typ string, payload json.RawMess
 
 // Activity counts the publishes made on this hub and the events its broker
 // delivered: a transport's writers compare two readings to tell whether
-// publishers are at work (and should be let in before more writes).
-func (h *Hub) Activity() uint64 { return h.activity.Load() }
+// publishers are at work (and should be let in before more writes). A
+// local publish is counted by the sequence it takes an id from, so that it
+// writes no other shared counter.
+func (h *Hub) Activity() uint64 { return h.activity.Load() + h.seq.Load() }
 
 // DisconnectUser closes every connection of user with ReasonDisconnected
 // (after what is queued) on this node and, with a broker, on every node; it

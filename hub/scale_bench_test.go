@@ -108,9 +108,13 @@ func (w *benchWriters) wait(b *testing.B, want int64) {
 	}
 }
 
-func scaleHub() *hub.Hub {
+func scaleHub() *hub.Hub { return scaleHubTotal(0) }
+
+// scaleHubTotal is scaleHub with a node-wide history bound (0: none).
+func scaleHubTotal(total int64) *hub.Hub {
 	return hub.New(hub.Options{Node: "bench", Logger: slog.New(slog.DiscardHandler),
-		HistorySize: 1000, HistoryTTL: 10 * time.Minute, SendQueue: 1 << 20})
+		HistorySize: 1000, HistoryTTL: 10 * time.Minute, SendQueue: 1 << 20,
+		HistoryTotalBytes: total})
 }
 
 // BenchmarkFanoutScaling: one publisher broadcasts b.N events to 10,000
@@ -141,10 +145,17 @@ func BenchmarkFanoutScaling(b *testing.B) {
 // BenchmarkPublishScaling: GOMAXPROCS publishers (RunParallel) each
 // publish to one user at a time, round robin over 10,000 connected users
 // (each publisher its own); the writers drain them. One op is one publish
-// and its delivery.
-func BenchmarkPublishScaling(b *testing.B) {
+// and its delivery. The hub has no node-wide history bound.
+func BenchmarkPublishScaling(b *testing.B) { benchPublishScaling(b, 0) }
+
+// BenchmarkPublishScalingBounded is BenchmarkPublishScaling with the
+// server's default node-wide history bound (history_total_bytes, 512 MiB):
+// every publish then also lists its event for eviction, under one lock.
+func BenchmarkPublishScalingBounded(b *testing.B) { benchPublishScaling(b, 512<<20) }
+
+func benchPublishScaling(b *testing.B, total int64) {
 	const n = 10000
-	h := scaleHub()
+	h := scaleHubTotal(total)
 	defer h.Stop()
 	w := newBenchWriters(h)
 	defer w.close()

@@ -35,9 +35,10 @@ func TestStreamAgainstModel(t *testing.T) {
 					o.Key = fmt.Sprint("k", rng.IntN(keys))
 				}
 				m := newEvent(formatID("E", seq), "T", o, []byte(fmt.Sprintf("%q", make([]byte, rng.IntN(80)))), time.Now(), seq)
-				ix.start(m)
-				s.push(m, size, maxBytes, &ix)
-				ix.done(m, holders{})
+				a := ix.stripe(0)
+				a.start(m)
+				s.push(m, size, maxBytes, a)
+				ix.done(m, holders{}, a)
 
 				// the model: supersede, append, drop the oldest over the bounds
 				if o.Key != "" {
@@ -94,8 +95,8 @@ func TestStreamAgainstModel(t *testing.T) {
 			for _, x := range model {
 				held += int64(x.Size())
 			}
-			if ix.bytes.Load() != held || ix.refs.Load() != int64(len(model)) {
-				t.Fatalf("index: %d bytes %d refs, want %d %d", ix.bytes.Load(), ix.refs.Load(), held, len(model))
+			if ix.heldBytes() != held || ix.heldRefs() != int64(len(model)) {
+				t.Fatalf("index: %d bytes %d refs, want %d %d", ix.heldBytes(), ix.heldRefs(), held, len(model))
 			}
 		})
 	}
@@ -134,5 +135,37 @@ func TestCoalesce(t *testing.T) {
 	}
 	if got := Coalesce(nil); len(got) != 0 {
 		t.Fatalf("Coalesce(nil) = %v", got)
+	}
+}
+
+// TestIdxQueueFIFO: the chunked eviction queue gives entries back in the
+// order they were pushed, across chunk boundaries, interleaved pushes and
+// pops, and after running empty.
+func TestIdxQueueFIFO(t *testing.T) {
+	var q idxQueue
+	var next, want uint64
+	push := func(k int) {
+		for range k {
+			next++
+			q.push(idxEntry{m: &Message{seq: next}})
+		}
+	}
+	pop := func(k int) {
+		for range k {
+			want++
+			if e := q.pop(); e.m.seq != want {
+				t.Fatalf("popped seq %d, want %d", e.m.seq, want)
+			}
+		}
+	}
+	for _, step := range [][2]int{{1, 1}, {idxChunk + 5, 3}, {2 * idxChunk, idxChunk}, {7, 2*idxChunk + 9}, {idxChunk, idxChunk}} {
+		push(step[0])
+		pop(step[1])
+		if q.n != int(next-want) {
+			t.Fatalf("n = %d, want %d", q.n, next-want)
+		}
+	}
+	if q.n != 0 || len(q.chunks) != 1 {
+		t.Fatalf("empty queue: n %d, %d chunks", q.n, len(q.chunks))
 	}
 }
