@@ -231,6 +231,7 @@ func TestSSEGracefulShutdown(t *testing.T) {
 	case <-time.After(20 * time.Second):
 		t.Fatal("stop did not return")
 	}
+	drainedBeforeCut(t, th.Logs.String())
 }
 
 func TestSSETokenExpiryAndHeartbeat(t *testing.T) {

@@ -341,6 +341,20 @@ func TestWSGracefulShutdown(t *testing.T) {
 	case <-time.After(20 * time.Second):
 		t.Fatal("stop did not return")
 	}
+	drainedBeforeCut(t, th.Logs.String())
+}
+
+// drainedBeforeCut fails t when the app's logs say that its drain ran
+// into HUB_SHUTDOWN_TIMEOUT: every client answered the drain (close 1001
+// echoed, the SSE stream read to its end), so the hub must have drained
+// before the timeout's cut, and no endpoint goroutine may outlive it.
+func drainedBeforeCut(t *testing.T, logs string) {
+	t.Helper()
+	for line := range strings.Lines(logs) {
+		if strings.Contains(line, "drain timeout") || strings.Contains(line, "endpoint goroutines still running") {
+			t.Errorf("every client answered the drain, yet the app logged %s", line)
+		}
+	}
 }
 
 func TestNoTokenInLogs(t *testing.T) {

@@ -298,10 +298,17 @@ func (c *client) nextFrame() ([]byte, error) {
 			c.frame = c.frame[:start]
 			continue
 		case opClose:
-			code := 0
+			code, echo := 0, []byte(nil)
 			if n >= 2 {
-				code = int(binary.BigEndian.Uint16(c.frame[start:]))
+				code, echo = int(binary.BigEndian.Uint16(c.frame[start:])), c.frame[start:start+2]
 			}
+			// Answered as RFC 6455 (5.5.1) asks and as browsers do: the
+			// close frame with the hub's code. The hub then closes at once
+			// instead of waiting for the socket to end (or, with no answer
+			// at all, for its close wait: a drain that ran into its timeout).
+			_ = c.nc.SetWriteDeadline(time.Now().Add(time.Second))
+			_ = c.writeFrame(opClose, echo)
+			_ = c.nc.SetWriteDeadline(time.Time{})
 			return nil, fmt.Errorf("closed by server: %d %s", code, c.frame[min(start+2, len(c.frame)):])
 		case opText, opCont:
 		default:

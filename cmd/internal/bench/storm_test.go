@@ -1,14 +1,18 @@
 package bench
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/csv"
 	"encoding/json"
+	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -25,6 +29,8 @@ type stormLine struct {
 	Connected int          `json:"connected"`
 	Error     string       `json:"error"`
 	Storm     *stormResult `json:"storm"`
+
+	log string // hubbench's stderr, with the output of the nodes it started
 }
 
 func runStormArgs(t *testing.T, args ...string) stormLine {
@@ -40,6 +46,7 @@ func runStormArgs(t *testing.T, args ...string) stormLine {
 	if err != nil {
 		t.Fatalf("run: %v\n%s\n%s", err, out.String(), errb.String())
 	}
+	res.log = errb.String()
 	return res
 }
 
@@ -114,7 +121,7 @@ func TestStormRestart(t *testing.T) {
 	}
 	for k, v := range map[string]string{
 		"HUB_BROKER": "redis", "HUB_REDIS_URL": redisURL, "HUB_JWT_SECRET": hubtest.Secret, "HUB_API_KEYS": hubtest.APIKey,
-		"HUB_MAX_CONNECTIONS_PER_USER": "0", "HUB_SHUTDOWN_TIMEOUT": "1s", "HUB_LOG_LEVEL": "error", "HUB_LOG_FORMAT": "json",
+		"HUB_MAX_CONNECTIONS_PER_USER": "0", "HUB_SHUTDOWN_TIMEOUT": "3s", "HUB_LOG_LEVEL": "warn", "HUB_LOG_FORMAT": "json",
 	} {
 		t.Setenv(k, v)
 	}
@@ -124,6 +131,15 @@ func TestStormRestart(t *testing.T) {
 	checkStorm(t, res, 40, 20)
 	if res.Storm.RestartMs <= 0 || res.Storm.DrainMs <= 0 {
 		t.Errorf("drain %v ms, restart %v ms", res.Storm.DrainMs, res.Storm.RestartMs)
+	}
+	// Every device answers the drain (close 1001 answered, the SSE stream
+	// read to its end): the restarted node drained before its timeout
+	// and cut nothing (a device that kept its socket open without
+	// answering held the drain to the timeout).
+	for _, warn := range []string{"drain timeout", "endpoint goroutines still running"} {
+		if strings.Contains(res.log, warn) {
+			t.Errorf("a node logged %q:\n%s", warn, res.log)
+		}
 	}
 }
 
@@ -145,5 +161,45 @@ func TestStormFlags(t *testing.T) {
 	o, err := parseFlags("hubbench", &bytes.Buffer{}, append(base, "--devices-per-user", "4", "--conns", strconv.Itoa(maxConns)))
 	if err != nil || o.perUser != 4 || o.storm.mode != "drop" {
 		t.Errorf("good flags: %+v, %v", o.storm, err)
+	}
+}
+
+// TestClientAnswersClose: a WebSocket client that reads the hub's close
+// frame answers it with the same code before it reports the close.
+func TestClientAnswersClose(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	answer := make(chan []byte, 1)
+	go func() {
+		sc, err := ln.Accept()
+		if err != nil {
+			answer <- nil
+			return
+		}
+		defer sc.Close()
+		_, _ = sc.Write([]byte{0x88, 0x04, 0x03, 0xe9, 'b', 'y'}) // close 1001 "by"
+		_ = sc.SetReadDeadline(time.Now().Add(10 * time.Second))
+		b := make([]byte, 8) // FIN|close, masked length 2, mask key, code
+		if _, err := io.ReadFull(sc, b); err != nil {
+			answer <- nil
+			return
+		}
+		answer <- b
+	}()
+	nc, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	c := &client{nc: nc, br: bufio.NewReader(nc), ws: true}
+	_, err = c.next()
+	if code, ok := closeCode(err); !ok || code != 1001 {
+		t.Fatalf("next: %v, want the close 1001", err)
+	}
+	if b := <-answer; !bytes.Equal(b, []byte{0x88, 0x82, 0, 0, 0, 0, 0x03, 0xe9}) {
+		t.Fatalf("the client answered % x, want a masked close frame with 1001 (88 82 00 00 00 00 03 e9)", b)
 	}
 }
