@@ -169,6 +169,11 @@ type Broker struct {
 	clock  clock
 
 	metaKey, nodesKey, allCh, ctlCh string
+	// chPrefix starts every channel name: the prefix, and the database
+	// number when it is not 0, because Pub/Sub channels are shared by
+	// every database of a Redis server (two hubs kept apart by database
+	// numbers must not hear each other).
+	chPrefix string
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -273,6 +278,10 @@ func New(o Options) (*Broker, error) {
 		o.Metrics = nopObserver{}
 	}
 	routeGoRedisLog(o.Logger)
+	chPrefix := o.Prefix
+	if ro != nil && ro.DB != 0 {
+		chPrefix += "db" + strconv.Itoa(ro.DB) + ":"
+	}
 	return &Broker{
 		opts:      o,
 		ropts:     ro,
@@ -280,8 +289,9 @@ func New(o Options) (*Broker, error) {
 		log:       o.Logger,
 		metaKey:   o.Prefix + metaName,
 		nodesKey:  o.Prefix + "nodes",
-		allCh:     o.Prefix + "all",
-		ctlCh:     o.Prefix + "ctl",
+		allCh:     chPrefix + "all",
+		ctlCh:     chPrefix + "ctl",
+		chPrefix:  chPrefix,
 		subs:      make(map[string]*chanState),
 		unsubPend: make(map[string]int),
 		opSignal:  make(chan struct{}, 1),
@@ -304,7 +314,7 @@ func (b *Broker) userKey(kind, user string) string {
 	return b.opts.Prefix + kind + ":{" + user + "}"
 }
 
-func (b *Broker) userCh(user string) string { return b.userKey("c", user) }
+func (b *Broker) userCh(user string) string { return b.chPrefix + "c:{" + user + "}" }
 
 // userStream and allStream are key prefixes; the script appends the epoch.
 // userState and allState are those of their state hashes (bytes, floor,

@@ -163,7 +163,7 @@ func (b *Broker) dispatch(m *redis.Message) {
 	}
 	user := ""
 	if m.Channel != b.allCh {
-		u, ok := strings.CutPrefix(m.Channel, b.opts.Prefix+"c:{")
+		u, ok := strings.CutPrefix(m.Channel, b.chPrefix+"c:{")
 		if ok {
 			u, ok = strings.CutSuffix(u, "}")
 		}

@@ -112,3 +112,47 @@ func TestResumedFromPositionSurvivesCut(t *testing.T) {
 		t.Fatalf("after the cut got %v, want %s", idsOf(got), evs[0].ID)
 	}
 }
+
+// Two hubs on one Redis server kept apart by database numbers do not hear
+// each other: Pub/Sub channels are shared by every database of a server,
+// so a node's channels name its database (when it is not 0).
+func TestDatabasesDoNotShareChannels(t *testing.T) {
+	rs := hubtest.StartRedisServer(t)
+	a := startNode(t, hubtest.RedisDB(t, rs.URL(), 3), "hub:", "a", 100, time.Minute)
+	a2 := startNode(t, hubtest.RedisDB(t, rs.URL(), 3), "hub:", "a2", 100, time.Minute)
+	b := startNode(t, hubtest.RedisDB(t, rs.URL(), 4), "hub:", "b", 100, time.Minute)
+	z := startNode(t, hubtest.RedisDB(t, rs.URL(), 0), "hub:", "z", 100, time.Minute)
+	onA2 := connect(t, a2.hub, "u1", "")
+	onB := connect(t, b.hub, "u1", "")
+	onZ := connect(t, z.hub, "u1", "")
+	for _, cl := range []*client{onA2, onB, onZ} {
+		cl.connected()
+	}
+	evs, err := a.hub.Publish(bg(t), []string{"u1"}, "E", json.RawMessage(`1`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	all, err := a.hub.Broadcast(bg(t), "B", json.RawMessage(`2`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := onA2.waitEvents(2) // the same database hears both
+	if got[0].ID != evs[0].ID || got[1].ID != all {
+		t.Fatalf("node a2 got %v, want %s %s", idsOf(got), evs[0].ID, all)
+	}
+	// what reached a2 through Redis would have reached b and z by now too;
+	// one more event of their own databases, delivered after, proves it
+	for _, n := range []struct {
+		node
+		cl *client
+	}{{b, onB}, {z, onZ}} {
+		own, err := n.hub.Publish(bg(t), []string{"u1"}, "OWN", json.RawMessage(`3`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := n.cl.waitEvents(1)
+		if len(got) != 1 || got[0].ID != own[0].ID {
+			t.Fatalf("a node of another database got %v, want only its own %s", idsOf(got), own[0].ID)
+		}
+	}
+}
