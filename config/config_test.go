@@ -399,6 +399,7 @@ func TestParseErrorsNameKey(t *testing.T) {
 		{"HUB_CONNECT_RATE", "+Inf", "must be a non-negative number"},
 		{"HUB_PPROF", "maybe", "must be true or false"},
 		{"HUB_BROKER", "kafka", "must be one of memory, redis"},
+		{"HUB_BROKER", "redis-cluster", "redis-cluster is not implemented yet"},
 		{"HUB_LOG_LEVEL", "verbose", "must be one of debug, info, warn, error"},
 		{"HUB_LOG_FORMAT", "xml", "must be one of text, json"},
 		{"HUB_ADDR", "8080", "must be host:port"},

@@ -142,7 +142,7 @@ var table = []key{
 	durationKey("publish_timeout", "1s", "longest a publish waits on the broker before 503 (100ms to 1m)",
 		func(c *Config) *time.Duration { return &c.PublishTimeout }, true).within(100*time.Millisecond, time.Minute),
 	stringKey("broker", "memory", "cluster backplane: memory or redis",
-		func(c *Config) *string { return &c.Broker }, strings.ToLower, oneOf("memory", "redis")),
+		func(c *Config) *string { return &c.Broker }, strings.ToLower, checkBroker),
 	stringKey("redis_url", "redis://127.0.0.1:6379/0", "Redis URL (redis:// or rediss://) used by the redis broker; Redis 7 or later (sharded Pub/Sub)",
 		func(c *Config) *string { return &c.RedisURL }, nil, checkRedisURL).withURL().withType("url"),
 	stringKey("log_level", "info", "log level: debug, info, warn or error",
