@@ -163,6 +163,13 @@ func TestSoak(t *testing.T) {
 		c.SendQueue = soakSendQueue
 		c.HistorySize = 1 << 20
 		c.HistoryTTL = time.Hour
+		// Every resume of the soak must be recovered, so no user's history
+		// may drop an event it still needs: with the default 1 MiB per
+		// user, a busy user's stream on Redis was trimmed past a slow
+		// device's last id within the 70 s (its floor at seq ~55,000),
+		// and that device was rightly told recovered:false. The byte
+		// bounds have tests of their own.
+		c.HistoryMaxBytes = 32 << 20
 		c.JWTLeeway = 0
 		c.LogLevel = "warn"
 	}
