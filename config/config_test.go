@@ -398,8 +398,7 @@ func TestParseErrorsNameKey(t *testing.T) {
 		{"HUB_CONNECT_RATE", "-1", "must be a non-negative number"},
 		{"HUB_CONNECT_RATE", "+Inf", "must be a non-negative number"},
 		{"HUB_PPROF", "maybe", "must be true or false"},
-		{"HUB_BROKER", "kafka", "must be one of memory, redis"},
-		{"HUB_BROKER", "redis-cluster", "redis-cluster is not implemented yet"},
+		{"HUB_BROKER", "kafka", "must be one of memory, redis, redis-cluster"},
 		{"HUB_LOG_LEVEL", "verbose", "must be one of debug, info, warn, error"},
 		{"HUB_LOG_FORMAT", "xml", "must be one of text, json"},
 		{"HUB_ADDR", "8080", "must be host:port"},
@@ -1252,5 +1251,26 @@ func TestVersionFlag(t *testing.T) {
 	}
 	if _, _, err := Load([]string{"--version=false", "--dev"}, nil); err != nil {
 		t.Errorf("--version=false: %v", err)
+	}
+}
+
+// HUB_BROKER=redis-cluster takes go-redis's cluster URL; one server's
+// broker refuses it, naming the key.
+func TestRedisClusterURL(t *testing.T) {
+	const u = "redis://127.0.0.1:7000?addr=127.0.0.1:7001&addr=127.0.0.1:7002"
+	c, _, err := Load(nil, []string{"HUB_DEV=true", "HUB_BROKER=redis-cluster", "HUB_REDIS_URL=" + u})
+	if err != nil {
+		t.Fatalf("redis-cluster with a cluster URL: %v", err)
+	}
+	if c.Broker != "redis-cluster" || c.RedisURL != u {
+		t.Fatalf("broker %q url %q", c.Broker, c.RedisURL)
+	}
+	_, _, err = Load(nil, []string{"HUB_DEV=true", "HUB_BROKER=redis", "HUB_REDIS_URL=" + u})
+	if err == nil || !strings.Contains(err.Error(), "HUB_REDIS_URL") || !strings.Contains(err.Error(), "redis-cluster") {
+		t.Fatalf("redis with a cluster URL: %v, want an error naming HUB_REDIS_URL and redis-cluster", err)
+	}
+	_, _, err = Load(nil, []string{"HUB_DEV=true", "HUB_BROKER=redis-cluster", "HUB_REDIS_URL=redis://127.0.0.1:7000?addr=x&bogus=1"})
+	if err == nil || !strings.Contains(err.Error(), "HUB_REDIS_URL") {
+		t.Fatalf("bad cluster URL: %v, want an error naming HUB_REDIS_URL", err)
 	}
 }

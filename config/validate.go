@@ -32,6 +32,10 @@ func (c Config) Validate() error {
 		errs = append(errs, k.invalid(c.SSEPath, errors.New("must differ from HUB_WS_PATH")))
 	}
 	errs = append(errs, c.checkTLS()...)
+	if c.Broker == "redis" && isClusterURL(c.RedisURL) {
+		k := byName["redis_url"]
+		errs = append(errs, k.invalid(c.RedisURL, errors.New("names several nodes (addr=): a Redis Cluster needs HUB_BROKER=redis-cluster")))
+	}
 	return errors.Join(errs...)
 }
 

@@ -104,13 +104,9 @@ func oneOf(words ...string) func(string) error {
 	}
 }
 
-// checkBroker accepts the brokers built; revision 2's redis-cluster is
-// named as not built yet rather than as unknown.
+// checkBroker accepts the brokers built.
 func checkBroker(s string) error {
-	if s == "redis-cluster" {
-		return errors.New("redis-cluster is not implemented yet (docs/DECISIONS.md 23); use redis, one Redis server")
-	}
-	return oneOf("memory", "redis")(s)
+	return oneOf("memory", "redis", "redis-cluster")(s)
 }
 
 // checkAddr accepts host:port with a numeric port (host may be empty).
@@ -155,10 +151,21 @@ func checkRedisURL(s string) error {
 	if err != nil || (u.Scheme != "redis" && u.Scheme != "rediss") || u.Host == "" {
 		return errors.New("must be a redis:// or rediss:// URL with a host")
 	}
-	if _, err := redis.ParseURL(s); err != nil {
+	parse := func(s string) error { _, err := redis.ParseURL(s); return err }
+	if isClusterURL(s) { // checked against HUB_BROKER by Validate
+		parse = func(s string) error { _, err := redis.ParseClusterURL(s); return err }
+	}
+	if err := parse(s); err != nil {
 		return errors.New(strings.TrimPrefix(err.Error(), "redis: "))
 	}
 	return nil
+}
+
+// isClusterURL reports whether a Redis URL names more seed nodes (addr=),
+// the syntax of go-redis's cluster URLs.
+func isClusterURL(s string) bool {
+	u, err := url.Parse(s)
+	return err == nil && u.Query().Has("addr")
 }
 
 // algorithms are the token algorithms the hub accepts.

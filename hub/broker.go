@@ -128,3 +128,36 @@ func (m *Message) Seq() uint64 { return m.seq }
 func EncodeEnvelope(id, typ string, o EventOptions, payload []byte, ts time.Time) []byte {
 	return newEvent(id, typ, o, payload, ts, 0).Frame
 }
+
+// UserOrderBroker is implemented by a broker whose ids are ordered per user
+// rather than by one sequence of the whole cluster (redisbroker on a Redis
+// Cluster, where a user's events and the broadcasts live in different hash
+// slots: docs/DECISIONS.md 31). When PerUserOrder reports true the hub
+// registers and resyncs connections with Resume instead of History, Since
+// and Position, and checks ids with ValidID instead of Latest.
+type UserOrderBroker interface {
+	Broker
+	// PerUserOrder reports whether the hub must use Resume.
+	PerUserOrder() bool
+	// Resume returns user's events after from (an id or a position this
+	// broker handed out; "" for a fresh start) in the user's order,
+	// coalesced, and whether they are provably all of them (never for
+	// ""), at most max; pos is where the connection stands once they are
+	// queued (the last event's id, from, or a fresh position when the list
+	// is not complete) and floor the order key of pos: every event
+	// published after the call has a greater key (Message.Seq) and is
+	// delivered through Deliver, nothing at or below it is delivered after
+	// the call. The broker's subscription to user must be live.
+	Resume(ctx context.Context, user, from string, max int) (msgs []*Message, complete bool, pos string, floor uint64, err error)
+	// ValidID reports whether id has the form of an id or a position this
+	// broker hands out (a cheap check before admission, proving nothing).
+	ValidID(id string) bool
+}
+
+// userOrder returns the broker as a UserOrderBroker when it orders per user.
+func (h *Hub) userOrder() UserOrderBroker {
+	if ub, ok := h.opts.Broker.(UserOrderBroker); ok && ub.PerUserOrder() {
+		return ub
+	}
+	return nil
+}

@@ -137,6 +137,10 @@ func (h *Hub) registerCluster(c *Conn, info ConnInfo) (*Conn, error) {
 		return nil, fmt.Errorf("%w: %v", ErrUnavailable, sub.err)
 	}
 
+	if ub := h.userOrder(); ub != nil {
+		return h.registerUserOrder(ctx, c, info, us, ub, resyncs)
+	}
+
 	var missed []*Message
 	recovered := false
 	if info.LastEventID != "" && h.opts.HistorySize > 0 {
@@ -332,8 +336,18 @@ func (h *Hub) resyncConn(ctx context.Context, c *Conn) {
 		missed []*Message
 		ok     bool
 		err    error
+		floor  uint64
 	)
-	if last != "" {
+	if ub := h.userOrder(); ub != nil {
+		from := last
+		if from == "" {
+			from = h.positionOf(c)
+		}
+		if from == "" {
+			return
+		}
+		missed, ok, _, floor, err = ub.Resume(ctx, c.user, from, h.opts.HistorySize)
+	} else if last != "" {
 		missed, ok, err = h.opts.Broker.History(ctx, c.user, last, h.opts.HistorySize)
 	} else if at := h.positionOf(c); at != "" {
 		// nothing received since it connected: from its position
@@ -359,6 +373,7 @@ func (h *Hub) resyncConn(ctx context.Context, c *Conn) {
 	for _, m := range missed {
 		c.enqueue(m)
 	}
+	c.raiseFloor(floor)
 	s.mu.Unlock()
 }
 
@@ -447,9 +462,80 @@ func (h *Hub) Resumable(lastID string) bool {
 			return false
 		}
 	}
+	if ub := h.userOrder(); ub != nil {
+		return ub.ValidID(lastID)
+	}
 	known, last := h.opts.Epoch, h.seq.Load()
 	if h.opts.Broker != nil {
 		known, last = h.opts.Broker.Latest()
 	}
 	return known != "" && epoch == known && seq <= last
+}
+
+// registerUserOrder is the end of registerCluster with a broker that orders
+// per user: one Resume gives the missed events (or none) and the position
+// the connection stands at, read once the subscription is live; pending
+// live events at or below that position are dropped.
+func (h *Hub) registerUserOrder(ctx context.Context, c *Conn, info ConnInfo, us *userState, ub UserOrderBroker, resyncs uint64) (*Conn, error) {
+	var (
+		missed    []*Message
+		recovered bool
+		pos       string
+		floor     uint64
+	)
+	if h.opts.HistorySize > 0 {
+		from := info.LastEventID
+		var err error
+		missed, recovered, pos, floor, err = ub.Resume(ctx, info.UserID, from, h.opts.HistorySize)
+		if err == nil && from != "" && recovered && !h.replayable(missed) {
+			// over the user's byte bound: start afresh
+			missed, recovered, pos, floor, err = ub.Resume(ctx, info.UserID, "", h.opts.HistorySize)
+		}
+		if err != nil {
+			h.Unregister(c)
+			h.log.Warn("broker resume failed", "err", err)
+			return nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
+		}
+		if from == "" {
+			recovered = false
+		}
+		if !recovered {
+			missed = nil
+		}
+		if from != "" && h.opts.Observer != nil {
+			h.opts.Observer.Resumed(recovered)
+		}
+	}
+	if h.afterPosition != nil {
+		h.afterPosition()
+	}
+
+	s := h.shardOf(c.user)
+	s.mu.Lock()
+	c.mu.Lock()
+	pend := c.pend
+	c.pend, c.pending = nil, false
+	c.limit += int32(len(missed) + 1)
+	unreg := c.unreg
+	c.mu.Unlock()
+	if pos != "" && len(missed) == 0 && !unreg {
+		us.cluster(c).pos = pos
+	}
+	position := ""
+	if h.historyOn() {
+		position = pos
+	}
+	c.enqueue(h.connected(c, info, recovered, missed, position))
+	for _, m := range missed {
+		c.enqueue(m)
+	}
+	c.raiseFloor(floor)
+	for _, m := range pend {
+		c.enqueue(m)
+	}
+	s.mu.Unlock()
+	if h.resyncs.Load() != resyncs {
+		h.resyncConn(ctx, c)
+	}
+	return c, nil
 }

@@ -200,3 +200,13 @@ func (c *Conn) takeActive() bool {
 	c.mu.Unlock()
 	return a
 }
+
+// raiseFloor makes c drop, from now on, every event whose order key is at
+// or below floor (a broker that orders per user: what Resume read up to).
+func (c *Conn) raiseFloor(floor uint64) {
+	c.mu.Lock()
+	if floor > c.lastSeq {
+		c.lastSeq = floor
+	}
+	c.mu.Unlock()
+}

@@ -26,7 +26,7 @@ type seriesParams struct {
 	Hub     *hub.Hub
 	Metrics *metrics.Metrics
 	Log     *slog.Logger
-	Broker  *redisbroker.Broker `optional:"true"` // HUB_BROKER=redis only
+	Broker  *redisbroker.Broker `optional:"true"` // HUB_BROKER=redis or redis-cluster
 }
 
 // newSeries samples the admin dashboard's time series every second (GET

@@ -18,7 +18,7 @@ import (
 // last; the hub drains before the HTTP servers stop (drainOnStop).
 func hubModule(cfg config.Config) fx.Option {
 	opts := []fx.Option{fx.Provide(newHub), fx.Invoke(drainOnStop)}
-	if cfg.Broker == "redis" {
+	if cfg.Broker == "redis" || cfg.Broker == "redis-cluster" {
 		opts = append(opts, fx.Provide(newBroker))
 	}
 	return fx.Module("hub", opts...)
@@ -28,6 +28,7 @@ func newBroker(cfg config.Config, log *slog.Logger, m *metrics.Metrics) (*redisb
 	bm := m.Broker(redisbroker.Ops...) // hub_broker_*
 	b, err := redisbroker.New(redisbroker.Options{
 		URL:         cfg.RedisURL,
+		Cluster:     cfg.Broker == "redis-cluster",
 		Node:        cfg.NodeName,
 		HistorySize: cfg.HistorySize,
 		HistoryTTL:  cfg.HistoryTTL,
@@ -51,7 +52,7 @@ type hubParams struct {
 	Cfg     config.Config
 	Log     *slog.Logger
 	Metrics *metrics.Metrics
-	Broker  *redisbroker.Broker `optional:"true"` // HUB_BROKER=redis only
+	Broker  *redisbroker.Broker `optional:"true"` // HUB_BROKER=redis or redis-cluster
 }
 
 func newHub(p hubParams) *hub.Hub {

@@ -31,7 +31,7 @@ func opsModule(cfg config.Config) fx.Option {
 	if cfg.ConnectRate > 0 || cfg.MaxConnectionsPerIP > 0 {
 		opts = append(opts, fx.Provide(newAdmission))
 	}
-	if cfg.Broker == "redis" {
+	if cfg.Broker == "redis" || cfg.Broker == "redis-cluster" {
 		opts = append(opts, fx.Provide(newIdemRedis, newUpstreamIdem, newAPIIdem))
 	}
 	return fx.Module("ops", opts...)
@@ -56,15 +56,26 @@ type idemRedis struct{ redis.UniversalClient }
 // hook. The hook is appended before the HTTP servers (which depend on the
 // stores) are built, so it runs after the servers have stopped.
 func newIdemRedis(lc fx.Lifecycle, cfg config.Config) (idemRedis, error) {
-	o, err := redis.ParseURL(cfg.RedisURL)
-	if err != nil {
-		return idemRedis{}, fmt.Errorf("HUB_REDIS_URL: %w", err)
+	var c redis.UniversalClient
+	if cfg.Broker == "redis-cluster" {
+		o, err := redis.ParseClusterURL(cfg.RedisURL)
+		if err != nil {
+			return idemRedis{}, fmt.Errorf("HUB_REDIS_URL: %w", err)
+		}
+		o.ContextTimeoutEnabled = true
+		o.MaxRetries = -1
+		c = redis.NewClusterClient(o)
+	} else {
+		o, err := redis.ParseURL(cfg.RedisURL)
+		if err != nil {
+			return idemRedis{}, fmt.Errorf("HUB_REDIS_URL: %w", err)
+		}
+		// every call bounded by its context; no retries: a claim is not
+		// idempotent
+		o.ContextTimeoutEnabled = true
+		o.MaxRetries = -1
+		c = redis.NewClient(o)
 	}
-	// every call bounded by its context; no retries: a claim is not
-	// idempotent
-	o.ContextTimeoutEnabled = true
-	o.MaxRetries = -1
-	c := redis.NewClient(o)
 	lc.Append(fx.StopHook(c.Close))
 	return idemRedis{c}, nil
 }

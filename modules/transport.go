@@ -124,7 +124,7 @@ type apiParams struct {
 	Dev     *DevTokens `optional:"true"`
 	Log     *slog.Logger
 	Metrics *metrics.Metrics
-	Broker  *redisbroker.Broker  `optional:"true"` // HUB_BROKER=redis only
+	Broker  *redisbroker.Broker  `optional:"true"` // HUB_BROKER=redis or redis-cluster
 	Idem    api.IdempotencyStore `optional:"true"` // shared by a cluster
 	Series  *timeseries.Sampler
 }

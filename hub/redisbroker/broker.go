@@ -164,7 +164,8 @@ type Broker struct {
 	client redis.UniversalClient
 	pub    redis.UniversalClient
 	probe  redis.UniversalClient
-	ps     *redis.PubSub
+	ps     *redis.PubSub // one server only; a cluster has one per master (rc)
+	rc     *rcState      // on a cluster (Options.Cluster): rc.go
 	recv   Receiver
 	clock  clock
 
@@ -354,6 +355,22 @@ func (b *Broker) Start(ctx context.Context, r Receiver) error {
 		closeAll()
 		return fmt.Errorf("connect redis: %w", err)
 	}
+	if b.copts != nil {
+		b.client, b.pub, b.probe = client, pub, probe
+		if err := b.rcStart(ctx); err != nil {
+			b.client, b.pub, b.probe, b.rc = nil, nil, nil, nil
+			closeAll()
+			return fmt.Errorf("connect redis cluster: %w", err)
+		}
+		b.ctx, b.cancel = context.WithCancel(context.Background())
+		b.live.Store(true)
+		b.wg.Add(3)
+		go b.statsLoop()
+		go b.slotLoop()
+		go b.healthLoop()
+		b.rcGo()
+		return nil
+	}
 	if err := publishScript.Load(ctx, pub).Err(); err != nil {
 		closeAll()
 		return fmt.Errorf("load script: %w", err)
@@ -432,7 +449,17 @@ func (b *Broker) Close() error {
 			return
 		}
 		b.cancel()
-		err = b.ps.Close()
+		if b.rc != nil {
+			b.mu.Lock()
+			for _, m := range b.rc.masters {
+				if m.ps != nil {
+					_ = m.ps.Close()
+				}
+			}
+			b.mu.Unlock()
+		} else {
+			err = b.ps.Close()
+		}
 		b.wg.Wait()
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		_ = b.client.HDel(ctx, b.nodesKey, b.opts.Node).Err()
@@ -440,10 +467,18 @@ func (b *Broker) Close() error {
 		b.flushReleases(ctx)
 		cancel()
 		b.mu.Lock()
-		for _, st := range b.subs {
-			if !isClosed(st.done) {
-				st.err = errors.New("redisbroker: closed")
-				close(st.done)
+		subs := []map[string]*chanState{b.subs}
+		if b.rc != nil {
+			for _, m := range b.rc.masters {
+				subs = append(subs, m.subs)
+			}
+		}
+		for _, ss := range subs {
+			for _, st := range ss {
+				if !isClosed(st.done) {
+					st.err = errors.New("redisbroker: closed")
+					close(st.done)
+				}
 			}
 		}
 		b.mu.Unlock()
@@ -505,6 +540,15 @@ func (b *Broker) PublishUsers(ctx context.Context, users []string, typ string, p
 	if len(users) == 0 {
 		return "", nil, nil
 	}
+	if b.rc != nil {
+		start := time.Now()
+		id, devices, err := b.rcPublishUsers(ctx, users, typ, payload, ts, o)
+		b.opts.Metrics.PublishDone(OpPublish, time.Since(start), err)
+		if err != nil {
+			return "", nil, fmt.Errorf("publish: %w", err)
+		}
+		return id, devices, nil
+	}
 	targets := make([]target, len(users))
 	for i, u := range users {
 		targets[i] = target{stream: b.userStream(u), state: b.userState(u), channel: b.userCh(u), slots: b.slotKey(u)}
@@ -521,6 +565,15 @@ func (b *Broker) PublishUsers(ctx context.Context, users []string, typ string, p
 // PublishAll appends one event to the broadcast stream and publishes it to
 // every node; it returns its id and the cluster's live connection slots.
 func (b *Broker) PublishAll(ctx context.Context, typ string, payload []byte, ts time.Time, o hub.EventOptions) (string, int, error) {
+	if b.rc != nil {
+		start := time.Now()
+		id, devices, err := b.rcPublishAll(ctx, typ, payload, ts, o)
+		b.opts.Metrics.PublishDone(OpBroadcast, time.Since(start), err)
+		if err != nil {
+			return "", 0, fmt.Errorf("broadcast: %w", err)
+		}
+		return id, devices, nil
+	}
 	t := target{stream: b.allStream(), state: b.allState(), channel: b.allCh, slots: b.allSlotsKey()}
 	start := time.Now()
 	id, devices, err := b.publish(ctx, []target{t}, typ, payload, ts, o)
@@ -539,6 +592,9 @@ func (b *Broker) PublishAll(ctx context.Context, typ string, payload []byte, ts 
 // events. An id that neither stream holds (a superseded or a volatile
 // event's) is taken as a position.
 func (b *Broker) History(ctx context.Context, user, lastID string, max int) ([]*hub.Message, bool, error) {
+	if b.rc != nil {
+		return nil, false, errPerUser
+	}
 	epoch, last, ok := hub.ParseID(lastID)
 	if !ok {
 		return nil, false, nil
@@ -557,6 +613,9 @@ func (b *Broker) History(ctx context.Context, user, lastID string, max int) ([]*
 // be at most max events. Unlike History it does not ask that pos be held
 // (a position is no event of the user's).
 func (b *Broker) Since(ctx context.Context, user, pos string, max int) ([]*hub.Message, bool, error) {
+	if b.rc != nil {
+		return nil, false, errPerUser
+	}
 	epoch, last, ok := parsePosition(pos)
 	if !ok {
 		return nil, false, nil
@@ -575,6 +634,9 @@ func (b *Broker) Since(ctx context.Context, user, pos string, max int) ([]*hub.M
 func (b *Broker) Position(ctx context.Context) (string, error) {
 	if b.client == nil {
 		return "", errors.New("redisbroker: not started")
+	}
+	if b.rc != nil {
+		return "", errPerUser
 	}
 	res, err := positionScript.Run(ctx, b.client, []string{b.metaKey}, randomName()).StringSlice()
 	if err != nil {
@@ -705,20 +767,32 @@ func parseEntry(e any) (*hub.Message, error) {
 			key = v
 		}
 	}
+	id, typ, err := envelopeIDType(frame)
+	if err != nil {
+		return nil, err
+	}
+	_, seq, ok := hub.ParseID(id)
+	if !ok {
+		return nil, fmt.Errorf("stream entry id %q", id)
+	}
+	ms, _ := strconv.ParseInt(t, 10, 64)
+	return hub.NewMessage(id, seq, typ, hub.EventOptions{Key: key}, []byte(frame), time.UnixMilli(ms)), nil
+}
+
+// envelopeIDType reads an envelope's id and type.
+func envelopeIDType(frame string) (id, typ string, err error) {
 	var env struct {
 		ID   string `json:"id"`
 		Type string `json:"type"`
 	}
 	if err := json.Unmarshal([]byte(frame), &env); err != nil {
-		return nil, fmt.Errorf("stream entry frame: %w", err)
+		return "", "", fmt.Errorf("stream entry frame: %w", err)
 	}
-	_, seq, ok := hub.ParseID(env.ID)
-	if !ok {
-		return nil, fmt.Errorf("stream entry id %q", env.ID)
-	}
-	ms, _ := strconv.ParseInt(t, 10, 64)
-	return hub.NewMessage(env.ID, seq, env.Type, hub.EventOptions{Key: key}, []byte(frame), time.UnixMilli(ms)), nil
+	return env.ID, env.Type, nil
 }
+
+// errPerUser: on a cluster the hub resumes through Resume.
+var errPerUser = errors.New("redisbroker: ids are ordered per user on a cluster: use Resume")
 
 // mergeBySeq merges two lists sorted by seq.
 func mergeBySeq(a, b []*hub.Message) []*hub.Message {
@@ -749,6 +823,9 @@ func (b *Broker) DisconnectUser(ctx context.Context, user string) error {
 	if b.client == nil {
 		return errors.New("redisbroker: not started")
 	}
+	if b.rc != nil {
+		return b.rcDisconnectUser(ctx, user)
+	}
 	if err := b.client.SPublish(ctx, b.ctlCh, "disconnect\n"+user).Err(); err != nil {
 		b.opts.Metrics.Error(OpDisconnect)
 		return fmt.Errorf("publish disconnect: %w", err)
@@ -761,6 +838,9 @@ func (b *Broker) DisconnectUser(ctx context.Context, user string) error {
 func (b *Broker) Subscribe(ctx context.Context, user string) error {
 	if b.client == nil {
 		return errors.New("redisbroker: not started")
+	}
+	if b.rc != nil {
+		return b.rcSubscribe(ctx, user)
 	}
 	ch := b.userCh(user)
 	b.mu.Lock()
@@ -791,6 +871,10 @@ func (b *Broker) Subscribe(ctx context.Context, user string) error {
 // Unsubscribe undoes one Subscribe; the last one unsubscribes the channel
 // (in the background: it does not block).
 func (b *Broker) Unsubscribe(user string) {
+	if b.rc != nil {
+		b.rcUnsubscribe(user)
+		return
+	}
 	ch := b.userCh(user)
 	b.mu.Lock()
 	defer b.mu.Unlock()

@@ -53,6 +53,9 @@ func (c *clock) toRedis(t time.Time) int64 {
 // in the same round trip it reads the cluster's epoch and sequence from the
 // meta hash for Latest.
 func (b *Broker) sampleClock(ctx context.Context, client redis.UniversalClient) error {
+	if b.copts != nil {
+		return b.rcSampleClocks(ctx, client)
+	}
 	ctx, cancel := context.WithTimeout(ctx, b.opts.PublishTimeout)
 	defer cancel()
 	var tc *redis.TimeCmd

@@ -98,6 +98,16 @@ func (b *Broker) usersHLL() []byte {
 	for ch := range b.subs {
 		hllAdd(h, ch)
 	}
+	if b.rc != nil {
+		all := b.rcAllCh()
+		for _, m := range b.rc.masters {
+			for ch := range m.subs {
+				if ch != all {
+					hllAdd(h, ch)
+				}
+			}
+		}
+	}
 	b.mu.Unlock()
 	return h
 }

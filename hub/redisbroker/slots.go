@@ -28,7 +28,12 @@ func (b *Broker) slotKey(user string) string { return b.userKey("uc", user) }
 
 // allSlotsKey is the cluster's slot set: the connection ids of every
 // user's slots, which a broadcast counts.
-func (b *Broker) allSlotsKey() string { return b.opts.Prefix + "conns" }
+func (b *Broker) allSlotsKey() string {
+	if b.copts != nil {
+		return b.opts.Prefix + "conns:{all}"
+	}
+	return b.opts.Prefix + "conns"
+}
 
 // slotMember is the member of a connection's slot in its user's set: the
 // connection id, transport, connection time (Unix milliseconds) and node,
@@ -63,8 +68,17 @@ func (b *Broker) AcquireConn(ctx context.Context, user string, c hub.Connection,
 	}
 	limit = max(limit, 0)
 	ref := slotRef{user: user, conn: c.ConnectionID, member: slotMember(c)}
-	n, err := acquireScript.Run(ctx, b.client, []string{b.slotKey(user), b.allSlotsKey()},
-		ref.member, limit, b.opts.SlotTTL.Milliseconds(), ref.conn).Int()
+	var n int
+	var err error
+	if b.rc != nil {
+		var ok bool
+		if ok, err = b.rcAcquire(ctx, ref, limit); ok {
+			n = 1
+		}
+	} else {
+		n, err = acquireScript.Run(ctx, b.client, []string{b.slotKey(user), b.allSlotsKey()},
+			ref.member, limit, b.opts.SlotTTL.Milliseconds(), ref.conn).Int()
+	}
 	if err != nil {
 		// The script may have run with its answer lost: give the slot back
 		// rather than let it live out its lifetime.
@@ -195,6 +209,13 @@ func (b *Broker) refreshSlots() {
 	b.slotMu.Unlock()
 	ctx, cancel := context.WithTimeout(b.ctx, 5*time.Second)
 	defer cancel()
+	if b.rc != nil {
+		if err := b.rcRefresh(ctx, keys, members); err != nil && b.ctx.Err() == nil {
+			b.opts.Metrics.Error(OpSlots)
+			b.log.Debug("redis slot refresh failed", "err", err)
+		}
+		return
+	}
 	ttl := b.opts.SlotTTL.Milliseconds()
 	for i := 0; i < len(keys); i += refreshBatch {
 		j := min(i+refreshBatch, len(keys))

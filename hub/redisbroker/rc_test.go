@@ -1,0 +1,312 @@
+package redisbroker_test
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hubd/hub/hub"
+	"github.com/hubd/hub/hub/redisbroker"
+	"github.com/hubd/hub/internal/hubtest"
+)
+
+// clusterNodes starts a real three-master Redis Cluster (shared by the
+// tests of one run) and n hub nodes on it under a prefix of the test's own.
+func clusterNodes(t *testing.T, n, size int) (*hubtest.RedisCluster, []node) {
+	t.Helper()
+	rc := sharedCluster(t)
+	pfx := fmt.Sprintf("t%d%s:", time.Now().UnixNano()%1e9, strings.ToLower(strings.ReplaceAll(t.Name(), "/", "_")))
+	var nodes []node
+	for i := range n {
+		name := string(rune('a' + i))
+		nodes = append(nodes, startWith(t,
+			redisbroker.Options{URL: rc.URL(), Cluster: true, Prefix: pfx, Node: name, HistorySize: size, HistoryTTL: time.Minute},
+			hub.Options{HistorySize: size, HistoryTTL: time.Minute, Node: name}))
+	}
+	return rc, nodes
+}
+
+// sharedCluster starts a three-master cluster for t.
+func sharedCluster(t *testing.T) *hubtest.RedisCluster {
+	return hubtest.StartRedisCluster(t, 3)
+}
+
+// usersOn returns one user per master of rc, each named after pfx.
+func usersOn(t *testing.T, rc *hubtest.RedisCluster, pfx string, masters int) []string {
+	t.Helper()
+	out := make([]string, masters)
+	found := 0
+	for i := 0; found < masters && i < 10000; i++ {
+		u := fmt.Sprintf("%s%d", pfx, i)
+		m := rc.MasterOf("{" + u + "}")
+		if out[m] == "" {
+			out[m] = u
+			found++
+		}
+	}
+	if found < masters {
+		t.Fatalf("no user on every master")
+	}
+	return out
+}
+
+func publish(t *testing.T, h *hub.Hub, typ string, users ...string) string {
+	t.Helper()
+	evs, err := h.Publish(bg(t), users, typ, json.RawMessage(`{"n":1}`))
+	if err != nil {
+		t.Fatalf("publish %s: %v", typ, err)
+	}
+	for _, e := range evs[1:] {
+		if e.ID != evs[0].ID {
+			t.Fatalf("one publish, two ids: %q, %q", evs[0].ID, e.ID)
+		}
+	}
+	return evs[0].ID
+}
+
+func broadcast(t *testing.T, h *hub.Hub, typ string) string {
+	t.Helper()
+	ev, err := h.BroadcastAll(bg(t), typ, json.RawMessage(`{"n":2}`))
+	if err != nil {
+		t.Fatalf("broadcast %s: %v", typ, err)
+	}
+	return ev.ID
+}
+
+func typesOf(msgs []*hub.Message) []string {
+	out := make([]string, len(msgs))
+	for i, m := range msgs {
+		out[i] = m.Type
+	}
+	return out
+}
+
+// positionOf returns the position of the client's hub.connected.
+func (cl *client) position() string {
+	cl.t.Helper()
+	cl.connected()
+	var env struct {
+		Payload struct {
+			Position string `json:"position"`
+		} `json:"payload"`
+	}
+	if err := json.Unmarshal(cl.msgs[0].Frame, &env); err != nil {
+		cl.t.Fatal(err)
+	}
+	return env.Payload.Position
+}
+
+// On a three-master cluster with three hub nodes, users on every master:
+// a user's devices on two nodes get every event published through any
+// node, its own and the broadcasts, with the same ids and in the same
+// order; a publish to several users gives them one id; a device that
+// reconnects on another node with its last id gets exactly what it missed,
+// in that order, recovered; one that reconnects with its position does too.
+func TestClusterThreeNodes(t *testing.T) {
+	rc, ns := clusterNodes(t, 3, 100)
+	a, b, c := ns[0], ns[1], ns[2]
+	users := usersOn(t, rc, "u", 3)
+
+	var onA, onB []*client
+	for _, u := range users {
+		x := connect(t, a.hub, u, "")
+		x.connected()
+		y := connect(t, b.hub, u, "")
+		y.connected()
+		onA, onB = append(onA, x), append(onB, y)
+	}
+	// a fresh device elsewhere, which keeps its position
+	fresh := connect(t, c.hub, users[0], "")
+	pos := fresh.position()
+	if !strings.HasPrefix(pos, "p") {
+		t.Fatalf("position %q", pos)
+	}
+	c.hub.Unregister(fresh.c)
+
+	// interleave own events and broadcasts, published through all nodes
+	var want [][]string
+	for range users {
+		want = append(want, nil)
+	}
+	pubs := []node{a, b, c}
+	for i := range 30 {
+		n := pubs[i%3]
+		switch i % 5 {
+		case 0, 3:
+			typ := fmt.Sprintf("ALL_%d", i)
+			broadcast(t, n.hub, typ)
+			for j := range users {
+				want[j] = append(want[j], typ)
+			}
+		case 1:
+			typ := fmt.Sprintf("MANY_%d", i)
+			publish(t, n.hub, typ, users...)
+			for j := range users {
+				want[j] = append(want[j], typ)
+			}
+		default:
+			j := i % len(users)
+			typ := fmt.Sprintf("ONE_%d", i)
+			publish(t, n.hub, typ, users[j])
+			want[j] = append(want[j], typ)
+		}
+	}
+	for j := range users {
+		ga := onA[j].waitEvents(len(want[j]))
+		gb := onB[j].waitEvents(len(want[j]))
+		if !slices.Equal(idsOf(ga), idsOf(gb)) {
+			t.Fatalf("user %d: node a got %v, node b %v", j, idsOf(ga), idsOf(gb))
+		}
+		// the order is the publish order (each publish was answered
+		// before the next was made)
+		if got := typesOf(ga); !slices.Equal(got, want[j]) {
+			t.Fatalf("user %d got %v, want %v", j, got, want[j])
+		}
+	}
+
+	// resume on another node from an id in the middle: exactly the rest
+	for j, u := range users {
+		got := onA[j].events()
+		mid := len(got) / 2
+		r := connect(t, c.hub, u, got[mid-1].ID)
+		rec, missed := r.connected()
+		if !rec || missed != len(got)-mid {
+			t.Fatalf("user %d resumed from %s: recovered %v missed %d, want true %d", j, got[mid-1].ID, rec, missed, len(got)-mid)
+		}
+		if ids := idsOf(r.waitEvents(len(got) - mid)); !slices.Equal(ids, idsOf(got[mid:])) {
+			t.Fatalf("user %d replay %v, want %v", j, ids, idsOf(got[mid:]))
+		}
+	}
+	// from the fresh device's position, on yet another node: everything
+	r := connect(t, a.hub, users[0], pos)
+	rec, missed := r.connected()
+	if !rec || missed != len(want[0]) {
+		t.Fatalf("resume from position: recovered %v missed %d, want true %d", rec, missed, len(want[0]))
+	}
+	if got := typesOf(r.waitEvents(len(want[0]))); !slices.Equal(got, want[0]) {
+		t.Fatalf("replay from position %v, want %v", got, want[0])
+	}
+}
+
+// Devices, connections, disconnect and stats are cluster-wide.
+func TestClusterRegistries(t *testing.T) {
+	rc, ns := clusterNodes(t, 3, 100)
+	a, b, c := ns[0], ns[1], ns[2]
+	users := usersOn(t, rc, "d", 3)
+	x := connect(t, a.hub, users[0], "")
+	x.connected()
+	y := connect(t, b.hub, users[0], "")
+	y.connected()
+	z := connect(t, c.hub, users[1], "")
+	z.connected()
+	if got := devicesOf(t, c.hub, users...); !slices.Equal(got, []int{2, 1, 0}) {
+		t.Fatalf("devices %v, want [2 1 0]", got)
+	}
+	all, err := a.hub.BroadcastAll(bg(t), "D", nil)
+	if err != nil || all.Devices != 3 {
+		t.Fatalf("broadcast: %+v %v, want 3 devices", all, err)
+	}
+	conns, err := c.hub.Connections(bg(t), users[0])
+	if err != nil || len(conns) != 2 {
+		t.Fatalf("connections of %s: %v %v, want 2", users[0], conns, err)
+	}
+	hubtest.Eventually(t, 10*time.Second, "cluster stats", func() bool {
+		st, err := c.broker.ClusterStats(bg(t))
+		if err != nil {
+			return false
+		}
+		tot := st.(redisbroker.ClusterTotals)
+		return tot.Nodes == 3 && tot.TotalConnections == 3 && tot.ActiveUsers == 2
+	})
+	if n := c.hub.DisconnectUser(users[0]); n != 0 {
+		t.Fatalf("closed %d on a node without the user's connections", n)
+	}
+	for _, cl := range []*client{x, y} {
+		hubtest.Eventually(t, 10*time.Second, "disconnected", func() bool { cl.poll(); return cl.end != nil })
+		if *cl.end != hub.ReasonDisconnected {
+			t.Fatalf("closed with %v, want disconnected", *cl.end)
+		}
+	}
+	z.poll()
+	if z.end != nil {
+		t.Fatalf("another user's connection closed: %v", *z.end)
+	}
+}
+
+// A master killed mid-stream and restarted empty (no persistence, no
+// replica): while it is down publishes fail with ErrUnavailable (nothing
+// published) and the nodes are not ready; once it is back they are ready
+// again and resync. The devices of users whose history was on the lost
+// master are closed to resume, and their resume says recovered:false; the
+// others keep their connections and miss nothing.
+func TestClusterMasterKilled(t *testing.T) {
+	rc, ns := clusterNodes(t, 2, 100)
+	a, b := ns[0], ns[1]
+	allMaster := rc.MasterOf("{all}")
+	users := usersOn(t, rc, "k", 3)
+	lost := (allMaster + 1) % 3 // a master without the broadcasts
+	var onA, onB []*client
+	for _, u := range users {
+		x := connect(t, a.hub, u, "")
+		x.connected()
+		y := connect(t, b.hub, u, "")
+		y.connected()
+		onA, onB = append(onA, x), append(onB, y)
+	}
+	for i := range users {
+		publish(t, b.hub, "BEFORE", users[i])
+	}
+	broadcast(t, a.hub, "BEFORE_ALL")
+	for i := range users {
+		onA[i].waitEvents(2)
+		onB[i].waitEvents(2)
+	}
+
+	rc.Kill(lost)
+	hubtest.Eventually(t, 15*time.Second, "nodes not ready", func() bool {
+		return a.broker.Ready() != nil && b.broker.Ready() != nil
+	})
+	if _, err := a.hub.Publish(bg(t), []string{users[lost]}, "DURING", nil); !errors.Is(err, hub.ErrUnavailable) && !errors.Is(err, hub.ErrOutcomeUnknown) {
+		t.Fatalf("publish to a user of the killed master: %v, want unavailable", err)
+	}
+	rc.Start(lost)
+	hubtest.Eventually(t, 30*time.Second, "nodes ready again", func() bool {
+		return a.broker.Ready() == nil && b.broker.Ready() == nil
+	})
+
+	// the lost master's users: closed to resume, told recovered:false
+	for _, cl := range []*client{onA[lost], onB[lost]} {
+		hubtest.Eventually(t, 15*time.Second, "lost user's device closed", func() bool { cl.poll(); return cl.end != nil })
+		last := cl.events()[len(cl.events())-1].ID
+		r := connect(t, a.hub, users[lost], last)
+		if rec, _ := r.connected(); rec {
+			t.Fatalf("resume from %s after its master lost the history: recovered", last)
+		}
+	}
+	// the others stay and get what comes next
+	publishAll := func(typ string) {
+		hubtest.Eventually(t, 15*time.Second, "publish after the restart", func() bool {
+			_, err := b.hub.Publish(bg(t), users, typ, nil)
+			return err == nil
+		})
+	}
+	publishAll("AFTER")
+	for i := range users {
+		if i == lost {
+			continue
+		}
+		for _, cl := range []*client{onA[i], onB[i]} {
+			got := typesOf(cl.waitEvents(3))
+			if !slices.Equal(got, []string{"BEFORE", "BEFORE_ALL", "AFTER"}) {
+				t.Fatalf("user %d got %v", i, got)
+			}
+			if cl.end != nil {
+				t.Fatalf("user %d's device closed: %v", i, *cl.end)
+			}
+		}
+	}
+}
