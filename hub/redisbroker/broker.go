@@ -20,6 +20,12 @@
 // A Pub/Sub connection that stops answering without closing is found by
 // pinging it and is redialled (loop.go).
 //
+// On a Redis Cluster (Options.Cluster) no sequence can be shared by every
+// publish without making its slot the hot spot: there the order is made of
+// the masters' clocks, and each node merges what its masters send (rc.go,
+// docs/DECISIONS.md 31). Connection slots, stats, health and the outage
+// handling are shared by both modes.
+//
 // Every Redis call on the publish and readiness paths is bounded:
 // publishes by Options.PublishTimeout (publish.go, which also explains how
 // a publish whose answer is lost is told apart from one that was not
@@ -80,12 +86,10 @@ type Options struct {
 	// redis://127.0.0.1:7000?addr=127.0.0.1:7001&addr=127.0.0.1:7002.
 	URL string
 	// Cluster makes the broker a client of a Redis Cluster (go-redis's
-	// ClusterClient) rather than of one server. Groundwork of issue 18:
-	// every key and channel of a user is in that user's hash slot, but the
-	// broker does not work on a cluster yet: Start fails (the broadcast
-	// and control channels are in two slots: CROSSSLOT), and the publish,
-	// history and slot scripts use the global keys (meta, the broadcast
-	// stream, the checkpoints, the cluster's slot set) with the user's.
+	// ClusterClient) rather than of one server: every key and channel of
+	// a user is in the user's hash slot, the broadcasts' in {all}'s, and
+	// the order is made of the masters' clocks (rc.go; the hub resumes
+	// through Resume).
 	Cluster bool
 	// Prefix is put before every key and channel (default "hub:").
 	Prefix string

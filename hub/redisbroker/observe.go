@@ -51,5 +51,12 @@ func (nopObserver) Error(string)                             {}
 func (b *Broker) SubscribedUsers() int {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	return len(b.subs)
+	n := len(b.subs)
+	if b.rc != nil {
+		for _, m := range b.rc.masters {
+			n += len(m.subs)
+		}
+		n-- // the broadcasts' channel
+	}
+	return n
 }

@@ -69,32 +69,13 @@ type target struct {
 }
 
 func (b *Broker) publish(ctx context.Context, targets []target, typ string, payload []byte, ts time.Time, o hub.EventOptions) (string, []int, error) {
-	if b.client == nil {
-		return "", nil, errors.New("not started")
-	}
-	if err := hub.ValidateType(typ); err != nil {
-		return "", nil, fmt.Errorf("type: %w", err)
-	}
-	if err := o.Validate(); err != nil {
-		return "", nil, err
-	}
-	if err := b.healthErr(); err != nil {
+	runBy, settle, deadline, err := b.publishBudget(ctx, typ, o)
+	if err != nil {
 		return "", nil, err
 	}
 	if len(payload) == 0 {
 		payload = []byte("null")
 	}
-	start := time.Now()
-	deadline := start.Add(b.opts.PublishTimeout)
-	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
-		deadline = d
-	}
-	budget := deadline.Sub(start)
-	if budget < minPublishBudget {
-		return "", nil, fmt.Errorf("only %v left to publish", budget)
-	}
-	runBy := start.Add(budget * 3 / 4)
-	settle := min(budget/20, maxSettle)
 	marker, markerTTL := b.marker(ctx)
 
 	n := len(targets)
@@ -128,6 +109,35 @@ func (b *Broker) publish(ctx context.Context, targets []target, typ string, payl
 		return "", nil, fmt.Errorf("%w: %v", hub.ErrOutcomeUnknown, err)
 	}
 	return b.check(ctx, marker, n, runBy.Add(settle), deadline, err)
+}
+
+// publishBudget checks a publish before anything is sent (started,
+// type, options, Redis healthy) and splits its budget: the script must
+// run by runBy, its answer is awaited until runBy+settle, and the call
+// ends at deadline (see the comment at the top).
+func (b *Broker) publishBudget(ctx context.Context, typ string, o hub.EventOptions) (runBy time.Time, settle time.Duration, deadline time.Time, err error) {
+	if b.client == nil {
+		return runBy, 0, deadline, errors.New("not started")
+	}
+	if err := hub.ValidateType(typ); err != nil {
+		return runBy, 0, deadline, fmt.Errorf("type: %w", err)
+	}
+	if err := o.Validate(); err != nil {
+		return runBy, 0, deadline, err
+	}
+	if err := b.healthErr(); err != nil {
+		return runBy, 0, deadline, err
+	}
+	start := time.Now()
+	deadline = start.Add(b.opts.PublishTimeout)
+	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+		deadline = d
+	}
+	budget := deadline.Sub(start)
+	if budget < minPublishBudget {
+		return runBy, 0, deadline, fmt.Errorf("only %v left to publish", budget)
+	}
+	return start.Add(budget * 3 / 4), min(budget/20, maxSettle), deadline, nil
 }
 
 // check finds out, after a publish whose answer did not come, whether it

@@ -335,7 +335,11 @@ func (r *rcState) readLoop(m *rcMaster, ps *redis.PubSub, sess uint64) {
 					err = errors.New("no answer to a ping")
 				}
 			}
-			b.log.Warn("redis pubsub connection lost; redialling", "master", m.idx, "err", err)
+			if moved(err) {
+				b.log.Error("redis cluster slots moved (resharding): this node does not follow it; restart it", "master", m.idx, "err", err)
+			} else {
+				b.log.Warn("redis pubsub connection lost; redialling", "master", m.idx, "err", err)
+			}
 			r.send(rcItem{m: m, sess: sess, kind: 'x'})
 			_ = ps.Close()
 			r.redial(m, sess)
@@ -366,6 +370,9 @@ func (r *rcState) redial(m *rcMaster, old uint64) {
 		if err != nil {
 			b.opts.Metrics.Error(OpPubSub)
 			b.kick()
+			if moved(err) && failures == 1 {
+				b.log.Error("redis cluster slots moved (resharding): this node does not follow it; restart it", "master", m.idx, "err", err)
+			}
 			continue
 		}
 		b.mu.Lock()
@@ -722,6 +729,9 @@ func (r *rcState) opLoop(m *rcMaster) {
 			continue
 		}
 		b.opts.Metrics.Error(OpSubscribe)
+		if moved(err) {
+			b.log.Error("redis cluster slots moved (resharding): this node does not follow it; restart it", "channel", o.ch, "err", err)
+		}
 		b.mu.Lock()
 		if o.sub {
 			if m.subs[o.ch] == o.st {
@@ -763,29 +773,10 @@ type rcCall struct {
 // is reported unknown: a retry with the same idempotency key completes it
 // (each user's marker answers for that user).
 func (b *Broker) rcPublish(ctx context.Context, mk func(id string, runBy int64, markerTTL time.Duration, key string) []rcCall, typ string, payload []byte, o hub.EventOptions, broadcast bool) (string, []int, error) {
-	if b.client == nil {
-		return "", nil, errors.New("not started")
-	}
-	if err := hub.ValidateType(typ); err != nil {
-		return "", nil, fmt.Errorf("type: %w", err)
-	}
-	if err := o.Validate(); err != nil {
+	runBy, settle, deadline, err := b.publishBudget(ctx, typ, o)
+	if err != nil {
 		return "", nil, err
 	}
-	if err := b.healthErr(); err != nil {
-		return "", nil, err
-	}
-	start := time.Now()
-	deadline := start.Add(b.opts.PublishTimeout)
-	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
-		deadline = d
-	}
-	budget := deadline.Sub(start)
-	if budget < minPublishBudget {
-		return "", nil, fmt.Errorf("only %v left to publish", budget)
-	}
-	runBy := start.Add(budget * 3 / 4)
-	settle := min(budget/20, maxSettle)
 
 	// the id, and the marker's name part and lifetime
 	id, mkey, markerTTL := "", "", 2*b.opts.PublishTimeout+time.Second
@@ -910,6 +901,11 @@ func (b *Broker) rcPublish(ctx context.Context, mk func(id string, runBy int64, 
 		devices[i] = d
 	}
 	return outID, devices, nil
+}
+
+// moved reports a Redis Cluster redirection: a slot served elsewhere.
+func moved(err error) bool {
+	return err != nil && (strings.HasPrefix(err.Error(), "MOVED ") || strings.HasPrefix(err.Error(), "ASK "))
 }
 
 func cmp(first, err error) error {
@@ -1133,6 +1129,12 @@ func (b *Broker) rcRefresh(ctx context.Context, keys []string, members []any) er
 				conn, _, _ := strings.Cut(m, "\n")
 				p.ZAdd(ctx, keys[k], redis.Z{Score: exp, Member: m})
 				p.PExpire(ctx, keys[k], ttl)
+				if b.opts.HistoryTTL > 0 {
+					// the user's meta hash lives while the user is
+					// connected: a resume from a broadcast id must not
+					// find it gone (recovered:false) for want of own events
+					p.PExpire(ctx, b.rcUserMeta(b.userOfSlotKey(keys[k])), b.opts.HistoryTTL+ttl)
+				}
 				p.ZAdd(ctx, b.allSlotsKey(), redis.Z{Score: exp, Member: conn})
 			}
 			p.PExpire(ctx, b.allSlotsKey(), ttl)
@@ -1143,6 +1145,12 @@ func (b *Broker) rcRefresh(ctx context.Context, keys []string, members []any) er
 		}
 	}
 	return nil
+}
+
+// userOfSlotKey is the user whose slot set key is.
+func (b *Broker) userOfSlotKey(key string) string {
+	u := strings.TrimPrefix(key, b.opts.Prefix+"uc:{")
+	return strings.TrimSuffix(u, "}")
 }
 
 // rcSampleClocks asks every master for its time; the clock keeps the

@@ -129,6 +129,10 @@ if ttl > 0 then
 end
 local floor = nil
 if maxlen > 0 and not volatile then
+  if redis.call('EXISTS', stream) == 0 then
+    -- the stream expired (its meta hash may live on): nothing is held
+    redis.call('HSET', meta, 'b', '0')
+  end
   floor = append(stream, meta, key, frame, ARGV[7], ckey, maxlen, maxbytes, minkey)
 end
 `
@@ -209,8 +213,6 @@ if not existed then
 end
 if ttl > 0 then
   redis.call('PEXPIRE', meta, ttl)
-elseif not existed then
-  redis.call('PEXPIRE', meta, 600000)
 end
 if ARGV[1] == '' then
   return {caps}

@@ -310,3 +310,30 @@ func TestClusterMasterKilled(t *testing.T) {
 		}
 	}
 }
+
+// A user who only gets broadcasts keeps a resumable history while
+// connected, however long: the user's meta hash (what proves the user's
+// own history complete) is renewed with the connection slots, so a device
+// that drops after the TTL of its last own event resumes recovered:true
+// from a recent broadcast.
+func TestClusterMetaLivesWhileConnected(t *testing.T) {
+	rc := sharedCluster(t)
+	const ttl = 3 * time.Second
+	pfx := fmt.Sprintf("m%d:", time.Now().UnixNano()%1e9)
+	bo := redisbroker.Options{URL: rc.URL(), Cluster: true, Prefix: pfx, Node: "a", HistorySize: 100, HistoryTTL: ttl, SlotTTL: 900 * time.Millisecond}
+	a := startWith(t, bo, hub.Options{HistorySize: 100, HistoryTTL: ttl, Node: "a"})
+	t0 := time.Now()
+	x := connect(t, a.hub, "lonely", "")
+	x.connected()
+	// past the TTL counted from the registration
+	hubtest.Eventually(t, 10*time.Second, "the TTL to pass", func() bool { return time.Since(t0) > ttl+500*time.Millisecond })
+	id := broadcast(t, a.hub, "LATE")
+	if got := x.waitEvents(1); got[0].ID != id {
+		t.Fatalf("got %s, want %s", got[0].ID, id)
+	}
+	a.hub.Unregister(x.c)
+	r := connect(t, a.hub, "lonely", id)
+	if rec, missed := r.connected(); !rec || missed != 0 {
+		t.Fatalf("resume from a broadcast %v old: recovered %v missed %d, want true 0", time.Since(t0), rec, missed)
+	}
+}
