@@ -337,3 +337,65 @@ func TestClusterMetaLivesWhileConnected(t *testing.T) {
 		t.Fatalf("resume from a broadcast %v old: recovered %v missed %d, want true 0", time.Since(t0), rec, missed)
 	}
 }
+
+// The nodes' Pub/Sub connections to the masters are killed again and again
+// (CLIENT KILL TYPE pubsub) while events are published without pause, to
+// users on every master and to everyone: every device ends with every
+// event exactly once, in publish order, and is never closed (Redis kept
+// the history, so each resync proves it closed the gap).
+func TestClusterPubSubKilledUnderLoad(t *testing.T) {
+	rc, ns := clusterNodes(t, 2, 1000)
+	a, b := ns[0], ns[1]
+	users := usersOn(t, rc, "p", 3)
+	var devices [][]*client
+	for _, u := range users {
+		x := connect(t, a.hub, u, "")
+		x.connected()
+		y := connect(t, b.hub, u, "")
+		y.connected()
+		devices = append(devices, []*client{x, y})
+	}
+	want := make([][]string, len(users))
+	kills := 0
+	for i := range 400 {
+		if i%40 == 20 {
+			// the next events are published while the nodes redial
+			if err := rc.NodeClient(kills%3).ClientKillByFilter(bg(t), "TYPE", "pubsub").Err(); err != nil {
+				t.Fatalf("client kill: %v", err)
+			}
+			kills++
+		}
+		typ := fmt.Sprintf("E%d", i)
+		var err error
+		if i%7 == 0 {
+			_, err = b.hub.BroadcastAll(bg(t), typ, nil)
+		} else {
+			_, err = b.hub.Publish(bg(t), []string{users[i%3]}, typ, nil)
+		}
+		if errors.Is(err, hub.ErrOutcomeUnknown) {
+			t.Fatalf("publish %s: outcome unknown", typ)
+		}
+		if err != nil {
+			continue // refused: published nowhere
+		}
+		for j := range users {
+			if i%7 == 0 || j == i%3 {
+				want[j] = append(want[j], typ)
+			}
+		}
+	}
+	hubtest.Eventually(t, 15*time.Second, "nodes ready again", func() bool {
+		return a.broker.Ready() == nil && b.broker.Ready() == nil
+	})
+	for j := range users {
+		for _, d := range devices[j] {
+			got := typesOf(d.waitEvents(len(want[j])))
+			if !slices.Equal(got, want[j]) {
+				t.Fatalf("user %d after %d kills: got %d events %v..., want %d", j, kills, len(got), got[:min(len(got), 10)], len(want[j]))
+			}
+			if d.end != nil {
+				t.Fatalf("user %d's device closed: %v", j, *d.end)
+			}
+		}
+	}
+}
