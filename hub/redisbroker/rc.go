@@ -194,30 +194,29 @@ func (r *rcState) loadTopology(ctx context.Context) error {
 		r.masters = []*rcMaster{r.newMaster(0, "m0")}
 		return nil
 	}
-	slots, err := cc.ClusterSlots(ctx).Result()
+	shards, err := cc.ClusterShards(ctx).Result()
 	if err != nil {
-		return fmt.Errorf("cluster slots: %w", err)
+		return fmt.Errorf("cluster shards: %w", err)
 	}
-	var addrs []string
-	for _, s := range slots {
-		if len(s.Nodes) > 0 && !slices.Contains(addrs, s.Nodes[0].Addr) {
-			addrs = append(addrs, s.Nodes[0].Addr)
-		}
+	// one master per shard that serves slots, in the order of its first
+	shards = slices.DeleteFunc(shards, func(s redis.ClusterShard) bool { return len(s.Slots) == 0 })
+	if len(shards) == 0 {
+		return errors.New("cluster shards: no master serves a slot")
 	}
-	slices.Sort(addrs)
-	if len(addrs) == 0 {
-		return errors.New("cluster slots: no master")
+	first := func(s redis.ClusterShard) int64 {
+		return slices.MinFunc(s.Slots, func(a, b redis.SlotRange) int { return int(a.Start - b.Start) }).Start
 	}
+	slices.SortFunc(shards, func(a, b redis.ClusterShard) int { return int(first(a) - first(b)) })
 	for i := range r.owner {
 		r.owner[i] = -1
 	}
-	for _, s := range slots {
-		if len(s.Nodes) == 0 {
-			continue
-		}
-		idx := slices.Index(addrs, s.Nodes[0].Addr)
-		for i := s.Start; i <= s.End && i < rcSlots; i++ {
-			r.owner[i] = idx
+	for idx, sh := range shards {
+		for _, sr := range sh.Slots {
+			for i := sr.Start; i <= sr.End && i < rcSlots; i++ {
+				if i >= 0 {
+					r.owner[i] = idx
+				}
+			}
 		}
 	}
 	for i, o := range r.owner {
@@ -225,7 +224,7 @@ func (r *rcState) loadTopology(ctx context.Context) error {
 			return fmt.Errorf("cluster slots: slot %d has no master", i)
 		}
 	}
-	for i := range addrs {
+	for i := range shards {
 		tag := ""
 		for n := 0; tag == ""; n++ {
 			t := "m" + strconv.Itoa(n)
