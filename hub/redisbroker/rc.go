@@ -59,15 +59,21 @@ type rcState struct {
 	b  *Broker
 	id string // names this node's tick channels (the node name may hold braces)
 
+	// the current layout, guarded by b.mu (set before the loops start)
 	masters []*rcMaster
 	owner   []int // slot -> index in masters
+	topo    uint64
+	tcancel context.CancelFunc // stops the current layout's goroutines
 
 	in chan rcItem // to the merge loop
 
 	// merge loop only
-	heap rcHeap
-	down int // masters whose Pub/Sub connection is not subscribed
-	seq  uint64
+	view       []*rcMaster // the layout it merges (masters, once subscribed)
+	viewTopo   uint64
+	heap       rcHeap
+	down       int // masters whose Pub/Sub connection is not subscribed
+	seq        uint64
+	rebuilding bool
 }
 
 // rcMaster is one master and this node's Pub/Sub connection to it.
@@ -77,6 +83,8 @@ type rcMaster struct {
 	tickCh string
 	tick   chan struct{}
 	ops    chan rcOp
+	topo   uint64          // the layout it belongs to
+	ctx    context.Context // ends when that layout is replaced
 
 	// guarded by b.mu
 	ps        *redis.PubSub
@@ -102,7 +110,9 @@ type rcOp struct {
 type rcItem struct {
 	m    *rcMaster
 	sess uint64
-	kind byte // 'e' event, 't' tick, 'x' connection lost, 'r' subscribed again
+	kind byte // 'e' event, 't' tick, 'x' connection lost, 'r' subscribed again, 'M' slots moved, 'T' new layout subscribed
+	topo uint64
+	view []*rcMaster // 'T'
 	raw  uint64
 	key  uint64
 	user string
@@ -167,7 +177,7 @@ func (b *Broker) rcStart(ctx context.Context) error {
 			}
 			return err
 		}
-		m.ps, m.sess, m.cur, m.up = ps, 1, 1, true
+		m.ps, m.sess = ps, 1
 	}
 	return nil
 }
@@ -175,9 +185,23 @@ func (b *Broker) rcStart(ctx context.Context) error {
 // rcGo starts the cluster's goroutines (b.ctx is set).
 func (b *Broker) rcGo() {
 	r := b.rc
+	tctx, tcancel := context.WithCancel(b.ctx)
+	r.tcancel = tcancel
+	for _, m := range r.masters {
+		m.ctx = tctx
+		m.cur, m.up = m.sess, true
+	}
+	r.view = r.masters
 	b.wg.Add(1)
 	go r.mergeLoop()
-	for _, m := range r.masters {
+	r.goMasters(r.masters)
+}
+
+// goMasters starts the reader, the subscription writer and the ticker of
+// each master of one layout; they stop when its context ends.
+func (r *rcState) goMasters(ms []*rcMaster) {
+	b := r.b
+	for _, m := range ms {
 		b.wg.Add(3)
 		go r.readLoop(m, m.ps, m.sess)
 		go r.opLoop(m)
@@ -249,7 +273,7 @@ func (r *rcState) newMaster(i int, tag string) *rcMaster {
 	}
 }
 
-// masterOf returns the master that serves ch's slot.
+// masterOf returns the master that serves ch's slot; b.mu must be held.
 func (r *rcState) masterOf(ch string) *rcMaster { return r.masters[r.owner[keySlot(ch)]] }
 
 // connect opens a Pub/Sub connection to m (its tick channel first, which
@@ -313,8 +337,8 @@ func (r *rcState) readLoop(m *rcMaster, ps *redis.PubSub, sess uint64) {
 		if !pinged.IsZero() {
 			wait = max(time.Until(pinged.Add(b.opts.PublishTimeout)), time.Millisecond)
 		}
-		msg, err := ps.ReceiveTimeout(b.ctx, wait)
-		if b.ctx.Err() != nil {
+		msg, err := ps.ReceiveTimeout(m.ctx, wait)
+		if m.ctx.Err() != nil {
 			return
 		}
 		if err != nil {
@@ -322,7 +346,7 @@ func (r *rcState) readLoop(m *rcMaster, ps *redis.PubSub, sess uint64) {
 			if errors.As(err, &ne) && ne.Timeout() {
 				if pinged.IsZero() {
 					pinged = time.Now()
-					ctx, cancel := context.WithTimeout(b.ctx, b.opts.PublishTimeout)
+					ctx, cancel := context.WithTimeout(m.ctx, b.opts.PublishTimeout)
 					err = ps.Ping(ctx)
 					cancel()
 					if err == nil {
@@ -335,10 +359,10 @@ func (r *rcState) readLoop(m *rcMaster, ps *redis.PubSub, sess uint64) {
 				}
 			}
 			if moved(err) {
-				b.log.Error("redis cluster slots moved (resharding): this node does not follow it; restart it", "master", m.idx, "err", err)
-			} else {
-				b.log.Warn("redis pubsub connection lost; redialling", "master", m.idx, "err", err)
+				r.send(rcItem{kind: 'M'})
+				return
 			}
+			b.log.Warn("redis pubsub connection lost; redialling", "master", m.idx, "err", err)
 			r.send(rcItem{m: m, sess: sess, kind: 'x'})
 			_ = ps.Close()
 			r.redial(m, sess)
@@ -347,7 +371,13 @@ func (r *rcState) readLoop(m *rcMaster, ps *redis.PubSub, sess uint64) {
 		pinged = time.Time{}
 		switch x := msg.(type) {
 		case *redis.Subscription:
-			r.confirmed(m, x)
+			if r.confirmed(m, x) {
+				// Redis dropped a subscription of ours: its slot moved
+				b.log.Warn("redis unsubscribed a channel by itself (its slot moved)", "master", m.idx, "channel", x.Channel)
+				r.send(rcItem{kind: 'M'})
+				_ = ps.Close()
+				return
+			}
 		case *redis.Message:
 			r.dispatch(m, sess, x)
 		case *redis.Pong:
@@ -360,22 +390,23 @@ func (r *rcState) readLoop(m *rcMaster, ps *redis.PubSub, sess uint64) {
 func (r *rcState) redial(m *rcMaster, old uint64) {
 	b := r.b
 	for failures := 1; ; failures++ {
-		if !b.sleep(backoff(failures)) {
+		if !sleepCtx(m.ctx, backoff(failures)) {
 			return
 		}
-		ctx, cancel := context.WithTimeout(b.ctx, 5*time.Second)
+		ctx, cancel := context.WithTimeout(m.ctx, 5*time.Second)
 		ps, err := r.connect(ctx, m)
 		cancel()
 		if err != nil {
 			b.opts.Metrics.Error(OpPubSub)
 			b.kick()
-			if moved(err) && failures == 1 {
-				b.log.Error("redis cluster slots moved (resharding): this node does not follow it; restart it", "master", m.idx, "err", err)
+			if moved(err) {
+				r.send(rcItem{kind: 'M'})
+				return
 			}
 			continue
 		}
 		b.mu.Lock()
-		if b.ctx.Err() != nil {
+		if m.ctx.Err() != nil {
 			b.mu.Unlock()
 			_ = ps.Close()
 			return
@@ -391,6 +422,18 @@ func (r *rcState) redial(m *rcMaster, old uint64) {
 	}
 }
 
+// sleepCtx waits d or until ctx ends; it reports false when ctx ended.
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
 func (r *rcState) send(it rcItem) {
 	select {
 	case r.in <- it:
@@ -398,26 +441,32 @@ func (r *rcState) send(it rcItem) {
 	}
 }
 
-// confirmed handles a (un)subscribe confirmation of a user channel.
-func (r *rcState) confirmed(m *rcMaster, s *redis.Subscription) {
+// confirmed handles a (un)subscribe confirmation of a user channel; it
+// reports an SUNSUBSCRIBE that nobody asked for (Redis unsubscribes the
+// shard channels of a slot that moved to another master).
+func (r *rcState) confirmed(m *rcMaster, s *redis.Subscription) bool {
 	b := r.b
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	switch s.Kind {
 	case "sunsubscribe":
-		if m.unsubPend[s.Channel] > 1 {
+		switch {
+		case m.unsubPend[s.Channel] > 1:
 			m.unsubPend[s.Channel]--
-		} else {
+		case m.unsubPend[s.Channel] == 1:
 			delete(m.unsubPend, s.Channel)
+		default:
+			return m.subs[s.Channel] != nil || s.Channel == m.tickCh
 		}
 	case "ssubscribe":
 		if m.unsubPend[s.Channel] > 0 {
-			return
+			return false
 		}
 		if st := m.subs[s.Channel]; st != nil && st.sent && !isClosed(st.done) {
 			close(st.done)
 		}
 	}
+	return false
 }
 
 // dispatch parses one message of m and hands it to the merge loop (a
@@ -502,7 +551,7 @@ func (r *rcState) mergeLoop() {
 			}
 		case <-retry.C:
 			now := time.Now()
-			for _, m := range r.masters {
+			for _, m := range r.view {
 				if m.inflight && now.Sub(m.inflightAt) >= rcTickRetry {
 					m.inflight = false
 				}
@@ -518,6 +567,38 @@ func (r *rcState) mergeLoop() {
 func (r *rcState) handle(it rcItem) {
 	b := r.b
 	m := it.m
+	switch it.kind {
+	case 'M':
+		if r.rebuilding {
+			return
+		}
+		r.rebuilding = true
+		for _, m := range r.view {
+			if m.up {
+				m.up = false
+				r.down++
+			}
+		}
+		b.live.Store(false)
+		b.opts.Metrics.Error(OpPubSub)
+		clear(r.heap)
+		r.heap = r.heap[:0]
+		b.log.Warn("redis cluster slots moved: reading the new layout and subscribing again")
+		b.wg.Add(1)
+		go r.rebuild()
+		return
+	case 'T':
+		r.view, r.viewTopo, r.rebuilding = it.view, it.topo, false
+		for _, m := range r.view {
+			m.cur, m.up, m.wm, m.inflight = m.sess, true, 0, false
+		}
+		r.down = 0
+		r.resync()
+		return
+	}
+	if m.topo != r.viewTopo || r.rebuilding {
+		return // of a layout that is gone
+	}
 	switch it.kind {
 	case 'x':
 		if it.sess != m.cur || !m.up {
@@ -539,11 +620,7 @@ func (r *rcState) handle(it rcItem) {
 		r.down--
 		if r.down == 0 {
 			b.log.Info("redis pubsub connections back; resyncing")
-			ctx, cancel := context.WithTimeout(b.ctx, resyncTimeout)
-			b.recv.Resync(ctx)
-			cancel()
-			b.opts.Metrics.Resynced()
-			b.live.Store(true)
+			r.resync()
 		}
 		return
 	}
@@ -565,13 +642,101 @@ func (r *rcState) handle(it rcItem) {
 	heap.Push(&r.heap, it)
 }
 
+// resync runs the hub's Resync once every master is subscribed again,
+// before anything else is delivered, and makes the node ready.
+func (r *rcState) resync() {
+	b := r.b
+	ctx, cancel := context.WithTimeout(b.ctx, resyncTimeout)
+	b.recv.Resync(ctx)
+	cancel()
+	b.opts.Metrics.Resynced()
+	b.live.Store(true)
+}
+
+// rebuild follows the cluster to a new layout of its slots: it stops the
+// old layout's connections and goroutines, reads the slots again, moves
+// every subscription to the master that now serves it, subscribes them
+// all, and hands the new layout to the merge loop, which resyncs.
+func (r *rcState) rebuild() {
+	b := r.b
+	defer b.wg.Done()
+	for failures := 0; ; failures++ {
+		if failures > 0 {
+			b.opts.Metrics.Error(OpPubSub)
+			if !b.sleep(backoff(failures)) {
+				return
+			}
+		}
+		b.mu.Lock()
+		r.tcancel()
+		subs := make(map[string]*chanState)
+		for _, m := range r.masters {
+			for ch, st := range m.subs {
+				subs[ch] = st
+			}
+			if m.ps != nil {
+				_ = m.ps.Close()
+				m.ps = nil
+			}
+		}
+		b.mu.Unlock()
+		nr := &rcState{b: b, id: r.id}
+		ctx, cancel := context.WithTimeout(b.ctx, 5*time.Second)
+		err := nr.loadTopology(ctx)
+		cancel()
+		if err != nil {
+			b.log.Warn("redis cluster layout", "err", err)
+			continue
+		}
+		tctx, tcancel := context.WithCancel(b.ctx)
+		b.mu.Lock()
+		if b.ctx.Err() != nil {
+			b.mu.Unlock()
+			tcancel()
+			return
+		}
+		r.topo++
+		for _, m := range nr.masters {
+			m.topo, m.ctx = r.topo, tctx
+		}
+		for ch, st := range subs {
+			m := nr.masters[nr.owner[keySlot(ch)]]
+			m.subs[ch] = st
+		}
+		r.masters, r.owner, r.tcancel = nr.masters, nr.owner, tcancel
+		topo, ms := r.topo, nr.masters
+		b.mu.Unlock()
+		ok := true
+		for _, m := range ms {
+			ctx, cancel := context.WithTimeout(tctx, 5*time.Second)
+			ps, err := r.connect(ctx, m)
+			cancel()
+			if err != nil {
+				b.log.Warn("redis pubsub subscribe on the new layout", "master", m.idx, "err", err)
+				ok = false
+				break
+			}
+			b.mu.Lock()
+			m.ps, m.sess = ps, 1
+			b.mu.Unlock()
+		}
+		if !ok {
+			continue
+		}
+		b.log.Info("redis cluster layout followed", "masters", len(ms))
+		r.goMasters(ms)
+		r.send(rcItem{kind: 'T', topo: topo, view: ms})
+		return
+	}
+}
+
 // release delivers every held event at or below every master's watermark.
 func (r *rcState) release() {
 	if r.down > 0 || r.heap.Len() == 0 {
 		return
 	}
-	w := r.masters[0].wm
-	for _, m := range r.masters[1:] {
+	w := r.view[0].wm
+	for _, m := range r.view[1:] {
 		w = min(w, m.wm)
 	}
 	for r.heap.Len() > 0 && r.heap[0].key <= w {
@@ -588,7 +753,7 @@ func (r *rcState) askTicks() bool {
 	}
 	first := r.heap[0].key
 	any := false
-	for _, m := range r.masters {
+	for _, m := range r.view {
 		if m.wm >= first {
 			continue
 		}
@@ -610,14 +775,14 @@ func (r *rcState) tickLoop(m *rcMaster) {
 	defer b.wg.Done()
 	for {
 		select {
-		case <-b.ctx.Done():
+		case <-m.ctx.Done():
 			return
 		case <-m.tick:
 		}
-		ctx, cancel := context.WithTimeout(b.ctx, b.opts.PublishTimeout)
+		ctx, cancel := context.WithTimeout(m.ctx, b.opts.PublishTimeout)
 		err := rcTickScript.Run(ctx, b.client, []string{m.tickCh}).Err()
 		cancel()
-		if err != nil && b.ctx.Err() == nil {
+		if err != nil && m.ctx.Err() == nil {
 			b.opts.Metrics.Error(OpPubSub)
 			b.log.Debug("redis tick failed", "master", m.idx, "err", err)
 		}
@@ -629,12 +794,12 @@ func (r *rcState) tickLoop(m *rcMaster) {
 func (b *Broker) rcSubscribe(ctx context.Context, user string) error {
 	r := b.rc
 	ch := b.userCh(user)
-	m := r.masterOf(ch)
 	b.mu.Lock()
 	if b.ctx.Err() != nil {
 		b.mu.Unlock()
 		return errors.New("redisbroker: closed")
 	}
+	m := r.masterOf(ch)
 	st := m.subs[ch]
 	if st == nil || (isClosed(st.done) && st.err != nil) {
 		st = &chanState{done: make(chan struct{})}
@@ -658,9 +823,9 @@ func (b *Broker) rcSubscribe(ctx context.Context, user string) error {
 func (b *Broker) rcUnsubscribe(user string) {
 	r := b.rc
 	ch := b.userCh(user)
-	m := r.masterOf(ch)
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	m := r.masterOf(ch)
 	st := m.subs[ch]
 	if st == nil {
 		return
@@ -696,12 +861,18 @@ func (r *rcState) opLoop(m *rcMaster) {
 	for {
 		var o rcOp
 		select {
-		case <-b.ctx.Done():
+		case <-m.ctx.Done():
 			return
 		case o = <-m.ops:
 		}
 		b.mu.Lock()
 		ps := m.ps
+		if ps == nil || m.ctx.Err() != nil {
+			// the layout is being replaced: the new one subscribes what
+			// is wanted then
+			b.mu.Unlock()
+			continue
+		}
 		if o.sub {
 			if m.subs[o.ch] != o.st || isClosed(o.st.done) {
 				b.mu.Unlock()
@@ -716,7 +887,7 @@ func (r *rcState) opLoop(m *rcMaster) {
 			m.unsubPend[o.ch]++
 		}
 		b.mu.Unlock()
-		ctx, cancel := context.WithTimeout(b.ctx, 5*time.Second)
+		ctx, cancel := context.WithTimeout(m.ctx, 5*time.Second)
 		var err error
 		if o.sub {
 			err = ps.SSubscribe(ctx, o.ch)
@@ -729,7 +900,7 @@ func (r *rcState) opLoop(m *rcMaster) {
 		}
 		b.opts.Metrics.Error(OpSubscribe)
 		if moved(err) {
-			b.log.Error("redis cluster slots moved (resharding): this node does not follow it; restart it", "channel", o.ch, "err", err)
+			r.send(rcItem{kind: 'M'})
 		}
 		b.mu.Lock()
 		if o.sub {

@@ -399,3 +399,94 @@ func TestClusterPubSubKilledUnderLoad(t *testing.T) {
 		}
 	}
 }
+
+// migrateSlot moves one hash slot, with its keys, from master from to
+// master to, as redis-cli --cluster reshard does (IMPORTING, MIGRATING,
+// MIGRATE, then SETSLOT NODE on every master).
+func migrateSlot(t *testing.T, rc *hubtest.RedisCluster, slot, from, to int) {
+	t.Helper()
+	ctx := bg(t)
+	src, dst := rc.NodeClient(from), rc.NodeClient(to)
+	srcID, err := src.Do(ctx, "CLUSTER", "MYID").Text()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dstID, err := dst.Do(ctx, "CLUSTER", "MYID").Text()
+	if err != nil {
+		t.Fatal(err)
+	}
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatalf("migrate slot %d: %v", slot, err)
+		}
+	}
+	must(dst.Do(ctx, "CLUSTER", "SETSLOT", slot, "IMPORTING", srcID).Err())
+	must(src.Do(ctx, "CLUSTER", "SETSLOT", slot, "MIGRATING", dstID).Err())
+	host, port, _ := strings.Cut(rc.Addrs()[to], ":")
+	for {
+		keys, err := src.ClusterGetKeysInSlot(ctx, slot, 100).Result()
+		must(err)
+		if len(keys) == 0 {
+			break
+		}
+		args := []any{"MIGRATE", host, port, "", 0, 5000, "KEYS"}
+		for _, k := range keys {
+			args = append(args, k)
+		}
+		must(src.Do(ctx, args...).Err())
+	}
+	for i := range rc.Addrs() {
+		must(rc.NodeClient(i).Do(ctx, "CLUSTER", "SETSLOT", slot, "NODE", dstID).Err())
+	}
+}
+
+// A user's slot moved to another master (resharding) while the user's
+// devices are connected: Redis unsubscribes the nodes from the user's
+// channel, the nodes read the new layout, subscribe again where the slot
+// now is and resync; every event, before, during and after, arrives
+// exactly once, and the user's history moved with the slot (a resume
+// afterwards is recovered).
+func TestClusterSlotMoved(t *testing.T) {
+	rc, ns := clusterNodes(t, 2, 100)
+	a, b := ns[0], ns[1]
+	users := usersOn(t, rc, "s", 3)
+	allM := rc.MasterOf("{all}")
+	from := (allM + 1) % 3
+	to := (allM + 2) % 3
+	u := users[from]
+	x := connect(t, a.hub, u, "")
+	x.connected()
+	y := connect(t, b.hub, u, "")
+	y.connected()
+	publish(t, b.hub, "E1", u)
+	x.waitEvents(1)
+	first := x.events()[0].ID
+
+	migrateSlot(t, rc, rc.Slot("{"+u+"}"), from, to)
+	if got := rc.MasterOf("{" + u + "}"); got != to {
+		t.Fatalf("slot on master %d after the move, want %d", got, to)
+	}
+	want := []string{"E1"}
+	for i := 2; i <= 6; i++ {
+		typ := fmt.Sprintf("E%d", i)
+		hubtest.Eventually(t, 15*time.Second, "publish after the move", func() bool {
+			_, err := b.hub.Publish(bg(t), []string{u}, typ, nil)
+			return err == nil
+		})
+		want = append(want, typ)
+	}
+	for _, d := range []*client{x, y} {
+		if got := typesOf(d.waitEvents(len(want))); !slices.Equal(got, want) {
+			t.Fatalf("got %v, want %v", got, want)
+		}
+		if d.end != nil {
+			t.Fatalf("device closed: %v", *d.end)
+		}
+	}
+	hubtest.Eventually(t, 15*time.Second, "nodes ready", func() bool { return a.broker.Ready() == nil && b.broker.Ready() == nil })
+	r := connect(t, a.hub, u, first)
+	if rec, missed := r.connected(); !rec || missed != len(want)-1 {
+		t.Fatalf("resume after the move: recovered %v missed %d, want true %d", rec, missed, len(want)-1)
+	}
+}
