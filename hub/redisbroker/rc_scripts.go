@@ -194,18 +194,34 @@ return {'ok', answer}
 //	ARGV[1] "" (fresh: only cap), "o" (from an id: ARGV[2] is looked up in
 //	the index) or "k" (from a key: ARGV[2])  ARGV[3] COUNT  ARGV[4] TTL ms
 //
+// A point ahead of cap (a broadcast's key from a master whose clock runs
+// ahead of this one's) raises cap to it, when it is at most a second
+// ahead: further ahead it is no key this cluster made, and reserving it
+// would hold the user's next events back until the clocks reach it.
+//
 // It returns {cap} for a fresh start, {cap, 0} when the history cannot
 // prove that it holds everything after the point (the stream was made
 // after it, trimmed past it, the point is older than the TTL, unknown or
-// ahead of cap) and {cap, 1, key, entries} otherwise.
+// too far ahead) and {cap, 1, key, entries} otherwise.
 var rcReadUserScript = redis.NewScript(`
 local meta = KEYS[1]
 local tm = redis.call('TIME')
 local now = tonumber(tm[1]) * 1000000 + tonumber(tm[2])
 local ttl = tonumber(ARGV[4])
 local existed = redis.call('EXISTS', meta) == 1
+local k = nil
+if ARGV[1] == 'o' then
+  k = tonumber(redis.call('ZSCORE', KEYS[3], ARGV[2]))
+elseif ARGV[1] == 'k' then
+  k = tonumber(ARGV[2])
+end
 local last = tonumber(redis.call('HGET', meta, 't') or '0')
 local cap = math.max(last, 2 * now + 1)
+-- a point ahead of this master's clock (another master's clock runs
+-- ahead) is reserved too, up to one second ahead; further is no id of ours
+if k and k > cap and k <= 2 * (now + 1000000) + 1 then
+  cap = k + 1 - (k % 2)
+end
 local caps = string.format('%d', cap)
 redis.call('HSET', meta, 't', caps)
 if not existed then
@@ -217,13 +233,6 @@ end
 if ARGV[1] == '' then
   return {caps}
 end
-local k = nil
-if ARGV[1] == 'o' then
-  k = redis.call('ZSCORE', KEYS[3], ARGV[2])
-else
-  k = ARGV[2]
-end
-k = tonumber(k)
 if not existed or not k then
   return {caps, 0}
 end

@@ -490,3 +490,31 @@ func TestClusterSlotMoved(t *testing.T) {
 		t.Fatalf("resume after the move: recovered %v missed %d, want true %d", rec, missed, len(want)-1)
 	}
 }
+
+// Ids from a master whose clock runs ahead: a broadcast key a little ahead
+// of the user's master's clock resumes (its place is reserved in the
+// user's order); a key an hour ahead is no id of ours (recovered:false)
+// and reserves nothing, so the user's next events are not held back.
+func TestClusterKeysAhead(t *testing.T) {
+	_, ns := clusterNodes(t, 1, 100)
+	a := ns[0]
+	broadcast(t, a.hub, "FIRST") // the broadcast history exists
+	x := connect(t, a.hub, "ahead", "")
+	x.connected()
+	us := time.Now().Add(200 * time.Millisecond).UnixMicro()
+	r := connect(t, a.hub, "ahead", fmt.Sprintf("b%d", 2*us))
+	if rec, missed := r.connected(); !rec || missed != 0 {
+		t.Fatalf("resume from a broadcast 200 ms ahead: recovered %v missed %d, want true 0", rec, missed)
+	}
+	far := time.Now().Add(time.Hour).UnixMicro()
+	f := connect(t, a.hub, "ahead", fmt.Sprintf("p%d", 2*far+1))
+	if rec, _ := f.connected(); rec {
+		t.Fatal("resume from a position an hour ahead: recovered")
+	}
+	id := publish(t, a.hub, "NEXT", "ahead")
+	for _, cl := range []*client{x, r, f} {
+		if got := cl.waitEvents(1); got[len(got)-1].ID != id {
+			t.Fatalf("got %v, want %s last", idsOf(got), id)
+		}
+	}
+}
