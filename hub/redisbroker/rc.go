@@ -642,10 +642,34 @@ func (r *rcState) handle(it rcItem) {
 	heap.Push(&r.heap, it)
 }
 
-// resync runs the hub's Resync once every master is subscribed again,
-// before anything else is delivered, and makes the node ready.
+// resync runs the hub's Resync once every master is subscribed again and
+// the cluster serves every slot (after a master came back the cluster may
+// still answer CLUSTERDOWN for a while, and a Resync then would close every
+// connection for want of its history), before anything else is delivered,
+// and makes the node ready.
 func (r *rcState) resync() {
 	b := r.b
+	for failures := 0; ; failures++ {
+		if failures > 0 && !b.sleep(backoff(failures)) {
+			return
+		}
+		ok := true
+		for _, m := range r.view {
+			ctx, cancel := context.WithTimeout(b.ctx, b.opts.PublishTimeout)
+			err := rcTickScript.Run(ctx, b.client, []string{m.tickCh}).Err()
+			cancel()
+			if err != nil {
+				if failures == 0 {
+					b.log.Info("redis cluster not serving every slot yet; waiting to resync", "err", err)
+				}
+				ok = false
+				break
+			}
+		}
+		if ok {
+			break
+		}
+	}
 	ctx, cancel := context.WithTimeout(b.ctx, resyncTimeout)
 	b.recv.Resync(ctx)
 	cancel()
@@ -1342,9 +1366,17 @@ func (b *Broker) rcSampleClocks(ctx context.Context, client redis.UniversalClien
 	var best int64
 	first := true
 	err := cc.ForEachMaster(ctx, func(ctx context.Context, c *redis.Client) error {
-		rt, err := c.Time(ctx).Result()
-		if err != nil {
+		var tc *redis.TimeCmd
+		var ic *redis.StringCmd
+		if _, err := c.Pipelined(ctx, func(p redis.Pipeliner) error {
+			tc, ic = p.Time(ctx), p.ClusterInfo(ctx)
+			return nil
+		}); err != nil {
 			return err
+		}
+		rt := tc.Val()
+		if st := clusterState(ic.Val()); st != "ok" {
+			return fmt.Errorf("%s: cluster_state:%s", c.Options().Addr, st)
 		}
 		off := rt.UnixMicro() - b.clock.micros(time.Now())
 		mu.Lock()
@@ -1361,6 +1393,16 @@ func (b *Broker) rcSampleClocks(ctx context.Context, client redis.UniversalClien
 	b.clock.off = best
 	b.clock.mu.Unlock()
 	return nil
+}
+
+// clusterState reads cluster_state from CLUSTER INFO.
+func clusterState(info string) string {
+	for _, line := range strings.Split(info, "\n") {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), "cluster_state:"); ok {
+			return v
+		}
+	}
+	return "unknown"
 }
 
 // keySlot is the hash slot of a key or channel (its hash tag's, if any).

@@ -270,6 +270,13 @@ func TestClusterMasterKilled(t *testing.T) {
 	hubtest.Eventually(t, 15*time.Second, "nodes not ready", func() bool {
 		return a.broker.Ready() != nil && b.broker.Ready() != nil
 	})
+	// the other masters flag it failing: the cluster refuses every slot
+	// (CLUSTERDOWN), and keeps refusing for a moment after it is back
+	other := rc.NodeClient((lost + 1) % 3)
+	hubtest.Eventually(t, 15*time.Second, "cluster_state:fail", func() bool {
+		info, err := other.ClusterInfo(bg(t)).Result()
+		return err == nil && strings.Contains(info, "cluster_state:fail")
+	})
 	if _, err := a.hub.Publish(bg(t), []string{users[lost]}, "DURING", nil); !errors.Is(err, hub.ErrUnavailable) && !errors.Is(err, hub.ErrOutcomeUnknown) {
 		t.Fatalf("publish to a user of the killed master: %v, want unavailable", err)
 	}

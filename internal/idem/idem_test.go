@@ -36,9 +36,12 @@ func stores(t *testing.T) map[string][2]Store[value] {
 	u := hubtest.RedisURL(t)
 	c, prefix := hubtest.RedisClient(t, u), hubtest.RedisPrefix(t, u)
 	m := NewMemory[value](10)
+	rc := hubtest.StartRedisCluster(t, 3).Client()
 	return map[string][2]Store[value]{
 		"memory": {m, m},
 		"redis":  {NewRedis[value](c, prefix, "t"), NewRedis[value](c, prefix, "t")},
+		// a key's value and claim share a slot (the claim script needs both)
+		"redis-cluster": {NewRedis[value](rc, "hub:", "t"), NewRedis[value](rc, "hub:", "t")},
 	}
 }
 
@@ -98,19 +101,19 @@ func TestRedisLayout(t *testing.T) {
 	c, prefix := hubtest.RedisClient(t, u), hubtest.RedisPrefix(t, u)
 	s := NewRedis[value](c, prefix, "api")
 	mustClaim(t, s, "k", time.Minute, true)
-	if c.Exists(ctx, prefix+"idem:api:c:k").Val() != 1 {
+	if c.Exists(ctx, prefix+"idem:api:c:"+tag("k")+"k").Val() != 1 {
 		t.Fatal("no claim key")
 	}
 	if err := s.Put(ctx, "k", value{N: 1}, time.Minute); err != nil {
 		t.Fatal(err)
 	}
-	if c.Exists(ctx, prefix+"idem:api:c:k").Val() != 0 {
+	if c.Exists(ctx, prefix+"idem:api:c:"+tag("k")+"k").Val() != 0 {
 		t.Error("the claim outlived Put")
 	}
-	if ttl := c.PTTL(ctx, prefix+"idem:api:o:k").Val(); ttl <= 0 || ttl > time.Minute {
+	if ttl := c.PTTL(ctx, prefix+"idem:api:o:"+tag("k")+"k").Val(); ttl <= 0 || ttl > time.Minute {
 		t.Errorf("value TTL = %v, want in (0, 1m]", ttl)
 	}
-	if got := c.Get(ctx, prefix+"idem:api:o:k").Val(); got != `{"n":1}` {
+	if got := c.Get(ctx, prefix+"idem:api:o:"+tag("k")+"k").Val(); got != `{"n":1}` {
 		t.Errorf("stored %q, want the JSON of the value", got)
 	}
 }

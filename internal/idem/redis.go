@@ -2,6 +2,8 @@ package idem
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -12,8 +14,10 @@ import (
 
 // Redis is the Store shared by the nodes of a cluster, so that a key
 // settled or in flight on one node is seen by all. Values are kept as JSON
-// under prefix+"idem:"+ns+":o:"+key and claims under
-// prefix+"idem:"+ns+":c:"+key, both with a TTL.
+// under prefix+"idem:"+ns+":o:{"+h+"}"+key and claims under
+// prefix+"idem:"+ns+":c:{"+h+"}"+key, both with a TTL; h (a hash of the
+// key) is a hash tag, so that a key's value and claim are in one slot of
+// a Redis Cluster, as the claim script needs.
 type Redis[V any] struct {
 	c                  redis.UniversalClient
 	valuePfx, claimPfx string
@@ -34,10 +38,19 @@ func NewRedis[V any](client redis.UniversalClient, prefix, ns string) *Redis[V] 
 	return &Redis[V]{c: client, valuePfx: prefix + "idem:" + ns + ":o:", claimPfx: prefix + "idem:" + ns + ":c:"}
 }
 
+// tag is the hash tag of key's value and claim.
+func tag(key string) string {
+	sum := sha256.Sum256([]byte(key))
+	return "{" + hex.EncodeToString(sum[:8]) + "}"
+}
+
+func (s *Redis[V]) value(key string) string { return s.valuePfx + tag(key) + key }
+func (s *Redis[V]) claim(key string) string { return s.claimPfx + tag(key) + key }
+
 // Get implements Store.
 func (s *Redis[V]) Get(ctx context.Context, key string) (V, bool, error) {
 	var v V
-	data, err := s.c.Get(ctx, s.valuePfx+key).Bytes()
+	data, err := s.c.Get(ctx, s.value(key)).Bytes()
 	if errors.Is(err, redis.Nil) {
 		return v, false, nil
 	}
@@ -52,7 +65,7 @@ func (s *Redis[V]) Get(ctx context.Context, key string) (V, bool, error) {
 
 // Claim implements Store.
 func (s *Redis[V]) Claim(ctx context.Context, key string, ttl time.Duration) (bool, error) {
-	n, err := claimScript.Run(ctx, s.c, []string{s.valuePfx + key, s.claimPfx + key}, max(ttl.Milliseconds(), 1)).Int()
+	n, err := claimScript.Run(ctx, s.c, []string{s.value(key), s.claim(key)}, max(ttl.Milliseconds(), 1)).Int()
 	if err != nil {
 		return false, fmt.Errorf("redis claim: %w", err)
 	}
@@ -67,8 +80,8 @@ func (s *Redis[V]) Put(ctx context.Context, key string, value V, ttl time.Durati
 		return fmt.Errorf("encode idempotency value: %w", err)
 	}
 	_, err = s.c.TxPipelined(ctx, func(p redis.Pipeliner) error {
-		p.Set(ctx, s.valuePfx+key, data, max(ttl, time.Millisecond))
-		p.Del(ctx, s.claimPfx+key)
+		p.Set(ctx, s.value(key), data, max(ttl, time.Millisecond))
+		p.Del(ctx, s.claim(key))
 		return nil
 	})
 	if err != nil {
@@ -79,7 +92,7 @@ func (s *Redis[V]) Put(ctx context.Context, key string, value V, ttl time.Durati
 
 // Release implements Store.
 func (s *Redis[V]) Release(ctx context.Context, key string) error {
-	if err := s.c.Del(ctx, s.claimPfx+key).Err(); err != nil {
+	if err := s.c.Del(ctx, s.claim(key)).Err(); err != nil {
 		return fmt.Errorf("redis release claim: %w", err)
 	}
 	return nil
