@@ -61,50 +61,66 @@ func getStatus(u, bearer string) (int, map[string]any) {
 	return doNoFatal(req)
 }
 
-// TestClusterThreeNodes runs three nodes on one Redis and checks, through
-// the assembled app, that publishing, broadcasting, resuming and
-// disconnecting work across nodes, and that stats and readiness report the
-// cluster.
+// TestClusterThreeNodes runs three nodes on each backend (backendNames:
+// one Redis, and a three-master Redis Cluster of the test's own) and
+// checks, through the assembled app, that publishing, broadcasting,
+// resuming and disconnecting work across nodes, that the devices counts
+// and the connections endpoint see every node, and that stats and
+// readiness report the cluster. On the Redis Cluster the users of each
+// subtest are spread over every master (backend.users).
 func TestClusterThreeNodes(t *testing.T) {
-	ru := clusterRedisURL(t)
+	for _, name := range backendNames {
+		t.Run(name, func(t *testing.T) { clusterThreeNodes(t, newBackend(t, name)) })
+	}
+}
+
+func clusterThreeNodes(t *testing.T, be backend) {
 	var nodes [3]*testHub
 	for i := range nodes {
-		nodes[i] = startNode(t, ru, fmt.Sprintf("node-%d", i+1), nil)
+		nodes[i] = be.node(t, fmt.Sprintf("node-%d", i+1), nil)
 	}
-	for i, n := range nodes {
-		hubtest.Eventually(t, 10*time.Second, fmt.Sprintf("node %d ready", i+1), func() bool {
-			st, _ := getStatus(n.URL+"/readyz", "")
-			return st == http.StatusOK
-		})
-	}
+	waitReady(t, nodes[:]...)
+
+	// First, while no other connection counts: the devices counts (of
+	// everyone's for all) and the connections endpoint, through every node.
+	t.Run("devices and connections across nodes", func(t *testing.T) {
+		testDevices(t, withAll(t, nodes[:]))
+	})
 
 	t.Run("publish reaches every node", func(t *testing.T) {
-		user := "cl-pub"
-		tok := nodes[0].token(user, time.Hour)
-		var devs []device
-		for i, tr := range []string{"websocket", "sse", "sse", "websocket"} {
-			n := nodes[i%3].with(t)
-			d := n.connect(tr, tok, "")
-			p := d.connected()
-			if p["node"] != n.Config.NodeName || p["recovered"] != false {
-				t.Fatalf("hub.connected on %s: %v", n.Config.NodeName, p)
+		users := be.users(t, "cl-pub", 3)
+		devs := map[string][]device{}
+		for _, user := range users {
+			tok := nodes[0].token(user, time.Hour)
+			for i, tr := range []string{"websocket", "sse", "sse", "websocket"} {
+				n := nodes[i%3].with(t)
+				d := n.connect(tr, tok, "")
+				p := d.connected()
+				if p["node"] != n.Config.NodeName || p["recovered"] != false {
+					t.Fatalf("hub.connected on %s: %v", n.Config.NodeName, p)
+				}
+				devs[user] = append(devs[user], d)
 			}
-			devs = append(devs, d)
 		}
-		var ids []string
+		// one publish names every user (on a cluster: a user on each master)
+		ids := map[string][]string{}
 		for i := range 5 {
-			ids = append(ids, nodes[0].with(t).publish("CLUSTER", i, user)[user])
+			for user, id := range nodes[i%3].with(t).publish("CLUSTER", i, users...) {
+				ids[user] = append(ids[user], id)
+			}
 		}
-		for i, d := range devs {
-			expectIDs(t, d, ids, fmt.Sprintf("device %d", i))
+		for _, user := range users {
+			for i, d := range devs[user] {
+				expectIDs(t, d, ids[user], fmt.Sprintf("%s's device %d", user, i))
+			}
 		}
 	})
 
 	t.Run("broadcast all from node 2", func(t *testing.T) {
 		var devs []device
-		for i := range 6 {
+		for i, user := range be.users(t, "cl-all", 6) {
 			n := nodes[i%3].with(t)
-			d := n.connect(transports[i%2], n.token(fmt.Sprintf("cl-all-%d", i), time.Hour), "")
+			d := n.connect(transports[i%2], n.token(user, time.Hour), "")
 			expectConnected(t, d, false, 0)
 			devs = append(devs, d)
 		}
@@ -115,8 +131,10 @@ func TestClusterThreeNodes(t *testing.T) {
 	})
 
 	t.Run("resume on another node", func(t *testing.T) {
-		for _, tr := range [][2]string{{"websocket", "sse"}, {"sse", "websocket"}, {"websocket", "websocket"}} {
-			user := "cl-resume-" + tr[0] + "-" + tr[1]
+		combos := [][2]string{{"websocket", "sse"}, {"sse", "websocket"}, {"websocket", "websocket"}}
+		users := be.users(t, "cl-resume", len(combos))
+		for j, tr := range combos {
+			user := users[j]
 			a, b, c := nodes[0].with(t), nodes[1].with(t), nodes[2].with(t)
 			tok := a.token(user, time.Hour)
 			d := a.connect(tr[0], tok, "")
@@ -140,8 +158,10 @@ func TestClusterThreeNodes(t *testing.T) {
 	})
 
 	t.Run("resume from a position on the same node and on another", func(t *testing.T) {
-		for _, tr := range [][3]string{{"websocket", "0", "1"}, {"sse", "0", "2"}, {"sse", "1", "1"}, {"websocket", "2", "2"}} {
-			user := "cl-pos-" + tr[0] + "-" + tr[1] + tr[2]
+		combos := [][3]string{{"websocket", "0", "1"}, {"sse", "0", "2"}, {"sse", "1", "1"}, {"websocket", "2", "2"}}
+		users := be.users(t, "cl-pos", len(combos))
+		for j, tr := range combos {
+			user := users[j]
 			from, to := nodes[tr[1][0]-'0'].with(t), nodes[tr[2][0]-'0'].with(t)
 			tok := from.token(user, time.Hour)
 			d := from.connect(tr[0], tok, "")
@@ -170,35 +190,36 @@ func TestClusterThreeNodes(t *testing.T) {
 	})
 
 	t.Run("disconnect through node 3", func(t *testing.T) {
-		user := "cl-disc"
-		a, b, c := nodes[0].with(t), nodes[1].with(t), nodes[2].with(t)
-		tok := a.token(user, time.Hour)
-		wa := a.mustWS(tok, "")
-		wa.connected()
-		sb := b.mustSSE(tok, "")
-		sb.connected()
-		wb := b.mustWS(tok, "")
-		wb.connected()
-		sc := c.mustSSE(tok, "")
-		sc.connected()
-		// every subscription is live once an event reaches all of them
-		id := a.publish("PING", nil, user)[user]
-		for i, d := range []device{wa, sb, wb, sc} {
-			expectIDs(t, d, []string{id}, fmt.Sprintf("device %d", i))
-		}
-		status, body := c.post("/api/users/"+user+"/disconnect", nil, map[string]string{"X-API-Key": hubtest.APIKey})
-		if status != http.StatusOK || body["closed"] != float64(1) {
-			t.Fatalf("disconnect on node 3: %d %v, want 200 {\"closed\":1}", status, body)
-		}
-		for i, w := range []*wsClient{wa, wb} {
-			if code, reason := w.closed(5 * time.Second); code != 4003 {
-				t.Fatalf("websocket %d: close %d %q, want 4003", i, code, reason)
+		for _, user := range be.users(t, "cl-disc", 3) {
+			a, b, c := nodes[0].with(t), nodes[1].with(t), nodes[2].with(t)
+			tok := a.token(user, time.Hour)
+			wa := a.mustWS(tok, "")
+			wa.connected()
+			sb := b.mustSSE(tok, "")
+			sb.connected()
+			wb := b.mustWS(tok, "")
+			wb.connected()
+			sc := c.mustSSE(tok, "")
+			sc.connected()
+			// every subscription is live once an event reaches all of them
+			id := a.publish("PING", nil, user)[user]
+			for i, d := range []device{wa, sb, wb, sc} {
+				expectIDs(t, d, []string{id}, fmt.Sprintf("%s's device %d", user, i))
 			}
-		}
-		for i, s := range []*sseClient{sb, sc} {
-			evs := s.waitEnd(5 * time.Second)
-			if len(evs) == 0 || evs[len(evs)-1].Type != "hub.closed" {
-				t.Fatalf("sse %d: stream ended with %v, want hub.closed", i, evs)
+			status, body := c.post("/api/users/"+user+"/disconnect", nil, map[string]string{"X-API-Key": hubtest.APIKey})
+			if status != http.StatusOK || body["closed"] != float64(1) {
+				t.Fatalf("disconnect %s on node 3: %d %v, want 200 {\"closed\":1}", user, status, body)
+			}
+			for i, w := range []*wsClient{wa, wb} {
+				if code, reason := w.closed(5 * time.Second); code != 4003 {
+					t.Fatalf("%s's websocket %d: close %d %q, want 4003", user, i, code, reason)
+				}
+			}
+			for i, s := range []*sseClient{sb, sc} {
+				evs := s.waitEnd(5 * time.Second)
+				if len(evs) == 0 || evs[len(evs)-1].Type != "hub.closed" {
+					t.Fatalf("%s's sse %d: stream ended with %v, want hub.closed", user, i, evs)
+				}
 			}
 		}
 	})

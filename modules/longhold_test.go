@@ -82,6 +82,7 @@ func TestLongHold(t *testing.T) {
 		{"sse", holdSSE},
 		{"nginx", holdNginx},
 		{"tls", holdTLS},
+		{"redis-cluster", holdRedisCluster},
 	}
 	var wg sync.WaitGroup
 	for _, route := range routes {
@@ -177,6 +178,7 @@ type holdItem struct {
 type holdRun struct {
 	t       *testing.T
 	th      *testHub
+	api     *testHub // publishes the late events (nil: th)
 	items   chan holdItem
 	stop    chan struct{}
 	wg      sync.WaitGroup
@@ -337,6 +339,15 @@ func (r *holdRun) run(p holdProfile) {
 	}
 }
 
+// apiHub is the node whose service API publishes the late events: api,
+// else th.
+func (r *holdRun) apiHub() *testHub {
+	if r.api != nil {
+		return r.api
+	}
+	return r.th
+}
+
 func (r *holdRun) since() time.Duration {
 	if r.start.IsZero() {
 		return 0
@@ -352,7 +363,7 @@ func (r *holdRun) late(typ string) {
 	for i, s := range r.streams {
 		users[i] = s.user
 	}
-	ids := r.th.publish(typ, map[string]any{"at": r.since().Round(time.Millisecond).String()}, users...)
+	ids := r.apiHub().publish(typ, map[string]any{"at": r.since().Round(time.Millisecond).String()}, users...)
 	r.await(typ, 10*time.Second, func(s *holdStream, e envelope) error {
 		if e.Type != typ || e.ID != ids[s.user] {
 			return fmt.Errorf("want %s %s", typ, ids[s.user])
