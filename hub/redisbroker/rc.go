@@ -966,7 +966,7 @@ type rcCall struct {
 // some calls published and others did not (or may not have), the outcome
 // is reported unknown: a retry with the same idempotency key completes it
 // (each user's marker answers for that user).
-func (b *Broker) rcPublish(ctx context.Context, mk func(id string, runBy int64, markerTTL time.Duration, key string) []rcCall, typ string, payload []byte, o hub.EventOptions, broadcast bool) (string, []int, error) {
+func (b *Broker) rcPublish(ctx context.Context, mk func(id string, runBy int64, markerTTL time.Duration, key string) []rcCall, typ string, o hub.EventOptions, broadcast bool) (string, []int, error) {
 	runBy, settle, deadline, err := b.publishBudget(ctx, typ, o)
 	if err != nil {
 		return "", nil, err
@@ -1024,10 +1024,10 @@ func (b *Broker) rcPublish(ctx context.Context, mk func(id string, runBy int64, 
 			published++
 		case err == nil && len(res) == 1 && res[0] == "late":
 			refused++
-			firstErr = cmp(firstErr, errLate)
+			firstErr = orErr(firstErr, errLate)
 		case err == nil:
 			refused++
-			firstErr = cmp(firstErr, fmt.Errorf("unexpected script answer %q", res))
+			firstErr = orErr(firstErr, fmt.Errorf("unexpected script answer %q", res))
 		default:
 			var rerr redis.Error
 			if !errors.As(err, &rerr) {
@@ -1038,7 +1038,7 @@ func (b *Broker) rcPublish(ctx context.Context, mk func(id string, runBy int64, 
 			} else {
 				unknown = append(unknown, i)
 			}
-			firstErr = cmp(firstErr, err)
+			firstErr = orErr(firstErr, err)
 		}
 	}
 	if len(unknown) > 0 && ctx.Err() == nil {
@@ -1102,7 +1102,8 @@ func moved(err error) bool {
 	return err != nil && (strings.HasPrefix(err.Error(), "MOVED ") || strings.HasPrefix(err.Error(), "ASK "))
 }
 
-func cmp(first, err error) error {
+// orErr returns first, or err when first is nil.
+func orErr(first, err error) error {
 	if first != nil {
 		return first
 	}
@@ -1134,7 +1135,7 @@ func (b *Broker) rcPublishUsers(ctx context.Context, users []string, typ string,
 		}
 		return calls
 	}
-	return b.rcPublish(ctx, mk, typ, payload, o, false)
+	return b.rcPublish(ctx, mk, typ, o, false)
 }
 
 func (b *Broker) rcPublishAll(ctx context.Context, typ string, payload []byte, ts time.Time, o hub.EventOptions) (string, int, error) {
@@ -1144,7 +1145,7 @@ func (b *Broker) rcPublishAll(ctx context.Context, typ string, payload []byte, t
 			args: b.rcArgs("", typ, payload, ts, runBy, markerTTL, o, 0),
 			keys: []string{b.rcAllMeta(), b.rcAllStream(), b.allSlotsKey(), marker, b.rcAllCh()}}}
 	}
-	id, devices, err := b.rcPublish(ctx, mk, typ, payload, o, true)
+	id, devices, err := b.rcPublish(ctx, mk, typ, o, true)
 	if err != nil {
 		return "", 0, err
 	}
