@@ -19,7 +19,7 @@ import (
 )
 
 // logTail is how much of the logs a failed test shows.
-const logTail = 8000
+const logTail = 8000000
 
 // App is a running modules.App. Its fields are set by Start and read only.
 type App struct {
