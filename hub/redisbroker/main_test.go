@@ -16,7 +16,7 @@ import (
 	"github.com/hubd/hub/internal/hubtest"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) { goleak.VerifyTestMain(stopsCluster{m}) }
 
 var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 
@@ -154,9 +154,4 @@ func idsOf(msgs []*hub.Message) []string {
 		out[i] = m.ID
 	}
 	return out
-}
-
-// redisbrokerOptions are startNode's broker options with a byte bound.
-func redisbrokerOptions(url, pfx, name string, size int, maxBytes int64) redisbroker.Options {
-	return redisbroker.Options{URL: url, Prefix: pfx, Node: name, HistorySize: size, HistoryTTL: time.Minute, HistoryMaxBytes: maxBytes}
 }

@@ -8,16 +8,16 @@ import (
 	"time"
 
 	"github.com/hubd/hub/hub"
-	"github.com/hubd/hub/hub/redisbroker"
 	"github.com/hubd/hub/internal/hubtest"
 )
 
 // startLimited starts a hub with a broker like startNode, with a per-user
 // connection limit and the broker's slot lifetime.
-func startLimited(t testing.TB, url, pfx, name string, perUser int, slotTTL time.Duration) node {
+func startLimited(t testing.TB, be backend, name string, perUser int, slotTTL time.Duration) node {
 	t.Helper()
-	return startWith(t,
-		redisbroker.Options{URL: url, Prefix: pfx, Node: name, HistorySize: 100, HistoryTTL: time.Minute, SlotTTL: slotTTL},
+	bo := be.options(name, 100, time.Minute)
+	bo.SlotTTL = slotTTL
+	return startWith(t, bo,
 		hub.Options{HistorySize: 100, HistoryTTL: time.Minute, MaxConnsPerUser: perUser, BrokerTimeout: 2 * time.Second, Node: name})
 }
 
@@ -41,91 +41,91 @@ func userLimit(err error) bool {
 // The per-user limit counts a user's connections on every node, WebSocket
 // and SSE together; a closed connection frees its slot for any node.
 func TestConnLimitAcrossNodes(t *testing.T) {
-	url := hubtest.RedisURL(t)
-	pfx := hubtest.RedisPrefix(t, url)
-	a := startLimited(t, url, pfx, "a", 2, 0)
-	b := startLimited(t, url, pfx, "b", 2, 0)
-	rc := hubtest.RedisClient(t, url)
+	eachBackend(t, func(t *testing.T, be backend) {
+		a := startLimited(t, be, "a", 2, 0)
+		b := startLimited(t, be, "b", 2, 0)
+		rc := be.client(t)
 
-	a1, err := register(t, a.hub, "u1", hub.TransportWebSocket)
-	if err != nil {
-		t.Fatalf("first connection: %v", err)
-	}
-	if _, err := register(t, a.hub, "u1", hub.TransportSSE); err != nil {
-		t.Fatalf("second connection: %v", err)
-	}
-	if n := rc.ZCard(bg(t), pfx+"uc:{u1}").Val(); n != 2 {
-		t.Fatalf("slots of u1 = %d, want 2", n)
-	}
-	for _, tr := range []string{hub.TransportWebSocket, hub.TransportSSE} {
-		if _, err := register(t, b.hub, "u1", tr); !userLimit(err) {
-			t.Fatalf("third connection (%s) on the other node: err %v, want the user limit", tr, err)
+		a1, err := register(t, a.hub, "u1", hub.TransportWebSocket)
+		if err != nil {
+			t.Fatalf("first connection: %v", err)
 		}
-	}
-	if n := b.hub.Stats().TotalConnections; n != 0 {
-		t.Fatalf("refused connections still counted on b: %d", n)
-	}
-	if _, err := register(t, b.hub, "u2", hub.TransportWebSocket); err != nil {
-		t.Fatalf("another user on b: %v", err)
-	}
+		if _, err := register(t, a.hub, "u1", hub.TransportSSE); err != nil {
+			t.Fatalf("second connection: %v", err)
+		}
+		if n := rc.ZCard(bg(t), be.pfx+"uc:{u1}").Val(); n != 2 {
+			t.Fatalf("slots of u1 = %d, want 2", n)
+		}
+		for _, tr := range []string{hub.TransportWebSocket, hub.TransportSSE} {
+			if _, err := register(t, b.hub, "u1", tr); !userLimit(err) {
+				t.Fatalf("third connection (%s) on the other node: err %v, want the user limit", tr, err)
+			}
+		}
+		if n := b.hub.Stats().TotalConnections; n != 0 {
+			t.Fatalf("refused connections still counted on b: %d", n)
+		}
+		if _, err := register(t, b.hub, "u2", hub.TransportWebSocket); err != nil {
+			t.Fatalf("another user on b: %v", err)
+		}
 
-	a.hub.Unregister(a1)
-	var b1 *hub.Conn
-	hubtest.Eventually(t, 15*time.Second, "b to accept u1 once a connection closed", func() bool {
-		c, err := register(t, b.hub, "u1", hub.TransportWebSocket)
-		if err != nil && !userLimit(err) {
-			t.Fatalf("register on b: %v", err)
+		a.hub.Unregister(a1)
+		var b1 *hub.Conn
+		hubtest.Eventually(t, 15*time.Second, "b to accept u1 once a connection closed", func() bool {
+			c, err := register(t, b.hub, "u1", hub.TransportWebSocket)
+			if err != nil && !userLimit(err) {
+				t.Fatalf("register on b: %v", err)
+			}
+			b1 = c
+			return err == nil
+		})
+		if _, err := register(t, a.hub, "u1", hub.TransportWebSocket); !userLimit(err) {
+			t.Fatalf("third connection back on a: err %v, want the user limit", err)
 		}
-		b1 = c
-		return err == nil
+		b.hub.Unregister(b1)
+		hubtest.Eventually(t, 15*time.Second, "the slot to be given back", func() bool { return rc.ZCard(bg(t), be.pfx+"uc:{u1}").Val() == 1 })
 	})
-	if _, err := register(t, a.hub, "u1", hub.TransportWebSocket); !userLimit(err) {
-		t.Fatalf("third connection back on a: err %v, want the user limit", err)
-	}
-	b.hub.Unregister(b1)
-	hubtest.Eventually(t, 15*time.Second, "the slot to be given back", func() bool { return rc.ZCard(bg(t), pfx+"uc:{u1}").Val() == 1 })
 }
 
 // The slots of a node that stopped without giving them back (a crash)
 // expire; those of a live node are renewed and do not.
 func TestSlotsOfStoppedNodeExpire(t *testing.T) {
-	url := hubtest.RedisURL(t)
-	pfx := hubtest.RedisPrefix(t, url)
-	const ttl = 900 * time.Millisecond
-	a := startLimited(t, url, pfx, "a", 2, ttl)
-	b := startLimited(t, url, pfx, "b", 2, ttl)
-	rc := hubtest.RedisClient(t, url)
-	for range 2 {
-		if _, err := register(t, a.hub, "u1", hub.TransportWebSocket); err != nil {
-			t.Fatal(err)
+	eachBackend(t, func(t *testing.T, be backend) {
+		const ttl = 900 * time.Millisecond
+		a := startLimited(t, be, "a", 2, ttl)
+		b := startLimited(t, be, "b", 2, ttl)
+		rc := be.client(t)
+		for range 2 {
+			if _, err := register(t, a.hub, "u1", hub.TransportWebSocket); err != nil {
+				t.Fatal(err)
+			}
 		}
-	}
-	redisNow := func() float64 {
-		tm, err := rc.Time(bg(t)).Result()
-		if err != nil {
-			t.Fatal(err)
+		redisNow := func() float64 {
+			tm, err := rc.Time(bg(t)).Result()
+			if err != nil {
+				t.Fatal(err)
+			}
+			return float64(tm.UnixMilli())
 		}
-		return float64(tm.UnixMilli())
-	}
-	first, err := rc.ZRangeWithScores(bg(t), pfx+"uc:{u1}", 0, -1).Result()
-	if err != nil || len(first) != 2 {
-		t.Fatalf("slots = %v, %v", first, err)
-	}
-	expiry := max(first[0].Score, first[1].Score)
-	hubtest.Eventually(t, 15*time.Second, "the first expiry to pass", func() bool { return redisNow() > expiry+float64(ttl/time.Millisecond) })
-	if _, err := register(t, b.hub, "u1", hub.TransportWebSocket); !userLimit(err) {
-		t.Fatalf("slots of a live node expired: err %v, want the user limit", err)
-	}
+		first, err := rc.ZRangeWithScores(bg(t), be.pfx+"uc:{u1}", 0, -1).Result()
+		if err != nil || len(first) != 2 {
+			t.Fatalf("slots = %v, %v", first, err)
+		}
+		expiry := max(first[0].Score, first[1].Score)
+		hubtest.Eventually(t, 15*time.Second, "the first expiry to pass", func() bool { return redisNow() > expiry+float64(ttl/time.Millisecond) })
+		if _, err := register(t, b.hub, "u1", hub.TransportWebSocket); !userLimit(err) {
+			t.Fatalf("slots of a live node expired: err %v, want the user limit", err)
+		}
 
-	if err := a.broker.Close(); err != nil { // a crash: nothing unregistered
-		t.Fatal(err)
-	}
-	hubtest.Eventually(t, 15*time.Second, "the stopped node's slots to expire", func() bool {
-		_, err := register(t, b.hub, "u1", hub.TransportWebSocket)
-		if err != nil && !userLimit(err) {
-			t.Fatalf("register on b: %v", err)
+		if err := a.broker.Close(); err != nil { // a crash: nothing unregistered
+			t.Fatal(err)
 		}
-		return err == nil
+		hubtest.Eventually(t, 15*time.Second, "the stopped node's slots to expire", func() bool {
+			_, err := register(t, b.hub, "u1", hub.TransportWebSocket)
+			if err != nil && !userLimit(err) {
+				t.Fatalf("register on b: %v", err)
+			}
+			return err == nil
+		})
 	})
 }
 
@@ -133,7 +133,7 @@ func TestSlotsOfStoppedNodeExpire(t *testing.T) {
 // unavailable, not as over the limit.
 func TestAcquireUnavailable(t *testing.T) {
 	px := hubtest.StartProxy(t, hubtest.StartRedisServer(t).Addr())
-	a := startLimited(t, "redis://"+px.Addr()+"/0", "hub:", "a", 2, 0)
+	a := startLimited(t, backend{url: "redis://" + px.Addr() + "/0", pfx: "hub:"}, "a", 2, 0)
 	px.Cut()
 	_, err := register(t, a.hub, "u1", hub.TransportWebSocket)
 	if !errors.Is(err, hub.ErrUnavailable) || errors.Is(err, hub.ErrTooManyConnections) {
