@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"os"
 	"strings"
 	"sync"
@@ -277,4 +278,132 @@ func (be backend) isPosition(s string) bool {
 		return strings.HasPrefix(s, "p")
 	}
 	return strings.HasSuffix(s, "p")
+}
+
+// cutSetup is a node a, a publisher p and two users, u1 and u2, for a
+// test that cuts a off from its backend while p goes on publishing: cut
+// and restore do it (the test then waits for a's Ready). publish
+// publishes through p, first restoring when the backend refuses it (on a
+// cluster the cut cannot last long, see eachCut).
+type cutSetup struct {
+	cluster       bool // on a cluster (eachCut)
+	a, p          node
+	u1, u2        string
+	cut, restore  func()
+	restored      bool
+	publishFailed int
+}
+
+// publish publishes to users through p (a broadcast when users is nil)
+// and returns the id; a refusal restores the backend first (at most
+// once), then it tries again until the backend takes it.
+func (s *cutSetup) publish(t *testing.T, users []string, typ string, payload json.RawMessage) string {
+	t.Helper()
+	var id string
+	hubtest.Eventually(t, 30*time.Second, "a publish through p", func() bool {
+		var err error
+		if users == nil {
+			id, err = s.p.hub.Broadcast(bg(t), typ, payload)
+		} else {
+			var evs []hub.UserEvent
+			evs, err = s.p.hub.Publish(bg(t), users, typ, payload)
+			if err == nil {
+				id = evs[0].ID
+			}
+		}
+		if err != nil {
+			s.publishFailed++
+			if !s.restored {
+				s.restore()
+			}
+		}
+		return err == nil
+	})
+	return id
+}
+
+// doRestore is restore, once.
+func (s *cutSetup) doRestore() {
+	if !s.restored {
+		s.restore()
+	}
+}
+
+// restoreWhile is doRestore, calling poll all along (a device's queue is
+// bounded: one that is not read while a cluster's master restarts, which
+// takes seconds, may be closed as a slow consumer).
+func (s *cutSetup) restoreWhile(t *testing.T, poll func()) {
+	t.Helper()
+	done := make(chan struct{})
+	go func() { defer close(done); s.doRestore() }()
+	hubtest.Eventually(t, 60*time.Second, "the backend restored", func() bool {
+		poll()
+		select {
+		case <-done:
+			return true
+		default:
+			return false
+		}
+	})
+}
+
+// eachCut runs f as subtest "redis" and "cluster", side by side, each on
+// a backend of its own:
+//
+//   - redis: a Redis server of the test's own; node a reaches it through a
+//     proxy, which cut cuts (every connection dropped, new ones refused) and
+//     restore restores; p reaches it directly.
+//   - cluster: a three-master cluster of the test's own; cut kills a
+//     master that holds neither u1's nor u2's keys nor the broadcasts'
+//     (every node's subscription to it is lost, so a is not ready), and
+//     restore starts it again (empty, rejoining its slots). p's health
+//     probe does not run (HealthInterval of an hour), so that p goes on
+//     publishing to the masters that are up, until the cluster itself
+//     turns to fail (ClusterNodeTimeout after the kill): publish then
+//     restores, and the rest is published after the restart.
+//
+// The test runs in parallel with the other tests that do (each has its own
+// Redis; restarting a master takes seconds of waiting).
+func eachCut(t *testing.T, size int, f func(t *testing.T, s *cutSetup)) {
+	t.Parallel()
+	t.Run("redis", func(t *testing.T) {
+		t.Parallel()
+		rs := hubtest.StartRedisServer(t)
+		px := hubtest.StartProxy(t, rs.Addr())
+		s := &cutSetup{
+			a:  startNode(t, "redis://"+px.Addr()+"/0", "hub:", "a", size, time.Minute),
+			p:  startNode(t, rs.URL(), "hub:", "p", size, time.Minute),
+			u1: "u1", u2: "u2",
+			cut: px.Cut,
+		}
+		s.restore = func() { px.Restore(); s.restored = true }
+		f(t, s)
+	})
+	t.Run("cluster", func(t *testing.T) {
+		t.Parallel()
+		rc := hubtest.StartRedisCluster(t, 3)
+		be := backend{url: rc.URL(), pfx: "hub:", rc: rc}
+		m := (rc.MasterOf("{all}") + 1) % 3
+		userOff := func(pfx string) string {
+			for i := 0; ; i++ {
+				if u := fmt.Sprintf("%s%d", pfx, i); rc.MasterOf("{"+u+"}") != m {
+					return u
+				}
+			}
+		}
+		po := be.options("p", size, time.Minute)
+		po.HealthInterval = time.Hour
+		s := &cutSetup{
+			cluster: true,
+			a:       be.node(t, "a", size, time.Minute),
+			p:       startWith(t, po, hub.Options{HistorySize: size, HistoryTTL: time.Minute, Node: "p"}),
+			u1:      userOff("u"), u2: userOff("v"),
+			cut: func() { rc.Kill(m) },
+		}
+		s.restore = func() { rc.Start(m); s.restored = true }
+		f(t, s)
+		if s.publishFailed > 0 {
+			t.Logf("%d publishes through p refused during the cut (the cluster failed before they were made)", s.publishFailed)
+		}
+	})
 }

@@ -146,55 +146,40 @@ func TestAcquireUnavailable(t *testing.T) {
 
 // A connection that has received nothing yet when the node loses Redis
 // still gets, once the node is back, every event published meanwhile by
-// another node, in order, exactly once, then the live ones.
+// another node, in order, exactly once, then the live ones. (On a cluster
+// the node loses one master: eachCut.)
 func TestResyncFreshConnection(t *testing.T) {
-	rs := hubtest.StartRedisServer(t)
-	px := hubtest.StartProxy(t, rs.Addr())
-	a := startNode(t, "redis://"+px.Addr()+"/0", "hub:", "a", 1000, time.Minute)
-	p := startNode(t, rs.URL(), "hub:", "p", 1000, time.Minute)
-	// an event before the connection: not for it
-	if _, err := p.hub.Publish(bg(t), []string{"u1"}, "E", json.RawMessage(`-1`)); err != nil {
-		t.Fatal(err)
-	}
-	cl := connect(t, a.hub, "u1", "")
-	if rec, missed := cl.connected(); rec || missed != 0 {
-		t.Fatalf("hub.connected recovered=%v missed=%d", rec, missed)
-	}
-
-	px.Cut()
-	hubtest.Eventually(t, 15*time.Second, "Ready to fail", func() bool { return a.broker.Ready() != nil })
-	var want []string
-	for k := range 6 {
-		var id string
-		if k == 3 {
-			var err error
-			if id, err = p.hub.Broadcast(bg(t), "B", json.RawMessage(`3`)); err != nil {
-				t.Fatal(err)
-			}
-		} else {
-			evs, err := p.hub.Publish(bg(t), []string{"u1", "u2"}, "E", json.RawMessage(strconv.Itoa(k)))
-			if err != nil {
-				t.Fatal(err)
-			}
-			id = evs[0].ID
+	eachCut(t, 1000, func(t *testing.T, s *cutSetup) {
+		a := s.a
+		// an event before the connection: not for it
+		s.publish(t, []string{s.u1}, "E", json.RawMessage(`-1`))
+		cl := connect(t, a.hub, s.u1, "")
+		if rec, missed := cl.connected(); rec || missed != 0 {
+			t.Fatalf("hub.connected recovered=%v missed=%d", rec, missed)
 		}
-		want = append(want, id)
-	}
-	px.Restore()
-	hubtest.Eventually(t, 15*time.Second, "Ready again", func() bool { return a.broker.Ready() == nil })
-	live, err := p.hub.Publish(bg(t), []string{"u1"}, "E", json.RawMessage(`6`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	want = append(want, live[0].ID)
 
-	got := idsOf(cl.waitEvents(len(want)))
-	if cl.end != nil {
-		t.Fatalf("connection closed: %v", *cl.end)
-	}
-	if !equal(got, want) {
-		t.Fatalf("events %v, want %v", got, want)
-	}
+		s.cut()
+		hubtest.Eventually(t, 15*time.Second, "Ready to fail", func() bool { return a.broker.Ready() != nil })
+		var want []string
+		for k := range 6 {
+			if k == 3 {
+				want = append(want, s.publish(t, nil, "B", json.RawMessage(`3`)))
+			} else {
+				want = append(want, s.publish(t, []string{s.u1, s.u2}, "E", json.RawMessage(strconv.Itoa(k))))
+			}
+		}
+		s.doRestore()
+		hubtest.Eventually(t, 30*time.Second, "Ready again", func() bool { return a.broker.Ready() == nil })
+		want = append(want, s.publish(t, []string{s.u1}, "E", json.RawMessage(`6`)))
+
+		got := idsOf(cl.waitEvents(len(want)))
+		if cl.end != nil {
+			t.Fatalf("connection closed: %v", *cl.end)
+		}
+		if !equal(got, want) {
+			t.Fatalf("events %v, want %v", got, want)
+		}
+	})
 }
 
 func equal(a, b []string) bool {
