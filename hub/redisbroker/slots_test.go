@@ -130,18 +130,38 @@ func TestSlotsOfStoppedNodeExpire(t *testing.T) {
 }
 
 // A broker failure while taking a slot refuses the connection as
-// unavailable, not as over the limit.
+// unavailable, not as over the limit: on one server Redis cut off, on a
+// cluster the user's master killed (a cluster of the test's own).
 func TestAcquireUnavailable(t *testing.T) {
-	px := hubtest.StartProxy(t, hubtest.StartRedisServer(t).Addr())
-	a := startLimited(t, backend{url: "redis://" + px.Addr() + "/0", pfx: "hub:"}, "a", 2, 0)
-	px.Cut()
-	_, err := register(t, a.hub, "u1", hub.TransportWebSocket)
-	if !errors.Is(err, hub.ErrUnavailable) || errors.Is(err, hub.ErrTooManyConnections) {
-		t.Fatalf("register during a cut: err %v, want ErrUnavailable", err)
+	t.Parallel() // its own Redis
+	check := func(t *testing.T, a node, user string) {
+		_, err := register(t, a.hub, user, hub.TransportWebSocket)
+		if !errors.Is(err, hub.ErrUnavailable) || errors.Is(err, hub.ErrTooManyConnections) {
+			t.Fatalf("register during a cut: err %v, want ErrUnavailable", err)
+		}
+		if n := a.hub.Stats().TotalConnections; n != 0 {
+			t.Fatalf("failed connection still counted: %d", n)
+		}
 	}
-	if n := a.hub.Stats().TotalConnections; n != 0 {
-		t.Fatalf("failed connection still counted: %d", n)
-	}
+	t.Run("redis", func(t *testing.T) {
+		t.Parallel()
+		px := hubtest.StartProxy(t, hubtest.StartRedisServer(t).Addr())
+		a := startLimited(t, backend{url: "redis://" + px.Addr() + "/0", pfx: "hub:"}, "a", 2, 0)
+		px.Cut()
+		check(t, a, "u1")
+	})
+	t.Run("cluster", func(t *testing.T) {
+		t.Parallel()
+		rc := hubtest.StartRedisCluster(t, 3)
+		a := startLimited(t, backend{url: rc.URL(), pfx: "hub:", rc: rc}, "a", 2, 0)
+		m := rc.MasterOf("{u1}")
+		rc.Kill(m)
+		check(t, a, "u1")
+		// back, so that no dial to it is still being retried (go-redis
+		// retries a failed dial in the background, once a second) when
+		// the run ends and goleak looks
+		rc.Start(m)
+	})
 }
 
 // A connection that has received nothing yet when the node loses Redis
