@@ -382,7 +382,7 @@ func eachCut(t *testing.T, size int, f func(t *testing.T, s *cutSetup)) {
 	t.Run("cluster", func(t *testing.T) {
 		t.Parallel()
 		rc := hubtest.StartRedisCluster(t, 3)
-		be := backend{url: rc.URL(), pfx: "hub:", rc: rc}
+		be := backend{url: rc.URL(), pfx: clusterPrefix(t, rc), rc: rc} // a prefix of its own: HUB_REDIS_CLUSTER_URL may name a shared cluster
 		m := (rc.MasterOf("{all}") + 1) % 3
 		userOff := func(pfx string) string {
 			for i := 0; ; i++ {

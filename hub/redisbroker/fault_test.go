@@ -222,7 +222,7 @@ func TestRedisRestart(t *testing.T) {
 	t.Run("cluster", func(t *testing.T) {
 		t.Parallel()
 		rc := hubtest.StartRedisCluster(t, 3)
-		be := backend{url: rc.URL(), pfx: "hub:", rc: rc}
+		be := backend{url: rc.URL(), pfx: clusterPrefix(t, rc), rc: rc} // a prefix of its own: HUB_REDIS_CLUSTER_URL may name a shared cluster
 		a := be.node(t, "a", 100, time.Minute)
 		m := rc.MasterOf("{u1}")
 		redisRestart(t, a, "u1", func() { rc.Kill(m) }, func() { rc.Start(m) })

@@ -153,7 +153,7 @@ func TestAcquireUnavailable(t *testing.T) {
 	t.Run("cluster", func(t *testing.T) {
 		t.Parallel()
 		rc := hubtest.StartRedisCluster(t, 3)
-		a := startLimited(t, backend{url: rc.URL(), pfx: "hub:", rc: rc}, "a", 2, 0)
+		a := startLimited(t, backend{url: rc.URL(), pfx: clusterPrefix(t, rc), rc: rc}, "a", 2, 0)
 		m := rc.MasterOf("{u1}")
 		rc.Kill(m)
 		check(t, a, "u1")
