@@ -16,7 +16,7 @@ import (
 	"github.com/hubd/hub/internal/hubtest"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) { goleak.VerifyTestMain(stopsCluster{m}) }
 
 var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 
@@ -81,23 +81,31 @@ type client struct {
 	t    testing.TB
 	h    *hub.Hub
 	c    *hub.Conn
+	sink *sink
 	msgs []*hub.Message
-	end  *hub.Reason
+	end  *hub.Reason // the close asked for, or the abort (a slow consumer)
 }
 
 func connect(t testing.TB, h *hub.Hub, user, last string) *client {
 	t.Helper()
-	c, err := h.Register(hub.ConnInfo{UserID: user, Transport: hub.TransportWebSocket, LastEventID: last}, &sink{})
+	sk := &sink{}
+	c, err := h.Register(hub.ConnInfo{UserID: user, Transport: hub.TransportWebSocket, LastEventID: last}, sk)
 	if err != nil {
 		t.Fatalf("Register(%s): %v", user, err)
 	}
-	cl := &client{t: t, h: h, c: c}
+	cl := &client{t: t, h: h, c: c, sink: sk}
 	t.Cleanup(func() { h.Unregister(c) })
 	return cl
 }
 
 // poll moves what is queued into cl.msgs.
 func (cl *client) poll() {
+	cl.sink.mu.Lock()
+	if len(cl.sink.aborts) > 0 && cl.end == nil {
+		r := cl.sink.aborts[0]
+		cl.end = &r
+	}
+	cl.sink.mu.Unlock()
 	for {
 		n := len(cl.msgs)
 		var r *hub.Reason
@@ -154,9 +162,4 @@ func idsOf(msgs []*hub.Message) []string {
 		out[i] = m.ID
 	}
 	return out
-}
-
-// redisbrokerOptions are startNode's broker options with a byte bound.
-func redisbrokerOptions(url, pfx, name string, size int, maxBytes int64) redisbroker.Options {
-	return redisbroker.Options{URL: url, Prefix: pfx, Node: name, HistorySize: size, HistoryTTL: time.Minute, HistoryMaxBytes: maxBytes}
 }

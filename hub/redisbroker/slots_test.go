@@ -8,16 +8,16 @@ import (
 	"time"
 
 	"github.com/hubd/hub/hub"
-	"github.com/hubd/hub/hub/redisbroker"
 	"github.com/hubd/hub/internal/hubtest"
 )
 
 // startLimited starts a hub with a broker like startNode, with a per-user
 // connection limit and the broker's slot lifetime.
-func startLimited(t testing.TB, url, pfx, name string, perUser int, slotTTL time.Duration) node {
+func startLimited(t testing.TB, be backend, name string, perUser int, slotTTL time.Duration) node {
 	t.Helper()
-	return startWith(t,
-		redisbroker.Options{URL: url, Prefix: pfx, Node: name, HistorySize: 100, HistoryTTL: time.Minute, SlotTTL: slotTTL},
+	bo := be.options(name, 100, time.Minute)
+	bo.SlotTTL = slotTTL
+	return startWith(t, bo,
 		hub.Options{HistorySize: 100, HistoryTTL: time.Minute, MaxConnsPerUser: perUser, BrokerTimeout: 2 * time.Second, Node: name})
 }
 
@@ -41,160 +41,165 @@ func userLimit(err error) bool {
 // The per-user limit counts a user's connections on every node, WebSocket
 // and SSE together; a closed connection frees its slot for any node.
 func TestConnLimitAcrossNodes(t *testing.T) {
-	url := hubtest.RedisURL(t)
-	pfx := hubtest.RedisPrefix(t, url)
-	a := startLimited(t, url, pfx, "a", 2, 0)
-	b := startLimited(t, url, pfx, "b", 2, 0)
-	rc := hubtest.RedisClient(t, url)
+	eachBackend(t, func(t *testing.T, be backend) {
+		a := startLimited(t, be, "a", 2, 0)
+		b := startLimited(t, be, "b", 2, 0)
+		rc := be.client(t)
 
-	a1, err := register(t, a.hub, "u1", hub.TransportWebSocket)
-	if err != nil {
-		t.Fatalf("first connection: %v", err)
-	}
-	if _, err := register(t, a.hub, "u1", hub.TransportSSE); err != nil {
-		t.Fatalf("second connection: %v", err)
-	}
-	if n := rc.ZCard(bg(t), pfx+"uc:{u1}").Val(); n != 2 {
-		t.Fatalf("slots of u1 = %d, want 2", n)
-	}
-	for _, tr := range []string{hub.TransportWebSocket, hub.TransportSSE} {
-		if _, err := register(t, b.hub, "u1", tr); !userLimit(err) {
-			t.Fatalf("third connection (%s) on the other node: err %v, want the user limit", tr, err)
+		a1, err := register(t, a.hub, "u1", hub.TransportWebSocket)
+		if err != nil {
+			t.Fatalf("first connection: %v", err)
 		}
-	}
-	if n := b.hub.Stats().TotalConnections; n != 0 {
-		t.Fatalf("refused connections still counted on b: %d", n)
-	}
-	if _, err := register(t, b.hub, "u2", hub.TransportWebSocket); err != nil {
-		t.Fatalf("another user on b: %v", err)
-	}
+		if _, err := register(t, a.hub, "u1", hub.TransportSSE); err != nil {
+			t.Fatalf("second connection: %v", err)
+		}
+		if n := rc.ZCard(bg(t), be.pfx+"uc:{u1}").Val(); n != 2 {
+			t.Fatalf("slots of u1 = %d, want 2", n)
+		}
+		for _, tr := range []string{hub.TransportWebSocket, hub.TransportSSE} {
+			if _, err := register(t, b.hub, "u1", tr); !userLimit(err) {
+				t.Fatalf("third connection (%s) on the other node: err %v, want the user limit", tr, err)
+			}
+		}
+		if n := b.hub.Stats().TotalConnections; n != 0 {
+			t.Fatalf("refused connections still counted on b: %d", n)
+		}
+		if _, err := register(t, b.hub, "u2", hub.TransportWebSocket); err != nil {
+			t.Fatalf("another user on b: %v", err)
+		}
 
-	a.hub.Unregister(a1)
-	var b1 *hub.Conn
-	hubtest.Eventually(t, 15*time.Second, "b to accept u1 once a connection closed", func() bool {
-		c, err := register(t, b.hub, "u1", hub.TransportWebSocket)
-		if err != nil && !userLimit(err) {
-			t.Fatalf("register on b: %v", err)
+		a.hub.Unregister(a1)
+		var b1 *hub.Conn
+		hubtest.Eventually(t, 15*time.Second, "b to accept u1 once a connection closed", func() bool {
+			c, err := register(t, b.hub, "u1", hub.TransportWebSocket)
+			if err != nil && !userLimit(err) {
+				t.Fatalf("register on b: %v", err)
+			}
+			b1 = c
+			return err == nil
+		})
+		if _, err := register(t, a.hub, "u1", hub.TransportWebSocket); !userLimit(err) {
+			t.Fatalf("third connection back on a: err %v, want the user limit", err)
 		}
-		b1 = c
-		return err == nil
+		b.hub.Unregister(b1)
+		hubtest.Eventually(t, 15*time.Second, "the slot to be given back", func() bool { return rc.ZCard(bg(t), be.pfx+"uc:{u1}").Val() == 1 })
 	})
-	if _, err := register(t, a.hub, "u1", hub.TransportWebSocket); !userLimit(err) {
-		t.Fatalf("third connection back on a: err %v, want the user limit", err)
-	}
-	b.hub.Unregister(b1)
-	hubtest.Eventually(t, 15*time.Second, "the slot to be given back", func() bool { return rc.ZCard(bg(t), pfx+"uc:{u1}").Val() == 1 })
 }
 
 // The slots of a node that stopped without giving them back (a crash)
 // expire; those of a live node are renewed and do not.
 func TestSlotsOfStoppedNodeExpire(t *testing.T) {
-	url := hubtest.RedisURL(t)
-	pfx := hubtest.RedisPrefix(t, url)
-	const ttl = 900 * time.Millisecond
-	a := startLimited(t, url, pfx, "a", 2, ttl)
-	b := startLimited(t, url, pfx, "b", 2, ttl)
-	rc := hubtest.RedisClient(t, url)
-	for range 2 {
-		if _, err := register(t, a.hub, "u1", hub.TransportWebSocket); err != nil {
-			t.Fatal(err)
+	eachBackend(t, func(t *testing.T, be backend) {
+		const ttl = 900 * time.Millisecond
+		a := startLimited(t, be, "a", 2, ttl)
+		b := startLimited(t, be, "b", 2, ttl)
+		rc := be.client(t)
+		for range 2 {
+			if _, err := register(t, a.hub, "u1", hub.TransportWebSocket); err != nil {
+				t.Fatal(err)
+			}
 		}
-	}
-	redisNow := func() float64 {
-		tm, err := rc.Time(bg(t)).Result()
-		if err != nil {
-			t.Fatal(err)
+		redisNow := func() float64 {
+			tm, err := rc.Time(bg(t)).Result()
+			if err != nil {
+				t.Fatal(err)
+			}
+			return float64(tm.UnixMilli())
 		}
-		return float64(tm.UnixMilli())
-	}
-	first, err := rc.ZRangeWithScores(bg(t), pfx+"uc:{u1}", 0, -1).Result()
-	if err != nil || len(first) != 2 {
-		t.Fatalf("slots = %v, %v", first, err)
-	}
-	expiry := max(first[0].Score, first[1].Score)
-	hubtest.Eventually(t, 15*time.Second, "the first expiry to pass", func() bool { return redisNow() > expiry+float64(ttl/time.Millisecond) })
-	if _, err := register(t, b.hub, "u1", hub.TransportWebSocket); !userLimit(err) {
-		t.Fatalf("slots of a live node expired: err %v, want the user limit", err)
-	}
+		first, err := rc.ZRangeWithScores(bg(t), be.pfx+"uc:{u1}", 0, -1).Result()
+		if err != nil || len(first) != 2 {
+			t.Fatalf("slots = %v, %v", first, err)
+		}
+		expiry := max(first[0].Score, first[1].Score)
+		hubtest.Eventually(t, 15*time.Second, "the first expiry to pass", func() bool { return redisNow() > expiry+float64(ttl/time.Millisecond) })
+		if _, err := register(t, b.hub, "u1", hub.TransportWebSocket); !userLimit(err) {
+			t.Fatalf("slots of a live node expired: err %v, want the user limit", err)
+		}
 
-	if err := a.broker.Close(); err != nil { // a crash: nothing unregistered
-		t.Fatal(err)
-	}
-	hubtest.Eventually(t, 15*time.Second, "the stopped node's slots to expire", func() bool {
-		_, err := register(t, b.hub, "u1", hub.TransportWebSocket)
-		if err != nil && !userLimit(err) {
-			t.Fatalf("register on b: %v", err)
+		if err := a.broker.Close(); err != nil { // a crash: nothing unregistered
+			t.Fatal(err)
 		}
-		return err == nil
+		hubtest.Eventually(t, 15*time.Second, "the stopped node's slots to expire", func() bool {
+			_, err := register(t, b.hub, "u1", hub.TransportWebSocket)
+			if err != nil && !userLimit(err) {
+				t.Fatalf("register on b: %v", err)
+			}
+			return err == nil
+		})
 	})
 }
 
 // A broker failure while taking a slot refuses the connection as
-// unavailable, not as over the limit.
+// unavailable, not as over the limit: on one server Redis cut off, on a
+// cluster the user's master killed (a cluster of the test's own).
 func TestAcquireUnavailable(t *testing.T) {
-	px := hubtest.StartProxy(t, hubtest.StartRedisServer(t).Addr())
-	a := startLimited(t, "redis://"+px.Addr()+"/0", "hub:", "a", 2, 0)
-	px.Cut()
-	_, err := register(t, a.hub, "u1", hub.TransportWebSocket)
-	if !errors.Is(err, hub.ErrUnavailable) || errors.Is(err, hub.ErrTooManyConnections) {
-		t.Fatalf("register during a cut: err %v, want ErrUnavailable", err)
+	t.Parallel() // its own Redis
+	check := func(t *testing.T, a node, user string) {
+		_, err := register(t, a.hub, user, hub.TransportWebSocket)
+		if !errors.Is(err, hub.ErrUnavailable) || errors.Is(err, hub.ErrTooManyConnections) {
+			t.Fatalf("register during a cut: err %v, want ErrUnavailable", err)
+		}
+		if n := a.hub.Stats().TotalConnections; n != 0 {
+			t.Fatalf("failed connection still counted: %d", n)
+		}
 	}
-	if n := a.hub.Stats().TotalConnections; n != 0 {
-		t.Fatalf("failed connection still counted: %d", n)
-	}
+	t.Run("redis", func(t *testing.T) {
+		t.Parallel()
+		px := hubtest.StartProxy(t, hubtest.StartRedisServer(t).Addr())
+		a := startLimited(t, backend{url: "redis://" + px.Addr() + "/0", pfx: "hub:"}, "a", 2, 0)
+		px.Cut()
+		check(t, a, "u1")
+	})
+	t.Run("cluster", func(t *testing.T) {
+		t.Parallel()
+		rc := hubtest.StartRedisCluster(t, 3)
+		a := startLimited(t, backend{url: rc.URL(), pfx: clusterPrefix(t, rc), rc: rc}, "a", 2, 0)
+		m := rc.MasterOf("{u1}")
+		rc.Kill(m)
+		check(t, a, "u1")
+		// back, so that no dial to it is still being retried (go-redis
+		// retries a failed dial in the background, once a second) when
+		// the run ends and goleak looks
+		rc.Start(m)
+	})
 }
 
 // A connection that has received nothing yet when the node loses Redis
 // still gets, once the node is back, every event published meanwhile by
-// another node, in order, exactly once, then the live ones.
+// another node, in order, exactly once, then the live ones. (On a cluster
+// the node loses one master: eachCut.)
 func TestResyncFreshConnection(t *testing.T) {
-	rs := hubtest.StartRedisServer(t)
-	px := hubtest.StartProxy(t, rs.Addr())
-	a := startNode(t, "redis://"+px.Addr()+"/0", "hub:", "a", 1000, time.Minute)
-	p := startNode(t, rs.URL(), "hub:", "p", 1000, time.Minute)
-	// an event before the connection: not for it
-	if _, err := p.hub.Publish(bg(t), []string{"u1"}, "E", json.RawMessage(`-1`)); err != nil {
-		t.Fatal(err)
-	}
-	cl := connect(t, a.hub, "u1", "")
-	if rec, missed := cl.connected(); rec || missed != 0 {
-		t.Fatalf("hub.connected recovered=%v missed=%d", rec, missed)
-	}
-
-	px.Cut()
-	hubtest.Eventually(t, 15*time.Second, "Ready to fail", func() bool { return a.broker.Ready() != nil })
-	var want []string
-	for k := range 6 {
-		var id string
-		if k == 3 {
-			var err error
-			if id, err = p.hub.Broadcast(bg(t), "B", json.RawMessage(`3`)); err != nil {
-				t.Fatal(err)
-			}
-		} else {
-			evs, err := p.hub.Publish(bg(t), []string{"u1", "u2"}, "E", json.RawMessage(strconv.Itoa(k)))
-			if err != nil {
-				t.Fatal(err)
-			}
-			id = evs[0].ID
+	eachCut(t, 1000, func(t *testing.T, s *cutSetup) {
+		a := s.a
+		// an event before the connection: not for it
+		s.publish(t, []string{s.u1}, "E", json.RawMessage(`-1`))
+		cl := connect(t, a.hub, s.u1, "")
+		if rec, missed := cl.connected(); rec || missed != 0 {
+			t.Fatalf("hub.connected recovered=%v missed=%d", rec, missed)
 		}
-		want = append(want, id)
-	}
-	px.Restore()
-	hubtest.Eventually(t, 15*time.Second, "Ready again", func() bool { return a.broker.Ready() == nil })
-	live, err := p.hub.Publish(bg(t), []string{"u1"}, "E", json.RawMessage(`6`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	want = append(want, live[0].ID)
 
-	got := idsOf(cl.waitEvents(len(want)))
-	if cl.end != nil {
-		t.Fatalf("connection closed: %v", *cl.end)
-	}
-	if !equal(got, want) {
-		t.Fatalf("events %v, want %v", got, want)
-	}
+		s.cut()
+		hubtest.Eventually(t, 15*time.Second, "Ready to fail", func() bool { return a.broker.Ready() != nil })
+		var want []string
+		for k := range 6 {
+			if k == 3 {
+				want = append(want, s.publish(t, nil, "B", json.RawMessage(`3`)))
+			} else {
+				want = append(want, s.publish(t, []string{s.u1, s.u2}, "E", json.RawMessage(strconv.Itoa(k))))
+			}
+		}
+		s.doRestore()
+		hubtest.Eventually(t, 30*time.Second, "Ready again", func() bool { return a.broker.Ready() == nil })
+		want = append(want, s.publish(t, []string{s.u1}, "E", json.RawMessage(`6`)))
+
+		got := idsOf(cl.waitEvents(len(want)))
+		if cl.end != nil {
+			t.Fatalf("connection closed: %v", *cl.end)
+		}
+		if !equal(got, want) {
+			t.Fatalf("events %v, want %v", got, want)
+		}
+	})
 }
 
 func equal(a, b []string) bool {
