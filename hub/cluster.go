@@ -456,14 +456,14 @@ func (h *Hub) Resumable(lastID string) bool {
 	if lastID == "" || len(lastID) > MaxIDLen {
 		return false
 	}
+	if ub := h.userOrder(); ub != nil {
+		return ub.ValidID(lastID)
+	}
 	epoch, seq, ok := parsePosition(lastID)
 	if !ok {
 		if epoch, seq, ok = ParseID(lastID); !ok {
 			return false
 		}
-	}
-	if ub := h.userOrder(); ub != nil {
-		return ub.ValidID(lastID)
 	}
 	known, last := h.opts.Epoch, h.seq.Load()
 	if h.opts.Broker != nil {

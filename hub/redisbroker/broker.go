@@ -416,6 +416,13 @@ func (b *Broker) newClient(noRetry bool, pool int) redis.UniversalClient {
 	if b.copts != nil {
 		o := *b.copts
 		tune(&o.ContextTimeoutEnabled, &o.MaxRetries, &o.PoolSize)
+		if noRetry {
+			// no second try on another node either: a master that refuses
+			// the connection fails the call at once, sent nowhere (a
+			// MOVED answer also means not run, and go-redis reloads the
+			// slots for the next call)
+			o.MaxRedirects = -1
+		}
 		return redis.NewClusterClient(&o)
 	}
 	o := *b.ropts

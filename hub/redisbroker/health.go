@@ -85,13 +85,15 @@ func (b *Broker) sampleClock(ctx context.Context, client redis.UniversalClient) 
 }
 
 // healthLoop probes Redis every HealthInterval with TIME (bounded by
-// PublishTimeout), and at once when a connection to Redis failed (kick),
+// PublishTimeout; on a cluster every master, with its cluster_state), at
+// most DefaultHealthInterval apart while the last probe failed, and at once
+// when a connection to Redis failed (kick),
 // and keeps the outcome for Ready and for the publishes, which fail at
 // once, sending nothing, while Redis does not answer. Each answer is also a
 // clock sample and a reading of the cluster's epoch and sequence.
 func (b *Broker) healthLoop() {
 	defer b.wg.Done()
-	t := time.NewTicker(b.opts.HealthInterval)
+	t := time.NewTimer(b.opts.HealthInterval)
 	defer t.Stop()
 	for {
 		select {
@@ -105,6 +107,14 @@ func (b *Broker) healthLoop() {
 			return
 		}
 		b.setHealth(err)
+		// while Redis fails, probe again soon whatever the interval: a
+		// node must not refuse publishes for longer than Redis does
+		next := b.opts.HealthInterval
+		if err != nil {
+			next = min(next, DefaultHealthInterval)
+		}
+		t.Stop()
+		t.Reset(next)
 	}
 }
 

@@ -169,9 +169,6 @@ func TestKeyedSupersede(t *testing.T) {
 			}
 		}
 
-		if be.cluster() {
-			t.Skip("cluster: the id index (ui:{user}) is trimmed to the newest 2*HistorySize ids, so keyed and volatile events push out ids of events the stream still holds (and of superseded ones after them), whose resume is then not recovered; reported")
-		}
 		cl := connect(t, b.hub, "u1", start)
 		if rec, missed := cl.connected(); !rec || missed != len(want) {
 			t.Fatalf("resume: recovered %v missed %d, want true %d", rec, missed, len(want))
@@ -248,10 +245,6 @@ func TestVolatile(t *testing.T) {
 			t.Fatal(err)
 		}
 		froms := []string{first[0].ID, typing[0], typing[9]}
-		knownBug := ""
-		if be.cluster() {
-			froms, knownBug = froms[2:], "cluster: the id index (ui:{user}) is trimmed to the newest 2*HistorySize ids, so keyed and volatile events push out ids of events the stream still holds (and of superseded ones after them), whose resume is then not recovered; reported"
-		}
 		for _, from := range froms {
 			cl := connect(t, b.hub, "u1", from)
 			if rec, missed := cl.connected(); !rec || missed != 1 {
@@ -295,9 +288,6 @@ func TestVolatile(t *testing.T) {
 			if rec, missed := cl.connected(); !rec || missed != 0 {
 				t.Fatalf("ghost from %s: recovered %v missed %d", from, rec, missed)
 			}
-		}
-		if knownBug != "" {
-			t.Skip(knownBug)
 		}
 	})
 }
@@ -364,16 +354,11 @@ func TestKeyedBound(t *testing.T) {
 		// complete (an id no stream holds any more cannot be proven young
 		// enough); on a cluster its key tells its age, and everything after
 		// it is held.
-		knownBug := ""
-		if be.cluster() { // the checks of the else run on both once the bug is fixed
-			knownBug = "cluster: the id index (ui:{user}) is trimmed to the newest 2*HistorySize ids, so keyed and volatile events push out ids of events the stream still holds (and of superseded ones after them), whose resume is then not recovered; reported"
-		} else {
-			if ids, ok := resume(start, 4); be.cluster() != ok || (ok && !slices.Equal(ids, want)) {
-				t.Fatalf("from the dropped START event: %v %v", ids, ok)
-			}
-			if ids, ok := resume(firstUpdate, 4); !ok || !slices.Equal(ids, want) {
-				t.Fatalf("from a superseded update: %v %v; want %v", ids, ok, want)
-			}
+		if ids, ok := resume(start, 4); be.cluster() != ok || (ok && !slices.Equal(ids, want)) {
+			t.Fatalf("from the dropped START event: %v %v", ids, ok)
+		}
+		if ids, ok := resume(firstUpdate, 4); !ok || !slices.Equal(ids, want) {
+			t.Fatalf("from a superseded update: %v %v; want %v", ids, ok, want)
 		}
 		k4, err := n.hub.Publish(bg(t), []string{"u1"}, "T", nil, hub.Keyed("draft:4"))
 		if err != nil {
@@ -401,9 +386,6 @@ func TestKeyedBound(t *testing.T) {
 			if _, ok := st[f]; !ok {
 				t.Fatalf("state hash %v, want %v and 4 keys", st, fields)
 			}
-		}
-		if knownBug != "" {
-			t.Skip(knownBug)
 		}
 	})
 }

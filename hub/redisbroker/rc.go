@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/base32"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"slices"
@@ -74,6 +75,8 @@ type rcState struct {
 	down       int // masters whose Pub/Sub connection is not subscribed
 	seq        uint64
 	rebuilding bool
+	waiting    uint64 // the wait for the cluster to serve every slot ('C'), 0: none
+	waits      uint64
 }
 
 // rcMaster is one master and this node's Pub/Sub connection to it.
@@ -110,7 +113,7 @@ type rcOp struct {
 type rcItem struct {
 	m    *rcMaster
 	sess uint64
-	kind byte // 'e' event, 't' tick, 'x' connection lost, 'r' subscribed again, 'M' slots moved, 'T' new layout subscribed
+	kind byte // 'e' event, 't' tick, 'x' connection lost, 'r' subscribed again, 'M' slots moved, 'T' new layout subscribed, 'C' the cluster serves every slot
 	topo uint64
 	view []*rcMaster // 'T'
 	raw  uint64
@@ -593,7 +596,17 @@ func (r *rcState) handle(it rcItem) {
 			m.cur, m.up, m.wm, m.inflight = m.sess, true, 0, false
 		}
 		r.down = 0
-		r.resync()
+		r.awaitCluster()
+		return
+	case 'C':
+		if it.sess != r.waiting {
+			return // a wait that was overtaken
+		}
+		r.waiting = 0
+		r.down--
+		if r.down == 0 {
+			r.resync()
+		}
 		return
 	}
 	if m.topo != r.viewTopo || r.rebuilding {
@@ -619,8 +632,8 @@ func (r *rcState) handle(it rcItem) {
 		m.cur, m.up, m.wm = it.sess, true, 0
 		r.down--
 		if r.down == 0 {
-			b.log.Info("redis pubsub connections back; resyncing")
-			r.resync()
+			b.log.Info("redis pubsub connections back; resyncing once the cluster serves every slot")
+			r.awaitCluster()
 		}
 		return
 	}
@@ -642,34 +655,51 @@ func (r *rcState) handle(it rcItem) {
 	heap.Push(&r.heap, it)
 }
 
-// resync runs the hub's Resync once every master is subscribed again and
-// the cluster serves every slot (after a master came back the cluster may
-// still answer CLUSTERDOWN for a while, and a Resync then would close every
-// connection for want of its history), before anything else is delivered,
-// and makes the node ready.
-func (r *rcState) resync() {
+// awaitCluster counts one more master down (nothing is delivered, what
+// comes is dropped: the Resync reads it) until every master serves its
+// slots: after a master came back the cluster may answer CLUSTERDOWN for a
+// while, and a Resync then would close every connection for want of its
+// history. A goroutine ticks every master until all answer, then hands 'C'
+// to the merge loop, which resyncs.
+func (r *rcState) awaitCluster() {
 	b := r.b
-	for failures := 0; ; failures++ {
-		if failures > 0 && !b.sleep(backoff(failures)) {
-			return
-		}
-		ok := true
-		for _, m := range r.view {
-			ctx, cancel := context.WithTimeout(b.ctx, b.opts.PublishTimeout)
-			err := rcTickScript.Run(ctx, b.client, []string{m.tickCh}).Err()
-			cancel()
-			if err != nil {
-				if failures == 0 {
-					b.log.Info("redis cluster not serving every slot yet; waiting to resync", "err", err)
+	r.waits++
+	r.waiting = r.waits
+	r.down++
+	view, gen := r.view, r.waits
+	b.wg.Add(1)
+	go func() {
+		defer b.wg.Done()
+		for failures := 0; ; failures++ {
+			if failures > 0 && !b.sleep(backoff(failures)) {
+				return
+			}
+			ok := true
+			for _, m := range view {
+				ctx, cancel := context.WithTimeout(b.ctx, b.opts.PublishTimeout)
+				err := rcTickScript.Run(ctx, b.client, []string{m.tickCh}).Err()
+				cancel()
+				if err != nil {
+					if failures == 0 {
+						b.log.Info("redis cluster not serving every slot yet; waiting to resync", "err", err)
+					}
+					ok = false
+					break
 				}
-				ok = false
-				break
+			}
+			if ok {
+				r.send(rcItem{kind: 'C', sess: gen})
+				return
 			}
 		}
-		if ok {
-			break
-		}
-	}
+	}()
+}
+
+// resync runs the hub's Resync once every master is subscribed again and
+// the cluster serves every slot, before anything else is delivered, and
+// makes the node ready.
+func (r *rcState) resync() {
+	b := r.b
 	ctx, cancel := context.WithTimeout(b.ctx, resyncTimeout)
 	b.recv.Resync(ctx)
 	cancel()
@@ -1014,7 +1044,7 @@ func (b *Broker) rcPublish(ctx context.Context, mk func(id string, runBy int64, 
 
 	answers := make([]string, len(calls))
 	var unknown []int
-	published, refused := 0, 0
+	published, refused, conflicts := 0, 0, 0
 	var firstErr error
 	for i, c := range cmds {
 		res, err := c.StringSlice()
@@ -1022,6 +1052,9 @@ func (b *Broker) rcPublish(ctx context.Context, mk func(id string, runBy int64, 
 		case err == nil && len(res) == 2 && (res[0] == "ok" || res[0] == "dup"):
 			answers[i] = res[1]
 			published++
+		case err == nil && len(res) == 2 && res[0] == "conflict":
+			conflicts++
+			firstErr = orErr(firstErr, errors.New("the idempotency key was used earlier for a publish to other users"))
 		case err == nil && len(res) == 1 && res[0] == "late":
 			refused++
 			firstErr = orErr(firstErr, errLate)
@@ -1076,13 +1109,17 @@ func (b *Broker) rcPublish(ctx context.Context, mk func(id string, runBy int64, 
 	case published == len(calls):
 	case published == 0 && len(unknown) == 0:
 		return "", nil, fmt.Errorf("not published: %w", firstErr)
+	case conflicts > 0 && len(unknown) == 0:
+		// an idempotency key used again for more users: the new ones got it
+		return "", nil, fmt.Errorf("%w: %v (published to %d of %d users)", hub.ErrOutcomeUnknown, firstErr, published, len(calls))
 	default:
 		return "", nil, fmt.Errorf("%w: %d of %d published, %d unknown: %v", hub.ErrOutcomeUnknown, published, len(calls), len(unknown), firstErr)
 	}
 	devices := make([]int, len(calls))
 	outID := ""
 	for i, a := range answers {
-		aid, count, ok := strings.Cut(a, ";")
+		aid, rest, ok := strings.Cut(a, ";")
+		count, _, _ := strings.Cut(rest, ";")
 		d, err := strconv.Atoi(count)
 		if !ok || err != nil || d < 0 {
 			return "", nil, fmt.Errorf("publish answer %q is not an id and a count", a)
@@ -1110,8 +1147,25 @@ func orErr(first, err error) error {
 	return err
 }
 
+// rcSignature names the users of a publish (their number and a hash of
+// them, in order), so that an idempotency key used again for other users
+// is refused rather than answered by each user's marker alone.
+func rcSignature(users []string) string {
+	h := sha256.New()
+	for _, u := range users {
+		h.Write([]byte(u))
+		h.Write([]byte{0})
+	}
+	return strconv.Itoa(len(users)) + ":" + hex.EncodeToString(h.Sum(nil)[:8])
+}
+
+// rcIndexBound is the most ids a user's id index keeps: the stream's
+// entries plus superseded and volatile events' ids, sixteen times the
+// history's length (at least 1,024; about 80 bytes each).
+func rcIndexBound(size int) int { return max(16*size, 1024) }
+
 // rcArgs are a publish script's arguments after the id (rc_scripts.go).
-func (b *Broker) rcArgs(id, typ string, payload []byte, ts time.Time, runBy int64, markerTTL time.Duration, o hub.EventOptions, parity int) []any {
+func (b *Broker) rcArgs(id, typ string, payload []byte, ts time.Time, runBy int64, markerTTL time.Duration, o hub.EventOptions, parity int, sig string) []any {
 	volatile := "0"
 	if o.Volatile {
 		volatile = "1"
@@ -1121,13 +1175,13 @@ func (b *Broker) rcArgs(id, typ string, payload []byte, ts time.Time, runBy int6
 	}
 	return []any{id, b.opts.HistorySize, b.opts.HistoryTTL.Milliseconds(), typ, string(payload),
 		ts.UTC().Format(hub.TimeFormat), ts.UnixMilli(), runBy, markerTTL.Milliseconds(),
-		b.opts.HistoryMaxBytes, o.Key, volatile, parity}
+		b.opts.HistoryMaxBytes, o.Key, volatile, parity, rcIndexBound(b.opts.HistorySize), sig}
 }
 
 func (b *Broker) rcPublishUsers(ctx context.Context, users []string, typ string, payload []byte, ts time.Time, o hub.EventOptions) (string, []int, error) {
 	mk := func(id string, runBy int64, markerTTL time.Duration, mkey string) []rcCall {
 		calls := make([]rcCall, len(users))
-		args := b.rcArgs(id, typ, payload, ts, runBy, markerTTL, o, 1)
+		args := b.rcArgs(id, typ, payload, ts, runBy, markerTTL, o, 1, rcSignature(users))
 		for i, u := range users {
 			marker := b.userKey("pk", u) + ":" + mkey
 			calls[i] = rcCall{script: rcPublishUserScript, marker: marker, args: args,
@@ -1142,7 +1196,7 @@ func (b *Broker) rcPublishAll(ctx context.Context, typ string, payload []byte, t
 	mk := func(id string, runBy int64, markerTTL time.Duration, mkey string) []rcCall {
 		marker := b.opts.Prefix + "pk:{all}:" + mkey
 		return []rcCall{{script: rcPublishAllScript, marker: marker,
-			args: b.rcArgs("", typ, payload, ts, runBy, markerTTL, o, 0),
+			args: b.rcArgs("", typ, payload, ts, runBy, markerTTL, o, 0, "all"),
 			keys: []string{b.rcAllMeta(), b.rcAllStream(), b.allSlotsKey(), marker, b.rcAllCh()}}}
 	}
 	id, devices, err := b.rcPublish(ctx, mk, typ, o, true)

@@ -89,11 +89,17 @@ end
 //	ARGV[6] timestamp as written  ARGV[7] timestamp ms  ARGV[8] deadline
 //	(Redis clock, microseconds)  ARGV[9] marker TTL ms  ARGV[10] max bytes
 //	ARGV[11] coalescing key  ARGV[12] "1": volatile  ARGV[13] parity (1:
-//	a user's event, 0: a broadcast)
+//	a user's event, 0: a broadcast)  ARGV[14] the id index's bound
+//	ARGV[15] the publish's signature (its users), kept in the marker: a
+//	marker of another signature answers {"conflict", marker}
 const rcPublishHead = `
 local marker, ch = KEYS[#KEYS - 1], KEYS[#KEYS]
 local done = redis.call('GET', marker)
 if done then
+  -- the same key for another publish (other users): refused
+  if string.match(done, ';([^;]*)$') ~= ARGV[15] then
+    return {'conflict', done}
+  end
   return {'dup', done}
 end
 local tm = redis.call('TIME')
@@ -140,11 +146,13 @@ end
 // rcPublishUserScript publishes one event to one user: keys as
 // rcPublishHead with KEYS[3] the id index (a sorted set of the ids of the
 // user's events scored by their keys, so that an id shared by the
-// recipients of one publish resolves to each one's key) and KEYS[4] the
-// user's connection slots. The message on the channel is
+// recipients of one publish resolves to each one's key: superseded and
+// volatile events keep theirs, trimmed with the stream's floor and TTL and
+// at most ARGV[14] of them) and KEYS[4] the user's connection slots. The message on the channel is
 // "e\n<now>\n<key>\n<id>\n<type>\n<ts ms>\n<frame>" (now: Redis's clock
 // when the script ran, what lets a node order it with other masters'
-// events). It returns {"ok"|"dup", "<id>;<live slots>"} or {"late"}.
+// events). It returns {"ok"|"dup", "<id>;<live slots>;<signature>"},
+// {"conflict", marker} or {"late"}.
 var rcPublishUserScript = redis.NewScript(rcAppendLua + rcPublishHead + `
 local index = KEYS[3]
 if maxlen > 0 then
@@ -155,7 +163,18 @@ if maxlen > 0 then
   if minkey > 0 then
     redis.call('ZREMRANGEBYSCORE', index, '-inf', '(' .. string.format('%d', minkey))
   end
-  redis.call('ZREMRANGEBYRANK', index, 0, -(2 * maxlen + 1))
+  -- keyed and volatile events add ids without entries: past the index's
+  -- own bound the oldest ids go, and the floor rises to the newest of them
+  -- (a resume from before it is no longer provable)
+  local over = redis.call('ZCARD', index) - tonumber(ARGV[14])
+  if over > 0 then
+    local gone = redis.call('ZRANGE', index, over - 1, over - 1, 'WITHSCORES')
+    redis.call('ZREMRANGEBYRANK', index, 0, over - 1)
+    local f = tonumber(redis.call('HGET', meta, 'f') or '0')
+    if gone[2] and tonumber(gone[2]) > f then
+      redis.call('HSET', meta, 'f', gone[2])
+    end
+  end
 end
 if ttl > 0 then
   redis.call('PEXPIRE', meta, ttl)
@@ -166,7 +185,7 @@ elseif maxlen == 0 then
 end
 redis.call('SPUBLISH', ch, 'e\n' .. string.format('%d', now) .. '\n' .. ks .. '\n' .. id .. '\n' .. ARGV[4] .. '\n' .. ARGV[7] .. '\n' .. frame)
 local devices = redis.call('ZCOUNT', KEYS[4], '(' .. string.format('%d', math.floor(now / 1000)), '+inf')
-local answer = id .. ';' .. devices
+local answer = id .. ';' .. devices .. ';' .. ARGV[15]
 redis.call('SET', marker, answer, 'PX', ARGV[9])
 return {'ok', answer}
 `)
@@ -180,7 +199,7 @@ if ttl > 0 and maxlen > 0 then
 end
 redis.call('SPUBLISH', ch, 'e\n' .. string.format('%d', now) .. '\n' .. ks .. '\n' .. id .. '\n' .. ARGV[4] .. '\n' .. ARGV[7] .. '\n' .. frame)
 local devices = redis.call('ZCOUNT', KEYS[3], '(' .. string.format('%d', math.floor(now / 1000)), '+inf')
-local answer = id .. ';' .. devices
+local answer = id .. ';' .. devices .. ';' .. ARGV[15]
 redis.call('SET', marker, answer, 'PX', ARGV[9])
 return {'ok', answer}
 `)
