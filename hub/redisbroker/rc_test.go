@@ -4,8 +4,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -522,6 +524,80 @@ func TestClusterKeysAhead(t *testing.T) {
 	for _, cl := range []*client{x, r, f} {
 		if got := cl.waitEvents(1); got[len(got)-1].ID != id {
 			t.Fatalf("got %v, want %s last", idsOf(got), id)
+		}
+	}
+}
+
+// A master that stops answering without closing anything (SIGSTOP, shorter
+// than the cluster's node timeout): each node's Pub/Sub connection to it
+// goes silent, is found by its unanswered ping, and the node is not ready;
+// once the master continues, the nodes subscribe again and resync. Events
+// acknowledged to users of the other masters meanwhile reach every device
+// exactly once, in order, and no device is closed.
+func TestClusterMasterStalled(t *testing.T) {
+	rc := hubtest.StartRedisCluster(t, 3)
+	pfx := fmt.Sprintf("st%d:", time.Now().UnixNano()%1e9)
+	var ns []node
+	var logs hubtest.Buffer
+	for _, name := range []string{"a", "b"} {
+		bo := redisbroker.Options{URL: rc.URL(), Cluster: true, Prefix: pfx, Node: name, HistorySize: 1000, HistoryTTL: time.Minute,
+			PingInterval: 200 * time.Millisecond, PublishTimeout: 300 * time.Millisecond}
+		if name == "a" {
+			bo.Logger = slog.New(slog.NewTextHandler(&logs, nil))
+		}
+		ns = append(ns, startWith(t, bo, hub.Options{HistorySize: 1000, HistoryTTL: time.Minute, Node: name}))
+	}
+	a, b := ns[0], ns[1]
+	stalled := (rc.MasterOf("{all}") + 1) % 3
+	var users []string
+	for m, u := range usersOn(t, rc, "w", 3) {
+		if m != stalled {
+			users = append(users, u)
+		}
+	}
+	var devices []*client
+	for _, u := range users {
+		d := connect(t, a.hub, u, "")
+		d.connected()
+		devices = append(devices, d)
+	}
+	var want []string
+	pub := func() {
+		t.Helper()
+		typ := fmt.Sprintf("E%d", len(want))
+		if _, err := b.hub.Publish(bg(t), users, typ, nil); err != nil {
+			if errors.Is(err, hub.ErrOutcomeUnknown) {
+				t.Fatalf("publish %s: outcome unknown", typ)
+			}
+			return // refused: nothing published
+		}
+		want = append(want, typ)
+	}
+	pub()
+	rc.Node(stalled).Signal(syscall.SIGSTOP)
+	stopped := true
+	defer func() {
+		if stopped {
+			rc.Node(stalled).Signal(syscall.SIGCONT)
+		}
+	}()
+	hubtest.Eventually(t, 10*time.Second, "node a to find its connection to the master silent", func() bool {
+		pub()
+		return a.broker.Ready() != nil && strings.Contains(logs.String(), "no answer to a ping")
+	})
+	pub()
+	rc.Node(stalled).Signal(syscall.SIGCONT)
+	stopped = false
+	hubtest.Eventually(t, 30*time.Second, "nodes ready again", func() bool {
+		return a.broker.Ready() == nil && b.broker.Ready() == nil
+	})
+	pub()
+	for _, d := range devices {
+		if got := typesOf(d.waitEvents(len(want))); !slices.Equal(got, want) {
+			t.Fatalf("got %v, want %v", got, want)
+		}
+		if d.end != nil {
+			t.Fatalf("device closed: %v", *d.end)
 		}
 	}
 }
