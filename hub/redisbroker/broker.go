@@ -764,8 +764,23 @@ func parseEntry(e any) (*hub.Message, error) {
 	if !ok || len(a) != 2 {
 		return nil, fmt.Errorf("unexpected stream entry %T", e)
 	}
-	fields, _ := a[1].([]any)
-	var frame, t, key string
+	frame, t, key := entryFields(a[1])
+	id, typ, err := envelopeIDType(frame)
+	if err != nil {
+		return nil, err
+	}
+	_, seq, ok := hub.ParseID(id)
+	if !ok {
+		return nil, fmt.Errorf("stream entry id %q", id)
+	}
+	ms, _ := strconv.ParseInt(t, 10, 64)
+	return hub.NewMessage(id, seq, typ, hub.EventOptions{Key: key}, []byte(frame), time.UnixMilli(ms)), nil
+}
+
+// entryFields reads a stream entry's fields: the envelope (f), its time in
+// Unix milliseconds (t) and its coalescing key (k, "" for none).
+func entryFields(v any) (frame, t, key string) {
+	fields, _ := v.([]any)
 	for i := 0; i+1 < len(fields); i += 2 {
 		k, _ := fields[i].(string)
 		v, _ := fields[i+1].(string)
@@ -778,16 +793,7 @@ func parseEntry(e any) (*hub.Message, error) {
 			key = v
 		}
 	}
-	id, typ, err := envelopeIDType(frame)
-	if err != nil {
-		return nil, err
-	}
-	_, seq, ok := hub.ParseID(id)
-	if !ok {
-		return nil, fmt.Errorf("stream entry id %q", id)
-	}
-	ms, _ := strconv.ParseInt(t, 10, 64)
-	return hub.NewMessage(id, seq, typ, hub.EventOptions{Key: key}, []byte(frame), time.UnixMilli(ms)), nil
+	return frame, t, key
 }
 
 // envelopeIDType reads an envelope's id and type.

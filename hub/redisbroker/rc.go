@@ -1316,20 +1316,7 @@ func rcParseEntries(entries []any) ([]*hub.Message, error) {
 		if err != nil {
 			return nil, fmt.Errorf("stream entry id %q", sid)
 		}
-		fields, _ := a[1].([]any)
-		var frame, t, ckey string
-		for i := 0; i+1 < len(fields); i += 2 {
-			k, _ := fields[i].(string)
-			v, _ := fields[i+1].(string)
-			switch k {
-			case "f":
-				frame = v
-			case "t":
-				t = v
-			case "k":
-				ckey = v
-			}
-		}
+		frame, t, ckey := entryFields(a[1])
 		id, typ, err := envelopeIDType(frame)
 		if err != nil {
 			return nil, err

@@ -87,21 +87,6 @@ func typesOf(msgs []*hub.Message) []string {
 	return out
 }
 
-// positionOf returns the position of the client's hub.connected.
-func (cl *client) position() string {
-	cl.t.Helper()
-	cl.connected()
-	var env struct {
-		Payload struct {
-			Position string `json:"position"`
-		} `json:"payload"`
-	}
-	if err := json.Unmarshal(cl.msgs[0].Frame, &env); err != nil {
-		cl.t.Fatal(err)
-	}
-	return env.Payload.Position
-}
-
 // On a three-master cluster with three hub nodes, users on every master:
 // a user's devices on two nodes get every event published through any
 // node, its own and the broadcasts, with the same ids and in the same
@@ -123,7 +108,7 @@ func TestClusterThreeNodes(t *testing.T) {
 	}
 	// a fresh device elsewhere, which keeps its position
 	fresh := connect(t, c.hub, users[0], "")
-	pos := fresh.position()
+	pos := connectedPosition(fresh)
 	if !strings.HasPrefix(pos, "p") {
 		t.Fatalf("position %q", pos)
 	}
