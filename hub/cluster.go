@@ -221,18 +221,26 @@ func (h *Hub) registerCluster(c *Conn, info ConnInfo) (*Conn, error) {
 			position = info.LastEventID
 		}
 	}
+	return h.goLive(ctx, c, s, info, recovered, missed, position, 0, pend, resyncs)
+}
+
+// goLive ends a registration in cluster mode, under the shard lock s
+// (which it releases): it queues hub.connected, the missed events, raises
+// c's floor and queues the live events that waited (those at or below the
+// floor dropped). When the backplane broke and came back while c was
+// registering, what it published meanwhile may have been read neither by
+// the registration's read nor by the Resync, which skipped c: c resyncs.
+func (h *Hub) goLive(ctx context.Context, c *Conn, s *shard, info ConnInfo, recovered bool, missed []*Message, position string, floor uint64, pend []*Message, resyncs uint64) (*Conn, error) {
 	c.enqueue(h.connected(c, info, recovered, missed, position))
 	for _, m := range missed {
 		c.enqueue(m)
 	}
+	c.raiseFloor(floor)
 	for _, m := range pend {
 		c.enqueue(m)
 	}
 	s.mu.Unlock()
 	if h.resyncs.Load() != resyncs {
-		// The backplane broke and came back while c was registering: what
-		// it published meanwhile may have been read neither by the
-		// history read above nor by the Resync, which skipped c.
 		h.resyncConn(ctx, c)
 	}
 	return c, nil
@@ -525,17 +533,5 @@ func (h *Hub) registerUserOrder(ctx context.Context, c *Conn, info ConnInfo, us 
 	if h.historyOn() {
 		position = pos
 	}
-	c.enqueue(h.connected(c, info, recovered, missed, position))
-	for _, m := range missed {
-		c.enqueue(m)
-	}
-	c.raiseFloor(floor)
-	for _, m := range pend {
-		c.enqueue(m)
-	}
-	s.mu.Unlock()
-	if h.resyncs.Load() != resyncs {
-		h.resyncConn(ctx, c)
-	}
-	return c, nil
+	return h.goLive(ctx, c, s, info, recovered, missed, position, floor, pend, resyncs)
 }

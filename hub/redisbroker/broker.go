@@ -873,6 +873,12 @@ func (b *Broker) Subscribe(ctx context.Context, user string) error {
 	}
 	st.refs++
 	b.mu.Unlock()
+	return b.awaitSubscribed(ctx, user, st)
+}
+
+// awaitSubscribed waits for the subscription st of user to be confirmed
+// (or to fail); when ctx ends first it undoes the caller's Subscribe.
+func (b *Broker) awaitSubscribed(ctx context.Context, user string, st *chanState) error {
 	select {
 	case <-st.done:
 		if st.err != nil {

@@ -862,16 +862,7 @@ func (b *Broker) rcSubscribe(ctx context.Context, user string) error {
 	}
 	st.refs++
 	b.mu.Unlock()
-	select {
-	case <-st.done:
-		if st.err != nil {
-			return fmt.Errorf("subscribe: %w", st.err)
-		}
-		return nil
-	case <-ctx.Done():
-		b.rcUnsubscribe(user)
-		return fmt.Errorf("subscribe: %w", ctx.Err())
-	}
+	return b.awaitSubscribed(ctx, user, st)
 }
 
 func (b *Broker) rcUnsubscribe(user string) {
